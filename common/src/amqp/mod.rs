@@ -1,0 +1,29 @@
+//! RabbitMQ: connecting to a cluster's nodes in turn, the declared topology, and a publisher
+//! whose publishes are confirmed by the broker and which reconnects by itself.
+
+pub mod connection;
+pub mod publisher;
+pub mod topology;
+
+pub use connection::connect_any;
+pub use publisher::{ConfirmedPublisher, PublishError, PublisherOptions};
+
+/// A broker-level failure, with the context that says where it happened.
+#[derive(Debug, thiserror::Error)]
+pub enum AmqpError {
+    #[error("could not connect to any RabbitMQ node ({tried} tried): {last}")]
+    Connect { tried: usize, last: String },
+    #[error("{what}: {source}")]
+    Broker {
+        what: String,
+        #[source]
+        source: lapin::Error,
+    },
+}
+
+impl AmqpError {
+    pub(crate) fn broker(what: impl Into<String>) -> impl FnOnce(lapin::Error) -> Self {
+        let what = what.into();
+        move |source| Self::Broker { what, source }
+    }
+}

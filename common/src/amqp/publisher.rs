@@ -1,0 +1,309 @@
+//! A publisher whose every publish is confirmed by the broker, with the connection kept alive
+//! by a supervisor task.
+//!
+//! * Publishes are never serialized: each caller publishes on one of a few confirm-mode channels
+//!   (round-robin) and awaits its own confirm, so many confirms are in flight at once.
+//! * When there is no connection, [`ConfirmedPublisher::publish`] fails at once with
+//!   [`PublishError::Unavailable`]; a confirm that does not arrive within the deadline is
+//!   [`PublishError::Timeout`]. Callers answer 503 on either, so nothing unconfirmed is ever
+//!   acknowledged, and no caller waits past the deadline.
+//! * The supervisor notices a lost connection (the connection's error event, a failed publish,
+//!   or a periodic status check), withdraws the link, reconnects to the configured nodes in turn
+//!   with jittered exponential backoff (`backon`), declares the topology again and puts the new
+//!   link in place. Nobody has to restart the process.
+
+use super::{AmqpError, connect_any};
+use crate::ids::Namespace;
+use backon::BackoffBuilder;
+use futures::StreamExt;
+use futures::future::BoxFuture;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+use lapin::{BasicProperties, Channel, Confirmation, Connection};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+use tokio::sync::{Notify, watch};
+
+/// How often the supervisor checks the connection's status besides listening for its errors.
+const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(250);
+
+/// Declares what a role needs on a fresh channel (see [`super::topology`]).
+pub type DeclareFn =
+    Arc<dyn Fn(Channel, Namespace) -> BoxFuture<'static, Result<(), AmqpError>> + Send + Sync>;
+
+/// Why a publish was not confirmed. Every variant means: the message may not be stored, so the
+/// caller must not acknowledge it upstream.
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("no connection to RabbitMQ")]
+    Unavailable,
+    #[error("no publisher confirm within {0:?}")]
+    Timeout(Duration),
+    #[error("the broker refused the message (nack)")]
+    Nacked,
+    #[error("publish failed: {0}")]
+    Broker(#[from] lapin::Error),
+}
+
+/// Settings of a [`ConfirmedPublisher`].
+#[derive(Clone)]
+pub struct PublisherOptions {
+    pub urls: Vec<String>,
+    pub namespace: Namespace,
+    /// Shown by the broker as the connection's name.
+    pub connection_name: String,
+    /// Confirm-mode channels publishes are spread over.
+    pub channels: usize,
+    /// How long a publish may wait for its confirm.
+    pub confirm_timeout: Duration,
+    pub declare: DeclareFn,
+}
+
+struct Link {
+    conn: Connection,
+    channels: Vec<Channel>,
+    next: AtomicUsize,
+}
+
+impl Link {
+    fn healthy(&self) -> bool {
+        self.conn.status().connected() && self.channels.iter().all(|c| c.status().connected())
+    }
+
+    fn channel(&self) -> &Channel {
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
+        &self.channels[i]
+    }
+}
+
+struct Shared {
+    link: watch::Sender<Option<Arc<Link>>>,
+    kick: Notify,
+    shutdown: watch::Sender<bool>,
+    confirm_timeout: Duration,
+    connection_name: String,
+}
+
+/// A cloneable handle; all clones share one connection and one supervisor.
+#[derive(Clone)]
+pub struct ConfirmedPublisher {
+    shared: Arc<Shared>,
+    supervisor: Arc<tokio::sync::Mutex<Option<tokio::task::JoinHandle<()>>>>,
+}
+
+impl ConfirmedPublisher {
+    /// Starts the supervisor, which connects in the background: the caller does not wait for
+    /// the broker (a process starts, and reports not-ready, while RabbitMQ is down).
+    pub fn start(opts: PublisherOptions) -> Self {
+        let (link, _) = watch::channel(None);
+        let (shutdown, _) = watch::channel(false);
+        let shared = Arc::new(Shared {
+            link,
+            kick: Notify::new(),
+            shutdown,
+            confirm_timeout: opts.confirm_timeout,
+            connection_name: opts.connection_name.clone(),
+        });
+        metrics::gauge!("wxpipe_amqp_connected", "connection" => opts.connection_name.clone())
+            .set(0.0);
+        let handle = tokio::spawn(supervise(shared.clone(), opts));
+        Self {
+            shared,
+            supervisor: Arc::new(tokio::sync::Mutex::new(Some(handle))),
+        }
+    }
+
+    /// True while a connection with open confirm channels is in place.
+    pub fn is_connected(&self) -> bool {
+        self.shared.link.borrow().as_ref().is_some_and(|l| l.healthy())
+    }
+
+    /// Waits until connected, at most `timeout`; returns whether it is.
+    pub async fn wait_connected(&self, timeout: Duration) -> bool {
+        let mut rx = self.shared.link.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|l| l.is_some()))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// Publishes one message and waits for the broker's confirm, at most the configured
+    /// deadline. `Ok` means the broker has taken responsibility for the message.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        let link = self
+            .shared
+            .link
+            .borrow()
+            .clone()
+            .ok_or(PublishError::Unavailable)?;
+        let deadline = self.shared.confirm_timeout;
+        let attempt = async {
+            let confirm = link
+                .channel()
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    properties,
+                )
+                .await?;
+            Ok::<_, lapin::Error>(confirm.await?)
+        };
+        match tokio::time::timeout(deadline, attempt).await {
+            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+            // Every channel is put in confirm mode before it is used, so this cannot be a
+            // success; treat it as the broker failing us.
+            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+            Ok(Err(e)) => {
+                self.shared.kick.notify_one();
+                Err(PublishError::Broker(e))
+            }
+            Err(_) => {
+                self.shared.kick.notify_one();
+                Err(PublishError::Timeout(deadline))
+            }
+        }
+    }
+
+    /// Stops reconnecting and closes the connection. Call after in-flight publishes have
+    /// finished (the ingress drains its HTTP requests first).
+    pub async fn close(&self) {
+        self.shared.shutdown.send_replace(true);
+        if let Some(handle) = self.supervisor.lock().await.take() {
+            let _ = handle.await;
+        }
+    }
+}
+
+async fn supervise(shared: Arc<Shared>, opts: PublisherOptions) {
+    let mut shutdown = shared.shutdown.subscribe();
+    let name = shared.connection_name.clone();
+    let mut start = 0usize;
+    let new_backoff = || {
+        backon::ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(Duration::from_secs(5))
+            .with_jitter()
+            .without_max_times()
+            .build()
+    };
+    let mut backoff = new_backoff();
+    loop {
+        if *shutdown.borrow() {
+            return;
+        }
+        match establish(&opts, start).await {
+            Ok(link) => {
+                backoff = new_backoff();
+                let link = Arc::new(link);
+                shared.link.send_replace(Some(link.clone()));
+                metrics::gauge!("wxpipe_amqp_connected", "connection" => name.clone()).set(1.0);
+                let stopping = wait_until_broken(&shared, &link, &mut shutdown).await;
+                shared.link.send_replace(None);
+                metrics::gauge!("wxpipe_amqp_connected", "connection" => name.clone()).set(0.0);
+                if stopping {
+                    for ch in &link.channels {
+                        let _ = tokio::time::timeout(Duration::from_secs(5), ch.wait_for_confirms()).await;
+                    }
+                    let _ = tokio::time::timeout(
+                        Duration::from_secs(2),
+                        link.conn.close(200, "shutting down".into()),
+                    )
+                    .await;
+                    tracing::info!(connection = %name, "RabbitMQ connection closed");
+                    return;
+                }
+                tracing::warn!(connection = %name, "RabbitMQ connection lost; reconnecting");
+                metrics::counter!("wxpipe_amqp_reconnects_total", "connection" => name.clone())
+                    .increment(1);
+                let _ = tokio::time::timeout(
+                    Duration::from_millis(500),
+                    link.conn.close(320, "reconnecting".into()),
+                )
+                .await;
+                // Try the next node first: the one we were on may be the one that is gone.
+                start = start.wrapping_add(1);
+            }
+            Err(e) => {
+                let delay = backoff.next().unwrap_or(Duration::from_secs(5));
+                tracing::warn!(connection = %name, error = %e, retry_in = ?delay, "RabbitMQ not available");
+                start = start.wrapping_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = shutdown.changed() => {}
+                }
+            }
+        }
+    }
+}
+
+/// Connects, declares the topology and opens the confirm channels.
+async fn establish(opts: &PublisherOptions, start: usize) -> Result<Link, AmqpError> {
+    let conn = connect_any(&opts.urls, start, &opts.connection_name).await?;
+    let setup = conn
+        .create_channel()
+        .await
+        .map_err(AmqpError::broker("opening a channel"))?;
+    (opts.declare)(setup.clone(), opts.namespace.clone()).await?;
+    let _ = setup.close(200, "topology declared".into()).await;
+    let mut channels = Vec::with_capacity(opts.channels.max(1));
+    for _ in 0..opts.channels.max(1) {
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(AmqpError::broker("opening a publish channel"))?;
+        ch.confirm_select(ConfirmSelectOptions::default())
+            .await
+            .map_err(AmqpError::broker("enabling publisher confirms"))?;
+        channels.push(ch);
+    }
+    Ok(Link {
+        conn,
+        channels,
+        next: AtomicUsize::new(0),
+    })
+}
+
+/// Returns when the link is broken (false) or shutdown was requested (true).
+async fn wait_until_broken(
+    shared: &Shared,
+    link: &Link,
+    shutdown: &mut watch::Receiver<bool>,
+) -> bool {
+    let mut events = link.conn.events_listener();
+    let mut tick = tokio::time::interval(HEALTH_CHECK_EVERY);
+    loop {
+        tokio::select! {
+            changed = shutdown.changed() => {
+                if changed.is_err() || *shutdown.borrow() {
+                    return true;
+                }
+            }
+            event = events.next() => match event {
+                Some(lapin::Event::Error(e)) => {
+                    tracing::warn!(error = %e, "RabbitMQ connection error");
+                    return false;
+                }
+                None => return false,
+                Some(_) => {}
+            },
+            _ = shared.kick.notified() => {
+                if !link.healthy() {
+                    return false;
+                }
+            }
+            _ = tick.tick() => {
+                if !link.healthy() {
+                    return false;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,29 @@
+//! # wxpipe-common
+//!
+//! The building blocks every wxpipe role shares. Read in this order:
+//!
+//! * [`crypto`] — WXBizMsgCrypt: signatures, strict AES-256-CBC decrypt, encrypt, passive replies.
+//! * [`xml`] — the push envelopes, the decrypted messages and events as typed views over a map
+//!   of every field, and reply builders. DOCTYPE and entities are refused.
+//! * [`ids`] — validated [`ids::AppId`] and [`ids::Namespace`] (the prefix of every exchange,
+//!   queue and Redis key).
+//! * [`config`] — settings from environment variables, with one-line errors that never echo a
+//!   secret.
+//! * [`amqp`] — connecting to a RabbitMQ cluster, the declared topology, and a confirmed,
+//!   self-reconnecting publisher.
+//! * [`telemetry`] — logging and the Prometheus recorder.
+
+pub mod amqp;
+pub mod config;
+pub mod crypto;
+pub mod ids;
+pub mod telemetry;
+pub mod xml;
+
+/// Seconds since the Unix epoch.
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,83 @@
+//! The ingress's settings: environment variables, each also a flag (`ingress --help`).
+
+use common::config::{AmqpArgs, ConfigError, NamespaceArgs, PlatformArgs, RedisArgs};
+use common::crypto::MsgCrypt;
+use common::ids::Namespace;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+/// Receives WeChat's pushes, verifies them and publishes them to RabbitMQ with a publisher
+/// confirm; answers `success` only after the broker confirmed.
+#[derive(clap::Parser, Debug, Clone)]
+#[command(name = "ingress", version, about, long_about = None)]
+pub struct IngressArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+    /// Address the HTTP server listens on.
+    #[arg(long, env = "WXPIPE_INGRESS_ADDR", default_value = "0.0.0.0:8080")]
+    pub addr: SocketAddr,
+    /// How long a push waits for the broker's publisher confirm before it is answered 503.
+    #[arg(long, env = "WXPIPE_PUBLISH_TIMEOUT_MS", default_value_t = 2000)]
+    pub publish_timeout_ms: u64,
+    /// Largest accepted request body; larger ones are answered 413.
+    #[arg(long, env = "WXPIPE_MAX_BODY_BYTES", default_value_t = 64 * 1024)]
+    pub max_body_bytes: usize,
+    /// A push whose `timestamp` is further than this from our clock is refused as stale.
+    #[arg(long, env = "WXPIPE_TIMESTAMP_WINDOW_SECS", default_value_t = 300)]
+    pub timestamp_window_secs: u64,
+    /// Confirm-mode channels the publishes are spread over.
+    #[arg(long, env = "WXPIPE_PUBLISH_CHANNELS", default_value_t = 4)]
+    pub publish_channels: usize,
+    /// On SIGTERM, how long in-flight pushes may take to finish before the process exits.
+    #[arg(long, env = "WXPIPE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
+    pub shutdown_grace_secs: u64,
+}
+
+/// Validated settings.
+#[derive(Debug, Clone)]
+pub struct IngressConfig {
+    pub crypt: MsgCrypt,
+    pub namespace: Namespace,
+    pub amqp_urls: Vec<String>,
+    pub redis_url: String,
+    pub addr: SocketAddr,
+    pub publish_timeout: Duration,
+    pub max_body_bytes: usize,
+    pub timestamp_window: Duration,
+    pub publish_channels: usize,
+    pub shutdown_grace: Duration,
+}
+
+impl IngressArgs {
+    pub fn validate(&self) -> Result<IngressConfig, ConfigError> {
+        let positive = |var: &'static str, v: u64| {
+            if v == 0 {
+                Err(ConfigError::Invalid { var, reason: "must be greater than 0".into() })
+            } else {
+                Ok(v)
+            }
+        };
+        Ok(IngressConfig {
+            crypt: self.platform.crypt()?,
+            namespace: self.namespace.namespace()?,
+            amqp_urls: self.amqp.urls()?,
+            redis_url: self.redis.redis_url.clone(),
+            addr: self.addr,
+            publish_timeout: Duration::from_millis(positive(
+                "WXPIPE_PUBLISH_TIMEOUT_MS",
+                self.publish_timeout_ms,
+            )?),
+            max_body_bytes: positive("WXPIPE_MAX_BODY_BYTES", self.max_body_bytes as u64)? as usize,
+            timestamp_window: Duration::from_secs(self.timestamp_window_secs),
+            publish_channels: positive("WXPIPE_PUBLISH_CHANNELS", self.publish_channels as u64)?
+                as usize,
+            shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+        })
+    }
+}

@@ -1,0 +1,22 @@
+use clap::Parser;
+use ingress::IngressArgs;
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = IngressArgs::parse();
+    common::telemetry::init_logging();
+    let config = match args.validate() {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("ingress: configuration error: {e}");
+            return std::process::ExitCode::from(2);
+        }
+    };
+    match ingress::server::run(config, ingress::server::shutdown_signal()).await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("ingress: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,25 @@
+//! The HTTP surface: WeChat's two push URLs, health and metrics.
+
+mod health;
+mod push;
+
+use crate::state::SharedState;
+use axum::Router;
+use axum::routing::get;
+
+/// Every route of the ingress.
+pub fn router(state: SharedState) -> Router {
+    Router::new()
+        .route(
+            "/wechat/component",
+            get(push::verify_component_url).post(push::component_push),
+        )
+        .route(
+            "/wechat/authorizers/{appid}",
+            get(push::verify_authorizer_url).post(push::authorizer_push),
+        )
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .with_state(state)
+}

@@ -1,0 +1,109 @@
+//! Building and running the ingress: the publisher, the Redis pool, the router, and graceful
+//! shutdown (stop accepting, let in-flight pushes finish their confirms, close the broker
+//! connection).
+
+use crate::config::IngressConfig;
+use crate::routes::router;
+use crate::state::AppState;
+use common::amqp::topology::declare_raw;
+use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use tokio::net::TcpListener;
+
+/// Why the ingress could not start or stopped with an error.
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {source}")]
+    Bind {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("invalid WXPIPE_REDIS_URL: {0}")]
+    Redis(String),
+    #[error("HTTP server failed: {0}")]
+    Http(std::io::Error),
+}
+
+/// Binds `config.addr` and serves until `shutdown` completes.
+pub async fn run(config: IngressConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+    let listener = TcpListener::bind(config.addr)
+        .await
+        .map_err(|source| ServeError::Bind { addr: config.addr, source })?;
+    serve(listener, config, shutdown).await
+}
+
+/// Serves on an already bound listener (tests bind port 0) until `shutdown` completes.
+pub async fn serve(
+    listener: TcpListener,
+    config: IngressConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
+    let redis = deadpool_redis::Config::from_url(config.redis_url.clone())
+        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
+        .map_err(|e| ServeError::Redis(e.to_string()))?;
+    let publisher = ConfirmedPublisher::start(PublisherOptions {
+        urls: config.amqp_urls.clone(),
+        namespace: config.namespace.clone(),
+        connection_name: format!("wxpipe-ingress {} pid {}", config.namespace, std::process::id()),
+        channels: config.publish_channels,
+        confirm_timeout: config.publish_timeout,
+        declare: Arc::new(|ch, ns| Box::pin(async move { declare_raw(&ch, &ns).await })),
+    });
+    let state = Arc::new(AppState {
+        crypt: config.crypt.clone(),
+        publisher: publisher.clone(),
+        raw_exchange: config.namespace.raw(),
+        max_body_bytes: config.max_body_bytes,
+        timestamp_window: config.timestamp_window,
+        redis,
+        metrics: common::telemetry::metrics_handle(),
+    });
+    let local = listener.local_addr().ok();
+    tracing::info!(addr = ?local, namespace = %config.namespace, "ingress listening");
+
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+        shutdown.await;
+        tracing::info!("shutting down: finishing in-flight pushes");
+        stop_tx.send_replace(true);
+    });
+    let grace = config.shutdown_grace;
+    let grace_expired = async move {
+        let _ = stop_rx.wait_for(|stopping| *stopping).await;
+        tokio::time::sleep(grace).await;
+    };
+    let result = tokio::select! {
+        r = server => r.map_err(ServeError::Http),
+        _ = grace_expired => {
+            tracing::warn!(?grace, "in-flight pushes did not finish within the grace period");
+            Ok(())
+        }
+    };
+    publisher.close().await;
+    tracing::info!("ingress stopped");
+    result
+}
+
+/// Resolves on SIGTERM or Ctrl-C.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term => {}
+    }
+}

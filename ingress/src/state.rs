@@ -1,0 +1,21 @@
+//! What every request handler shares.
+
+use common::amqp::ConfirmedPublisher;
+use common::crypto::MsgCrypt;
+use metrics_exporter_prometheus::PrometheusHandle;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Shared, read-only state (the publisher and the pool are internally synchronised).
+pub struct AppState {
+    pub crypt: MsgCrypt,
+    pub publisher: ConfirmedPublisher,
+    /// `{ns}.raw`.
+    pub raw_exchange: String,
+    pub max_body_bytes: usize,
+    pub timestamp_window: Duration,
+    pub redis: deadpool_redis::Pool,
+    pub metrics: PrometheusHandle,
+}
+
+pub type SharedState = Arc<AppState>;
