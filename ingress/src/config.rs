@@ -32,7 +32,7 @@ pub struct IngressArgs {
     #[arg(long, env = "WXPIPE_TIMESTAMP_WINDOW_SECS", default_value_t = 300)]
     pub timestamp_window_secs: u64,
     /// Confirm-mode channels the publishes are spread over.
-    #[arg(long, env = "WXPIPE_PUBLISH_CHANNELS", default_value_t = 4)]
+    #[arg(long, env = "WXPIPE_PUBLISH_CHANNELS", default_value_t = 2)]
     pub publish_channels: usize,
     /// On SIGTERM, how long in-flight pushes may take to finish before the process exits.
     #[arg(long, env = "WXPIPE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]

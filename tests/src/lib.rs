@@ -1,1 +1,33 @@
+//! # wxpipe-tests
+//!
+//! Helpers for wxpipe's integration tests and benchmarks, which talk to the real local
+//! RabbitMQ and Redis:
+//!
+//! * [`push`] builds pushes exactly as WeChat sends them (signed query, encrypted envelope).
+//! * [`broker`] gives each test its own namespace and deletes what it declared when dropped,
+//!   reads messages back, and closes a named connection from the broker side.
+//! * [`proxy`] is a TCP proxy that can sever every connection and refuse new ones, to take the
+//!   broker away from one process without disturbing the others.
+//! * [`harness`] starts a real ingress in-process on a random port.
 
+pub mod broker;
+pub mod harness;
+pub mod proxy;
+pub mod push;
+
+/// The platform credentials used by tests: the official example's (protocol.md §1.5, zero key).
+pub mod creds {
+    pub const COMPONENT_APPID: &str = "wx134c8103faa5a59e";
+    pub const TOKEN: &str = "AAAAA";
+    pub const ENCODING_AES_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+}
+
+/// `WXPIPE_AMQP_URL` if set, else the local broker.
+pub fn amqp_url() -> String {
+    std::env::var("WXPIPE_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+}
+
+/// `WXPIPE_REDIS_URL` if set, else the local Redis.
+pub fn redis_url() -> String {
+    std::env::var("WXPIPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
+}

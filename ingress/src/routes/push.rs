@@ -158,7 +158,7 @@ async fn handle_push(
             &state.raw_exchange,
             route.routing_key(),
             &body,
-            raw_properties(route, appid, &q),
+            raw_properties(appid, &q),
         )
         .await;
     metrics::histogram!("wxpipe_ingress_publish_seconds", "route" => r)
@@ -194,9 +194,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
-/// Headers of a raw message: every signed query parameter, the URL's appid, the route and the
-/// reception time, so a decrypt worker can verify the push exactly as the ingress did.
-fn raw_properties(route: Route, appid: Option<&str>, q: &SignedQuery) -> BasicProperties {
+/// Headers of a raw message: every signed query parameter, the URL's appid and the reception
+/// time (ms since the epoch), so a decrypt worker can verify the push exactly as the ingress
+/// did. The URL it came from is the routing key (`component` or `authorizer`).
+fn raw_properties(appid: Option<&str>, q: &SignedQuery) -> BasicProperties {
     let mut headers = FieldTable::default();
     for (name, value) in q.pairs() {
         headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
@@ -204,7 +205,6 @@ fn raw_properties(route: Route, appid: Option<&str>, q: &SignedQuery) -> BasicPr
     if let Some(appid) = appid {
         headers.insert("appid".into(), AMQPValue::LongString(appid.into()));
     }
-    headers.insert("route".into(), AMQPValue::LongString(route.label().into()));
     let now_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)

@@ -1,0 +1,174 @@
+//! Per-test namespaces on the real broker, reading messages back, and closing connections from
+//! the broker's side.
+
+use common::ids::Namespace;
+use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::{Connection, ConnectionProperties};
+use std::time::Duration;
+
+/// A namespace of its own for one test. Dropping it deletes every exchange and queue the
+/// namespace may own, so tests run in parallel and leave nothing behind.
+pub struct TestNs {
+    pub ns: Namespace,
+}
+
+impl TestNs {
+    /// `prefix` + 8 random hex digits, e.g. `t-ingress-1a2b3c4d`.
+    pub fn new(prefix: &str) -> Self {
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let ns = format!("{prefix}-{}", &id[..8]).parse().expect("valid namespace");
+        Self { ns }
+    }
+
+    pub fn name(&self) -> &str {
+        self.ns.as_str()
+    }
+}
+
+impl Drop for TestNs {
+    fn drop(&mut self) {
+        let ns = self.ns.clone();
+        // Drop cannot be async: clean up on a thread with its own runtime.
+        let _ = std::thread::spawn(move || {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+                return;
+            };
+            rt.block_on(async move {
+                if let Err(e) = delete_namespace(&ns).await {
+                    eprintln!("cleanup of namespace {ns} failed: {e}");
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// Deletes every exchange and queue of `ns`.
+pub async fn delete_namespace(ns: &Namespace) -> Result<(), lapin::Error> {
+    let conn = connect().await?;
+    let (exchanges, queues) = common::amqp::topology::all_names(ns);
+    for q in queues {
+        // A fresh channel each time: deleting something absent is fine, but an error closes
+        // the channel.
+        let ch = conn.create_channel().await?;
+        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+    }
+    for x in exchanges {
+        let ch = conn.create_channel().await?;
+        let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+    }
+    let _ = conn.close(200, "cleanup done".into()).await;
+    Ok(())
+}
+
+/// A plain connection to the test broker.
+pub async fn connect() -> Result<Connection, lapin::Error> {
+    Connection::connect(&crate::amqp_url(), ConnectionProperties::default()).await
+}
+
+/// One message taken from a queue.
+#[derive(Debug, Clone)]
+pub struct Taken {
+    pub body: Vec<u8>,
+    pub routing_key: String,
+    pub headers: std::collections::BTreeMap<String, String>,
+    pub persistent: bool,
+}
+
+/// Takes (and acknowledges) every message in `queue`, waiting up to `settle` after the last one
+/// for stragglers.
+pub async fn drain(queue: &str, settle: Duration) -> Result<Vec<Taken>, lapin::Error> {
+    let conn = connect().await?;
+    let ch = conn.create_channel().await?;
+    let mut out = Vec::new();
+    let mut idle_since = tokio::time::Instant::now();
+    loop {
+        match ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: true })
+            .await?
+        {
+            Some(msg) => {
+                let headers = msg
+                    .properties
+                    .headers()
+                    .as_ref()
+                    .map(|h| {
+                        h.inner()
+                            .iter()
+                            .map(|(k, v)| (k.to_string(), amqp_value_to_string(v)))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                out.push(Taken {
+                    body: msg.data.clone(),
+                    routing_key: msg.routing_key.to_string(),
+                    headers,
+                    persistent: *msg.properties.delivery_mode() == Some(2),
+                });
+                idle_since = tokio::time::Instant::now();
+            }
+            None if idle_since.elapsed() >= settle => break,
+            None => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let _ = conn.close(200, "drained".into()).await;
+    Ok(out)
+}
+
+/// Number of messages ready in `queue` (a passive declare).
+pub async fn message_count(queue: &str) -> Result<u32, lapin::Error> {
+    let conn = connect().await?;
+    let ch = conn.create_channel().await?;
+    let q = ch
+        .queue_declare(
+            queue.into(),
+            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            Default::default(),
+        )
+        .await?;
+    let _ = conn.close(200, "counted".into()).await;
+    Ok(q.message_count())
+}
+
+fn amqp_value_to_string(v: &lapin::types::AMQPValue) -> String {
+    use lapin::types::AMQPValue::*;
+    match v {
+        LongString(s) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        ShortString(s) => s.to_string(),
+        LongLongInt(i) => i.to_string(),
+        LongInt(i) => i.to_string(),
+        Timestamp(t) => t.to_string(),
+        other => format!("{other:?}"),
+    }
+}
+
+/// Closes, from the broker's side, every connection whose `connection_name` contains `needle`
+/// (`rabbitmqctl close_connection`), and returns how many it closed. Other tests' connections
+/// are left alone, unlike `close_all_connections`.
+pub fn close_connections_named(needle: &str) -> Result<usize, String> {
+    let out = std::process::Command::new("rabbitmqctl")
+        .args(["list_connections", "pid", "client_properties", "--formatter", "json", "-q"])
+        .output()
+        .map_err(|e| format!("running rabbitmqctl: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("rabbitmqctl list_connections: {}", String::from_utf8_lossy(&out.stderr)));
+    }
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .map_err(|e| format!("rabbitmqctl output is not JSON: {e}"))?;
+    let mut closed = 0;
+    for conn in list.as_array().into_iter().flatten() {
+        let props = conn["client_properties"].to_string();
+        if !props.contains(needle) {
+            continue;
+        }
+        let Some(pid) = conn["pid"].as_str() else { continue };
+        let status = std::process::Command::new("rabbitmqctl")
+            .args(["close_connection", pid, "closed by a wxpipe test"])
+            .output()
+            .map_err(|e| format!("running rabbitmqctl: {e}"))?;
+        if status.status.success() {
+            closed += 1;
+        }
+    }
+    Ok(closed)
+}
