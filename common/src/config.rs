@@ -40,9 +40,15 @@ impl fmt::Debug for PlatformArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("PlatformArgs")
             .field("component_appid", &self.component_appid)
-            .field("component_secret", &self.component_secret.as_ref().map(|_| "[redacted]"))
+            .field(
+                "component_secret",
+                &self.component_secret.as_ref().map(|_| "[redacted]"),
+            )
             .field("token", &self.token.as_ref().map(|_| "[redacted]"))
-            .field("encoding_aes_key", &self.encoding_aes_key.as_ref().map(|_| "[redacted]"))
+            .field(
+                "encoding_aes_key",
+                &self.encoding_aes_key.as_ref().map(|_| "[redacted]"),
+            )
             .finish()
     }
 }
@@ -50,10 +56,11 @@ impl fmt::Debug for PlatformArgs {
 impl PlatformArgs {
     pub fn component_appid(&self) -> Result<AppId, ConfigError> {
         let raw = required(&self.component_appid, "WXPIPE_COMPONENT_APPID")?;
-        raw.parse().map_err(|e: crate::ids::IdError| ConfigError::Invalid {
-            var: "WXPIPE_COMPONENT_APPID",
-            reason: e.to_string(),
-        })
+        raw.parse()
+            .map_err(|e: crate::ids::IdError| ConfigError::Invalid {
+                var: "WXPIPE_COMPONENT_APPID",
+                reason: e.to_string(),
+            })
     }
 
     pub fn component_secret(&self) -> Result<SecretString, ConfigError> {
@@ -131,7 +138,9 @@ impl AmqpArgs {
 impl fmt::Debug for AmqpArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let shown: Vec<String> = self.amqp_url.split(',').map(redact_url).collect();
-        f.debug_struct("AmqpArgs").field("amqp_url", &shown).finish()
+        f.debug_struct("AmqpArgs")
+            .field("amqp_url", &shown)
+            .finish()
     }
 }
 
@@ -150,7 +159,9 @@ pub struct RedisArgs {
 
 impl fmt::Debug for RedisArgs {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisArgs").field("redis_url", &redact_url(&self.redis_url)).finish()
+        f.debug_struct("RedisArgs")
+            .field("redis_url", &redact_url(&self.redis_url))
+            .finish()
     }
 }
 
@@ -164,10 +175,12 @@ pub struct NamespaceArgs {
 
 impl NamespaceArgs {
     pub fn namespace(&self) -> Result<Namespace, ConfigError> {
-        self.namespace.parse().map_err(|e: crate::ids::IdError| ConfigError::Invalid {
-            var: "WXPIPE_NAMESPACE",
-            reason: e.to_string(),
-        })
+        self.namespace
+            .parse()
+            .map_err(|e: crate::ids::IdError| ConfigError::Invalid {
+                var: "WXPIPE_NAMESPACE",
+                reason: e.to_string(),
+            })
     }
 }
 
@@ -201,11 +214,19 @@ mod tests {
     fn errors_name_the_variable_and_never_the_secret() {
         let key = "abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG";
         assert!(platform("wx134c8103faa5a59e", "tok", key).crypt().is_ok());
-        let e = platform("wx134c8103faa5a59e", "tok", "secret-but-short").crypt().unwrap_err();
-        assert!(e.to_string().starts_with("WXPIPE_ENCODING_AES_KEY is invalid"));
+        let e = platform("wx134c8103faa5a59e", "tok", "secret-but-short")
+            .crypt()
+            .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("WXPIPE_ENCODING_AES_KEY is invalid")
+        );
         assert!(!e.to_string().contains("secret-but-short"));
         let e = platform("nope", "tok", key).crypt().unwrap_err();
-        assert!(e.to_string().starts_with("WXPIPE_COMPONENT_APPID is invalid"));
+        assert!(
+            e.to_string()
+                .starts_with("WXPIPE_COMPONENT_APPID is invalid")
+        );
         let e = PlatformArgs::default().crypt().unwrap_err();
         assert_eq!(e, ConfigError::Missing("WXPIPE_COMPONENT_APPID"));
         let shown = format!("{:?}", platform("wx134c8103faa5a59e", "tok-secret", key));
@@ -214,10 +235,14 @@ mod tests {
 
     #[test]
     fn amqp_urls_split_and_redact() {
-        let args = AmqpArgs { amqp_url: "amqp://u:pw@a:5672/%2f, amqp://u:pw@b:5672/%2f".into() };
+        let args = AmqpArgs {
+            amqp_url: "amqp://u:pw@a:5672/%2f, amqp://u:pw@b:5672/%2f".into(),
+        };
         assert_eq!(args.urls().unwrap().len(), 2);
         assert!(!format!("{args:?}").contains("pw"));
-        let bad = AmqpArgs { amqp_url: "http://u:pw@x".into() };
+        let bad = AmqpArgs {
+            amqp_url: "http://u:pw@x".into(),
+        };
         let e = bad.urls().unwrap_err().to_string();
         assert!(e.contains("WXPIPE_AMQP_URL") && !e.contains("pw"), "{e}");
     }

@@ -16,8 +16,8 @@ use aes::Aes256;
 use aes::cipher::{BlockDecryptMut, BlockEncryptMut, KeyIvInit, block_padding::NoPadding};
 use base64::Engine as _;
 use base64::alphabet::STANDARD;
-use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use base64::engine::DecodePaddingMode;
+use base64::engine::general_purpose::{GeneralPurpose, GeneralPurposeConfig};
 use rand::Rng;
 use rand::distr::Alphanumeric;
 use secrecy::{ExposeSecret, SecretString};
@@ -169,7 +169,11 @@ impl MsgCrypt {
         nonce: &str,
         signature: &str,
     ) -> Result<(), CryptoError> {
-        non_empty(&[("timestamp", timestamp), ("nonce", nonce), ("signature", signature)])?;
+        non_empty(&[
+            ("timestamp", timestamp),
+            ("nonce", nonce),
+            ("signature", signature),
+        ])?;
         if signatures_equal(&self.signature(timestamp, nonce), signature) {
             Ok(())
         } else {
@@ -191,7 +195,10 @@ impl MsgCrypt {
             ("Encrypt", encrypt),
             ("msg_signature", msg_signature),
         ])?;
-        if signatures_equal(&self.msg_signature(timestamp, nonce, encrypt), msg_signature) {
+        if signatures_equal(
+            &self.msg_signature(timestamp, nonce, encrypt),
+            msg_signature,
+        ) {
             Ok(())
         } else {
             Err(CryptoError::BadSignature)
@@ -329,10 +336,7 @@ pub fn random_prefix() -> [u8; RANDOM_LEN] {
 
 /// At most 32 printable characters of an untrusted string, for error messages.
 fn printable_prefix(s: &str) -> String {
-    s.chars()
-        .filter(|c| !c.is_control())
-        .take(32)
-        .collect()
+    s.chars().filter(|c| !c.is_control()).take(32).collect()
 }
 
 #[cfg(test)]
@@ -356,7 +360,9 @@ mod tests {
 
     #[test]
     fn key_with_nonzero_trailing_bits_is_accepted() {
-        assert!(AesKey::from_encoding_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").is_ok());
+        assert!(
+            AesKey::from_encoding_aes_key("abcdefghijklmnopqrstuvwxyz0123456789ABCDEFG").is_ok()
+        );
         assert_eq!(
             AesKey::from_encoding_aes_key("short").unwrap_err(),
             CryptoError::KeyLength(5)
@@ -378,7 +384,10 @@ mod tests {
     #[test]
     fn strict_checks() {
         let c = crypt("t", &"A".repeat(43), "wx134c8103faa5a59e");
-        assert_eq!(c.decrypt("not base64!!").unwrap_err(), CryptoError::BadBase64);
+        assert_eq!(
+            c.decrypt("not base64!!").unwrap_err(),
+            CryptoError::BadBase64
+        );
         assert_eq!(c.decrypt("").unwrap_err(), CryptoError::BadLength(0));
         // 16 bytes: a valid AES block but not a multiple of 32.
         let sixteen = PAYLOAD_ENGINE.encode([0u8; 16]);
@@ -394,7 +403,10 @@ mod tests {
         let (msg, appid) = c
             .decrypt_unchecked_appid(&other_app.encrypt("hello"))
             .unwrap();
-        assert_eq!((msg.as_str(), appid.as_str()), ("hello", "wx0000000000000000"));
+        assert_eq!(
+            (msg.as_str(), appid.as_str()),
+            ("hello", "wx0000000000000000")
+        );
     }
 
     #[test]
@@ -411,14 +423,23 @@ mod tests {
             PAYLOAD_ENGINE.encode(ct)
         };
         // pad byte 0
-        assert_eq!(c.decrypt(&encrypt_raw(&[0u8; 32])).unwrap_err(), CryptoError::BadPadding);
+        assert_eq!(
+            c.decrypt(&encrypt_raw(&[0u8; 32])).unwrap_err(),
+            CryptoError::BadPadding
+        );
         // pad byte 33
-        assert_eq!(c.decrypt(&encrypt_raw(&[33u8; 32])).unwrap_err(), CryptoError::BadPadding);
+        assert_eq!(
+            c.decrypt(&encrypt_raw(&[33u8; 32])).unwrap_err(),
+            CryptoError::BadPadding
+        );
         // last byte says 2 but the one before is not 2
         let mut p = [7u8; 32];
         p[31] = 2;
         p[30] = 3;
-        assert_eq!(c.decrypt(&encrypt_raw(&p)).unwrap_err(), CryptoError::BadPadding);
+        assert_eq!(
+            c.decrypt(&encrypt_raw(&p)).unwrap_err(),
+            CryptoError::BadPadding
+        );
         // length field larger than the body
         let mut p = vec![b'r'; 16];
         p.extend_from_slice(&1000u32.to_be_bytes());
@@ -442,8 +463,14 @@ mod tests {
         let good = c.signature("1", "2");
         assert!(c.verify_signature("1", "2", &good).is_ok());
         assert!(c.verify_signature("1", "2", &good.to_uppercase()).is_ok());
-        assert_eq!(c.verify_signature("1", "3", &good), Err(CryptoError::BadSignature));
-        assert_eq!(c.verify_signature("", "2", &good), Err(CryptoError::EmptyPart("timestamp")));
+        assert_eq!(
+            c.verify_signature("1", "3", &good),
+            Err(CryptoError::BadSignature)
+        );
+        assert_eq!(
+            c.verify_signature("", "2", &good),
+            Err(CryptoError::EmptyPart("timestamp"))
+        );
         assert_eq!(
             c.verify_msg_signature("1", "2", "", "x"),
             Err(CryptoError::EmptyPart("Encrypt"))

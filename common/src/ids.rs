@@ -9,7 +9,9 @@ use std::str::FromStr;
 pub enum IdError {
     #[error("an appid is `wx` followed by 16 lowercase hex digits")]
     AppId,
-    #[error("a namespace is 1 to 48 characters of a-z, 0-9, '-' and '_', starting with a letter or digit")]
+    #[error(
+        "a namespace is 1 to 48 characters of a-z, 0-9, '-' and '_', starting with a letter or digit"
+    )]
     Namespace,
 }
 
@@ -118,7 +120,15 @@ mod tests {
     #[test]
     fn appids() {
         assert!("wx134c8103faa5a59e".parse::<AppId>().is_ok());
-        for bad in ["", "wx134c8103faa5a59", "wx134c8103faa5a59eX", "wx134C8103FAA5A59E", "gh_134c8103faa5a5", "wx134c8103faa5a59g", "../etc/passwd"] {
+        for bad in [
+            "",
+            "wx134c8103faa5a59",
+            "wx134c8103faa5a59eX",
+            "wx134C8103FAA5A59E",
+            "gh_134c8103faa5a5",
+            "wx134c8103faa5a59g",
+            "../etc/passwd",
+        ] {
             assert_eq!(bad.parse::<AppId>(), Err(IdError::AppId), "{bad}");
         }
     }

@@ -19,7 +19,9 @@ fn vectors() -> Vec<Value> {
 }
 
 fn s<'a>(v: &'a Value, key: &str) -> &'a str {
-    v[key].as_str().unwrap_or_else(|| panic!("vector field {key}"))
+    v[key]
+        .as_str()
+        .unwrap_or_else(|| panic!("vector field {key}"))
 }
 
 #[test]
@@ -27,14 +29,22 @@ fn committed_copy_matches_shared_when_present() {
     let shared = manifest_path("../../shared/vectors/crypto.json");
     if let Ok(text) = std::fs::read_to_string(&shared) {
         let shared: Value = serde_json::from_str(&text).unwrap();
-        assert_eq!(shared, Value::Array(vectors()), "update common/tests/data/crypto.json");
+        assert_eq!(
+            shared,
+            Value::Array(vectors()),
+            "update common/tests/data/crypto.json"
+        );
     }
 }
 
 #[test]
 fn every_vector_passes() {
     let all = vectors();
-    assert_eq!(all.len(), 4, "expected the four vectors of protocol.md §1.5");
+    assert_eq!(
+        all.len(),
+        4,
+        "expected the four vectors of protocol.md §1.5"
+    );
     for v in &all {
         let name = s(v, "name");
         let crypt = MsgCrypt::new(
@@ -46,7 +56,11 @@ fn every_vector_passes() {
         let (ts, nonce, encrypt) = (s(v, "timestamp"), s(v, "nonce"), s(v, "encrypt"));
 
         // msg_signature, both computed and verified
-        assert_eq!(crypt.msg_signature(ts, nonce, encrypt), s(v, "msg_signature"), "{name}");
+        assert_eq!(
+            crypt.msg_signature(ts, nonce, encrypt),
+            s(v, "msg_signature"),
+            "{name}"
+        );
         if let Some(sig) = v["signature"].as_str() {
             assert_eq!(crypt.signature(ts, nonce), sig, "{name}");
             crypt.verify_signature(ts, nonce, sig).unwrap();
@@ -61,7 +75,11 @@ fn every_vector_passes() {
         // encrypt direction, byte for byte
         if let Some(random) = v["random"].as_str() {
             let random: [u8; 16] = random.as_bytes().try_into().unwrap();
-            assert_eq!(crypt.encrypt_with_random(s(v, "plaintext"), &random), encrypt, "{name}");
+            assert_eq!(
+                crypt.encrypt_with_random(s(v, "plaintext"), &random),
+                encrypt,
+                "{name}"
+            );
             let reply = crypt.encrypt_reply_with_random(s(v, "plaintext"), ts, nonce, &random);
             let parsed = common::xml::parse_fields(&reply).unwrap();
             assert_eq!(parsed["Encrypt"], encrypt);
@@ -82,9 +100,19 @@ fn official_component_push_through_its_envelope() {
     // The URL names the authorizer, but the plaintext ends with the component appid.
     let body = common::xml::envelope::authorizer_envelope(s(v, "to_user_name"), s(v, "encrypt"));
     let env = Envelope::parse(body.as_bytes()).unwrap();
-    let crypt = MsgCrypt::new(SecretString::from(s(v, "token")), s(v, "encoding_aes_key"), s(v, "appid")).unwrap();
+    let crypt = MsgCrypt::new(
+        SecretString::from(s(v, "token")),
+        s(v, "encoding_aes_key"),
+        s(v, "appid"),
+    )
+    .unwrap();
     let plain = crypt
-        .verify_and_decrypt(s(v, "timestamp"), s(v, "nonce"), &env.encrypt, s(v, "msg_signature"))
+        .verify_and_decrypt(
+            s(v, "timestamp"),
+            s(v, "nonce"),
+            &env.encrypt,
+            s(v, "msg_signature"),
+        )
         .unwrap();
     let push = common::xml::push::Push::parse(&plain).unwrap();
     assert_eq!(push.fields()["Event"], "debug_demo");

@@ -58,7 +58,10 @@ impl IngressArgs {
     pub fn validate(&self) -> Result<IngressConfig, ConfigError> {
         let positive = |var: &'static str, v: u64| {
             if v == 0 {
-                Err(ConfigError::Invalid { var, reason: "must be greater than 0".into() })
+                Err(ConfigError::Invalid {
+                    var,
+                    reason: "must be greater than 0".into(),
+                })
             } else {
                 Ok(v)
             }

@@ -58,6 +58,11 @@ impl Outcome {
             tracing::debug!(route, outcome = self.label(), %detail, "push refused");
             detail.push('\n');
         }
-        (self.status(), [("content-type", "text/plain; charset=utf-8")], detail).into_response()
+        (
+            self.status(),
+            [("content-type", "text/plain; charset=utf-8")],
+            detail,
+        )
+            .into_response()
     }
 }

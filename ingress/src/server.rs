@@ -27,10 +27,16 @@ pub enum ServeError {
 }
 
 /// Binds `config.addr` and serves until `shutdown` completes.
-pub async fn run(config: IngressConfig, shutdown: impl Future<Output = ()> + Send + 'static) -> Result<(), ServeError> {
+pub async fn run(
+    config: IngressConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServeError> {
     let listener = TcpListener::bind(config.addr)
         .await
-        .map_err(|source| ServeError::Bind { addr: config.addr, source })?;
+        .map_err(|source| ServeError::Bind {
+            addr: config.addr,
+            source,
+        })?;
     serve(listener, config, shutdown).await
 }
 
@@ -46,7 +52,11 @@ pub async fn serve(
     let publisher = ConfirmedPublisher::start(PublisherOptions {
         urls: config.amqp_urls.clone(),
         namespace: config.namespace.clone(),
-        connection_name: format!("wxpipe-ingress {} pid {}", config.namespace, std::process::id()),
+        connection_name: format!(
+            "wxpipe-ingress {} pid {}",
+            config.namespace,
+            std::process::id()
+        ),
         channels: config.publish_channels,
         confirm_timeout: config.publish_timeout,
         declare: Arc::new(|ch, ns| Box::pin(async move { declare_raw(&ch, &ns).await })),

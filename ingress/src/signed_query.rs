@@ -41,7 +41,8 @@ impl SignedQuery {
         let mut q = SignedQuery::default();
         let (mut timestamp, mut nonce) = (None, None);
         for (key, value) in url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes()) {
-            let (slot, name, limit): (&mut Option<String>, &'static str, usize) = match key.as_ref() {
+            let (slot, name, limit): (&mut Option<String>, &'static str, usize) = match key.as_ref()
+            {
                 "timestamp" => (&mut timestamp, "timestamp", MAX_VALUE_LEN),
                 "nonce" => (&mut nonce, "nonce", MAX_VALUE_LEN),
                 "signature" => (&mut q.signature, "signature", MAX_VALUE_LEN),
@@ -64,7 +65,10 @@ impl SignedQuery {
         if q.timestamp.len() > 12 || !q.timestamp.bytes().all(|b| b.is_ascii_digit()) {
             return Err(QueryError::Malformed("timestamp"));
         }
-        for (name, sig) in [("signature", &q.signature), ("msg_signature", &q.msg_signature)] {
+        for (name, sig) in [
+            ("signature", &q.signature),
+            ("msg_signature", &q.msg_signature),
+        ] {
             if let Some(sig) = sig
                 && (sig.len() != 40 || !sig.bytes().all(|b| b.is_ascii_hexdigit()))
             {
@@ -112,7 +116,9 @@ mod tests {
 
     #[test]
     fn official_example_parses() {
-        let raw = format!("signature={SIG}&timestamp=1715943329&nonce=1590219412&openid=o9Ag&encrypt_type=aes&msg_signature={SIG}");
+        let raw = format!(
+            "signature={SIG}&timestamp=1715943329&nonce=1590219412&openid=o9Ag&encrypt_type=aes&msg_signature={SIG}"
+        );
         let q = SignedQuery::parse(Some(&raw)).unwrap();
         assert_eq!(q.timestamp, "1715943329");
         assert_eq!(q.openid.as_deref(), Some("o9Ag"));
@@ -124,8 +130,14 @@ mod tests {
 
     #[test]
     fn malformed_queries_are_refused() {
-        assert_eq!(SignedQuery::parse(None), Err(QueryError::Missing("timestamp")));
-        assert_eq!(SignedQuery::parse(Some("timestamp=1")), Err(QueryError::Missing("nonce")));
+        assert_eq!(
+            SignedQuery::parse(None),
+            Err(QueryError::Missing("timestamp"))
+        );
+        assert_eq!(
+            SignedQuery::parse(Some("timestamp=1")),
+            Err(QueryError::Missing("nonce"))
+        );
         assert_eq!(
             SignedQuery::parse(Some("timestamp=1x&nonce=2")),
             Err(QueryError::Malformed("timestamp"))

@@ -16,7 +16,9 @@ impl TestNs {
     /// `prefix` + 8 random hex digits, e.g. `t-ingress-1a2b3c4d`.
     pub fn new(prefix: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
-        let ns = format!("{prefix}-{}", &id[..8]).parse().expect("valid namespace");
+        let ns = format!("{prefix}-{}", &id[..8])
+            .parse()
+            .expect("valid namespace");
         Self { ns }
     }
 
@@ -30,7 +32,10 @@ impl Drop for TestNs {
         let ns = self.ns.clone();
         // Drop cannot be async: clean up on a thread with its own runtime.
         let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread().enable_all().build() else {
+            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            else {
                 return;
             };
             rt.block_on(async move {
@@ -51,11 +56,15 @@ pub async fn delete_namespace(ns: &Namespace) -> Result<(), lapin::Error> {
         // A fresh channel each time: deleting something absent is fine, but an error closes
         // the channel.
         let ch = conn.create_channel().await?;
-        let _ = ch.queue_delete(q.as_str().into(), QueueDeleteOptions::default()).await;
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
     }
     for x in exchanges {
         let ch = conn.create_channel().await?;
-        let _ = ch.exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default()).await;
+        let _ = ch
+            .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
+            .await;
     }
     let _ = conn.close(200, "cleanup done".into()).await;
     Ok(())
@@ -122,7 +131,10 @@ pub async fn message_count(queue: &str) -> Result<u32, lapin::Error> {
     let q = ch
         .queue_declare(
             queue.into(),
-            lapin::options::QueueDeclareOptions { passive: true, ..Default::default() },
+            lapin::options::QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
             Default::default(),
         )
         .await?;
@@ -146,23 +158,27 @@ fn amqp_value_to_string(v: &lapin::types::AMQPValue) -> String {
 /// (`rabbitmqctl close_connection`), and returns how many it closed. Other tests' connections
 /// are left alone, unlike `close_all_connections`.
 pub fn close_connections_named(needle: &str) -> Result<usize, String> {
-    let out = std::process::Command::new("rabbitmqctl")
-        .args(["list_connections", "pid", "client_properties", "--formatter", "json", "-q"])
+    let out = rabbitmqctl()
+        .args(["list_connections", "pid", "client_properties", "-q"])
         .output()
         .map_err(|e| format!("running rabbitmqctl: {e}"))?;
     if !out.status.success() {
-        return Err(format!("rabbitmqctl list_connections: {}", String::from_utf8_lossy(&out.stderr)));
+        return Err(format!(
+            "rabbitmqctl list_connections: {}",
+            String::from_utf8_lossy(&out.stderr)
+        ));
     }
-    let list: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .map_err(|e| format!("rabbitmqctl output is not JSON: {e}"))?;
+    // One line per connection: `<rabbit@host.N.N.N>\t[{"capabilities",…},{"connection_name",…}]`.
+    // (The JSON formatter prints pids as `#PID<…>`, which close_connection does not take.)
     let mut closed = 0;
-    for conn in list.as_array().into_iter().flatten() {
-        let props = conn["client_properties"].to_string();
-        if !props.contains(needle) {
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let Some((pid, props)) = line.split_once('\t') else {
+            continue;
+        };
+        if !pid.starts_with('<') || !props.contains(needle) {
             continue;
         }
-        let Some(pid) = conn["pid"].as_str() else { continue };
-        let status = std::process::Command::new("rabbitmqctl")
+        let status = rabbitmqctl()
             .args(["close_connection", pid, "closed by a wxpipe test"])
             .output()
             .map_err(|e| format!("running rabbitmqctl: {e}"))?;
@@ -171,4 +187,20 @@ pub fn close_connections_named(needle: &str) -> Result<usize, String> {
         }
     }
     Ok(closed)
+}
+
+/// `rabbitmqctl` needs the broker's Erlang cookie: run it directly as root, else through
+/// `sudo -n` (scripts/test installs the broker the same way).
+fn rabbitmqctl() -> std::process::Command {
+    let is_root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout.starts_with(b"0"));
+    if is_root {
+        std::process::Command::new("rabbitmqctl")
+    } else {
+        let mut c = std::process::Command::new("sudo");
+        c.args(["-n", "rabbitmqctl"]);
+        c
+    }
 }

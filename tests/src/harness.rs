@@ -41,7 +41,9 @@ pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
 impl IngressHandle {
     /// Starts an ingress with `config` on a random port (its `addr` is ignored).
     pub async fn start(config: IngressConfig) -> Self {
-        let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind loopback");
+        let listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind loopback");
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(ingress::server::serve(listener, config, async move {

@@ -24,7 +24,8 @@ pub mod creds {
 
 /// `WXPIPE_AMQP_URL` if set, else the local broker.
 pub fn amqp_url() -> String {
-    std::env::var("WXPIPE_AMQP_URL").unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
+    std::env::var("WXPIPE_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".into())
 }
 
 /// `WXPIPE_REDIS_URL` if set, else the local Redis.

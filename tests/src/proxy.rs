@@ -28,7 +28,9 @@ impl Proxy {
                 }
                 let mut cut = state.subscribe();
                 tokio::spawn(async move {
-                    let Ok(mut server) = TcpStream::connect(upstream).await else { return };
+                    let Ok(mut server) = TcpStream::connect(upstream).await else {
+                        return;
+                    };
                     let mut client = client;
                     tokio::select! {
                         _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
@@ -37,7 +39,11 @@ impl Proxy {
                 });
             }
         });
-        Ok(Self { addr, severed, task })
+        Ok(Self {
+            addr,
+            severed,
+            task,
+        })
     }
 
     /// Drops every proxied connection and refuses new ones.

@@ -50,7 +50,14 @@ impl PushBuilder {
     }
 
     /// A push to the message URL from follower `openid` of account `gh_id`.
-    pub fn authorizer(&self, gh_id: &str, openid: &str, plaintext: &str, timestamp: i64, nonce: &str) -> SignedPush {
+    pub fn authorizer(
+        &self,
+        gh_id: &str,
+        openid: &str,
+        plaintext: &str,
+        timestamp: i64,
+        nonce: &str,
+    ) -> SignedPush {
         let encrypt = self.crypt.encrypt(plaintext);
         let body = authorizer_envelope(gh_id, &encrypt);
         SignedPush {
@@ -77,7 +84,13 @@ impl PushBuilder {
 }
 
 /// A text message from `openid` to `gh_id` (protocol.md §4).
-pub fn text_message(gh_id: &str, openid: &str, create_time: i64, content: &str, msg_id: u64) -> String {
+pub fn text_message(
+    gh_id: &str,
+    openid: &str,
+    create_time: i64,
+    content: &str,
+    msg_id: u64,
+) -> String {
     format!(
         "<xml><ToUserName><![CDATA[{gh_id}]]></ToUserName><FromUserName><![CDATA[{openid}]]></FromUserName><CreateTime>{create_time}</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[{content}]]></Content><MsgId>{msg_id}</MsgId></xml>"
     )

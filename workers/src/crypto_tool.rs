@@ -55,7 +55,11 @@ pub struct Keys {
     #[arg(long, env = "WXPIPE_TOKEN", hide_env_values = true)]
     token: String,
     /// The 43-character EncodingAESKey.
-    #[arg(long = "aes-key", env = "WXPIPE_ENCODING_AES_KEY", hide_env_values = true)]
+    #[arg(
+        long = "aes-key",
+        env = "WXPIPE_ENCODING_AES_KEY",
+        hide_env_values = true
+    )]
     aes_key: String,
     /// The component appid every plaintext ends with.
     #[arg(long, env = "WXPIPE_COMPONENT_APPID")]
@@ -64,8 +68,12 @@ pub struct Keys {
 
 impl Keys {
     fn crypt(&self) -> anyhow::Result<MsgCrypt> {
-        MsgCrypt::new(SecretString::from(self.token.clone()), &self.aes_key, self.appid.clone())
-            .map_err(|e| anyhow::anyhow!("--aes-key: {e}"))
+        MsgCrypt::new(
+            SecretString::from(self.token.clone()),
+            &self.aes_key,
+            self.appid.clone(),
+        )
+        .map_err(|e| anyhow::anyhow!("--aes-key: {e}"))
     }
 }
 
@@ -89,7 +97,10 @@ pub fn run(cmd: CryptoCommand) -> anyhow::Result<String> {
             Ok(match random {
                 Some(r) => {
                     let random: [u8; RANDOM_LEN] = r.as_bytes().try_into().map_err(|_| {
-                        anyhow::anyhow!("--random must be exactly {RANDOM_LEN} bytes, got {}", r.len())
+                        anyhow::anyhow!(
+                            "--random must be exactly {RANDOM_LEN} bytes, got {}",
+                            r.len()
+                        )
                     })?;
                     crypt.encrypt_reply_with_random(&plaintext, &timestamp, &nonce, &random)
                 }

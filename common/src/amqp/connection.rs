@@ -11,7 +11,11 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Connects to the first node of `urls` that answers, trying them in turn from `start` (so that
 /// successive reconnects spread over the cluster). `name` is shown by the broker
 /// (`rabbitmqctl list_connections client_properties`, the management UI).
-pub async fn connect_any(urls: &[String], start: usize, name: &str) -> Result<Connection, AmqpError> {
+pub async fn connect_any(
+    urls: &[String],
+    start: usize,
+    name: &str,
+) -> Result<Connection, AmqpError> {
     let mut last = String::from("no URL configured");
     for i in 0..urls.len() {
         let url = &urls[(start + i) % urls.len()];

@@ -115,7 +115,11 @@ impl ConfirmedPublisher {
 
     /// True while a connection with open confirm channels is in place.
     pub fn is_connected(&self) -> bool {
-        self.shared.link.borrow().as_ref().is_some_and(|l| l.healthy())
+        self.shared
+            .link
+            .borrow()
+            .as_ref()
+            .is_some_and(|l| l.healthy())
     }
 
     /// Waits until connected, at most `timeout`; returns whether it is.
@@ -153,7 +157,7 @@ impl ConfirmedPublisher {
                     properties,
                 )
                 .await?;
-            Ok::<_, lapin::Error>(confirm.await?)
+            confirm.await
         };
         match tokio::time::timeout(deadline, attempt).await {
             Ok(Ok(Confirmation::Ack(_))) => Ok(()),
@@ -210,7 +214,9 @@ async fn supervise(shared: Arc<Shared>, opts: PublisherOptions) {
                 metrics::gauge!("wxpipe_amqp_connected", "connection" => name.clone()).set(0.0);
                 if stopping {
                     for ch in &link.channels {
-                        let _ = tokio::time::timeout(Duration::from_secs(5), ch.wait_for_confirms()).await;
+                        let _ =
+                            tokio::time::timeout(Duration::from_secs(5), ch.wait_for_confirms())
+                                .await;
                     }
                     let _ = tokio::time::timeout(
                         Duration::from_secs(2),

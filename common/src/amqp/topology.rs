@@ -62,10 +62,19 @@ async fn declare_quorum_queue(
     dead_letter_exchange: Option<&str>,
 ) -> Result<(), AmqpError> {
     let mut args = FieldTable::default();
-    args.insert("x-queue-type".into(), AMQPValue::LongString("quorum".into()));
+    args.insert(
+        "x-queue-type".into(),
+        AMQPValue::LongString("quorum".into()),
+    );
     if let Some(dlx) = dead_letter_exchange {
-        args.insert("x-dead-letter-exchange".into(), AMQPValue::LongString(dlx.into()));
-        args.insert("x-delivery-limit".into(), AMQPValue::LongLongInt(DELIVERY_LIMIT));
+        args.insert(
+            "x-dead-letter-exchange".into(),
+            AMQPValue::LongString(dlx.into()),
+        );
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DELIVERY_LIMIT),
+        );
     }
     ch.queue_declare(
         name.into(),
@@ -89,5 +98,7 @@ async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<()
         FieldTable::default(),
     )
     .await
-    .map_err(AmqpError::broker(format!("binding {queue} to {exchange} ({key:?})")))
+    .map_err(AmqpError::broker(format!(
+        "binding {queue} to {exchange} ({key:?})"
+    )))
 }

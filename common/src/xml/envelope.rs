@@ -59,8 +59,10 @@ mod tests {
         let e = Envelope::parse(component_envelope("wx1", "QUJD").as_bytes()).unwrap();
         assert_eq!(e.addressee.as_deref(), Some("wx1"));
         // whitespace between elements, as WeChat sends it
-        let e = Envelope::parse(b"<xml>\n  <ToUserName>gh_1</ToUserName>\n  <Encrypt>QUJD</Encrypt>\n</xml>")
-            .unwrap();
+        let e = Envelope::parse(
+            b"<xml>\n  <ToUserName>gh_1</ToUserName>\n  <Encrypt>QUJD</Encrypt>\n</xml>",
+        )
+        .unwrap();
         assert_eq!(e.encrypt, "QUJD");
     }
 
@@ -72,8 +74,14 @@ mod tests {
             Envelope::parse(b"<xml><ToUserName>x</ToUserName></xml>"),
             Err(XmlError::MissingField("Encrypt"))
         );
-        assert!(matches!(Envelope::parse(b"not xml at all"), Err(XmlError::Malformed(_))));
-        assert!(matches!(Envelope::parse(b"<xml><Encrypt>abc</Encrypt>"), Err(XmlError::Malformed(_))));
+        assert!(matches!(
+            Envelope::parse(b"not xml at all"),
+            Err(XmlError::Malformed(_))
+        ));
+        assert!(matches!(
+            Envelope::parse(b"<xml><Encrypt>abc</Encrypt>"),
+            Err(XmlError::Malformed(_))
+        ));
         assert!(matches!(
             Envelope::parse(b"<xml><Encrypt>abc</Wrong></xml>"),
             Err(XmlError::Malformed(_))

@@ -151,7 +151,9 @@ pub fn parse_fields(xml: &str) -> Result<Fields, XmlError> {
         }
     }
     if !stack.is_empty() {
-        return Err(XmlError::Malformed("document ends inside an element".into()));
+        return Err(XmlError::Malformed(
+            "document ends inside an element".into(),
+        ));
     }
     root.ok_or(XmlError::NoRoot)
 }

@@ -246,18 +246,34 @@ mod tests {
     #[test]
     fn ticket_push() {
         let xml = "<xml><AppId>wx1</AppId><CreateTime>1413192605</CreateTime><InfoType>component_verify_ticket</InfoType><ComponentVerifyTicket>ticket@@@x</ComponentVerifyTicket></xml>";
-        let Push::Component(e) = Push::parse(xml).unwrap() else { panic!() };
-        assert_eq!(e.kind, InfoType::ComponentVerifyTicket { ticket: "ticket@@@x".into() });
+        let Push::Component(e) = Push::parse(xml).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            e.kind,
+            InfoType::ComponentVerifyTicket {
+                ticket: "ticket@@@x".into()
+            }
+        );
         assert_eq!(e.create_time, 1413192605);
     }
 
     #[test]
     fn info_type_is_case_insensitive_and_unknown_ones_pass_through() {
         let xml = "<xml><AppId>wx1</AppId><CreateTime>1</CreateTime><InfoType>Unauthorized</InfoType><AuthorizerAppid>wxa</AuthorizerAppid></xml>";
-        let Push::Component(e) = Push::parse(xml).unwrap() else { panic!() };
-        assert_eq!(e.kind, InfoType::Unauthorized { authorizer_appid: "wxa".into() });
+        let Push::Component(e) = Push::parse(xml).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            e.kind,
+            InfoType::Unauthorized {
+                authorizer_appid: "wxa".into()
+            }
+        );
         let xml = "<xml><AppId>wx1</AppId><CreateTime>1</CreateTime><InfoType>notify_new_thing</InfoType><Extra><A>1</A><A>2</A></Extra></xml>";
-        let Push::Component(e) = Push::parse(xml).unwrap() else { panic!() };
+        let Push::Component(e) = Push::parse(xml).unwrap() else {
+            panic!()
+        };
         assert_eq!(e.kind, InfoType::Other);
         assert_eq!(e.fields["Extra"]["A"], serde_json::json!(["1", "2"]));
     }
@@ -265,7 +281,9 @@ mod tests {
     #[test]
     fn fasteregister_with_nested_info() {
         let xml = "<xml><AppId>wx1</AppId><CreateTime>1</CreateTime><InfoType>notify_third_fasteregister</InfoType><appid>wxnew</appid><status>0</status><auth_code>code</auth_code><msg>OK</msg><info><name>n</name><code>c</code></info></xml>";
-        let Push::Component(e) = Push::parse(xml).unwrap() else { panic!() };
+        let Push::Component(e) = Push::parse(xml).unwrap() else {
+            panic!()
+        };
         assert_eq!(
             e.kind,
             InfoType::NotifyThirdFasteregister {
@@ -281,22 +299,40 @@ mod tests {
     #[test]
     fn authorized_requires_its_code() {
         let xml = "<xml><AppId>wx1</AppId><CreateTime>1</CreateTime><InfoType>authorized</InfoType><AuthorizerAppid>wxa</AuthorizerAppid></xml>";
-        assert_eq!(Push::parse(xml), Err(XmlError::MissingField("AuthorizationCode")));
+        assert_eq!(
+            Push::parse(xml),
+            Err(XmlError::MissingField("AuthorizationCode"))
+        );
     }
 
     #[test]
     fn messages_and_events() {
         let xml = "<xml><ToUserName><![CDATA[gh_1]]></ToUserName><FromUserName><![CDATA[o1]]></FromUserName><CreateTime>2</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[a &amp; <b>]]></Content><MsgId>123</MsgId></xml>";
-        let Push::Authorizer(m) = Push::parse(xml).unwrap() else { panic!() };
+        let Push::Authorizer(m) = Push::parse(xml).unwrap() else {
+            panic!()
+        };
         assert_eq!(
             m.kind,
-            MessageKind::Text { content: "a &amp; <b>".into(), msg_id: Some("123".into()) }
+            MessageKind::Text {
+                content: "a &amp; <b>".into(),
+                msg_id: Some("123".into())
+            }
         );
         let xml = "<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>2</CreateTime><MsgType>event</MsgType><Event>subscribe</Event><EventKey></EventKey></xml>";
-        let Push::Authorizer(m) = Push::parse(xml).unwrap() else { panic!() };
-        assert_eq!(m.kind, MessageKind::Event { event: "subscribe".into(), event_key: Some(String::new()) });
+        let Push::Authorizer(m) = Push::parse(xml).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            m.kind,
+            MessageKind::Event {
+                event: "subscribe".into(),
+                event_key: Some(String::new())
+            }
+        );
         let xml = "<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>2</CreateTime><MsgType>hologram</MsgType><Depth>3</Depth></xml>";
-        let Push::Authorizer(m) = Push::parse(xml).unwrap() else { panic!() };
+        let Push::Authorizer(m) = Push::parse(xml).unwrap() else {
+            panic!()
+        };
         assert_eq!(m.kind, MessageKind::Other);
         assert_eq!(m.fields["Depth"], "3");
         assert_eq!(
@@ -308,7 +344,9 @@ mod tests {
     #[test]
     fn escaped_text_and_char_refs_are_decoded() {
         let xml = "<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>2</CreateTime><MsgType>text</MsgType><Content>a &lt;b&gt; &#x4e2d;</Content></xml>";
-        let Push::Authorizer(m) = Push::parse(xml).unwrap() else { panic!() };
+        let Push::Authorizer(m) = Push::parse(xml).unwrap() else {
+            panic!()
+        };
         assert_eq!(m.fields["Content"], "a <b> 中");
     }
 }

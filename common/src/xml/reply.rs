@@ -4,7 +4,12 @@ use quick_xml::escape::escape;
 
 /// The encrypted passive-reply envelope. `encrypt` is base64 and `signature` hex, so neither
 /// needs escaping; timestamp and nonce are echoed as given and are escaped for safety.
-pub fn encrypted_reply_xml(encrypt: &str, msg_signature: &str, timestamp: &str, nonce: &str) -> String {
+pub fn encrypted_reply_xml(
+    encrypt: &str,
+    msg_signature: &str,
+    timestamp: &str,
+    nonce: &str,
+) -> String {
     format!(
         "<xml><Encrypt><![CDATA[{encrypt}]]></Encrypt><MsgSignature><![CDATA[{msg_signature}]]></MsgSignature><TimeStamp>{}</TimeStamp><Nonce><![CDATA[{}]]></Nonce></xml>",
         escape(timestamp),

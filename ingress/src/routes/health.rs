@@ -21,7 +21,10 @@ pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (status, Json(serde_json::json!({ "ready": broker && redis, "broker": broker, "redis": redis })))
+    (
+        status,
+        Json(serde_json::json!({ "ready": broker && redis, "broker": broker, "redis": redis })),
+    )
 }
 
 async fn redis_ping(pool: &deadpool_redis::Pool) -> bool {
@@ -32,7 +35,10 @@ async fn redis_ping(pool: &deadpool_redis::Pool) -> bool {
             .await
             .ok()
     };
-    matches!(tokio::time::timeout(Duration::from_secs(1), ping).await, Ok(Some(_)))
+    matches!(
+        tokio::time::timeout(Duration::from_secs(1), ping).await,
+        Ok(Some(_))
+    )
 }
 
 /// Prometheus text format.

@@ -64,7 +64,15 @@ pub async fn authorizer_push(
     if !AppId::is_valid(&appid) {
         return not_found();
     }
-    handle_push(&state, Route::Authorizer, Some(&appid), query, &headers, body).await
+    handle_push(
+        &state,
+        Route::Authorizer,
+        Some(&appid),
+        query,
+        &headers,
+        body,
+    )
+    .await
 }
 
 /// `GET /wechat/component?echostr=…`: URL verification.
@@ -105,7 +113,10 @@ fn verify_url(state: &AppState, route: Route, raw_query: Option<String>) -> Resp
     if !q.is_fresh(common::unix_now(), state.timestamp_window) {
         return Outcome::Stale.respond(r, "timestamp outside the accepted window");
     }
-    match state.crypt.verify_signature(&q.timestamp, &q.nonce, signature) {
+    match state
+        .crypt
+        .verify_signature(&q.timestamp, &q.nonce, signature)
+    {
         Ok(()) => Outcome::Verified.respond(r, echostr.clone()),
         Err(e) => Outcome::BadSignature.respond(r, e.to_string()),
     }
@@ -146,7 +157,9 @@ async fn handle_push(
         return Outcome::BadSignature.respond(r, e.to_string());
     }
     if let Some(signature) = q.signature.as_deref()
-        && let Err(e) = state.crypt.verify_signature(&q.timestamp, &q.nonce, signature)
+        && let Err(e) = state
+            .crypt
+            .verify_signature(&q.timestamp, &q.nonce, signature)
     {
         return Outcome::BadSignature.respond(r, e.to_string());
     }
@@ -189,7 +202,11 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
             let too_large = std::error::Error::source(&e)
                 .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
                 || e.to_string().contains("length limit");
-            Err(if too_large { Outcome::TooLarge } else { Outcome::Malformed })
+            Err(if too_large {
+                Outcome::TooLarge
+            } else {
+                Outcome::Malformed
+            })
         }
     }
 }

@@ -24,7 +24,11 @@ use wxpipe_tests::creds;
 use wxpipe_tests::push::{PushBuilder, SignedPush};
 
 #[derive(Parser)]
-#[command(name = "wxpipe-bench", version, about = "wxpipe's benchmarks (figures, not assertions)")]
+#[command(
+    name = "wxpipe-bench",
+    version,
+    about = "wxpipe's benchmarks (figures, not assertions)"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Bench,
@@ -54,7 +58,11 @@ struct IngressBench {
     #[arg(long)]
     ingress_bin: Option<PathBuf>,
     /// RabbitMQ URL.
-    #[arg(long, env = "WXPIPE_AMQP_URL", default_value = "amqp://guest:guest@127.0.0.1:5672/%2f")]
+    #[arg(
+        long,
+        env = "WXPIPE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
     amqp_url: String,
     /// Skip the broker-ceiling phase.
     #[arg(long)]
@@ -74,7 +82,13 @@ fn sized_push(builder: &PushBuilder, bytes: usize) -> SignedPush {
     let now = common::unix_now();
     let mut content_len = 1;
     loop {
-        let plain = wxpipe_tests::push::text_message("gh_97417a04a28d", "o-bench", now, &"x".repeat(content_len), 1);
+        let plain = wxpipe_tests::push::text_message(
+            "gh_97417a04a28d",
+            "o-bench",
+            now,
+            &"x".repeat(content_len),
+            1,
+        );
         let push = builder.component(&plain, now, "424242");
         if push.body.len() >= bytes || content_len > 64 * 1024 {
             return push;
@@ -92,7 +106,9 @@ async fn ingress_bench(b: IngressBench) -> anyhow::Result<()> {
         push.body.len(),
         b.duration,
         b.warmup,
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
     );
 
     let ceiling = if b.skip_ceiling {
@@ -100,7 +116,10 @@ async fn ingress_bench(b: IngressBench) -> anyhow::Result<()> {
     } else {
         let t = TestNs::new("bench-ceiling");
         let rate = broker_ceiling(&b, &t, push.body.as_bytes()).await?;
-        println!("broker ceiling (bare lapin, confirms, {} in flight): {rate:.0} msg/s", b.concurrency);
+        println!(
+            "broker ceiling (bare lapin, confirms, {} in flight): {rate:.0} msg/s",
+            b.concurrency
+        );
         Some(rate)
     };
 
@@ -173,7 +192,8 @@ async fn broker_ceiling(b: &IngressBench, t: &TestNs, body: &[u8]) -> anyhow::Re
     for task in tasks {
         task.await??;
     }
-    ch.queue_purge(exchange.as_str().into(), QueuePurgeOptions::default()).await?;
+    ch.queue_purge(exchange.as_str().into(), QueuePurgeOptions::default())
+        .await?;
     let _ = conn.close(200, "bench done".into()).await;
     Ok(n as f64 / elapsed.as_secs_f64())
 }
@@ -195,12 +215,19 @@ fn ingress_binary(b: &IngressBench) -> anyhow::Result<PathBuf> {
     let me = std::env::current_exe()?;
     let sibling = me.with_file_name("ingress");
     if !sibling.exists() {
-        bail!("{} not found: run `cargo build --release` first, or pass --ingress-bin", sibling.display());
+        bail!(
+            "{} not found: run `cargo build --release` first, or pass --ingress-bin",
+            sibling.display()
+        );
     }
     Ok(sibling)
 }
 
-async fn ingress_load(b: &IngressBench, t: &TestNs, push: &SignedPush) -> anyhow::Result<LoadReport> {
+async fn ingress_load(
+    b: &IngressBench,
+    t: &TestNs,
+    push: &SignedPush,
+) -> anyhow::Result<LoadReport> {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
@@ -252,7 +279,8 @@ async fn ingress_load(b: &IngressBench, t: &TestNs, push: &SignedPush) -> anyhow
                 let ok = conn.post(&path, body.clone()).await;
                 if measuring.load(Ordering::Relaxed) {
                     if ok {
-                        latencies_us.push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        latencies_us
+                            .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
                     } else {
                         failed.fetch_add(1, Ordering::Relaxed);
                     }
@@ -293,7 +321,10 @@ async fn ingress_load(b: &IngressBench, t: &TestNs, push: &SignedPush) -> anyhow
         all.extend(task.await?);
     }
     let (rss_mb, hwm_mb) = rss_of(pid);
-    let _ = tokio::process::Command::new("kill").arg(pid.to_string()).status().await;
+    let _ = tokio::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .await;
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     all.sort_unstable();
     let pct = |p: f64| -> f64 {
@@ -357,14 +388,22 @@ fn cpu_secs_of(pid: u32) -> f64 {
     // Fields after the command name (which may contain spaces) start after the last ')'.
     let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
     let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
     (ticks(11) + ticks(12)) / 100.0
 }
 
 /// The local RabbitMQ's Erlang VM, if it runs on this machine.
 fn broker_pid() -> Option<u32> {
-    let out = std::process::Command::new("pgrep").args(["-o", "beam.smp"]).output().ok()?;
+    let out = std::process::Command::new("pgrep")
+        .args(["-o", "beam.smp"])
+        .output()
+        .ok()?;
     String::from_utf8_lossy(&out.stdout).trim().parse().ok()
 }
 

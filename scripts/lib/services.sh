@@ -1,0 +1,66 @@
+# Shared by scripts/test (and the demo): make sure RabbitMQ and Redis answer on 127.0.0.1,
+# starting them when installed but stopped, installing them with apt-get when absent (Debian).
+# Every failure is explained in one line.
+
+SUDO=""
+if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
+
+say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
+
+wait_for_port() { # port seconds name
+  local i
+  for ((i = 0; i < $2 * 5; i++)); do
+    port_open "$1" && return 0
+    sleep 0.2
+  done
+  die "$3 did not start listening on 127.0.0.1:$1 within $2 s"
+}
+
+apt_install() {
+  command -v apt-get >/dev/null 2>&1 || die "$1 is not installed and apt-get is not available: install $1 yourself, then run this again"
+  say "installing $* with apt-get"
+  $SUDO apt-get update -qq >/dev/null || die "apt-get update failed (no network or no permission?)"
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "$@" >/dev/null \
+    || die "apt-get install $* failed"
+}
+
+ensure_redis() {
+  if port_open 6379; then say "Redis is running on 127.0.0.1:6379"; return; fi
+  command -v redis-server >/dev/null 2>&1 || apt_install redis-server redis-tools
+  if ! port_open 6379; then
+    say "starting Redis"
+    local dir="${TMPDIR:-/tmp}/wxpipe-redis"
+    mkdir -p "$dir"
+    redis-server --daemonize yes --bind 127.0.0.1 --port 6379 --save "" --appendonly no \
+      --dir "$dir" --logfile "$dir/redis.log" >/dev/null || die "redis-server did not start (see $dir/redis.log)"
+  fi
+  wait_for_port 6379 20 Redis
+  say "Redis is running on 127.0.0.1:6379"
+}
+
+ensure_rabbitmq() {
+  if port_open 5672 && rabbitmq_ready; then say "RabbitMQ is running on 127.0.0.1:5672"; return; fi
+  command -v rabbitmq-server >/dev/null 2>&1 || apt_install rabbitmq-server
+  if ! port_open 5672; then
+    say "starting RabbitMQ (this takes a few seconds)"
+    $SUDO rabbitmq-server -detached >/dev/null 2>&1 || true
+  fi
+  wait_for_port 5672 90 RabbitMQ
+  local i
+  for ((i = 0; i < 60; i++)); do rabbitmq_ready && break; sleep 1; done
+  rabbitmq_ready || die "RabbitMQ listens on 5672 but is not ready (rabbitmqctl await_startup failed)"
+  say "RabbitMQ is running on 127.0.0.1:5672"
+}
+
+# rabbitmqctl needs the Erlang cookie: root, or sudo for other users.
+rabbitmqctl_cmd() {
+  if [ "$(id -u)" -eq 0 ]; then rabbitmqctl "$@"; else sudo -n rabbitmqctl "$@"; fi
+}
+
+rabbitmq_ready() {
+  command -v rabbitmqctl >/dev/null 2>&1 || return 0 # a broker we did not install: trust the port
+  rabbitmqctl_cmd await_startup --timeout 5 >/dev/null 2>&1
+}
