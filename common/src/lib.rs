@@ -11,12 +11,17 @@
 //!   secret.
 //! * [`amqp`] — connecting to a RabbitMQ cluster, the declared topology, and a confirmed,
 //!   self-reconnecting publisher.
+//! * [`event`] — the CloudEvents envelope of `{ns}.events`, its ids and routing keys.
+//! * [`redis`] — the pool and the key layout (`{ns}:{component_appid}:…`).
 //! * [`telemetry`] — logging and the Prometheus recorder.
 
 pub mod amqp;
 pub mod config;
 pub mod crypto;
+pub mod event;
 pub mod ids;
+pub mod redis;
+pub mod shutdown;
 pub mod telemetry;
 pub mod xml;
 

@@ -1,6 +1,20 @@
 //! # workers
 //!
-//! wxpipe's worker roles, one module each, run as subcommands of the `workers` binary.
-//! So far: [`crypto_tool`], the offline WXBizMsgCrypt tools for support work.
+//! wxpipe's worker roles, one module each, run as subcommands of the `workers` binary. Each
+//! consuming role has the same shape — receive, handle, acknowledge — given by
+//! [`common::amqp::consumer`]:
+//!
+//! * [`decrypt`] — `{ns}.raw` → verify, decrypt, parse, dedupe → `{ns}.events`.
+//! * [`business`] — `{ns}.business`: the platform's own events, through a handler registry.
+//! * [`dlq`] — inspect and replay `{ns}.dead`.
+//! * [`crypto_tool`] — offline WXBizMsgCrypt tools for support work.
+//!
+//! [`retry`] bounds transient failures; [`settings`] holds what every role is configured with.
 
+pub mod business;
 pub mod crypto_tool;
+pub mod decrypt;
+pub mod dlq;
+pub mod retry;
+pub mod serve;
+pub mod settings;

@@ -2,6 +2,7 @@
 //! whose publishes are confirmed by the broker and which reconnects by itself.
 
 pub mod connection;
+pub mod consumer;
 pub mod publisher;
 pub mod topology;
 

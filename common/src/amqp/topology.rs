@@ -34,6 +34,32 @@ pub async fn declare_raw(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> 
     bind(ch, &ns.raw(), &ns.raw(), RAW_AUTHORIZER).await
 }
 
+/// Routing-key patterns `{ns}.business` is bound to: the platform's own events.
+pub const BUSINESS_BINDINGS: &[&str] = &["component.#"];
+
+/// `{ns}.events`: the topic exchange of decoded events downstream teams bind to.
+pub async fn declare_events(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
+    declare_exchange(ch, &ns.events(), ExchangeKind::Topic).await
+}
+
+/// `{ns}.business`: the quorum queue of the platform's own handlers, bound to
+/// [`BUSINESS_BINDINGS`] on `{ns}.events`.
+pub async fn declare_business(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
+    declare_events(ch, ns).await?;
+    declare_dead_letters(ch, ns).await?;
+    declare_quorum_queue(ch, &ns.business(), Some(&ns.dlx())).await?;
+    for pattern in BUSINESS_BINDINGS {
+        bind(ch, &ns.business(), &ns.events(), pattern).await?;
+    }
+    Ok(())
+}
+
+/// Everything: raw, events, business and dead letters (what the workers declare).
+pub async fn declare_all(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
+    declare_raw(ch, ns).await?;
+    declare_business(ch, ns).await
+}
+
 /// Every exchange and queue name a namespace may own, for tools that remove a namespace.
 pub fn all_names(ns: &Namespace) -> (Vec<String>, Vec<String>) {
     (

@@ -1,0 +1,155 @@
+//! `workers business`: consumes `{ns}.business` and hands each event to the handler registered
+//! for its type ([`registry`]). Unknown events are acked and counted; transient handler failures
+//! are retried with backoff and dead-lettered after the configured attempts; permanent ones are
+//! dead-lettered at once.
+
+pub mod registry;
+
+use crate::retry::{Attempt, retry};
+use crate::settings::WorkerArgs;
+use common::amqp::consumer::{self, ConsumerOptions, Disposition, Handler};
+use common::amqp::topology::declare_all;
+use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use common::config::ConfigError;
+use common::event::CloudEvent;
+use common::ids::Namespace;
+use lapin::message::Delivery;
+use registry::{HandlerError, Registry};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Consume `{ns}.business`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct BusinessArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Unacknowledged events one worker holds (and handles concurrently).
+    #[arg(long, env = "WXPIPE_BUSINESS_PREFETCH", default_value_t = 32)]
+    pub prefetch: u16,
+}
+
+/// Validated settings.
+#[derive(Clone)]
+pub struct BusinessConfig {
+    pub namespace: Namespace,
+    pub amqp_urls: Vec<String>,
+    pub prefetch: u16,
+    pub max_attempts: u32,
+}
+
+impl BusinessArgs {
+    pub fn validate(&self) -> Result<BusinessConfig, ConfigError> {
+        if self.prefetch == 0 {
+            return Err(ConfigError::Invalid {
+                var: "WXPIPE_BUSINESS_PREFETCH",
+                reason: "must be at least 1".into(),
+            });
+        }
+        Ok(BusinessConfig {
+            namespace: self.worker.namespace.namespace()?,
+            amqp_urls: self.worker.amqp.urls()?,
+            prefetch: self.prefetch,
+            max_attempts: self.worker.check_attempts()?,
+        })
+    }
+}
+
+/// Dispatches events to the registry.
+pub struct BusinessHandler {
+    pub registry: Registry,
+    pub max_attempts: u32,
+}
+
+fn count(event_type: &str, outcome: &'static str) {
+    metrics::counter!("wxpipe_business_events_total", "type" => event_type.to_owned(), "outcome" => outcome)
+        .increment(1);
+}
+
+impl Handler for BusinessHandler {
+    async fn handle(&self, delivery: &Delivery) -> Disposition {
+        let event: CloudEvent = match serde_json::from_slice(&delivery.data) {
+            Ok(e) => e,
+            Err(e) => {
+                count("?", "dead");
+                return Disposition::DeadLetter {
+                    reason: "unparseable",
+                    detail: format!("not a CloudEvent: {e}"),
+                };
+            }
+        };
+        let Some(handler) = self.registry.get(&event.event_type) else {
+            tracing::debug!(event_type = %event.event_type, id = %event.id, "no handler; acked");
+            count(&event.event_type, "unhandled");
+            return Disposition::Ack;
+        };
+        let result = retry(self.max_attempts, "business", || async {
+            match handler.handle(&event).await {
+                Ok(()) => Attempt::Done(Ok(())),
+                Err(HandlerError::Transient { reason, detail }) => {
+                    Attempt::Transient { reason, detail }
+                }
+                Err(HandlerError::Permanent { reason, detail }) => {
+                    Attempt::Done(Err((reason, detail)))
+                }
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(())) => {
+                count(&event.event_type, "handled");
+                Disposition::Ack
+            }
+            Ok(Err((reason, detail))) => {
+                count(&event.event_type, "dead");
+                Disposition::DeadLetter { reason, detail }
+            }
+            Err(gave_up) => {
+                count(&event.event_type, "dead");
+                Disposition::DeadLetter {
+                    reason: gave_up.reason,
+                    detail: format!("{} (after {} attempts)", gave_up.detail, gave_up.attempts),
+                }
+            }
+        }
+    }
+}
+
+/// Runs one business worker with `registry` until `shutdown` becomes true.
+pub async fn run(config: BusinessConfig, registry: Registry, shutdown: watch::Receiver<bool>) {
+    let declare: common::amqp::publisher::DeclareFn =
+        Arc::new(|ch, ns| Box::pin(async move { declare_all(&ch, &ns).await }));
+    let tag = format!(
+        "wxpipe-business {} pid {}",
+        config.namespace,
+        std::process::id()
+    );
+    tracing::info!(handlers = ?registry.types(), "business handlers");
+    let publisher = ConfirmedPublisher::start(PublisherOptions {
+        urls: config.amqp_urls.clone(),
+        namespace: config.namespace.clone(),
+        connection_name: format!("{tag} publish"),
+        channels: 1,
+        confirm_timeout: Duration::from_secs(2),
+        declare: declare.clone(),
+    });
+    let handler = Arc::new(BusinessHandler {
+        registry,
+        max_attempts: config.max_attempts,
+    });
+    consumer::run(
+        ConsumerOptions {
+            urls: config.amqp_urls.clone(),
+            namespace: config.namespace.clone(),
+            queue: config.namespace.business(),
+            connection_name: format!("{tag} consume"),
+            prefetch: config.prefetch,
+            declare,
+        },
+        handler,
+        publisher.clone(),
+        shutdown,
+    )
+    .await;
+    publisher.close().await;
+}

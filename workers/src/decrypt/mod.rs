@@ -1,0 +1,275 @@
+//! `workers decrypt`: `{ns}.raw` → verify · decrypt · parse · dedupe → one CloudEvent on
+//! `{ns}.events`, confirmed, before the raw message is acked. Any number of replicas compete
+//! for the queue. The delivery guarantee is argued in [`dedup`].
+
+pub mod decode;
+pub mod dedup;
+
+use crate::retry::{Attempt, retry};
+use crate::settings::WorkerArgs;
+use common::amqp::consumer::{self, ConsumerOptions, Disposition, Handler};
+use common::amqp::topology::declare_all;
+use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use common::config::ConfigError;
+use common::crypto::MsgCrypt;
+use common::event::{self, CloudEvent};
+use common::ids::Namespace;
+use decode::{Decoded, decode};
+use dedup::{Claim, Dedup};
+use lapin::BasicProperties;
+use lapin::message::Delivery;
+use lapin::types::{AMQPValue, FieldTable};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Consume `{ns}.raw`, publish decoded events to `{ns}.events`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DecryptArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Unacknowledged raw messages one worker holds (and handles concurrently).
+    #[arg(long, env = "WXPIPE_DECRYPT_PREFETCH", default_value_t = 256)]
+    pub prefetch: u16,
+    /// How long a published push is remembered, so that WeChat's retries are dropped.
+    #[arg(long, env = "WXPIPE_DEDUP_TTL_SECS", default_value_t = 900)]
+    pub dedup_ttl_secs: u64,
+    /// Lease of a worker's claim on a push; a dead worker's claim expires after it.
+    #[arg(long, env = "WXPIPE_DEDUP_CLAIM_SECS", default_value_t = 30)]
+    pub dedup_claim_secs: u64,
+}
+
+/// Validated settings.
+#[derive(Clone)]
+pub struct DecryptConfig {
+    pub crypt: MsgCrypt,
+    pub namespace: Namespace,
+    pub amqp_urls: Vec<String>,
+    pub redis_url: String,
+    pub prefetch: u16,
+    pub dedup_ttl: Duration,
+    pub claim_ttl: Duration,
+    pub max_attempts: u32,
+    pub confirm_timeout: Duration,
+}
+
+impl DecryptArgs {
+    pub fn validate(&self) -> Result<DecryptConfig, ConfigError> {
+        let w = &self.worker;
+        if self.prefetch == 0 {
+            return Err(ConfigError::Invalid {
+                var: "WXPIPE_DECRYPT_PREFETCH",
+                reason: "must be at least 1".into(),
+            });
+        }
+        if self.dedup_claim_secs < 5 {
+            return Err(ConfigError::Invalid {
+                var: "WXPIPE_DEDUP_CLAIM_SECS",
+                reason: "must be at least 5 (longer than a publish confirm can take)".into(),
+            });
+        }
+        Ok(DecryptConfig {
+            crypt: w.platform.crypt()?,
+            namespace: w.namespace.namespace()?,
+            amqp_urls: w.amqp.urls()?,
+            redis_url: w.redis.redis_url.clone(),
+            prefetch: self.prefetch,
+            dedup_ttl: Duration::from_secs(self.dedup_ttl_secs.max(1)),
+            claim_ttl: Duration::from_secs(self.dedup_claim_secs),
+            max_attempts: w.check_attempts()?,
+            confirm_timeout: Duration::from_secs(2),
+        })
+    }
+}
+
+/// The per-delivery logic.
+pub struct DecryptHandler {
+    crypt: MsgCrypt,
+    publisher: ConfirmedPublisher,
+    events_exchange: String,
+    dedup: Dedup,
+    max_attempts: u32,
+}
+
+/// How one delivery attempt ended.
+enum Delivered {
+    Published,
+    Duplicate,
+    StillHeld,
+}
+
+impl Handler for DecryptHandler {
+    async fn handle(&self, delivery: &Delivery) -> Disposition {
+        let decoded = match decode(&self.crypt, delivery) {
+            Ok(d) => d,
+            Err(poison) => {
+                count("dead");
+                return Disposition::DeadLetter {
+                    reason: poison.reason(),
+                    detail: poison.to_string(),
+                };
+            }
+        };
+        let address = event::address(
+            &decoded.push,
+            self.crypt.appid(),
+            decoded.authorizer_appid.as_deref(),
+        );
+        let body = match serde_json::to_vec(&CloudEvent::new(&decoded.push, &address)) {
+            Ok(b) => b,
+            Err(e) => {
+                count("dead");
+                return Disposition::DeadLetter {
+                    reason: "unparseable",
+                    detail: e.to_string(),
+                };
+            }
+        };
+        let outcome = retry(self.max_attempts, "decrypt", || {
+            self.deliver(&decoded, &address, &body)
+        })
+        .await;
+        match outcome {
+            Ok(Delivered::Published) => {
+                count("published");
+                Disposition::Ack
+            }
+            Ok(Delivered::Duplicate) => {
+                count("duplicate");
+                Disposition::Ack
+            }
+            Ok(Delivered::StillHeld) => {
+                count("requeued");
+                Disposition::Requeue
+            }
+            Err(gave_up) => {
+                count("dead");
+                Disposition::DeadLetter {
+                    reason: gave_up.reason,
+                    detail: format!("{} (after {} attempts)", gave_up.detail, gave_up.attempts),
+                }
+            }
+        }
+    }
+}
+
+fn count(outcome: &'static str) {
+    metrics::counter!("wxpipe_decrypt_messages_total", "outcome" => outcome).increment(1);
+}
+
+fn redis_down(e: dedup::DedupError) -> Attempt<Delivered> {
+    Attempt::Transient {
+        reason: "redis_unavailable",
+        detail: e.0,
+    }
+}
+
+impl DecryptHandler {
+    /// One attempt: claim, publish and confirm, mark done (see [`dedup`]).
+    async fn deliver(
+        &self,
+        decoded: &Decoded,
+        address: &event::EventAddress,
+        body: &[u8],
+    ) -> Attempt<Delivered> {
+        let mut claim = match self.dedup.claim(&address.id).await {
+            Ok(c) => c,
+            Err(e) => return redis_down(e),
+        };
+        if claim == Claim::HeldByOther {
+            claim = match self.dedup.wait_for_other(&address.id).await {
+                Ok(c) => c,
+                Err(e) => return redis_down(e),
+            };
+        }
+        match claim {
+            Claim::Done => return Attempt::Done(Delivered::Duplicate),
+            Claim::HeldByOther => return Attempt::Done(Delivered::StillHeld),
+            Claim::Won => {}
+        }
+        let props = event_properties(address, decoded.received_at);
+        if let Err(e) = self
+            .publisher
+            .publish(&self.events_exchange, &address.routing_key, body, props)
+            .await
+        {
+            // Let a retry (ours or another replica's) claim it at once.
+            let _ = self.dedup.release(&address.id).await;
+            return Attempt::Transient {
+                reason: "publish_failed",
+                detail: e.to_string(),
+            };
+        }
+        if let Err(e) = self.dedup.mark_done(&address.id).await {
+            // The event is out; the claim will expire. Only a redelivery after that could
+            // publish a duplicate, and it would carry the same id.
+            tracing::warn!(id = %address.id, error = %e, "event published but not marked done");
+            metrics::counter!("wxpipe_decrypt_mark_done_failures_total").increment(1);
+        }
+        Attempt::Done(Delivered::Published)
+    }
+}
+
+/// Persistent JSON, `message_id` = the event id, `type` = the event type; `received_at` (when
+/// the ingress took the push) is passed on so consumers can measure end-to-end latency.
+fn event_properties(address: &event::EventAddress, received_at: Option<i64>) -> BasicProperties {
+    let mut headers = FieldTable::default();
+    if let Some(t) = received_at {
+        headers.insert("received_at".into(), AMQPValue::LongLongInt(t));
+    }
+    BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_content_type(event::CONTENT_TYPE.into())
+        .with_message_id(address.id.as_str().into())
+        .with_type(address.event_type.as_str().into())
+        .with_timestamp(common::unix_now() as u64)
+        .with_app_id("wxpipe".into())
+        .with_headers(headers)
+}
+
+/// Runs one decrypt worker until `shutdown` becomes true.
+pub async fn run(
+    config: DecryptConfig,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), common::redis::RedisError> {
+    let pool = common::redis::pool(&config.redis_url)?;
+    let keys = common::redis::Keys::new(&config.namespace, config.crypt.appid());
+    let declare: common::amqp::publisher::DeclareFn =
+        Arc::new(|ch, ns| Box::pin(async move { declare_all(&ch, &ns).await }));
+    let tag = format!(
+        "wxpipe-decrypt {} pid {}",
+        config.namespace,
+        std::process::id()
+    );
+    let publisher = ConfirmedPublisher::start(PublisherOptions {
+        urls: config.amqp_urls.clone(),
+        namespace: config.namespace.clone(),
+        connection_name: format!("{tag} publish"),
+        channels: 2,
+        confirm_timeout: config.confirm_timeout,
+        declare: declare.clone(),
+    });
+    let handler = Arc::new(DecryptHandler {
+        crypt: config.crypt.clone(),
+        publisher: publisher.clone(),
+        events_exchange: config.namespace.events(),
+        dedup: Dedup::new(pool, keys, config.claim_ttl, config.dedup_ttl),
+        max_attempts: config.max_attempts,
+    });
+    consumer::run(
+        ConsumerOptions {
+            urls: config.amqp_urls.clone(),
+            namespace: config.namespace.clone(),
+            queue: config.namespace.raw(),
+            connection_name: format!("{tag} consume"),
+            prefetch: config.prefetch,
+            declare,
+        },
+        handler,
+        publisher.clone(),
+        shutdown,
+    )
+    .await;
+    publisher.close().await;
+    Ok(())
+}
