@@ -10,6 +10,7 @@ use std::time::Duration;
 /// namespace may own, so tests run in parallel and leave nothing behind.
 pub struct TestNs {
     pub ns: Namespace,
+    extra_queues: std::sync::Mutex<Vec<String>>,
 }
 
 impl TestNs {
@@ -19,7 +20,19 @@ impl TestNs {
         let ns = format!("{prefix}-{}", &id[..8])
             .parse()
             .expect("valid namespace");
-        Self { ns }
+        Self {
+            ns,
+            extra_queues: Default::default(),
+        }
+    }
+
+    /// The name of a test's own queue, `{ns}.test.{suffix}`, deleted with the namespace.
+    pub fn queue(&self, suffix: &str) -> String {
+        let name = format!("{}.test.{suffix}", self.ns);
+        if let Ok(mut q) = self.extra_queues.lock() {
+            q.push(name.clone());
+        }
+        name
     }
 
     pub fn name(&self) -> &str {
@@ -30,6 +43,11 @@ impl TestNs {
 impl Drop for TestNs {
     fn drop(&mut self) {
         let ns = self.ns.clone();
+        let extra = self
+            .extra_queues
+            .lock()
+            .map(|q| q.clone())
+            .unwrap_or_default();
         // Drop cannot be async: clean up on a thread with its own runtime.
         let _ = std::thread::spawn(move || {
             let Ok(rt) = tokio::runtime::Builder::new_current_thread()
@@ -39,8 +57,14 @@ impl Drop for TestNs {
                 return;
             };
             rt.block_on(async move {
+                if let Err(e) = delete_queues(&extra).await {
+                    eprintln!("cleanup of the test queues of {ns} failed: {e}");
+                }
                 if let Err(e) = delete_namespace(&ns).await {
                     eprintln!("cleanup of namespace {ns} failed: {e}");
+                }
+                if let Err(e) = delete_redis_keys(&format!("{ns}:")).await {
+                    eprintln!("cleanup of the Redis keys of {ns} failed: {e}");
                 }
             });
         })
@@ -67,6 +91,147 @@ pub async fn delete_namespace(ns: &Namespace) -> Result<(), lapin::Error> {
             .await;
     }
     let _ = conn.close(200, "cleanup done".into()).await;
+    Ok(())
+}
+
+/// Deletes the given queues.
+pub async fn delete_queues(queues: &[String]) -> Result<(), lapin::Error> {
+    if queues.is_empty() {
+        return Ok(());
+    }
+    let conn = connect().await?;
+    for q in queues {
+        let ch = conn.create_channel().await?;
+        let _ = ch
+            .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
+            .await;
+    }
+    let _ = conn.close(200, "cleanup done".into()).await;
+    Ok(())
+}
+
+/// Deletes every Redis key starting with `prefix`.
+pub async fn delete_redis_keys(prefix: &str) -> Result<(), String> {
+    let pool = common::redis::pool(&crate::redis_url()).map_err(|e| e.to_string())?;
+    let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut cursor: u64 = 0;
+    loop {
+        let (next, keys): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
+            .arg(cursor)
+            .arg("MATCH")
+            .arg(format!("{prefix}*"))
+            .arg("COUNT")
+            .arg(1000)
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+        if !keys.is_empty() {
+            deadpool_redis::redis::cmd("DEL")
+                .arg(&keys)
+                .query_async::<i64>(&mut conn)
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        if next == 0 {
+            return Ok(());
+        }
+        cursor = next;
+    }
+}
+
+/// Declares a test queue bound to `exchange` with each of `patterns`.
+pub async fn bind_queue(
+    queue: &str,
+    exchange: &str,
+    patterns: &[&str],
+) -> Result<(), lapin::Error> {
+    let conn = connect().await?;
+    let ch = conn.create_channel().await?;
+    ch.exchange_declare(
+        exchange.into(),
+        lapin::ExchangeKind::Topic,
+        lapin::options::ExchangeDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await?;
+    ch.queue_declare(
+        queue.into(),
+        lapin::options::QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        },
+        Default::default(),
+    )
+    .await?;
+    for p in patterns {
+        ch.queue_bind(
+            queue.into(),
+            exchange.into(),
+            (*p).into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await?;
+    }
+    let _ = conn.close(200, "bound".into()).await;
+    Ok(())
+}
+
+/// Takes messages from `queue` until `expected` have arrived or `timeout` has passed.
+pub async fn collect(
+    queue: &str,
+    expected: usize,
+    timeout: Duration,
+) -> Result<Vec<Taken>, lapin::Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut all = Vec::new();
+    while all.len() < expected && tokio::time::Instant::now() < deadline {
+        all.extend(drain(queue, Duration::from_millis(50)).await?);
+        if all.len() < expected {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    Ok(all)
+}
+
+/// Publishes a raw message to `{ns}.raw` as the ingress does (headers = the signed query).
+pub async fn publish_raw(
+    ns: &Namespace,
+    routing_key: &str,
+    body: &[u8],
+    headers: &[(&str, &str)],
+) -> Result<(), lapin::Error> {
+    let conn = connect().await?;
+    let ch = conn.create_channel().await?;
+    common::amqp::topology::declare_raw(&ch, ns)
+        .await
+        .map_err(|e| match e {
+            common::amqp::AmqpError::Broker { source, .. } => source,
+            other => panic!("{other}"),
+        })?;
+    ch.confirm_select(Default::default()).await?;
+    let mut table = lapin::types::FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            (*k).into(),
+            lapin::types::AMQPValue::LongString((*v).into()),
+        );
+    }
+    ch.basic_publish(
+        ns.raw().as_str().into(),
+        routing_key.into(),
+        Default::default(),
+        body,
+        lapin::BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(table),
+    )
+    .await?
+    .await?;
+    let _ = conn.close(200, "published".into()).await;
     Ok(())
 }
 

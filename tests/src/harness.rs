@@ -83,3 +83,60 @@ impl IngressHandle {
         (&mut self.task).await.expect("ingress task panicked")
     }
 }
+
+/// A worker role running in-process.
+pub struct WorkerHandle {
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl WorkerHandle {
+    /// Graceful stop, as on SIGTERM: in-flight messages are finished.
+    pub async fn stop(self) {
+        self.stop.send_replace(true);
+        let _ = self.task.await;
+    }
+}
+
+/// The decrypt configuration of the test platform on `ns`.
+pub fn decrypt_config(ns: &Namespace) -> workers::decrypt::DecryptConfig {
+    let ingress = test_config(ns, vec![crate::amqp_url()]);
+    workers::decrypt::DecryptConfig {
+        crypt: ingress.crypt,
+        namespace: ns.clone(),
+        amqp_urls: vec![crate::amqp_url()],
+        redis_url: crate::redis_url(),
+        prefetch: 64,
+        dedup_ttl: Duration::from_secs(600),
+        claim_ttl: Duration::from_secs(10),
+        max_attempts: 12,
+        confirm_timeout: Duration::from_secs(2),
+    }
+}
+
+/// Starts a decrypt worker in-process.
+pub fn spawn_decrypt(config: workers::decrypt::DecryptConfig) -> WorkerHandle {
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        if let Err(e) = workers::decrypt::run(config, rx).await {
+            panic!("decrypt worker failed: {e}");
+        }
+    });
+    WorkerHandle { stop, task }
+}
+
+/// Path of a binary of this workspace built beside the running test (`target/<profile>/NAME`).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("target/<profile>");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the workspace's tests (`cargo test --workspace`) or `cargo build --bins`",
+        path.display()
+    );
+    path
+}

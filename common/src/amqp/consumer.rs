@@ -150,6 +150,8 @@ async fn consume_once<H: Handler>(
     tracing::info!(queue = %opts.queue, prefetch = opts.prefetch, "consuming");
 
     let mut in_flight = JoinSet::new();
+    let mut acks = AckBatcher::default();
+    let mut flush = tokio::time::interval(ACK_FLUSH_EVERY);
     let ended = loop {
         tokio::select! {
             changed = shutdown.changed() => {
@@ -161,10 +163,12 @@ async fn consume_once<H: Handler>(
                 Some(Ok(delivery)) => {
                     let (handler, dead, queue) = (handler.clone(), dead_letters.clone(), opts.queue.clone());
                     let dlx = opts.namespace.dlx();
-                    in_flight.spawn(async move {
+                    let tag = delivery.delivery_tag;
+                    let task = in_flight.spawn(async move {
                         let disposition = handler.handle(&delivery).await;
-                        settle(&delivery, disposition, &dead, &queue, &dlx).await;
+                        settle(delivery, disposition, &dead, &queue, &dlx).await
                     });
+                    acks.started(task.id(), tag);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "delivery stream error");
@@ -172,8 +176,13 @@ async fn consume_once<H: Handler>(
                 }
                 None => break Ended::Lost,
             },
-            // Reap finished tasks so the set does not grow.
-            Some(_) = in_flight.join_next(), if !in_flight.is_empty() => {}
+            Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
+                acks.finished(done, &ch).await;
+                if acks.pending_len() >= ACK_BATCH {
+                    acks.flush().await;
+                }
+            }
+            _ = flush.tick() => acks.flush().await,
         }
     };
     metrics::gauge!("wxpipe_amqp_connected", "connection" => opts.connection_name.clone()).set(0.0);
@@ -183,22 +192,112 @@ async fn consume_once<H: Handler>(
             .basic_cancel(opts.connection_name.as_str().into(), Default::default())
             .await;
     }
-    while in_flight.join_next().await.is_some() {}
+    while let Some(done) = in_flight.join_next_with_id().await {
+        acks.finished(done, &ch).await;
+    }
+    acks.flush().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
     Ok(ended)
 }
 
+/// How often acknowledgements are flushed at the latest.
+const ACK_FLUSH_EVERY: Duration = Duration::from_millis(5);
+/// Flush as soon as this many acknowledgements wait.
+const ACK_BATCH: usize = 64;
+
+/// What a delivery's task ended with.
+enum Settled {
+    /// To be acknowledged (batched by [`AckBatcher`]).
+    Ack(lapin::Acker),
+    /// Already settled by the task (nacked, or dead-lettered and acked).
+    Done,
+}
+
+/// Coalesces acknowledgements: deliveries finish out of order, so one `basic.ack` with
+/// `multiple` is sent for the highest tag below which nothing is still being handled. A
+/// delivery is therefore never acknowledged before its own handler said so, and the broker
+/// handles one ack frame for many messages. Pending acks that are lost with the connection
+/// only mean redeliveries, which the handlers' dedup absorbs.
+#[derive(Default)]
+struct AckBatcher {
+    /// Tags whose handler is still running, by task.
+    running: std::collections::HashMap<tokio::task::Id, u64>,
+    in_flight: std::collections::BTreeSet<u64>,
+    pending: std::collections::BTreeMap<u64, lapin::Acker>,
+}
+
+impl AckBatcher {
+    fn started(&mut self, task: tokio::task::Id, tag: u64) {
+        self.running.insert(task, tag);
+        self.in_flight.insert(tag);
+    }
+
+    async fn finished(
+        &mut self,
+        done: Result<(tokio::task::Id, Settled), tokio::task::JoinError>,
+        ch: &lapin::Channel,
+    ) {
+        let (task, settled) = match done {
+            Ok((task, settled)) => (task, Some(settled)),
+            Err(e) => (e.id(), None),
+        };
+        let Some(tag) = self.running.remove(&task) else {
+            return;
+        };
+        self.in_flight.remove(&tag);
+        match settled {
+            Some(Settled::Ack(acker)) => {
+                self.pending.insert(tag, acker);
+            }
+            Some(Settled::Done) => {}
+            None => {
+                // The handler panicked: give the message back rather than hold it forever.
+                tracing::error!(tag, "a handler panicked; requeueing its delivery");
+                metrics::counter!("wxpipe_handler_panics_total").increment(1);
+                let _ = ch
+                    .basic_nack(
+                        tag,
+                        BasicNackOptions {
+                            requeue: true,
+                            ..Default::default()
+                        },
+                    )
+                    .await;
+            }
+        }
+    }
+
+    fn pending_len(&self) -> usize {
+        self.pending.len()
+    }
+
+    async fn flush(&mut self) {
+        let bound = self.in_flight.first().copied().unwrap_or(u64::MAX);
+        let Some((&top, _)) = self.pending.range(..bound).next_back() else {
+            return;
+        };
+        let rest = self.pending.split_off(&(top + 1));
+        let acked = std::mem::replace(&mut self.pending, rest);
+        if let Some(last) = acked.get(&top)
+            && let Err(e) = last.ack(BasicAckOptions { multiple: true }).await
+        {
+            // The channel is gone: the broker requeues them by itself.
+            tracing::debug!(error = %e, "could not acknowledge (they will be redelivered)");
+        }
+    }
+}
+
 /// Applies a disposition. Never drops: when a dead letter cannot be published, the delivery is
-/// requeued instead.
+/// requeued instead. Plain acks are returned to the loop, which batches them.
 async fn settle(
-    delivery: &Delivery,
+    delivery: Delivery,
     disposition: Disposition,
     dead: &ConfirmedPublisher,
     queue: &str,
     dlx: &str,
-) {
+) -> Settled {
     let result = match disposition {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
+        Disposition::Ack => return Settled::Ack(delivery.acker),
         Disposition::Requeue => {
             delivery
                 .nack(BasicNackOptions {
@@ -208,7 +307,7 @@ async fn settle(
                 .await
         }
         Disposition::DeadLetter { reason, detail } => {
-            let props = dead_letter_properties(delivery, reason, &detail, queue);
+            let props = dead_letter_properties(&delivery, reason, &detail, queue);
             match dead
                 .publish(dlx, delivery.routing_key.as_str(), &delivery.data, props)
                 .await
@@ -235,6 +334,7 @@ async fn settle(
         // The channel is gone: the broker requeues the delivery by itself.
         tracing::debug!(error = %e, "could not settle a delivery (it will be redelivered)");
     }
+    Settled::Done
 }
 
 /// The original properties, plus headers saying why, from where, and where it first went.

@@ -35,10 +35,21 @@
 //!   configured attempts; `workers dlq replay` brings it back.
 //!
 //! `done` keys expire after `dedup_ttl` (WeChat retries within seconds; the default is generous).
+//!
+//! # Batching
+//!
+//! Claims and `done` marks from all the deliveries a worker handles at once go through one task
+//! that sends whatever is waiting as a single Redis pipeline (a claim is `SET NX PX` followed by
+//! `GET` of the same key). Each operation keeps its own meaning and its own answer; only the
+//! round trips are shared, which is what lets one worker keep up with the broker.
 
 use common::redis::Keys;
-use deadpool_redis::redis::Script;
+use deadpool_redis::redis::{self, Script, Value};
 use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
+
+/// Most operations sent in one pipeline.
+const MAX_BATCH: usize = 512;
 
 /// The outcome of trying to claim a push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -65,15 +76,19 @@ pub struct Dedup {
     token: String,
     pub claim_ttl: Duration,
     pub dedup_ttl: Duration,
+    batch: mpsc::Sender<Request>,
+}
+
+/// An operation and where its answer goes (`Some` for a claim, `None` for a done mark).
+type Request = (Op, oneshot::Sender<Result<Option<Claim>, DedupError>>);
+
+/// One pipelined operation.
+enum Op {
+    Claim(String),
+    Done(String),
 }
 
 const DONE: &str = "done";
-
-/// `SET NX PX`; on failure, the current value (nil if it expired in between).
-const CLAIM: &str = r"
-if redis.call('SET', KEYS[1], ARGV[1], 'NX', 'PX', ARGV[2]) then return 'won' end
-return redis.call('GET', KEYS[1])
-";
 
 /// Deletes the key only if it still holds our claim.
 const RELEASE: &str = r"
@@ -82,6 +97,7 @@ return 0
 ";
 
 impl Dedup {
+    /// Creates the store and starts its batching task (on the current Tokio runtime).
     pub fn new(
         pool: deadpool_redis::Pool,
         keys: Keys,
@@ -89,52 +105,51 @@ impl Dedup {
         dedup_ttl: Duration,
     ) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
+        let token = format!("claim:{id}");
+        let (batch, rx) = mpsc::channel(4 * MAX_BATCH);
+        tokio::spawn(run_batches(
+            pool.clone(),
+            token.clone(),
+            claim_ttl,
+            dedup_ttl,
+            rx,
+        ));
         Self {
             pool,
             keys,
-            token: format!("claim:{id}"),
+            token,
             claim_ttl,
             dedup_ttl,
+            batch,
         }
     }
 
     async fn conn(&self) -> Result<deadpool_redis::Connection, DedupError> {
-        tokio::time::timeout(Duration::from_secs(2), self.pool.get())
+        get_conn(&self.pool).await
+    }
+
+    async fn submit(&self, op: Op) -> Result<Option<Claim>, DedupError> {
+        let (tx, rx) = oneshot::channel();
+        self.batch
+            .send((op, tx))
             .await
-            .map_err(|_| DedupError("no Redis connection within 2 s".into()))?
-            .map_err(|e| DedupError(e.to_string()))
+            .map_err(|_| DedupError("the Redis batching task has stopped".into()))?;
+        rx.await
+            .map_err(|_| DedupError("the Redis batching task dropped a request".into()))?
     }
 
     /// Tries to claim `event_id`.
     pub async fn claim(&self, event_id: &str) -> Result<Claim, DedupError> {
-        let mut conn = self.conn().await?;
-        let value: Option<String> = Script::new(CLAIM)
-            .key(self.keys.dedup(event_id))
-            .arg(&self.token)
-            .arg(self.claim_ttl.as_millis() as u64)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| DedupError(e.to_string()))?;
-        Ok(match value.as_deref() {
-            Some("won") => Claim::Won,
-            Some(DONE) => Claim::Done,
-            Some(_) => Claim::HeldByOther,
-            // Expired between the SET and the GET: whoever held it is gone; try again.
-            None => Claim::HeldByOther,
-        })
+        self.submit(Op::Claim(self.keys.dedup(event_id)))
+            .await?
+            .ok_or_else(|| DedupError("no answer to a claim".into()))
     }
 
     /// Records that the event of `event_id` was confirmed.
     pub async fn mark_done(&self, event_id: &str) -> Result<(), DedupError> {
-        let mut conn = self.conn().await?;
-        deadpool_redis::redis::cmd("SET")
-            .arg(self.keys.dedup(event_id))
-            .arg(DONE)
-            .arg("PX")
-            .arg(self.dedup_ttl.as_millis() as u64)
-            .query_async::<()>(&mut conn)
+        self.submit(Op::Done(self.keys.dedup(event_id)))
             .await
-            .map_err(|e| DedupError(e.to_string()))
+            .map(|_| ())
     }
 
     /// Gives up our claim (after a failed publish), so a retry need not wait for it to expire.
@@ -164,5 +179,100 @@ impl Dedup {
             }
         }
         Ok(Claim::HeldByOther)
+    }
+}
+
+async fn get_conn(pool: &deadpool_redis::Pool) -> Result<deadpool_redis::Connection, DedupError> {
+    tokio::time::timeout(Duration::from_secs(2), pool.get())
+        .await
+        .map_err(|_| DedupError("no Redis connection within 2 s".into()))?
+        .map_err(|e| DedupError(e.to_string()))
+}
+
+/// Sends waiting operations as pipelines until every sender is gone.
+async fn run_batches(
+    pool: deadpool_redis::Pool,
+    token: String,
+    claim_ttl: Duration,
+    dedup_ttl: Duration,
+    mut rx: mpsc::Receiver<Request>,
+) {
+    let mut batch = Vec::with_capacity(MAX_BATCH);
+    while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
+        let mut pipe = redis::pipe();
+        for (op, _) in &batch {
+            match op {
+                Op::Claim(key) => {
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(&token)
+                        .arg("NX")
+                        .arg("PX")
+                        .arg(claim_ttl.as_millis() as u64);
+                    pipe.cmd("GET").arg(key);
+                }
+                Op::Done(key) => {
+                    pipe.cmd("SET")
+                        .arg(key)
+                        .arg(DONE)
+                        .arg("PX")
+                        .arg(dedup_ttl.as_millis() as u64);
+                }
+            }
+        }
+        let result: Result<Vec<Value>, DedupError> = async {
+            let mut conn = get_conn(&pool).await?;
+            tokio::time::timeout(
+                Duration::from_secs(2),
+                pipe.query_async::<Vec<Value>>(&mut conn),
+            )
+            .await
+            .map_err(|_| DedupError("Redis did not answer within 2 s".into()))?
+            .map_err(|e| DedupError(e.to_string()))
+        }
+        .await;
+        match result {
+            Ok(values) => {
+                let mut values = values.into_iter();
+                for (op, reply) in batch.drain(..) {
+                    let answer = match op {
+                        Op::Claim(_) => {
+                            let set = values.next();
+                            let current = values.next();
+                            Ok(Some(claim_outcome(set, current)))
+                        }
+                        Op::Done(_) => match values.next() {
+                            Some(v) if is_ok(&v) => Ok(None),
+                            other => {
+                                Err(DedupError(format!("unexpected answer to SET: {other:?}")))
+                            }
+                        },
+                    };
+                    let _ = reply.send(answer);
+                }
+            }
+            Err(e) => {
+                for (_, reply) in batch.drain(..) {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+}
+
+fn is_ok(v: &Value) -> bool {
+    matches!(v, Value::Okay) || matches!(v, Value::SimpleString(s) if s == "OK")
+}
+
+/// The outcome of `SET NX` followed by `GET` of the same key.
+fn claim_outcome(set: Option<Value>, current: Option<Value>) -> Claim {
+    if set.as_ref().is_some_and(is_ok) {
+        return Claim::Won;
+    }
+    let current: Option<String> = current.and_then(|v| redis::from_redis_value(v).ok());
+    match current.as_deref() {
+        Some(DONE) => Claim::Done,
+        // Held by another worker, or expired between the SET and the GET (try again later).
+        _ => Claim::HeldByOther,
     }
 }
