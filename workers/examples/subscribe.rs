@@ -104,10 +104,10 @@ async fn main() -> anyhow::Result<()> {
                 );
                 seen.insert(event.id.clone());
                 order.push_back(event.id);
-                if order.len() > 100_000 {
-                    if let Some(old) = order.pop_front() {
-                        seen.remove(&old);
-                    }
+                if order.len() > 100_000
+                    && let Some(old) = order.pop_front()
+                {
+                    seen.remove(&old);
                 }
                 handled += 1;
             }
