@@ -8,18 +8,23 @@
 //!   reads messages back, and closes a named connection from the broker side.
 //! * [`proxy`] is a TCP proxy that can sever every connection and refuse new ones, to take the
 //!   broker away from one process without disturbing the others.
-//! * [`harness`] starts a real ingress in-process on a random port.
+//! * [`harness`] starts a real ingress (and workers) in-process on a random port.
+//! * [`sim`] is `wechat-sim`, the simulated WeChat (also a binary).
 
 pub mod broker;
 pub mod harness;
+pub mod http1;
 pub mod proxy;
 pub mod push;
+pub mod sim;
 
 /// The platform credentials used by tests: the official example's (protocol.md §1.5, zero key).
 pub mod creds {
     pub const COMPONENT_APPID: &str = "wx134c8103faa5a59e";
     pub const TOKEN: &str = "AAAAA";
     pub const ENCODING_AES_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";
+    /// The AppSecret `wechat-sim` expects by default.
+    pub const COMPONENT_SECRET: &str = "wxpipe-sim-secret";
 }
 
 /// `WXPIPE_AMQP_URL` if set, else the local broker.

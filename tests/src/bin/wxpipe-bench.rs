@@ -21,6 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::TestNs;
 use wxpipe_tests::creds;
+use wxpipe_tests::http1::HttpConn;
 use wxpipe_tests::push::{PushBuilder, SignedPush};
 
 #[derive(Parser)]
@@ -307,7 +308,7 @@ async fn ingress_load(
     let failed = Arc::new(AtomicU64::new(0));
     let mut tasks = Vec::new();
     for _ in 0..b.concurrency {
-        let mut conn = HttpConn::open(port).await?;
+        let mut conn = HttpConn::open(("127.0.0.1", port)).await?;
         let (path, body) = (path.clone(), body.clone());
         let (stop, measuring, failed) = (stop.clone(), measuring.clone(), failed.clone());
         tasks.push(tokio::spawn(async move {
@@ -325,7 +326,7 @@ async fn ingress_load(
                 }
                 if !ok {
                     // The server closed the connection or answered an error: reconnect.
-                    match HttpConn::open(port).await {
+                    match HttpConn::open(("127.0.0.1", port)).await {
                         Ok(c) => conn = c,
                         Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
                     }
@@ -381,43 +382,6 @@ async fn ingress_load(
         rss_mb,
         hwm_mb,
     })
-}
-
-/// One keep-alive HTTP/1.1 connection driven by hyper directly: the lightest client there is,
-/// so that the load generator takes as little of the shared cores as possible.
-struct HttpConn {
-    sender: hyper::client::conn::http1::SendRequest<http_body_util::Full<bytes::Bytes>>,
-}
-
-impl HttpConn {
-    async fn open(port: u16) -> anyhow::Result<Self> {
-        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        stream.set_nodelay(true)?;
-        let (sender, conn) =
-            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
-        tokio::spawn(conn);
-        Ok(Self { sender })
-    }
-
-    /// POSTs and reads the whole answer; true on 200.
-    async fn post(&mut self, path: &str, body: bytes::Bytes) -> bool {
-        use http_body_util::BodyExt;
-        let req = hyper::Request::post(path)
-            .header("host", "127.0.0.1")
-            .header("content-type", "text/xml")
-            .body(http_body_util::Full::new(body));
-        let Ok(req) = req else { return false };
-        if self.sender.ready().await.is_err() {
-            return false;
-        }
-        match self.sender.send_request(req).await {
-            Ok(resp) => {
-                let ok = resp.status() == 200;
-                ok && resp.into_body().collect().await.is_ok()
-            }
-            Err(_) => false,
-        }
-    }
 }
 
 /// User + system CPU seconds of a process, from /proc/<pid>/stat.

@@ -1,0 +1,142 @@
+//! `/sim/*`: inspection and control of the simulator, for tests, demos and people.
+
+use super::SimShared;
+use super::pusher;
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::response::Json;
+use axum::routing::{get, post};
+use serde_json::{Value, json};
+use std::sync::Arc;
+
+pub fn routes() -> Router<Arc<SimShared>> {
+    Router::new()
+        .route("/sim/stats", get(stats))
+        .route("/sim/reset", post(reset))
+        .route("/sim/push/ticket", post(push_ticket))
+        .route("/sim/authorize", post(authorize))
+        .route("/sim/authorizers/{appid}/revoke", post(revoke))
+        .route("/sim/push/text", post(push_text))
+        .route("/sim/push/event", post(push_event))
+        .route("/sim/release-test", post(release_test))
+}
+
+async fn stats(State(sim): State<Arc<SimShared>>) -> Json<Value> {
+    Json(sim.state.lock().expect("sim state").stats_json())
+}
+
+async fn reset(State(sim): State<Arc<SimShared>>) -> Json<Value> {
+    sim.state.lock().expect("sim state").reset();
+    Json(json!({ "reset": true }))
+}
+
+async fn push_ticket(State(sim): State<Arc<SimShared>>) -> Json<Value> {
+    let (ticket, outcome) = sim.pusher.ticket().await;
+    Json(json!({ "ticket": ticket, "outcome": outcome }))
+}
+
+/// Authorizes an account without the page (as the full-network test accounts are) and pushes
+/// `authorized`. Body: `{"appid": "wx…"?, "mini_program": bool?}`.
+async fn authorize(State(sim): State<Arc<SimShared>>, body: Option<Json<Value>>) -> Json<Value> {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let appid = body.get("appid").and_then(Value::as_str).map(str::to_owned);
+    let mini = body
+        .get("mini_program")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
+    let (a, code, existed) = sim
+        .state
+        .lock()
+        .expect("sim state")
+        .authorize(appid.as_deref(), mini);
+    let outcome = sim.pusher.authorized(&a, &code, "", existed).await;
+    Json(
+        json!({ "appid": a.appid, "user_name": a.user_name, "auth_code": code, "outcome": outcome }),
+    )
+}
+
+async fn revoke(State(sim): State<Arc<SimShared>>, Path(appid): Path<String>) -> Json<Value> {
+    if !sim.state.lock().expect("sim state").revoke(&appid) {
+        return Json(json!({ "error": format!("{appid} is not a simulated authorizer") }));
+    }
+    let outcome = sim.pusher.unauthorized(&appid).await;
+    Json(json!({ "appid": appid, "outcome": outcome }))
+}
+
+fn account(sim: &SimShared, body: &Value) -> Result<(String, String), Json<Value>> {
+    let appid = body
+        .get("appid")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let st = sim.state.lock().expect("sim state");
+    match st.authorizers.get(appid) {
+        Some(a) => Ok((a.appid.clone(), a.user_name.clone())),
+        None => Err(Json(
+            json!({ "error": format!("{appid:?} is not a simulated authorizer") }),
+        )),
+    }
+}
+
+/// A follower's text. Body: `{"appid", "content", "openid"?}`.
+async fn push_text(State(sim): State<Arc<SimShared>>, Json(body): Json<Value>) -> Json<Value> {
+    let (appid, gh) = match account(&sim, &body) {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let openid = body
+        .get("openid")
+        .and_then(Value::as_str)
+        .unwrap_or("o-sim-follower");
+    let content = body
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or("hello");
+    let outcome = sim
+        .pusher
+        .message(
+            "text",
+            &appid,
+            &gh,
+            openid,
+            &pusher::text(&gh, openid, content),
+            pusher::TRIES,
+        )
+        .await;
+    Json(json!({ "outcome": outcome }))
+}
+
+/// A follower's event. Body: `{"appid", "event", "event_key"?, "openid"?}`.
+async fn push_event(State(sim): State<Arc<SimShared>>, Json(body): Json<Value>) -> Json<Value> {
+    let (appid, gh) = match account(&sim, &body) {
+        Ok(a) => a,
+        Err(e) => return e,
+    };
+    let openid = body
+        .get("openid")
+        .and_then(Value::as_str)
+        .unwrap_or("o-sim-follower");
+    let event = body
+        .get("event")
+        .and_then(Value::as_str)
+        .unwrap_or("subscribe");
+    let key = body.get("event_key").and_then(Value::as_str).unwrap_or("");
+    let outcome = sim
+        .pusher
+        .message(
+            "event",
+            &appid,
+            &gh,
+            openid,
+            &pusher::event(&gh, openid, event, key),
+            pusher::TRIES,
+        )
+        .await;
+    Json(json!({ "outcome": outcome }))
+}
+
+/// Body: `{"appid": "wx…"?}` — one of the test accounts.
+async fn release_test(State(sim): State<Arc<SimShared>>, body: Option<Json<Value>>) -> Json<Value> {
+    let body = body.map(|b| b.0).unwrap_or_default();
+    let appid = body.get("appid").and_then(Value::as_str).map(str::to_owned);
+    Json(super::release::run(&sim, appid.as_deref()).await)
+}
