@@ -151,11 +151,14 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadSummary> {
         let (sent, accepted, rejected, failed, stop) = (sent.clone(), accepted.clone(), rejected.clone(), failed.clone(), stop.clone());
         tokio::spawn(async move {
             let mut last = 0;
+            // On a terminal the line rewrites itself; elsewhere (a log) one line per second.
+            let (start_of_line, end_of_line) =
+                if std::io::IsTerminal::is_terminal(&std::io::stderr()) { ("\r", "") } else { ("", "\n") };
             while !stop.load(Ordering::Relaxed) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
                 let s = sent.load(Ordering::Relaxed);
                 eprint!(
-                    "\r{:>5.0} s  sent {s:>9}  accepted {:>9}  rejected {:>6}  failed {:>6}  {:>7}/s   ",
+                    "{start_of_line}{:>5.0} s  sent {s:>9}  accepted {:>9}  rejected {:>6}  failed {:>6}  {:>7}/s   {end_of_line}",
                     start.elapsed().as_secs_f64(),
                     accepted.load(Ordering::Relaxed),
                     rejected.load(Ordering::Relaxed),
