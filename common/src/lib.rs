@@ -13,6 +13,8 @@
 //!   self-reconnecting publisher.
 //! * [`event`] — the CloudEvents envelope of `{ns}.events`, its ids and routing keys.
 //! * [`redis`] — the pool and the key layout (`{ns}:{component_appid}:…`).
+//! * [`token`] — tokens and accounts in Redis: locks, fencing, refreshes, code exchange.
+//! * [`wechat`] — the WeChat API client and its error codes.
 //! * [`telemetry`] — logging and the Prometheus recorder.
 
 pub mod amqp;
@@ -23,6 +25,8 @@ pub mod ids;
 pub mod redis;
 pub mod shutdown;
 pub mod telemetry;
+pub mod token;
+pub mod wechat;
 pub mod xml;
 
 /// Seconds since the Unix epoch.

@@ -37,6 +37,31 @@ pub struct IngressArgs {
     /// On SIGTERM, how long in-flight pushes may take to finish before the process exits.
     #[arg(long, env = "WXPIPE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
+    /// WeChat's API (point it at wechat-sim for tests and demos).
+    #[arg(
+        long,
+        env = "WXPIPE_WECHAT_API_BASE",
+        default_value = "https://api.weixin.qq.com"
+    )]
+    pub wechat_api_base: String,
+    /// Where WeChat's authorization pages live.
+    #[arg(
+        long,
+        env = "WXPIPE_WECHAT_PAGE_BASE",
+        default_value = "https://mp.weixin.qq.com"
+    )]
+    pub wechat_page_base: String,
+    /// This platform's public base URL, as WeChat's authorization page redirects back to it
+    /// (`{base}/auth/callback`); its host is the "authorization initiation domain".
+    #[arg(
+        long,
+        env = "WXPIPE_PUBLIC_BASE_URL",
+        default_value = "http://127.0.0.1:8080"
+    )]
+    pub public_base_url: String,
+    /// Tokens are refreshed this long before they expire.
+    #[arg(long, env = "WXPIPE_REFRESH_MARGIN_SECS", default_value_t = 600)]
+    pub refresh_margin_secs: u64,
 }
 
 /// Validated settings.
@@ -52,6 +77,12 @@ pub struct IngressConfig {
     pub timestamp_window: Duration,
     pub publish_channels: usize,
     pub shutdown_grace: Duration,
+    pub wechat_api_base: String,
+    pub wechat_page_base: String,
+    pub public_base_url: String,
+    /// The AppSecret, if configured (lets the ingress refresh the component token itself).
+    pub component_secret: Option<secrecy::SecretString>,
+    pub refresh_margin: Duration,
 }
 
 impl IngressArgs {
@@ -81,6 +112,24 @@ impl IngressArgs {
             publish_channels: positive("WXPIPE_PUBLISH_CHANNELS", self.publish_channels as u64)?
                 as usize,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
+            wechat_api_base: http_url("WXPIPE_WECHAT_API_BASE", &self.wechat_api_base)?,
+            wechat_page_base: http_url("WXPIPE_WECHAT_PAGE_BASE", &self.wechat_page_base)?,
+            public_base_url: http_url("WXPIPE_PUBLIC_BASE_URL", &self.public_base_url)?,
+            component_secret: self.platform.component_secret().ok(),
+            refresh_margin: Duration::from_secs(self.refresh_margin_secs.clamp(1, 6999)),
         })
+    }
+}
+
+/// An http(s) URL without its trailing slash.
+fn http_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    match url::Url::parse(value.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            Ok(value.trim().trim_end_matches('/').to_owned())
+        }
+        _ => Err(ConfigError::Invalid {
+            var,
+            reason: "expected an http:// or https:// URL".into(),
+        }),
     }
 }

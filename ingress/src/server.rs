@@ -5,7 +5,7 @@
 use crate::config::IngressConfig;
 use crate::routes::router;
 use crate::state::AppState;
-use common::amqp::topology::declare_raw;
+use common::amqp::topology::declare_all;
 use common::amqp::{ConfirmedPublisher, PublisherOptions};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -22,6 +22,8 @@ pub enum ServeError {
     },
     #[error("invalid WXPIPE_REDIS_URL: {0}")]
     Redis(String),
+    #[error("cannot set up the WeChat API client: {0}")]
+    Wechat(String),
     #[error("HTTP server failed: {0}")]
     Http(std::io::Error),
 }
@@ -46,9 +48,22 @@ pub async fn serve(
     config: IngressConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServeError> {
-    let redis = deadpool_redis::Config::from_url(config.redis_url.clone())
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|e| ServeError::Redis(e.to_string()))?;
+    let redis =
+        common::redis::pool(&config.redis_url).map_err(|e| ServeError::Redis(e.to_string()))?;
+    let client = common::wechat::WechatClient::new(
+        &config.wechat_api_base,
+        config.crypt.appid(),
+        config.component_secret.clone(),
+    )
+    .map_err(|e| ServeError::Wechat(e.to_string()))?;
+    let tokens = common::token::TokenService {
+        store: common::token::TokenStore::new(
+            redis.clone(),
+            common::redis::Keys::new(&config.namespace, config.crypt.appid()),
+        ),
+        client,
+        margin: config.refresh_margin,
+    };
     let publisher = ConfirmedPublisher::start(PublisherOptions {
         urls: config.amqp_urls.clone(),
         namespace: config.namespace.clone(),
@@ -59,7 +74,8 @@ pub async fn serve(
         ),
         channels: config.publish_channels,
         confirm_timeout: config.publish_timeout,
-        declare: Arc::new(|ch, ns| Box::pin(async move { declare_raw(&ch, &ns).await })),
+        // Raw pushes, and the events exchange with the business queue for /auth/callback.
+        declare: Arc::new(|ch, ns| Box::pin(async move { declare_all(&ch, &ns).await })),
     });
     let state = Arc::new(AppState {
         crypt: config.crypt.clone(),
@@ -69,6 +85,10 @@ pub async fn serve(
         timestamp_window: config.timestamp_window,
         redis,
         metrics: common::telemetry::metrics_handle(),
+        tokens,
+        namespace: config.namespace.clone(),
+        wechat_page_base: config.wechat_page_base.clone(),
+        public_base_url: config.public_base_url.clone(),
     });
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, namespace = %config.namespace, "ingress listening");

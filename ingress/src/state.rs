@@ -16,6 +16,11 @@ pub struct AppState {
     pub timestamp_window: Duration,
     pub redis: deadpool_redis::Pool,
     pub metrics: PrometheusHandle,
+    /// Tokens and authorization codes (the authorization pages).
+    pub tokens: common::token::TokenService,
+    pub namespace: common::ids::Namespace,
+    pub wechat_page_base: String,
+    pub public_base_url: String,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -35,6 +35,11 @@ pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
         timestamp_window: Duration::from_secs(300),
         publish_channels: 4,
         shutdown_grace: Duration::from_secs(10),
+        wechat_api_base: "http://127.0.0.1:9".into(),
+        wechat_page_base: "http://127.0.0.1:9".into(),
+        public_base_url: "http://127.0.0.1:8080".into(),
+        component_secret: None,
+        refresh_margin: Duration::from_secs(600),
     }
 }
 
@@ -44,6 +49,11 @@ impl IngressHandle {
         let listener = TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind loopback");
+        Self::start_on(listener, config).await
+    }
+
+    /// Starts an ingress with `config` on `listener`.
+    pub async fn start_on(listener: TcpListener, config: IngressConfig) -> Self {
         let addr = listener.local_addr().expect("local addr");
         let (tx, rx) = oneshot::channel::<()>();
         let task = tokio::spawn(ingress::server::serve(listener, config, async move {
@@ -62,7 +72,7 @@ impl IngressHandle {
 
     /// Waits until `/readyz` answers 200, at most `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let client = reqwest::Client::new();
+        let client = crate::http();
         let deadline = tokio::time::Instant::now() + timeout;
         while tokio::time::Instant::now() < deadline {
             if let Ok(r) = client.get(self.url("/readyz")).send().await
@@ -139,4 +149,91 @@ pub fn workspace_bin(name: &str) -> std::path::PathBuf {
         path.display()
     );
     path
+}
+
+/// The token service of the test platform on `ns`, talking to `api_base` (a wechat-sim).
+pub fn token_service(
+    ns: &Namespace,
+    api_base: &str,
+    margin: Duration,
+) -> common::token::TokenService {
+    common::token::TokenService {
+        store: common::token::TokenStore::new(
+            common::redis::pool(&crate::redis_url()).expect("redis url"),
+            common::redis::Keys::new(ns, creds::COMPONENT_APPID),
+        ),
+        client: common::wechat::WechatClient::new(
+            api_base,
+            creds::COMPONENT_APPID,
+            Some(creds::COMPONENT_SECRET.to_owned().into()),
+        )
+        .expect("wechat client"),
+        margin,
+    }
+}
+
+/// An ingress configured for the authorization flow against a simulator.
+pub fn ingress_config_with_sim(
+    ns: &Namespace,
+    sim: &crate::sim::SimHandle,
+    public_base_url: &str,
+) -> IngressConfig {
+    let mut c = test_config(ns, vec![crate::amqp_url()]);
+    c.wechat_api_base = sim.api_base();
+    c.wechat_page_base = sim.page_base();
+    c.public_base_url = public_base_url.to_owned();
+    c.component_secret = Some(creds::COMPONENT_SECRET.to_owned().into());
+    c
+}
+
+/// Starts a business worker with the platform's handlers in-process.
+pub fn spawn_business(
+    ns: &Namespace,
+    tokens: std::sync::Arc<common::token::TokenService>,
+) -> WorkerHandle {
+    let config = workers::business::BusinessConfig {
+        tokens,
+        namespace: ns.clone(),
+        amqp_urls: vec![crate::amqp_url()],
+        prefetch: 32,
+        max_attempts: 12,
+    };
+    let registry = workers::business::default_registry(&config);
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(workers::business::run(config, registry, rx));
+    WorkerHandle { stop, task }
+}
+
+/// The bearer token of test admin APIs.
+pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
+
+/// Starts a scheduler replica (loop + admin API on a random port) in-process; returns the
+/// handle and the admin API's base URL.
+pub async fn spawn_scheduler(
+    tokens: std::sync::Arc<common::token::TokenService>,
+    concurrency: usize,
+) -> (WorkerHandle, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = workers::scheduler::SchedulerConfig {
+        tokens: tokens.clone(),
+        admin_addr: addr,
+        admin_token: ADMIN_TOKEN.into(),
+        refresh_concurrency: concurrency,
+        list_sync: Duration::from_secs(3600),
+        tick: Duration::from_millis(250),
+    };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let admin_rx = rx.clone();
+    let task = tokio::spawn(async move {
+        let admin = tokio::spawn(workers::scheduler::admin::serve(
+            listener,
+            tokens,
+            ADMIN_TOKEN.into(),
+            admin_rx,
+        ));
+        workers::scheduler::run_loop(config, rx).await;
+        let _ = admin.await;
+    });
+    (WorkerHandle { stop, task }, format!("http://{addr}"))
 }

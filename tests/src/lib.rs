@@ -37,3 +37,15 @@ pub fn amqp_url() -> String {
 pub fn redis_url() -> String {
     std::env::var("WXPIPE_REDIS_URL").unwrap_or_else(|_| "redis://127.0.0.1:6379/0".into())
 }
+
+/// A reqwest client builder with TLS ready: reqwest is built without a default crypto provider
+/// (wxpipe uses ring, like its AMQP client), so one is installed first.
+pub fn http_builder() -> reqwest::ClientBuilder {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    reqwest::Client::builder()
+}
+
+/// A default reqwest client (see [`http_builder`]).
+pub fn http() -> reqwest::Client {
+    http_builder().build().expect("reqwest client")
+}

@@ -28,7 +28,7 @@ async fn subscriber(t: &TestNs) -> String {
 }
 
 async fn post(ingress: &IngressHandle, path: &str, push: &SignedPush) -> u16 {
-    reqwest::Client::new()
+    wxpipe_tests::http()
         .post(ingress.url(&format!("{path}?{}", push.query)))
         .body(push.body.clone())
         .send()
@@ -183,7 +183,7 @@ async fn retries_sent_concurrently_to_two_replicas_give_one_event_each() {
             let push = b.authorizer(GH, "o", &plain, now, &format!("nonce-{n}-{attempt}"));
             let ingress_url = ingress.url(&format!("{path}?{}", push.query));
             sends.push(tokio::spawn(async move {
-                reqwest::Client::new()
+                wxpipe_tests::http()
                     .post(ingress_url)
                     .body(push.body)
                     .send()

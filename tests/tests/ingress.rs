@@ -21,7 +21,7 @@ async fn ready_ingress(t: &TestNs) -> IngressHandle {
 }
 
 fn client() -> reqwest::Client {
-    reqwest::Client::builder()
+    wxpipe_tests::http_builder()
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap()

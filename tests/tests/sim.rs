@@ -65,7 +65,7 @@ impl Api {
 async fn start(settings: SimSettings) -> (sim::SimHandle, Api) {
     let handle = sim::start(settings).await.unwrap();
     let api = Api {
-        http: reqwest::Client::builder()
+        http: wxpipe_tests::http_builder()
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .unwrap(),

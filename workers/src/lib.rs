@@ -6,6 +6,7 @@
 //!
 //! * [`decrypt`] — `{ns}.raw` → verify, decrypt, parse, dedupe → `{ns}.events`.
 //! * [`business`] — `{ns}.business`: the platform's own events, through a handler registry.
+//! * [`scheduler`] — keeps every token fresh; the admin/token API.
 //! * [`dlq`] — inspect and replay `{ns}.dead`.
 //! * [`crypto_tool`] — offline WXBizMsgCrypt tools for support work.
 //!
@@ -16,5 +17,6 @@ pub mod crypto_tool;
 pub mod decrypt;
 pub mod dlq;
 pub mod retry;
+pub mod scheduler;
 pub mod serve;
 pub mod settings;

@@ -4,6 +4,7 @@ use std::process::ExitCode;
 use workers::business::{self, BusinessArgs};
 use workers::decrypt::{self, DecryptArgs};
 use workers::dlq::{self, DlqArgs};
+use workers::scheduler::{self, SchedulerArgs};
 
 /// wxpipe's workers and tools. Every setting is an environment variable (shown in each
 /// subcommand's --help) or the flag of the same name.
@@ -20,13 +21,33 @@ enum Command {
     Decrypt(DecryptArgs),
     /// Consume {ns}.business: the platform's own events, through the handler registry.
     Business(BusinessArgs),
-    /// Decrypt and business in one process (small deployments, the local demo).
-    All(DecryptArgs),
+    /// Keep the component token and every authorizer token fresh; serve the admin/token API.
+    Scheduler(SchedulerArgs),
+    /// Decrypt, business and scheduler in one process (small deployments, the local demo).
+    All(AllArgs),
     /// Inspect and replay dead letters ({ns}.dead).
     Dlq(DlqArgs),
     /// Offline WXBizMsgCrypt tools: sign, encrypt a reply, decrypt a captured push.
     #[command(subcommand)]
     Crypto(workers::crypto_tool::CryptoCommand),
+}
+
+/// `workers all`: the scheduler's settings (which include every worker setting) plus the
+/// decrypt ones.
+#[derive(clap::Args, Debug)]
+struct AllArgs {
+    #[command(flatten)]
+    scheduler: SchedulerArgs,
+    /// Unacknowledged raw messages the decrypt worker holds.
+    #[arg(long, env = "WXPIPE_DECRYPT_PREFETCH", default_value_t = 256)]
+    decrypt_prefetch: u16,
+    /// Unacknowledged events the business worker holds.
+    #[arg(long, env = "WXPIPE_BUSINESS_PREFETCH", default_value_t = 32)]
+    business_prefetch: u16,
+    #[arg(long, env = "WXPIPE_DEDUP_TTL_SECS", default_value_t = 900)]
+    dedup_ttl_secs: u64,
+    #[arg(long, env = "WXPIPE_DEDUP_CLAIM_SECS", default_value_t = 30)]
+    dedup_claim_secs: u64,
 }
 
 #[tokio::main]
@@ -65,41 +86,56 @@ async fn main() -> ExitCode {
             };
             let shutdown = common::shutdown::on_signal();
             spawn_metrics(args.worker.metrics_addr, shutdown.clone());
-            business::run(config, business::registry::Registry::new(), shutdown).await;
+            let registry = business::default_registry(&config);
+            business::run(config, registry, shutdown).await;
             ExitCode::SUCCESS
         }
-        Command::All(args) => {
-            let (decrypt_config, business_config) =
-                match (args.validate(), business_args(&args).validate()) {
-                    (Ok(d), Ok(b)) => (d, b),
-                    (Err(e), _) | (_, Err(e)) => return config_error(e),
-                };
+        Command::Scheduler(args) => {
+            let config = match args.validate() {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
             let shutdown = common::shutdown::on_signal();
             spawn_metrics(args.worker.metrics_addr, shutdown.clone());
-            let business = tokio::spawn(business::run(
-                business_config,
-                business::registry::Registry::new(),
-                shutdown.clone(),
-            ));
-            let decrypted = decrypt::run(decrypt_config, shutdown).await;
-            let _ = business.await;
-            match decrypted {
+            match scheduler::run(config, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
-                Err(e) => fail("workers all", e),
+                Err(e) => fail("workers scheduler", format!("admin API: {e}")),
             }
         }
-    }
-}
-
-/// `workers all` configures business from the same variables as decrypt.
-fn business_args(args: &DecryptArgs) -> BusinessArgs {
-    let prefetch = std::env::var("WXPIPE_BUSINESS_PREFETCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(32);
-    BusinessArgs {
-        worker: args.worker.clone(),
-        prefetch,
+        Command::All(args) => {
+            let worker = args.scheduler.worker.clone();
+            let decrypt_args = DecryptArgs {
+                worker: worker.clone(),
+                prefetch: args.decrypt_prefetch,
+                dedup_ttl_secs: args.dedup_ttl_secs,
+                dedup_claim_secs: args.dedup_claim_secs,
+            };
+            let business_args = BusinessArgs {
+                worker: worker.clone(),
+                prefetch: args.business_prefetch,
+            };
+            let (d, b, s) = match (
+                decrypt_args.validate(),
+                business_args.validate(),
+                args.scheduler.validate(),
+            ) {
+                (Ok(d), Ok(b), Ok(s)) => (d, b, s),
+                (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return config_error(e),
+            };
+            let shutdown = common::shutdown::on_signal();
+            spawn_metrics(worker.metrics_addr, shutdown.clone());
+            let registry = business::default_registry(&b);
+            let business = tokio::spawn(business::run(b, registry, shutdown.clone()));
+            let sched = tokio::spawn(scheduler::run(s, shutdown.clone()));
+            let decrypted = decrypt::run(d, shutdown).await;
+            let _ = business.await;
+            let scheduled = sched.await;
+            match (decrypted, scheduled) {
+                (Err(e), _) => fail("workers all", e),
+                (_, Ok(Err(e))) => fail("workers all", format!("admin API: {e}")),
+                _ => ExitCode::SUCCESS,
+            }
+        }
     }
 }
 

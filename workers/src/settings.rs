@@ -21,9 +21,59 @@ pub struct WorkerArgs {
     /// dead-lettered; the waits between attempts grow from 100 ms to 10 s.
     #[arg(long, env = "WXPIPE_MAX_ATTEMPTS", default_value_t = 12)]
     pub max_attempts: u32,
+    /// WeChat's API (point it at wechat-sim for tests and demos).
+    #[arg(
+        long,
+        env = "WXPIPE_WECHAT_API_BASE",
+        default_value = "https://api.weixin.qq.com"
+    )]
+    pub wechat_api_base: String,
+    /// Tokens are refreshed this long before they expire.
+    #[arg(long, env = "WXPIPE_REFRESH_MARGIN_SECS", default_value_t = 600)]
+    pub refresh_margin_secs: u64,
 }
 
 impl WorkerArgs {
+    /// The token service of this platform (needs the AppSecret).
+    pub fn token_service(&self) -> Result<common::token::TokenService, ConfigError> {
+        let appid = self.platform.component_appid()?;
+        let secret = self.platform.component_secret()?;
+        if !self.wechat_api_base.starts_with("http://")
+            && !self.wechat_api_base.starts_with("https://")
+        {
+            return Err(ConfigError::Invalid {
+                var: "WXPIPE_WECHAT_API_BASE",
+                reason: "expected an http:// or https:// URL".into(),
+            });
+        }
+        if self.refresh_margin_secs == 0 || self.refresh_margin_secs >= 7000 {
+            return Err(ConfigError::Invalid {
+                var: "WXPIPE_REFRESH_MARGIN_SECS",
+                reason: "must be between 1 and 6999 (tokens live 7200 s)".into(),
+            });
+        }
+        let client =
+            common::wechat::WechatClient::new(&self.wechat_api_base, appid.as_str(), Some(secret))
+                .map_err(|e| ConfigError::Invalid {
+                    var: "WXPIPE_WECHAT_API_BASE",
+                    reason: e.to_string(),
+                })?;
+        let pool =
+            common::redis::pool(&self.redis.redis_url).map_err(|e| ConfigError::Invalid {
+                var: "WXPIPE_REDIS_URL",
+                reason: e.to_string(),
+            })?;
+        let ns = self.namespace.namespace()?;
+        Ok(common::token::TokenService {
+            store: common::token::TokenStore::new(
+                pool,
+                common::redis::Keys::new(&ns, appid.as_str()),
+            ),
+            client,
+            margin: std::time::Duration::from_secs(self.refresh_margin_secs),
+        })
+    }
+
     pub fn check_attempts(&self) -> Result<u32, ConfigError> {
         if self.max_attempts == 0 {
             return Err(ConfigError::Invalid {

@@ -1,5 +1,6 @@
-//! The HTTP surface: WeChat's two push URLs, health and metrics.
+//! The HTTP surface: WeChat's two push URLs, the authorization pages, health and metrics.
 
+mod auth;
 mod health;
 mod push;
 
@@ -18,6 +19,11 @@ pub fn router(state: SharedState) -> Router {
             "/wechat/authorizers/{appid}",
             get(push::verify_authorizer_url).post(push::authorizer_push),
         )
+        .route("/auth", get(auth::entry))
+        .route("/auth/start", get(auth::start_pc))
+        .route("/auth/start/mobile", get(auth::start_mobile))
+        .route("/auth/callback", get(auth::callback))
+        .route("/auth/done", get(auth::done))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

@@ -218,7 +218,7 @@ async fn load_run(a: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
 
 async fn release(a: ReleaseArgs) -> anyhow::Result<std::process::ExitCode> {
     let body = serde_json::json!({ "appid": a.appid });
-    let report: serde_json::Value = reqwest::Client::new()
+    let report: serde_json::Value = wxpipe_tests::http()
         .post(format!(
             "{}/sim/release-test",
             a.sim_url.trim_end_matches('/')

@@ -284,7 +284,7 @@ async fn ingress_load(
         .context("starting the ingress")?;
     let pid = child.id().context("ingress pid")?;
     let base = format!("http://127.0.0.1:{port}");
-    let client = reqwest::Client::builder()
+    let client = wxpipe_tests::http_builder()
         .pool_max_idle_per_host(b.concurrency)
         .build()?;
     let ready = async {

@@ -48,7 +48,7 @@ fn nonce() -> String {
 impl Pusher {
     pub fn new(ingress: &str, builder: PushBuilder, state: Arc<Mutex<State>>) -> Self {
         Self {
-            client: reqwest::Client::builder()
+            client: crate::http_builder()
                 .timeout(ANSWER_TIMEOUT)
                 .build()
                 .expect("reqwest client"),

@@ -8,6 +8,13 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
 /// A WeChat error answer: `{"errcode": N, "errmsg": "..."}` with HTTP 200.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -143,6 +150,8 @@ pub struct Stats {
     pub errors: BTreeMap<String, u64>,
     pub component_tokens_issued: u64,
     pub authorizer_tokens_issued: BTreeMap<String, u64>,
+    /// When each authorizer token was issued (ms since the epoch), per account.
+    pub authorizer_token_times: BTreeMap<String, Vec<i64>>,
     /// Token-bearing calls refused because their token was expired (42001) or invalid (40001).
     pub rejected_token_calls: u64,
     pub custom_messages: Vec<Value>,
@@ -449,6 +458,11 @@ impl State {
             .authorizer_tokens_issued
             .entry(appid.to_owned())
             .or_default() += 1;
+        self.stats
+            .authorizer_token_times
+            .entry(appid.to_owned())
+            .or_default()
+            .push(now_ms());
         (token, refresh)
     }
 
@@ -662,8 +676,8 @@ mod tests {
 
     fn short() -> Rules {
         Rules {
-            component_token_ttl: Duration::from_millis(300),
-            authorizer_token_ttl: Duration::from_millis(300),
+            component_token_ttl: Duration::from_millis(800),
+            authorizer_token_ttl: Duration::from_millis(800),
             supersede_grace: Duration::from_millis(100),
             auth_code_ttl: Duration::from_millis(300),
             ..Rules::default()
@@ -715,14 +729,14 @@ mod tests {
             .to_owned();
         // Within the grace both work; after it only the new one.
         assert!(s.check_token(Some(&first), TokenKind::Component).is_ok());
-        std::thread::sleep(Duration::from_millis(120));
+        std::thread::sleep(Duration::from_millis(150));
         assert_eq!(
             s.check_token(Some(&first), TokenKind::Component)
                 .unwrap_err(),
             INVALID_CREDENTIAL
         );
         assert!(s.check_token(Some(&second), TokenKind::Component).is_ok());
-        std::thread::sleep(Duration::from_millis(200));
+        std::thread::sleep(Duration::from_millis(700));
         assert_eq!(
             s.check_token(Some(&second), TokenKind::Component)
                 .unwrap_err(),
@@ -737,7 +751,8 @@ mod tests {
                 .unwrap_err(),
             INVALID_CREDENTIAL
         );
-        assert_eq!(s.stats.rejected_token_calls, 4);
+        // Superseded, expired and unknown tokens are counted; a missing one is not a token.
+        assert_eq!(s.stats.rejected_token_calls, 3);
     }
 
     #[test]

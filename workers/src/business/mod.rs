@@ -3,6 +3,7 @@
 //! are retried with backoff and dead-lettered after the configured attempts; permanent ones are
 //! dead-lettered at once.
 
+pub mod handlers;
 pub mod registry;
 
 use crate::retry::{Attempt, retry};
@@ -32,6 +33,7 @@ pub struct BusinessArgs {
 /// Validated settings.
 #[derive(Clone)]
 pub struct BusinessConfig {
+    pub tokens: Arc<common::token::TokenService>,
     pub namespace: Namespace,
     pub amqp_urls: Vec<String>,
     pub prefetch: u16,
@@ -47,6 +49,7 @@ impl BusinessArgs {
             });
         }
         Ok(BusinessConfig {
+            tokens: Arc::new(self.worker.token_service()?),
             namespace: self.worker.namespace.namespace()?,
             amqp_urls: self.worker.amqp.urls()?,
             prefetch: self.prefetch,
@@ -113,6 +116,13 @@ impl Handler for BusinessHandler {
             }
         }
     }
+}
+
+/// The platform's handlers: tokens and authorization.
+pub fn default_registry(config: &BusinessConfig) -> Registry {
+    let mut registry = Registry::new();
+    handlers::register(&mut registry, config.tokens.clone());
+    registry
 }
 
 /// Runs one business worker with `registry` until `shutdown` becomes true.

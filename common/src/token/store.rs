@@ -1,0 +1,474 @@
+//! The tokens and accounts in Redis (design.md's Redis section; keys in [`crate::redis::Keys`]).
+//!
+//! Writes of tokens are fenced: each is one Lua script that first checks the writer still holds
+//! the token's lock (`KEYS[1]`, `ARGV[1]`), so a stalled replica can never overwrite a newer
+//! token with an older one.
+
+use crate::redis::lock::Lock;
+use crate::redis::{Keys, RedisError, conn, failed};
+use deadpool_redis::redis::{AsyncCommands, Script, cmd};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+
+/// A token and when it expires (unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoredToken {
+    pub access_token: String,
+    pub expires_at: i64,
+}
+
+/// An account's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuthorizerStatus {
+    Active,
+    /// The account removed the platform (`unauthorized`, or 61003).
+    Revoked,
+    /// The refresh token was refused (61023) or refreshing keeps failing; see `last_error`.
+    RefreshFailing,
+}
+
+impl AuthorizerStatus {
+    fn parse(s: &str) -> Self {
+        match s {
+            "revoked" => Self::Revoked,
+            "refresh_failing" => Self::RefreshFailing,
+            _ => Self::Active,
+        }
+    }
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Active => "active",
+            Self::Revoked => "revoked",
+            Self::RefreshFailing => "refresh_failing",
+        }
+    }
+}
+
+/// Everything stored about one account.
+#[derive(Debug, Clone, Serialize)]
+pub struct AuthorizerRecord {
+    pub appid: String,
+    pub status: AuthorizerStatus,
+    #[serde(skip)]
+    pub refresh_token: Option<String>,
+    #[serde(skip)]
+    pub access_token: Option<String>,
+    pub expires_at: Option<i64>,
+    pub last_refresh: Option<i64>,
+    pub last_error: Option<String>,
+    pub nick_name: Option<String>,
+    pub user_name: Option<String>,
+    pub authorized_at: Option<i64>,
+    pub refreshes: u64,
+    pub has_refresh_token: bool,
+}
+
+/// Writes `ARGV[2]` to `KEYS[2]` expiring at `ARGV[3]` (unix ms), if `KEYS[1]` holds `ARGV[1]`.
+const SET_IF_HELD: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3])
+return 1
+";
+
+/// Deletes `KEYS[1]` if its JSON's `access_token` is still `ARGV[1]` (compare-and-invalidate).
+const DEL_IF_TOKEN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, t = pcall(cjson.decode, v)
+if ok and t['access_token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Fenced write of an authorizer's tokens: `KEYS` = lock, record, due set, known set;
+/// `ARGV` = lock value, appid, access token, expires_at, refresh token ('' keeps the old one),
+/// now, due (ms).
+const WRITE_AUTHORIZER_IF_HELD: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[2], 'appid', ARGV[2], 'status', 'active', 'access_token', ARGV[3],
+  'expires_at', ARGV[4], 'last_refresh', ARGV[6])
+redis.call('HDEL', KEYS[2], 'last_error')
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'refresh_token', ARGV[5]) end
+redis.call('HINCRBY', KEYS[2], 'refreshes', 1)
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[2])
+return 1
+";
+
+/// Deletes the access token if it is still `ARGV[1]` (`KEYS[1]` = record).
+const INVALIDATE_AUTHORIZER_TOKEN: &str = r"
+if redis.call('HGET', KEYS[1], 'access_token') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'access_token', 'expires_at')
+  return 1
+end
+return 0
+";
+
+/// The Redis side of tokens and accounts of one platform.
+#[derive(Clone)]
+pub struct TokenStore {
+    pool: deadpool_redis::Pool,
+    pub keys: Keys,
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+impl TokenStore {
+    pub fn new(pool: deadpool_redis::Pool, keys: Keys) -> Self {
+        Self { pool, keys }
+    }
+
+    pub fn pool(&self) -> &deadpool_redis::Pool {
+        &self.pool
+    }
+
+    /// Stores a pushed ticket: 12 h TTL, and as the last good one.
+    pub async fn save_ticket(&self, ticket: &str) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "storing the ticket").await?;
+        deadpool_redis::redis::pipe()
+            .cmd("SET")
+            .arg(self.keys.ticket())
+            .arg(ticket)
+            .arg("EX")
+            .arg(12 * 3600)
+            .ignore()
+            .cmd("SET")
+            .arg(self.keys.last_ticket())
+            .arg(ticket)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("storing the ticket"))
+    }
+
+    /// The latest ticket, else the last good one.
+    pub async fn ticket(&self) -> Result<Option<String>, RedisError> {
+        let mut c = conn(&self.pool, "reading the ticket").await?;
+        let (fresh, last): (Option<String>, Option<String>) = deadpool_redis::redis::pipe()
+            .get(self.keys.ticket())
+            .get(self.keys.last_ticket())
+            .query_async(&mut c)
+            .await
+            .map_err(failed("reading the ticket"))?;
+        Ok(fresh.or(last))
+    }
+
+    /// The component token, if there is one that has not expired.
+    pub async fn component_token(&self) -> Result<Option<StoredToken>, RedisError> {
+        let mut c = conn(&self.pool, "reading the component token").await?;
+        let v: Option<String> = c
+            .get(self.keys.component_token())
+            .await
+            .map_err(failed("reading the component token"))?;
+        Ok(v.and_then(|v| serde_json::from_str::<StoredToken>(&v).ok())
+            .filter(|t| t.expires_at > crate::unix_now()))
+    }
+
+    /// Writes the component token if `lock` (its lock) is still held; false otherwise.
+    pub async fn write_component_token(
+        &self,
+        lock: &Lock,
+        token: &StoredToken,
+    ) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "writing the component token").await?;
+        let json = serde_json::to_string(token).unwrap_or_default();
+        let n: i64 = Script::new(SET_IF_HELD)
+            .key(lock.key())
+            .key(self.keys.component_token())
+            .arg(lock.value())
+            .arg(json)
+            .arg(token.expires_at * 1000)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("writing the component token"))?;
+        Ok(n == 1)
+    }
+
+    /// Deletes the component token only if it is still `token` (after WeChat refused it).
+    pub async fn invalidate_component_token(&self, token: &str) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "invalidating the component token").await?;
+        let n: i64 = Script::new(DEL_IF_TOKEN)
+            .key(self.keys.component_token())
+            .arg(token)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("invalidating the component token"))?;
+        Ok(n == 1)
+    }
+
+    /// One account's record.
+    pub async fn authorizer(&self, appid: &str) -> Result<Option<AuthorizerRecord>, RedisError> {
+        let mut c = conn(&self.pool, "reading an authorizer").await?;
+        let h: HashMap<String, String> = c
+            .hgetall(self.keys.authorizer(appid))
+            .await
+            .map_err(failed("reading an authorizer"))?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let int = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
+        let text = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
+        Ok(Some(AuthorizerRecord {
+            appid: appid.to_owned(),
+            status: AuthorizerStatus::parse(
+                h.get("status").map(String::as_str).unwrap_or("active"),
+            ),
+            has_refresh_token: text("refresh_token").is_some(),
+            refresh_token: text("refresh_token"),
+            access_token: text("access_token"),
+            expires_at: int("expires_at"),
+            last_refresh: int("last_refresh"),
+            last_error: text("last_error"),
+            nick_name: text("nick_name"),
+            user_name: text("user_name"),
+            authorized_at: int("authorized_at"),
+            refreshes: int("refreshes").unwrap_or(0) as u64,
+        }))
+    }
+
+    /// Every known appid, sorted.
+    pub async fn authorizer_appids(&self) -> Result<Vec<String>, RedisError> {
+        let mut c = conn(&self.pool, "listing authorizers").await?;
+        let mut v: Vec<String> = c
+            .smembers(self.keys.authorizers())
+            .await
+            .map_err(failed("listing authorizers"))?;
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Appids whose refresh is due at `now`, at most `limit`.
+    pub async fn due(&self, limit: usize) -> Result<Vec<String>, RedisError> {
+        let mut c = conn(&self.pool, "reading due refreshes").await?;
+        cmd("ZRANGE")
+            .arg(self.keys.due())
+            .arg("-inf")
+            .arg(now_ms())
+            .arg("BYSCORE")
+            .arg("LIMIT")
+            .arg(0)
+            .arg(limit)
+            .query_async(&mut c)
+            .await
+            .map_err(failed("reading due refreshes"))
+    }
+
+    /// When `appid` is due (ms), if scheduled.
+    pub async fn due_at(&self, appid: &str) -> Result<Option<i64>, RedisError> {
+        let mut c = conn(&self.pool, "reading a due time").await?;
+        let v: Option<f64> = c
+            .zscore(self.keys.due(), appid)
+            .await
+            .map_err(failed("reading a due time"))?;
+        Ok(v.map(|v| v as i64))
+    }
+
+    /// Schedules `appid` for a refresh at `due_ms` (and remembers it).
+    pub async fn schedule(&self, appid: &str, due_ms: i64) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "scheduling a refresh").await?;
+        deadpool_redis::redis::pipe()
+            .zadd(self.keys.due(), appid, due_ms)
+            .ignore()
+            .sadd(self.keys.authorizers(), appid)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("scheduling a refresh"))
+    }
+
+    /// Fenced write of fresh tokens for `appid`; `refresh_token` `None` keeps the stored one.
+    pub async fn write_authorizer_tokens(
+        &self,
+        lock: &Lock,
+        appid: &str,
+        token: &StoredToken,
+        refresh_token: Option<&str>,
+        due_ms: i64,
+    ) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "writing authorizer tokens").await?;
+        let n: i64 = Script::new(WRITE_AUTHORIZER_IF_HELD)
+            .key(lock.key())
+            .key(self.keys.authorizer(appid))
+            .key(self.keys.due())
+            .key(self.keys.authorizers())
+            .arg(lock.value())
+            .arg(appid)
+            .arg(&token.access_token)
+            .arg(token.expires_at)
+            .arg(refresh_token.unwrap_or(""))
+            .arg(crate::unix_now())
+            .arg(due_ms)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("writing authorizer tokens"))?;
+        Ok(n == 1)
+    }
+
+    /// Deletes `appid`'s access token only if it is still `token`.
+    pub async fn invalidate_authorizer_token(
+        &self,
+        appid: &str,
+        token: &str,
+    ) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "invalidating an authorizer token").await?;
+        let n: i64 = Script::new(INVALIDATE_AUTHORIZER_TOKEN)
+            .key(self.keys.authorizer(appid))
+            .arg(token)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("invalidating an authorizer token"))?;
+        Ok(n == 1)
+    }
+
+    /// Stores a refresh token learnt elsewhere (authorization, the authorizer list) unless the
+    /// account already has one; returns whether it stored it.
+    pub async fn restore_refresh_token(
+        &self,
+        appid: &str,
+        refresh_token: &str,
+    ) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "restoring a refresh token").await?;
+        let key = self.keys.authorizer(appid);
+        let (set, _, _): (i64, i64, i64) = deadpool_redis::redis::pipe()
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg("refresh_token")
+            .arg(refresh_token)
+            .cmd("HSETNX")
+            .arg(&key)
+            .arg("appid")
+            .arg(appid)
+            .cmd("SADD")
+            .arg(self.keys.authorizers())
+            .arg(appid)
+            .query_async(&mut c)
+            .await
+            .map_err(failed("restoring a refresh token"))?;
+        Ok(set == 1)
+    }
+
+    /// A newly authorized (or re-authorized) account: active, with this refresh token.
+    pub async fn authorized(
+        &self,
+        appid: &str,
+        refresh_token: Option<&str>,
+    ) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "recording an authorization").await?;
+        let key = self.keys.authorizer(appid);
+        let mut p = deadpool_redis::redis::pipe();
+        p.cmd("HSET")
+            .arg(&key)
+            .arg("appid")
+            .arg(appid)
+            .arg("status")
+            .arg("active")
+            .arg("authorized_at")
+            .arg(crate::unix_now())
+            .ignore();
+        p.cmd("HDEL").arg(&key).arg("last_error").ignore();
+        if let Some(rt) = refresh_token {
+            p.cmd("HSET")
+                .arg(&key)
+                .arg("refresh_token")
+                .arg(rt)
+                .ignore();
+        }
+        p.sadd(self.keys.authorizers(), appid).ignore();
+        p.query_async::<()>(&mut c)
+            .await
+            .map_err(failed("recording an authorization"))
+    }
+
+    /// Stores the profile from `api_get_authorizer_info`.
+    pub async fn save_profile(
+        &self,
+        appid: &str,
+        profile: &serde_json::Value,
+    ) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "storing a profile").await?;
+        let info = &profile["authorizer_info"];
+        let s = |k: &str| info[k].as_str().unwrap_or_default().to_owned();
+        cmd("HSET")
+            .arg(self.keys.authorizer(appid))
+            .arg("nick_name")
+            .arg(s("nick_name"))
+            .arg("user_name")
+            .arg(s("user_name"))
+            .arg("profile")
+            .arg(profile.to_string())
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("storing a profile"))
+    }
+
+    /// Marks an account's status with a reason (`RefreshFailing`, …); revocation uses [`Self::revoke`].
+    pub async fn mark(
+        &self,
+        appid: &str,
+        status: AuthorizerStatus,
+        error: &str,
+    ) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "marking an authorizer").await?;
+        cmd("HSET")
+            .arg(self.keys.authorizer(appid))
+            .arg("appid")
+            .arg(appid)
+            .arg("status")
+            .arg(status.as_str())
+            .arg("last_error")
+            .arg(error)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("marking an authorizer"))
+    }
+
+    /// The account removed the platform: revoked, tokens deleted, no more refreshes.
+    pub async fn revoke(&self, appid: &str) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "revoking an authorizer").await?;
+        let key = self.keys.authorizer(appid);
+        deadpool_redis::redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("appid")
+            .arg(appid)
+            .arg("status")
+            .arg("revoked")
+            .arg("revoked_at")
+            .arg(crate::unix_now())
+            .ignore()
+            .cmd("HDEL")
+            .arg(&key)
+            .arg("access_token")
+            .arg("expires_at")
+            .arg("refresh_token")
+            .ignore()
+            .zrem(self.keys.due(), appid)
+            .ignore()
+            .sadd(self.keys.authorizers(), appid)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("revoking an authorizer"))
+    }
+
+    /// `SET key 1 NX EX secs`: true the first time within `secs` (a cross-replica rate limit).
+    pub async fn rate_limit(&self, name: &str, secs: u64) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "rate limiting").await?;
+        let v: Option<String> = cmd("SET")
+            .arg(self.keys.rate_limit(name))
+            .arg(1)
+            .arg("NX")
+            .arg("EX")
+            .arg(secs)
+            .query_async(&mut c)
+            .await
+            .map_err(failed("rate limiting"))?;
+        Ok(v.is_some())
+    }
+}

@@ -1,0 +1,622 @@
+//! Tokens and authorization against the real Redis and RabbitMQ, with `wechat-sim` over HTTP:
+//! the whole authorization flow, exactly-once refreshes across three schedulers, fencing of a
+//! stalled replica, and recovery from a flushed Redis.
+
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::Duration;
+use wxpipe_tests::broker::{TestNs, delete_redis_keys};
+use wxpipe_tests::harness::{
+    ADMIN_TOKEN, IngressHandle, decrypt_config, ingress_config_with_sim, spawn_business,
+    spawn_decrypt, spawn_scheduler, token_service,
+};
+use wxpipe_tests::sim::{self, SimSettings, state::Rules};
+
+fn http() -> reqwest::Client {
+    wxpipe_tests::http_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap()
+}
+
+async fn admin_get(admin: &str, path: &str) -> (u16, Value) {
+    let r = http()
+        .get(format!("{admin}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Polls `check` every 100 ms until it returns `Some`, at most `timeout`.
+async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A sim whose pushes go to a not-yet-started ingress on `port`.
+async fn sim_for(port: u16, rules: Rules) -> sim::SimHandle {
+    let mut s = SimSettings::for_tests(&format!("http://127.0.0.1:{port}"));
+    s.rules = rules;
+    sim::start(s).await.unwrap()
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// The pipeline on `ns`: ingress on `port`, decrypt, business, one scheduler.
+struct Stack {
+    ingress: IngressHandle,
+    workers: Vec<wxpipe_tests::harness::WorkerHandle>,
+    admin: String,
+    base: String,
+}
+
+async fn stack(t: &TestNs, sim: &sim::SimHandle, port: u16, margin: Duration) -> Stack {
+    let base = format!("http://127.0.0.1:{port}");
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let config = ingress_config_with_sim(&t.ns, sim, &base);
+    let ingress = IngressHandle::start_on(listener, config).await;
+    assert!(ingress.wait_ready(Duration::from_secs(15)).await);
+    let tokens = Arc::new(token_service(&t.ns, &sim.api_base(), margin));
+    let (scheduler, admin) = spawn_scheduler(tokens.clone(), 16).await;
+    let workers = vec![
+        spawn_decrypt(decrypt_config(&t.ns)),
+        spawn_business(&t.ns, tokens),
+        scheduler,
+    ];
+    Stack {
+        ingress,
+        workers,
+        admin,
+        base,
+    }
+}
+
+impl Stack {
+    async fn stop(self) {
+        for w in self.workers {
+            w.stop().await;
+        }
+        self.ingress.stop().await.unwrap();
+    }
+}
+
+#[tokio::test]
+async fn the_whole_authorization_flow() {
+    let t = TestNs::new("t-tokens-flow");
+    let port = free_port();
+    let rules = Rules {
+        authorizer_token_ttl: Duration::from_secs(8),
+        ..Rules::default()
+    };
+    let sim = sim_for(port, rules).await;
+    let s = stack(&t, &sim, port, Duration::from_secs(3)).await;
+    let client = http();
+
+    // A ticket push → stored → the component token.
+    let pushed = client
+        .post(format!("{}/sim/push/ticket", sim.api_base()))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(pushed["outcome"]["status"], 200, "{pushed}");
+    let ct = eventually(Duration::from_secs(15), "the component token", || async {
+        let (status, body) = admin_get(&s.admin, "/v1/component/access_token").await;
+        (status == 200).then_some(body)
+    })
+    .await;
+    assert!(ct["expires_at"].as_i64().unwrap() > common::unix_now());
+
+    // The admin API wants its bearer token.
+    let denied = client
+        .get(format!("{}/v1/authorizers", s.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(denied.status(), 401);
+    let wrong = client
+        .get(format!("{}/v1/authorizers", s.admin))
+        .bearer_auth("test-admin-token-0123456780")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+
+    // The entry page → /auth/start → the sim's page → /auth/callback → /auth/done.
+    let entry = client
+        .get(format!("{}/auth", s.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(entry.contains("/auth/start?auth_type=1") && entry.contains("/auth/start/mobile"));
+    let start = client
+        .get(format!("{}/auth/start?auth_type=1", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(start.status().is_redirection(), "{}", start.status());
+    let to_wechat = start.headers()["location"].to_str().unwrap().to_owned();
+    assert!(
+        to_wechat.starts_with(&format!("{}/cgi-bin/componentloginpage?", sim.page_base())),
+        "{to_wechat}"
+    );
+    assert!(to_wechat.contains(&format!(
+            "redirect_uri={}",
+            url::form_urlencoded::byte_serialize(format!("{}/auth/callback", s.base).as_bytes())
+                .collect::<String>()
+        )));
+    let bad = client
+        .get(format!(
+            "{}/auth/start?auth_type=1&biz_appid=wx570bc396a51b8ff8",
+            s.base
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bad.status(), 400);
+    let mobile = client
+        .get(format!("{}/auth/start/mobile?auth_type=2", s.base))
+        .send()
+        .await
+        .unwrap();
+    let mobile_to = mobile.headers()["location"].to_str().unwrap();
+    assert!(
+        mobile_to.contains("/safe/bindcomponent?action=bindcomponent&no_scan=1")
+            && mobile_to.ends_with("#wechat_redirect"),
+        "{mobile_to}"
+    );
+
+    let page = client
+        .get(&to_wechat)
+        .header("referer", format!("{}/auth", s.base))
+        .send()
+        .await
+        .unwrap();
+    assert!(page.status().is_redirection());
+    let callback = page.headers()["location"].to_str().unwrap().to_owned();
+    assert!(callback.starts_with(&format!("{}/auth/callback?auth_code=", s.base)));
+    let after = client.get(&callback).send().await.unwrap();
+    assert!(after.status().is_redirection(), "{}", after.status());
+    let done = format!(
+        "{}{}",
+        s.base,
+        after.headers()["location"].to_str().unwrap()
+    );
+    let shown = eventually(
+        Duration::from_secs(15),
+        "the account's name on /auth/done",
+        || async {
+            let body = http()
+                .get(&done)
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            body.contains("id=\"account\"").then_some(body)
+        },
+    )
+    .await;
+    assert!(shown.contains("Simulated account"), "{shown}");
+
+    // The code was exchanged exactly once, although the push and the callback both carried it.
+    let stats = sim.stats();
+    assert_eq!(stats["calls"]["api_query_auth"], 1, "{stats}");
+    let (_, list) = admin_get(&s.admin, "/v1/authorizers").await;
+    assert_eq!(list["total"], 1);
+    let appid = list["authorizers"][0]["appid"].as_str().unwrap().to_owned();
+    assert_eq!(list["authorizers"][0]["status"], "active");
+    let (status, token) =
+        admin_get(&s.admin, &format!("/v1/authorizers/{appid}/access_token")).await;
+    assert_eq!(status, 200, "{token}");
+    let first = token["access_token"].as_str().unwrap().to_owned();
+
+    // The token works at WeChat (the sim checks it).
+    let sent = client
+        .post(format!(
+            "{}/cgi-bin/message/custom/send?access_token={first}",
+            sim.api_base()
+        ))
+        .json(&json!({"touser": "o-1", "msgtype": "text", "text": {"content": "hi"}}))
+        .send()
+        .await
+        .unwrap()
+        .json::<Value>()
+        .await
+        .unwrap();
+    assert_eq!(sent["errcode"], 0);
+
+    // Refreshed before it expires (8 s tokens, 3 s margin).
+    let second = eventually(
+        Duration::from_secs(12),
+        "a refreshed authorizer token",
+        || async {
+            let (_, t) =
+                admin_get(&s.admin, &format!("/v1/authorizers/{appid}/access_token")).await;
+            let t = t["access_token"].as_str().unwrap_or_default().to_owned();
+            (t != first && !t.is_empty()).then_some(t)
+        },
+    )
+    .await;
+    assert_ne!(first, second);
+    let (status, forced) = {
+        let r = client
+            .post(format!("{}/v1/authorizers/{appid}/refresh", s.admin))
+            .bearer_auth(ADMIN_TOKEN)
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    };
+    assert_eq!(status, 200, "{forced}");
+    assert_ne!(forced["access_token"], second.as_str());
+
+    // The administrator removes the platform: `unauthorized` → revoked → gone.
+    client
+        .post(format!("{}/sim/authorizers/{appid}/revoke", sim.api_base()))
+        .send()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), "the revocation", || async {
+        let (status, _) =
+            admin_get(&s.admin, &format!("/v1/authorizers/{appid}/access_token")).await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let (_, record) = admin_get(&s.admin, &format!("/v1/authorizers/{appid}")).await;
+    assert_eq!(record["status"], "revoked");
+    let (status, unknown) =
+        admin_get(&s.admin, "/v1/authorizers/wx0000000000000000/access_token").await;
+    assert_eq!(status, 404);
+    assert!(unknown["error"].is_string());
+    assert_eq!(
+        sim.stats()["rejected_token_calls"],
+        0,
+        "no expired or invalidated token was ever used"
+    );
+    s.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_stalled_replica_cannot_overwrite_a_newer_token() {
+    use common::redis::lock::Lock;
+    use common::token::StoredToken;
+    let t = TestNs::new("t-tokens-fence");
+    let svc = token_service(&t.ns, "http://127.0.0.1:9", Duration::from_secs(600));
+    let lock_key = svc.store.keys.lock("authorizer:wx570bc396a51b8ff8");
+    let pool = svc.store.pool().clone();
+
+    // Replica A takes the lock with a short lease, then stalls past it.
+    let a = Lock::acquire(&pool, &lock_key, Duration::from_millis(300), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        Lock::acquire(&pool, &lock_key, Duration::from_secs(5), Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none(),
+        "the lock excludes others"
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Replica B takes it and writes the newer token.
+    let b = Lock::acquire(
+        &pool,
+        &lock_key,
+        Duration::from_secs(5),
+        Duration::from_secs(1),
+    )
+    .await
+    .unwrap()
+    .unwrap();
+    let newer = StoredToken {
+        access_token: "newer".into(),
+        expires_at: common::unix_now() + 7200,
+    };
+    assert!(
+        svc.store
+            .write_authorizer_tokens(&b, "wx570bc396a51b8ff8", &newer, Some("rt-b"), 0)
+            .await
+            .unwrap()
+    );
+    // A wakes up and tries to write its older token: refused, nothing changes.
+    let older = StoredToken {
+        access_token: "older".into(),
+        expires_at: common::unix_now() + 7000,
+    };
+    assert!(
+        !svc.store
+            .write_authorizer_tokens(&a, "wx570bc396a51b8ff8", &older, Some("rt-a"), 0)
+            .await
+            .unwrap()
+    );
+    let r = svc
+        .store
+        .authorizer("wx570bc396a51b8ff8")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(r.access_token.as_deref(), Some("newer"));
+    assert_eq!(r.refresh_token.as_deref(), Some("rt-b"));
+    // A's release does not free B's lock.
+    assert!(!a.release().await.unwrap());
+    assert!(b.still_held().await.unwrap());
+
+    // The same for the component token.
+    let ck = svc.store.keys.lock("component_token");
+    let a = Lock::acquire(&pool, &ck, Duration::from_millis(200), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let c = Lock::acquire(&pool, &ck, Duration::from_secs(5), Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(svc.store.write_component_token(&c, &newer).await.unwrap());
+    assert!(!svc.store.write_component_token(&a, &older).await.unwrap());
+    assert_eq!(
+        svc.store
+            .component_token()
+            .await
+            .unwrap()
+            .unwrap()
+            .access_token,
+        "newer"
+    );
+    // Compare-and-invalidate: a stale failure does not delete the newer token.
+    assert!(!svc.store.invalidate_component_token("older").await.unwrap());
+    assert!(svc.store.invalidate_component_token("newer").await.unwrap());
+    assert!(svc.store.component_token().await.unwrap().is_none());
+    b.release().await.unwrap();
+    c.release().await.unwrap();
+}
+
+#[tokio::test]
+async fn tokens_and_refresh_tokens_come_back_after_redis_is_flushed() {
+    let t = TestNs::new("t-tokens-flush");
+    let port = free_port();
+    let sim = sim_for(port, Rules::default()).await;
+    let s = stack(&t, &sim, port, Duration::from_secs(600)).await;
+    let client = http();
+    client
+        .post(format!("{}/sim/push/ticket", sim.api_base()))
+        .send()
+        .await
+        .unwrap();
+    const N: usize = 20;
+    for _ in 0..N {
+        let r = client
+            .post(format!("{}/sim/authorize", sim.api_base()))
+            .json(&json!({}))
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap();
+        assert_eq!(r["outcome"]["status"], 200, "{r}");
+    }
+    let ready = |want: usize| {
+        let admin = s.admin.clone();
+        move || {
+            let admin = admin.clone();
+            async move {
+                let (_, list) = admin_get(&admin, "/v1/authorizers").await;
+                let with_tokens = list["authorizers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter(|r| r["expires_at"].is_i64() && r["has_refresh_token"] == true)
+                            .count()
+                    })
+                    .unwrap_or(0);
+                (with_tokens == want).then_some(())
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "20 authorized accounts with tokens",
+        ready(N),
+    )
+    .await;
+    let before = sim.stats();
+
+    // Redis loses everything of this platform (a FLUSHALL, for this namespace's keys only, so
+    // that parallel tests keep theirs).
+    delete_redis_keys(&format!("{}:", t.name())).await.unwrap();
+    eventually(
+        Duration::from_secs(40),
+        "tokens restored without re-authorization",
+        ready(N),
+    )
+    .await;
+    let after = sim.stats();
+    assert_eq!(
+        after["calls"]["api_query_auth"], before["calls"]["api_query_auth"],
+        "no account re-authorized"
+    );
+    assert!(
+        after["calls"]["api_get_authorizer_list"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "refresh tokens came from the list"
+    );
+    assert!(
+        after["calls"]["api_start_push_ticket"]
+            .as_u64()
+            .unwrap_or(0)
+            >= 1,
+        "the lost ticket was asked for again"
+    );
+    assert_eq!(after["rejected_token_calls"], 0);
+    s.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn three_schedulers_refresh_each_token_exactly_once_per_window() {
+    let t = TestNs::new("t-tokens-three");
+    const N: usize = 1000;
+    const TTL: u64 = 8;
+    let margin = Duration::from_secs(3);
+    let rules = Rules {
+        authorizer_token_ttl: Duration::from_secs(TTL),
+        ..Rules::default()
+    };
+    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    settings.rules = rules;
+    let sim = sim::start(settings).await.unwrap();
+
+    // 1,000 accounts authorized before wxpipe knew them: their refresh tokens are in the list.
+    {
+        let mut st = sim.shared.state.lock().unwrap();
+        for _ in 0..N {
+            let (_, code, _) = st.authorize(None, false);
+            st.query_auth(wxpipe_tests::creds::COMPONENT_APPID, &code)
+                .unwrap();
+        }
+    }
+    let svc = token_service(&t.ns, &sim.api_base(), margin);
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    svc.store.save_ticket(&ticket).await.unwrap();
+
+    let mut replicas = Vec::new();
+    let mut admins = Vec::new();
+    for _ in 0..3 {
+        let (h, admin) =
+            spawn_scheduler(Arc::new(token_service(&t.ns, &sim.api_base(), margin)), 32).await;
+        replicas.push(h);
+        admins.push(admin);
+    }
+    let started = std::time::Instant::now();
+
+    // Meanwhile a client keeps reading tokens from the admin APIs and using them at WeChat.
+    let reader = {
+        let (admins, api) = (admins.clone(), sim.api_base());
+        tokio::spawn(async move {
+            let client = http();
+            let (mut used, mut i) = (0u64, 0usize);
+            while started.elapsed() < Duration::from_secs(26) {
+                i += 1;
+                let (status, list) = admin_get(&admins[i % 3], "/v1/authorizers").await;
+                if status != 200 {
+                    tokio::time::sleep(Duration::from_millis(200)).await;
+                    continue;
+                }
+                let ids: Vec<String> = list["authorizers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter_map(|r| r["appid"].as_str().map(str::to_owned))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for appid in ids.iter().step_by(97) {
+                    let (s, tok) = admin_get(
+                        &admins[i % 3],
+                        &format!("/v1/authorizers/{appid}/access_token"),
+                    )
+                    .await;
+                    if s != 200 {
+                        continue;
+                    }
+                    let token = tok["access_token"].as_str().unwrap_or_default().to_owned();
+                    let r: Value = client
+                        .post(format!(
+                            "{api}/cgi-bin/component/get_authorizer_option?access_token={token}"
+                        ))
+                        .json(&json!({"option_name": "voice_recognize"}))
+                        .send()
+                        .await
+                        .unwrap()
+                        .json()
+                        .await
+                        .unwrap();
+                    assert!(
+                        r["errcode"].is_null() || r["errcode"] == 0,
+                        "a served token was refused: {r}"
+                    );
+                    used += 1;
+                }
+                tokio::time::sleep(Duration::from_millis(300)).await;
+            }
+            used
+        })
+    };
+    let used = reader.await.unwrap();
+    for r in replicas {
+        r.stop().await;
+    }
+    let stats = sim.shared.state.lock().unwrap().stats.clone();
+    assert!(used > 50, "the reader used {used} tokens");
+    assert_eq!(
+        stats.rejected_token_calls, 0,
+        "no served token was ever expired or invalidated"
+    );
+    assert_eq!(
+        stats.component_tokens_issued, 1,
+        "one component token for three replicas"
+    );
+    // Exactly one refresh per token per window: consecutive issuances of an account are never
+    // closer than the shortest legitimate window — TTL − margin − the largest jitter (half the
+    // margin) − 1 s (expiry times are whole seconds) − one scheduler tick. A second refresh in
+    // the same window would come within milliseconds of the first.
+    let min_gap_ms =
+        ((TTL - margin.as_secs()) * 1000) as i64 - (margin.as_millis() as i64 / 2) - 1000 - 250;
+    let mut refreshed = 0;
+    for (appid, times) in &stats.authorizer_token_times {
+        assert!(
+            times.len() >= 3,
+            "{appid} was refreshed only {} times in 26 s",
+            times.len() - 1
+        );
+        for pair in times[1..].windows(2) {
+            assert!(
+                pair[1] - pair[0] >= min_gap_ms,
+                "{appid} refreshed twice within a window: {:?}",
+                times
+            );
+        }
+        refreshed += times.len() - 1;
+    }
+    assert_eq!(stats.authorizer_token_times.len(), N);
+    eprintln!(
+        "{refreshed} refreshes of {N} accounts in 26 s by three replicas; {used} served tokens used"
+    );
+    sim.stop().await;
+}

@@ -1,0 +1,152 @@
+//! The platform's own business handlers (protocol.md §3): the ticket, authorizations (from the
+//! push or from `/auth/callback`, exchanged exactly once), revocations and fast registrations.
+
+use super::registry::{EventHandler, HandlerError, Registry};
+use common::event::CloudEvent;
+use common::token::{TokenError, TokenService};
+use futures::future::BoxFuture;
+use std::sync::Arc;
+
+/// `type` of the event the ingress publishes for `/auth/callback`.
+pub const AUTH_CALLBACK: &str = "wechat.component.auth_callback";
+
+fn field<'a>(event: &'a CloudEvent, name: &'static str) -> Result<&'a str, HandlerError> {
+    event
+        .data
+        .get(name)
+        .and_then(|v| v.as_str())
+        .filter(|v| !v.trim().is_empty())
+        .ok_or(HandlerError::Permanent {
+            reason: "missing_field",
+            detail: format!("{} has no {name}", event.event_type),
+        })
+}
+
+fn classify(e: TokenError) -> HandlerError {
+    match &e {
+        TokenError::Redis(_) | TokenError::NoTicket | TokenError::Busy(_) => {
+            HandlerError::Transient {
+                reason: "not_ready",
+                detail: e.to_string(),
+            }
+        }
+        TokenError::Wechat(w) if w.is_transient() => HandlerError::Transient {
+            reason: "wechat_unavailable",
+            detail: e.to_string(),
+        },
+        // An invalid token was already retried once inside the token service; try later.
+        TokenError::Wechat(w) if w.class() == common::wechat::ErrorClass::InvalidToken => {
+            HandlerError::Transient {
+                reason: "token_refused",
+                detail: e.to_string(),
+            }
+        }
+        _ => HandlerError::Permanent {
+            reason: "wechat_refused",
+            detail: e.to_string(),
+        },
+    }
+}
+
+struct Ticket(Arc<TokenService>);
+impl EventHandler for Ticket {
+    fn handle<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let ticket = field(event, "ComponentVerifyTicket")?;
+            self.0
+                .store
+                .save_ticket(ticket)
+                .await
+                .map_err(|e| classify(e.into()))?;
+            tracing::info!("component_verify_ticket stored");
+            metrics::counter!("wxpipe_tickets_stored_total").increment(1);
+            Ok(())
+        })
+    }
+}
+
+/// `authorized` and `updateauthorized`: exchange `AuthorizationCode`.
+struct Authorized(Arc<TokenService>);
+impl EventHandler for Authorized {
+    fn handle<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let code = field(event, "AuthorizationCode")?;
+            let appid = field(event, "AuthorizerAppid").ok();
+            self.0.exchange_code(code, appid).await.map_err(classify)?;
+            Ok(())
+        })
+    }
+}
+
+/// `/auth/callback`: the same code, from the browser's redirect.
+struct AuthCallback(Arc<TokenService>);
+impl EventHandler for AuthCallback {
+    fn handle<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let code = field(event, "AuthorizationCode")?;
+            self.0.exchange_code(code, None).await.map_err(classify)?;
+            Ok(())
+        })
+    }
+}
+
+struct Unauthorized(Arc<TokenService>);
+impl EventHandler for Unauthorized {
+    fn handle<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            let appid = field(event, "AuthorizerAppid")?;
+            self.0
+                .store
+                .revoke(appid)
+                .await
+                .map_err(|e| classify(e.into()))?;
+            tracing::info!(appid, "authorization revoked; tokens deleted");
+            Ok(())
+        })
+    }
+}
+
+/// `notify_third_fasteregister` with status 0: exchange its `auth_code`.
+struct FastRegister(Arc<TokenService>);
+impl EventHandler for FastRegister {
+    fn handle<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
+        Box::pin(async move {
+            if field(event, "status").ok().map(str::trim) != Some("0") {
+                tracing::info!(
+                    msg = field(event, "msg").unwrap_or(""),
+                    "fast registration did not succeed; nothing to exchange"
+                );
+                return Ok(());
+            }
+            let code = field(event, "auth_code")?;
+            let appid = field(event, "appid").ok();
+            self.0.exchange_code(code, appid).await.map_err(classify)?;
+            Ok(())
+        })
+    }
+}
+
+/// Registers the token and authorization handlers.
+pub fn register(registry: &mut Registry, tokens: Arc<TokenService>) {
+    registry.register(
+        "wechat.component.component_verify_ticket",
+        Arc::new(Ticket(tokens.clone())),
+    );
+    registry.register(
+        "wechat.component.authorized",
+        Arc::new(Authorized(tokens.clone())),
+    );
+    registry.register(
+        "wechat.component.updateauthorized",
+        Arc::new(Authorized(tokens.clone())),
+    );
+    registry.register(AUTH_CALLBACK, Arc::new(AuthCallback(tokens.clone())));
+    registry.register(
+        "wechat.component.unauthorized",
+        Arc::new(Unauthorized(tokens.clone())),
+    );
+    registry.register(
+        "wechat.component.notify_third_fasteregister",
+        Arc::new(FastRegister(tokens)),
+    );
+}

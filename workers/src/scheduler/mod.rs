@@ -1,0 +1,166 @@
+//! `workers scheduler`: keeps the component token and every authorizer token fresh, and serves
+//! them through the admin API ([`admin`]).
+//!
+//! Each tick (every second) a replica:
+//! 1. refreshes the component token if it is missing or within the margin of its expiry (under
+//!    its lock; a missing ticket makes it call `api_start_push_ticket`, rate-limited);
+//! 2. restores accounts and refresh tokens from `api_get_authorizer_list` when Redis lost them
+//!    (no known account, or an account without a refresh token), and anyway every
+//!    `WXPIPE_LIST_SYNC_SECS`;
+//! 3. refreshes the accounts whose due time has come (`{p}due`, a sorted set), a bounded number
+//!    at once. Due times carry jitter so that thousands of accounts spread out, and each refresh
+//!    is exactly-once across replicas: lock, double-check, fenced write (see
+//!    [`common::token::service`]).
+
+pub mod admin;
+
+use crate::settings::WorkerArgs;
+use common::config::ConfigError;
+use common::token::{RefreshMode, RefreshOutcome, TokenError, TokenService};
+use futures::StreamExt;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+/// Keep tokens fresh and serve them.
+#[derive(clap::Args, Debug, Clone)]
+pub struct SchedulerArgs {
+    #[command(flatten)]
+    pub worker: WorkerArgs,
+    /// Where the admin/token API listens.
+    #[arg(long, env = "WXPIPE_ADMIN_ADDR", default_value = "127.0.0.1:8081")]
+    pub admin_addr: SocketAddr,
+    /// Bearer token of the admin API (required).
+    #[arg(long, env = "WXPIPE_ADMIN_TOKEN", hide_env_values = true)]
+    pub admin_token: Option<String>,
+    /// Authorizer refreshes in flight at once per replica.
+    #[arg(long, env = "WXPIPE_REFRESH_CONCURRENCY", default_value_t = 32)]
+    pub refresh_concurrency: usize,
+    /// How often the account list is re-read from api_get_authorizer_list anyway.
+    #[arg(long, env = "WXPIPE_LIST_SYNC_SECS", default_value_t = 3600)]
+    pub list_sync_secs: u64,
+}
+
+/// Validated settings.
+#[derive(Clone)]
+pub struct SchedulerConfig {
+    pub tokens: Arc<TokenService>,
+    pub admin_addr: SocketAddr,
+    pub admin_token: String,
+    pub refresh_concurrency: usize,
+    pub list_sync: Duration,
+    pub tick: Duration,
+}
+
+impl SchedulerArgs {
+    pub fn validate(&self) -> Result<SchedulerConfig, ConfigError> {
+        let admin_token = match self.admin_token.as_deref().map(str::trim) {
+            Some(t) if t.len() >= 16 => t.to_owned(),
+            Some(_) => {
+                return Err(ConfigError::Invalid {
+                    var: "WXPIPE_ADMIN_TOKEN",
+                    reason: "use at least 16 characters".into(),
+                });
+            }
+            None => return Err(ConfigError::Missing("WXPIPE_ADMIN_TOKEN")),
+        };
+        Ok(SchedulerConfig {
+            tokens: Arc::new(self.worker.token_service()?),
+            admin_addr: self.admin_addr,
+            admin_token,
+            refresh_concurrency: self.refresh_concurrency.max(1),
+            list_sync: Duration::from_secs(self.list_sync_secs.max(60)),
+            tick: Duration::from_secs(1),
+        })
+    }
+}
+
+/// One scheduler replica's loop (without the admin API); returns when `shutdown` turns true.
+pub async fn run_loop(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
+    let svc = config.tokens.clone();
+    let mut tick = tokio::time::interval(config.tick);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => return,
+        }
+        if let Err(e) = once(&svc, &config).await {
+            tracing::warn!(error = %e, "scheduler tick failed");
+            metrics::counter!("wxpipe_scheduler_errors_total").increment(1);
+        }
+    }
+}
+
+/// One tick.
+pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), TokenError> {
+    // 1. the component token
+    let margin = svc.margin.as_secs() as i64;
+    let component_due = svc
+        .store
+        .component_token()
+        .await?
+        .is_none_or(|t| t.expires_at - common::unix_now() <= margin);
+    if component_due {
+        match svc.refresh_component_token(RefreshMode::IfDue).await {
+            Ok(_) | Err(TokenError::Busy(_)) => {}
+            Err(TokenError::NoTicket) => {
+                tracing::info!("waiting for a component_verify_ticket");
+                return Ok(());
+            }
+            Err(e) => tracing::warn!(error = %e, "component token refresh failed"),
+        }
+    }
+
+    // 2. restore what Redis lost, and re-sync now and then
+    let known = svc.store.authorizer_appids().await?;
+    let lost = known.is_empty();
+    let sync_window = if lost { 15 } else { config.list_sync.as_secs() };
+    if svc.store.rate_limit("list_sync", sync_window).await? {
+        match svc.restore_from_list().await {
+            Ok(_) => {}
+            Err(e) => tracing::warn!(error = %e, "api_get_authorizer_list failed"),
+        }
+    }
+
+    // 3. due refreshes
+    let due = svc.store.due(config.refresh_concurrency * 16).await?;
+    let mut missing_refresh_token = false;
+    let mut results = futures::stream::iter(due)
+        .map(|appid| async move {
+            let r = svc.refresh_authorizer(&appid, RefreshMode::IfDue).await;
+            (appid, r)
+        })
+        .buffer_unordered(config.refresh_concurrency);
+    while let Some((appid, r)) = results.next().await {
+        match r {
+            Ok(RefreshOutcome::Refreshed(_)) => {
+                tracing::debug!(appid, "authorizer token refreshed")
+            }
+            Ok(_) => {}
+            Err(TokenError::NoRefreshToken(_)) => missing_refresh_token = true,
+            Err(TokenError::Revoked(_)) => {
+                let _ = svc.store.revoke(&appid).await;
+            }
+            Err(e) => tracing::debug!(appid, error = %e, "authorizer refresh failed"),
+        }
+    }
+    if missing_refresh_token && svc.store.rate_limit("list_sync_missing", 15).await? {
+        svc.restore_from_list().await?;
+    }
+    Ok(())
+}
+
+/// The scheduler role: the loop and the admin API, until `shutdown`.
+pub async fn run(config: SchedulerConfig, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::bind(config.admin_addr).await?;
+    let admin = tokio::spawn(admin::serve(
+        listener,
+        config.tokens.clone(),
+        config.admin_token.clone(),
+        shutdown.clone(),
+    ));
+    run_loop(config, shutdown).await;
+    admin.await.map_err(std::io::Error::other)?
+}
