@@ -62,6 +62,13 @@ pub struct IngressArgs {
     /// Tokens are refreshed this long before they expire.
     #[arg(long, env = "WXPIPE_REFRESH_MARGIN_SECS", default_value_t = 600)]
     pub refresh_margin_secs: u64,
+    /// Appids whose pushes wait for a passive reply produced downstream (comma-separated;
+    /// default: the ten full-network test accounts; empty: none).
+    #[arg(long, env = "WXPIPE_SYNC_REPLY_APPIDS")]
+    pub sync_reply_appids: Option<String>,
+    /// How long such a push waits for its reply, in all (WeChat gives up after 5 s).
+    #[arg(long, env = "WXPIPE_SYNC_REPLY_TIMEOUT_MS", default_value_t = 4500)]
+    pub sync_reply_timeout_ms: u64,
 }
 
 /// Validated settings.
@@ -83,6 +90,8 @@ pub struct IngressConfig {
     /// The AppSecret, if configured (lets the ingress refresh the component token itself).
     pub component_secret: Option<secrecy::SecretString>,
     pub refresh_margin: Duration,
+    pub sync_reply_appids: std::collections::HashSet<String>,
+    pub sync_reply_timeout: Duration,
 }
 
 impl IngressArgs {
@@ -117,6 +126,8 @@ impl IngressArgs {
             public_base_url: http_url("WXPIPE_PUBLIC_BASE_URL", &self.public_base_url)?,
             component_secret: self.platform.component_secret().ok(),
             refresh_margin: Duration::from_secs(self.refresh_margin_secs.clamp(1, 6999)),
+            sync_reply_appids: sync_reply_appids(self.sync_reply_appids.as_deref())?,
+            sync_reply_timeout: Duration::from_millis(self.sync_reply_timeout_ms.clamp(100, 4800)),
         })
     }
 }
@@ -132,4 +143,28 @@ fn http_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
             reason: "expected an http:// or https:// URL".into(),
         }),
     }
+}
+
+/// `WXPIPE_SYNC_REPLY_APPIDS`: unset means the full-network test accounts.
+fn sync_reply_appids(
+    value: Option<&str>,
+) -> Result<std::collections::HashSet<String>, ConfigError> {
+    let Some(value) = value else {
+        return Ok(crate::sync_reply::release_test_appids());
+    };
+    value
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            if common::ids::AppId::is_valid(s) {
+                Ok(s.to_owned())
+            } else {
+                Err(ConfigError::Invalid {
+                    var: "WXPIPE_SYNC_REPLY_APPIDS",
+                    reason: format!("{s:?} is not an appid"),
+                })
+            }
+        })
+        .collect()
 }

@@ -13,5 +13,6 @@ pub mod routes;
 pub mod server;
 pub mod signed_query;
 pub mod state;
+pub mod sync_reply;
 
 pub use config::{IngressArgs, IngressConfig};

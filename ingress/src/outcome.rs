@@ -9,6 +9,8 @@ use axum::response::{IntoResponse, Response};
 pub enum Outcome {
     /// Published and confirmed by the broker: answered `success`.
     Accepted,
+    /// Published, confirmed, and answered with a passive reply produced downstream.
+    Replied,
     /// `echostr` URL verification passed.
     Verified,
     /// Missing or malformed query parameters.
@@ -29,6 +31,7 @@ impl Outcome {
     pub fn label(self) -> &'static str {
         match self {
             Outcome::Accepted => "accepted",
+            Outcome::Replied => "replied",
             Outcome::Verified => "verified",
             Outcome::BadQuery => "bad_query",
             Outcome::Stale => "stale",
@@ -41,7 +44,7 @@ impl Outcome {
 
     pub fn status(self) -> StatusCode {
         match self {
-            Outcome::Accepted | Outcome::Verified => StatusCode::OK,
+            Outcome::Accepted | Outcome::Replied | Outcome::Verified => StatusCode::OK,
             Outcome::BadQuery | Outcome::Stale | Outcome::Malformed => StatusCode::BAD_REQUEST,
             Outcome::BadSignature => StatusCode::UNAUTHORIZED,
             Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,

@@ -64,6 +64,15 @@ pub async fn serve(
         client,
         margin: config.refresh_margin,
     };
+    let declare: common::amqp::publisher::DeclareFn =
+        Arc::new(|ch, ns| Box::pin(async move { declare_all(&ch, &ns).await }));
+    let replier = crate::sync_reply::SyncReplier::start(
+        config.amqp_urls.clone(),
+        config.namespace.clone(),
+        config.sync_reply_appids.clone(),
+        declare.clone(),
+        config.publish_timeout,
+    );
     let publisher = ConfirmedPublisher::start(PublisherOptions {
         urls: config.amqp_urls.clone(),
         namespace: config.namespace.clone(),
@@ -75,7 +84,7 @@ pub async fn serve(
         channels: config.publish_channels,
         confirm_timeout: config.publish_timeout,
         // Raw pushes, and the events exchange with the business queue for /auth/callback.
-        declare: Arc::new(|ch, ns| Box::pin(async move { declare_all(&ch, &ns).await })),
+        declare,
     });
     let state = Arc::new(AppState {
         crypt: config.crypt.clone(),
@@ -89,6 +98,8 @@ pub async fn serve(
         namespace: config.namespace.clone(),
         wechat_page_base: config.wechat_page_base.clone(),
         public_base_url: config.public_base_url.clone(),
+        replier,
+        sync_reply_timeout: config.sync_reply_timeout,
     });
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, namespace = %config.namespace, "ingress listening");

@@ -21,6 +21,8 @@ pub struct AppState {
     pub namespace: common::ids::Namespace,
     pub wechat_page_base: String,
     pub public_base_url: String,
+    pub replier: crate::sync_reply::SyncReplier,
+    pub sync_reply_timeout: Duration,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -40,6 +40,8 @@ pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
         public_base_url: "http://127.0.0.1:8080".into(),
         component_secret: None,
         refresh_margin: Duration::from_secs(600),
+        sync_reply_appids: ingress::sync_reply::release_test_appids(),
+        sync_reply_timeout: Duration::from_millis(4500),
     }
 }
 

@@ -620,3 +620,37 @@ async fn three_schedulers_refresh_each_token_exactly_once_per_window() {
     );
     sim.stop().await;
 }
+
+#[tokio::test]
+async fn the_full_network_release_test_passes() {
+    let t = TestNs::new("t-tokens-release");
+    let port = free_port();
+    let sim = sim_for(port, Rules::default()).await;
+    let s = stack(&t, &sim, port, Duration::from_secs(600)).await;
+    let client = http();
+    client
+        .post(format!("{}/sim/push/ticket", sim.api_base()))
+        .send()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), "the component token", || async {
+        let (status, _) = admin_get(&s.admin, "/v1/component/access_token").await;
+        (status == 200).then_some(())
+    })
+    .await;
+    for appid in [None, Some("wxd101a85aa106f53e")] {
+        let report: Value = client
+            .post(format!("{}/sim/release-test", sim.api_base()))
+            .json(&json!({ "appid": appid }))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(report["passed"], true, "{report:#}");
+    }
+    assert_eq!(sim.stats()["rejected_token_calls"], 0);
+    s.stop().await;
+    sim.stop().await;
+}

@@ -34,8 +34,17 @@ pub async fn declare_raw(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> 
     bind(ch, &ns.raw(), &ns.raw(), RAW_AUTHORIZER).await
 }
 
-/// Routing-key patterns `{ns}.business` is bound to: the platform's own events.
-pub const BUSINESS_BINDINGS: &[&str] = &["component.#"];
+/// Routing-key patterns `{ns}.business` is bound to: the platform's own events, and everything
+/// of the full-network release test's accounts (protocol.md §5).
+pub fn business_bindings() -> Vec<String> {
+    let mut patterns = vec!["component.#".to_owned()];
+    patterns.extend(
+        crate::wechat::RELEASE_TEST_ACCOUNTS
+            .iter()
+            .map(|(_, appid)| format!("authorizer.{appid}.#")),
+    );
+    patterns
+}
 
 /// `{ns}.events`: the topic exchange of decoded events downstream teams bind to.
 pub async fn declare_events(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
@@ -43,13 +52,13 @@ pub async fn declare_events(ch: &Channel, ns: &Namespace) -> Result<(), AmqpErro
 }
 
 /// `{ns}.business`: the quorum queue of the platform's own handlers, bound to
-/// [`BUSINESS_BINDINGS`] on `{ns}.events`.
+/// [`business_bindings`] on `{ns}.events`.
 pub async fn declare_business(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
     declare_events(ch, ns).await?;
     declare_dead_letters(ch, ns).await?;
     declare_quorum_queue(ch, &ns.business(), Some(&ns.dlx())).await?;
-    for pattern in BUSINESS_BINDINGS {
-        bind(ch, &ns.business(), &ns.events(), pattern).await?;
+    for pattern in business_bindings() {
+        bind(ch, &ns.business(), &ns.events(), &pattern).await?;
     }
     Ok(())
 }

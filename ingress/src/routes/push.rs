@@ -165,6 +165,13 @@ async fn handle_push(
     }
 
     let started = Instant::now();
+    if let Some(appid) = appid
+        && state.replier.wants(appid)
+        && let Some(response) =
+            publish_awaiting_reply(state, route, appid, &q, &body, started).await
+    {
+        return response;
+    }
     let result = state
         .publisher
         .publish(
@@ -184,6 +191,59 @@ async fn handle_push(
             }
             Outcome::BrokerUnavailable.respond(r, e.to_string())
         }
+    }
+}
+
+/// The sync-reply path (see [`crate::sync_reply`]): `None` when the reply channel could not
+/// take the push, so that the plain path publishes it instead.
+async fn publish_awaiting_reply(
+    state: &AppState,
+    route: Route,
+    appid: &str,
+    q: &SignedQuery,
+    body: &Bytes,
+    started: Instant,
+) -> Option<Response> {
+    let r = route.label();
+    let rx = match state
+        .replier
+        .publish(
+            &state.raw_exchange,
+            route.routing_key(),
+            body,
+            raw_properties(Some(appid), q),
+        )
+        .await
+    {
+        Ok(rx) => rx,
+        Err(e) => {
+            tracing::warn!(error = %e, "sync-reply publish failed; using the plain path");
+            return None;
+        }
+    };
+    metrics::histogram!("wxpipe_ingress_publish_seconds", "route" => r)
+        .record(started.elapsed().as_secs_f64());
+    let remaining = state.sync_reply_timeout.saturating_sub(started.elapsed());
+    let reply = match tokio::time::timeout(remaining, rx).await {
+        Ok(Ok(reply)) => reply,
+        Ok(Err(_)) | Err(_) => {
+            metrics::counter!("wxpipe_ingress_reply_timeouts_total").increment(1);
+            return Some(Outcome::Accepted.respond(r, "success"));
+        }
+    };
+    match std::str::from_utf8(&reply) {
+        Ok(plain) if !plain.trim().is_empty() => {
+            let ts = common::unix_now().to_string();
+            let nonce = (u32::from_le_bytes(
+                common::crypto::random_prefix()[..4]
+                    .try_into()
+                    .unwrap_or_default(),
+            ) % 1_000_000_000)
+                .to_string();
+            Some(Outcome::Replied.respond(r, state.crypt.encrypt_reply(plain, &ts, &nonce)))
+        }
+        // An empty reply means "no passive reply": acknowledge.
+        _ => Some(Outcome::Accepted.respond(r, "success")),
     }
 }
 

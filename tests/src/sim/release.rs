@@ -9,22 +9,14 @@ use serde_json::{Value, json};
 use std::time::{Duration, Instant};
 
 /// The official-account test group: (original id, appid).
-pub const OFFICIAL_ACCOUNTS: [(&str, &str); 5] = [
-    ("gh_3c884a361561", "wx570bc396a51b8ff8"),
-    ("gh_c0f28a78b318", "wx9252c5e0bb1836fc"),
-    ("gh_3f222ed8d140", "wx8e1097c5bc82cde9"),
-    ("gh_26128078e9ab", "wx14550af28c71a144"),
-    ("gh_2b3713f184a6", "wxa35b9c23cfe664eb"),
-];
+fn official_accounts() -> &'static [(&'static str, &'static str)] {
+    &common::wechat::RELEASE_TEST_ACCOUNTS[..5]
+}
 
 /// The mini-program test group: (original id, appid).
-pub const MINI_PROGRAMS: [(&str, &str); 5] = [
-    ("gh_8dad206e9538", "wxd101a85aa106f53e"),
-    ("gh_905ae9d01059", "wxc39235c15087f6f3"),
-    ("gh_393666f1fdf4", "wx7720d01d4b2a4500"),
-    ("gh_39abb5d4e1b7", "wx05d483572dcd5d8b"),
-    ("gh_7818dcb60240", "wx5910277cae6fd970"),
-];
+fn mini_programs() -> &'static [(&'static str, &'static str)] {
+    &common::wechat::RELEASE_TEST_ACCOUNTS[5..]
+}
 
 struct Report {
     steps: Vec<Value>,
@@ -104,9 +96,8 @@ fn check_text_reply(
 /// Runs the test with the official account `appid` (default: the first of the group).
 pub async fn run(sim: &SimShared, appid: Option<&str>) -> Value {
     let (gh, appid) = match appid {
-        Some(a) => match OFFICIAL_ACCOUNTS
+        Some(a) => match common::wechat::RELEASE_TEST_ACCOUNTS
             .iter()
-            .chain(&MINI_PROGRAMS)
             .find(|(_, id)| *id == a)
         {
             Some(pair) => *pair,
@@ -114,7 +105,7 @@ pub async fn run(sim: &SimShared, appid: Option<&str>) -> Value {
                 return json!({ "passed": false, "error": format!("{a} is not a full-network test account") });
             }
         },
-        None => OFFICIAL_ACCOUNTS[0],
+        None => official_accounts()[0],
     };
     let openid = "ozy4qt5QUADNXORxCVipKMV9dss0";
     let mut r = Report { steps: Vec::new() };
@@ -132,7 +123,7 @@ pub async fn run(sim: &SimShared, appid: Option<&str>) -> Value {
         let mut st = sim.state.lock().expect("sim state");
         let (a, c, e) = st.authorize(
             Some(appid),
-            MINI_PROGRAMS.iter().any(|(_, id)| *id == appid),
+            mini_programs().iter().any(|(_, id)| *id == appid),
         );
         st.set_user_name(appid, gh);
         (a, c, e)

@@ -5,6 +5,7 @@
 
 pub mod handlers;
 pub mod registry;
+pub mod release_test;
 
 use crate::retry::{Attempt, retry};
 use crate::settings::WorkerArgs;
@@ -118,10 +119,30 @@ impl Handler for BusinessHandler {
     }
 }
 
-/// The platform's handlers: tokens and authorization.
+/// The platform's handlers: tokens and authorization, and the full-network release test
+/// (which publishes passive replies on a connection of its own).
 pub fn default_registry(config: &BusinessConfig) -> Registry {
     let mut registry = Registry::new();
     handlers::register(&mut registry, config.tokens.clone());
+    let replies = ConfirmedPublisher::start(PublisherOptions {
+        urls: config.amqp_urls.clone(),
+        namespace: config.namespace.clone(),
+        connection_name: format!(
+            "wxpipe-business {} pid {} replies",
+            config.namespace,
+            std::process::id()
+        ),
+        channels: 1,
+        confirm_timeout: Duration::from_secs(2),
+        declare: Arc::new(|_, _| Box::pin(async { Ok(()) })),
+    });
+    registry.register_prefix(
+        "wechat.authorizer.",
+        Arc::new(release_test::ReleaseTest {
+            tokens: config.tokens.clone(),
+            replies,
+        }),
+    );
     registry
 }
 

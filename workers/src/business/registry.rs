@@ -33,6 +33,8 @@ pub trait EventHandler: Send + Sync {
 #[derive(Default, Clone)]
 pub struct Registry {
     handlers: HashMap<String, Arc<dyn EventHandler>>,
+    /// Handlers of every type starting with a prefix (`wechat.authorizer.`), longest first.
+    prefixes: Vec<(String, Arc<dyn EventHandler>)>,
 }
 
 impl Registry {
@@ -45,13 +47,31 @@ impl Registry {
         self.handlers.insert(event_type.into(), handler);
     }
 
+    /// Registers `handler` for every event type starting with `prefix` (exact registrations
+    /// win).
+    pub fn register_prefix(&mut self, prefix: impl Into<String>, handler: Arc<dyn EventHandler>) {
+        self.prefixes.push((prefix.into(), handler));
+        self.prefixes
+            .sort_by_key(|(p, _)| std::cmp::Reverse(p.len()));
+    }
+
     pub fn get(&self, event_type: &str) -> Option<&Arc<dyn EventHandler>> {
-        self.handlers.get(event_type)
+        self.handlers.get(event_type).or_else(|| {
+            self.prefixes
+                .iter()
+                .find(|(p, _)| event_type.starts_with(p.as_str()))
+                .map(|(_, h)| h)
+        })
     }
 
     /// The registered event types, sorted.
     pub fn types(&self) -> Vec<&str> {
-        let mut t: Vec<&str> = self.handlers.keys().map(String::as_str).collect();
+        let mut t: Vec<&str> = self
+            .handlers
+            .keys()
+            .map(String::as_str)
+            .chain(self.prefixes.iter().map(|(p, _)| p.as_str()))
+            .collect();
         t.sort_unstable();
         t
     }

@@ -17,6 +17,9 @@ pub struct Decoded {
     pub authorizer_appid: Option<String>,
     /// When the ingress received it (ms since the epoch), if known.
     pub received_at: Option<i64>,
+    /// Where the ingress waits for a passive reply, if it does.
+    pub reply_to: Option<String>,
+    pub correlation_id: Option<String>,
 }
 
 /// Why a raw message can never be decoded.
@@ -111,5 +114,7 @@ pub fn decode_parts(
         push,
         authorizer_appid,
         received_at: header_i64(props, "received_at"),
+        reply_to: props.reply_to().as_ref().map(|r| r.to_string()),
+        correlation_id: props.correlation_id().as_ref().map(|c| c.to_string()),
     })
 }

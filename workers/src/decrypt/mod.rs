@@ -115,7 +115,10 @@ impl Handler for DecryptHandler {
             self.crypt.appid(),
             decoded.authorizer_appid.as_deref(),
         );
-        let body = match serde_json::to_vec(&CloudEvent::new(&decoded.push, &address)) {
+        let mut cloud_event = CloudEvent::new(&decoded.push, &address);
+        cloud_event.reply_to = decoded.reply_to.clone();
+        cloud_event.correlation_id = decoded.correlation_id.clone();
+        let body = match serde_json::to_vec(&cloud_event) {
             Ok(b) => b,
             Err(e) => {
                 count("dead");
@@ -187,7 +190,12 @@ impl DecryptHandler {
             Claim::HeldByOther => return Attempt::Done(Delivered::StillHeld),
             Claim::Won => {}
         }
-        let props = event_properties(address, decoded.received_at);
+        let mut props = event_properties(address, decoded.received_at);
+        if let (Some(reply_to), Some(id)) = (&decoded.reply_to, &decoded.correlation_id) {
+            props = props
+                .with_reply_to(reply_to.as_str().into())
+                .with_correlation_id(id.as_str().into());
+        }
         if let Err(e) = self
             .publisher
             .publish(&self.events_exchange, &address.routing_key, body, props)

@@ -1,0 +1,217 @@
+//! Passive replies produced downstream (design.md): for appids in `WXPIPE_SYNC_REPLY_APPIDS`
+//! the ingress publishes the push with `reply_to` = RabbitMQ's direct reply-to and a
+//! `correlation_id`, waits (under WeChat's 5 s) for a reply, and returns it encrypted.
+//!
+//! A reply is a message on the direct reply-to pseudo-queue whose body is the plaintext reply
+//! XML (empty: no reply, answer `success`). The decrypt worker carries `reply_to` and
+//! `correlation_id` into the event; whoever handles the event publishes the reply to the
+//! default exchange with `reply_to` as routing key. The full-network release test uses it, and
+//! a downstream team can use it for its own accounts.
+//!
+//! Direct reply-to needs the requests published on the channel that consumes the replies, so
+//! this has its own connection and channel, kept alive by a small supervisor. If it is down,
+//! pushes fall back to the plain path (`success`, no passive reply): nothing is lost.
+
+use common::amqp::publisher::DeclareFn;
+use common::amqp::{AmqpError, PublishError, connect_any};
+use common::ids::Namespace;
+use futures::StreamExt;
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::types::FieldTable;
+use lapin::{BasicProperties, Channel, Confirmation};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::sync::{oneshot, watch};
+
+/// The default sync-reply appids: the full-network release test's accounts (protocol.md §5).
+pub fn release_test_appids() -> HashSet<String> {
+    common::wechat::RELEASE_TEST_ACCOUNTS
+        .iter()
+        .map(|(_, appid)| appid.to_string())
+        .collect()
+}
+
+const REPLY_TO: &str = "amq.rabbitmq.reply-to";
+
+type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
+
+/// Publishes with a reply address and waits for replies.
+#[derive(Clone)]
+pub struct SyncReplier {
+    appids: Arc<HashSet<String>>,
+    channel: watch::Receiver<Option<Channel>>,
+    pending: Pending,
+    confirm_timeout: Duration,
+}
+
+impl SyncReplier {
+    /// Starts the supervisor of the reply channel.
+    pub fn start(
+        urls: Vec<String>,
+        ns: Namespace,
+        appids: HashSet<String>,
+        declare: DeclareFn,
+        confirm_timeout: Duration,
+    ) -> Self {
+        let (tx, rx) = watch::channel(None);
+        let pending: Pending = Arc::default();
+        tokio::spawn(supervise(urls, ns, declare, tx, pending.clone()));
+        Self {
+            appids: Arc::new(appids),
+            channel: rx,
+            pending,
+            confirm_timeout,
+        }
+    }
+
+    /// Whether pushes for `appid` wait for a passive reply (and the reply channel is up).
+    pub fn wants(&self, appid: &str) -> bool {
+        self.appids.contains(appid)
+            && self
+                .channel
+                .borrow()
+                .as_ref()
+                .is_some_and(|c| c.status().connected())
+    }
+
+    /// Publishes `body` with a reply address; once confirmed, returns the receiver of the reply.
+    pub async fn publish(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<oneshot::Receiver<Vec<u8>>, PublishError> {
+        let channel = self
+            .channel
+            .borrow()
+            .clone()
+            .ok_or(PublishError::Unavailable)?;
+        let id = uuid::Uuid::new_v4().simple().to_string();
+        let (tx, rx) = oneshot::channel();
+        self.lock().insert(id.clone(), tx);
+        let props = properties
+            .with_reply_to(REPLY_TO.into())
+            .with_correlation_id(id.as_str().into());
+        let attempt = async {
+            channel
+                .basic_publish(
+                    exchange.into(),
+                    routing_key.into(),
+                    BasicPublishOptions::default(),
+                    body,
+                    props,
+                )
+                .await?
+                .await
+        };
+        let result = match tokio::time::timeout(self.confirm_timeout, attempt).await {
+            Ok(Ok(Confirmation::Ack(_))) => Ok(rx),
+            Ok(Ok(_)) => Err(PublishError::Nacked),
+            Ok(Err(e)) => Err(PublishError::Broker(e)),
+            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
+        };
+        if result.is_err() {
+            self.lock().remove(&id);
+        }
+        result
+    }
+
+    /// Forgets a request that will not be waited for any longer.
+    pub fn forget(&self, rx: oneshot::Receiver<Vec<u8>>) {
+        drop(rx);
+        self.lock().retain(|_, tx| !tx.is_closed());
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Vec<u8>>>> {
+        self.pending
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+}
+
+async fn supervise(
+    urls: Vec<String>,
+    ns: Namespace,
+    declare: DeclareFn,
+    tx: watch::Sender<Option<Channel>>,
+    pending: Pending,
+) {
+    let name = format!("wxpipe-ingress {ns} pid {} replies", std::process::id());
+    let mut start = 0usize;
+    loop {
+        match open(&urls, start, &ns, &declare, &name).await {
+            Ok((conn, channel, mut replies)) => {
+                tx.send_replace(Some(channel));
+                tracing::info!("sync-reply channel ready");
+                while let Some(Ok(delivery)) = replies.next().await {
+                    let Some(id) = delivery
+                        .properties
+                        .correlation_id()
+                        .as_ref()
+                        .map(|c| c.to_string())
+                    else {
+                        continue;
+                    };
+                    let waiter = pending
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .remove(&id);
+                    match waiter {
+                        Some(w) => {
+                            let _ = w.send(delivery.data);
+                        }
+                        None => metrics::counter!("wxpipe_ingress_late_replies_total").increment(1),
+                    }
+                }
+                tx.send_replace(None);
+                let _ = conn.close(320, "reconnecting".into()).await;
+                tracing::warn!("sync-reply channel lost; reconnecting");
+            }
+            Err(e) => tracing::warn!(error = %e, "sync-reply channel unavailable"),
+        }
+        start = start.wrapping_add(1);
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+}
+
+async fn open(
+    urls: &[String],
+    start: usize,
+    ns: &Namespace,
+    declare: &DeclareFn,
+    name: &str,
+) -> Result<(lapin::Connection, Channel, lapin::Consumer), AmqpError> {
+    let conn = connect_any(urls, start, name).await?;
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(|source| AmqpError::Broker {
+            what: "opening the reply channel".into(),
+            source,
+        })?;
+    declare(ch.clone(), ns.clone()).await?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(|source| AmqpError::Broker {
+            what: "enabling confirms on the reply channel".into(),
+            source,
+        })?;
+    let consumer = ch
+        .basic_consume(
+            REPLY_TO.into(),
+            "wxpipe-replies".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await
+        .map_err(|source| AmqpError::Broker {
+            what: "consuming direct reply-to".into(),
+            source,
+        })?;
+    Ok((conn, ch, consumer))
+}
