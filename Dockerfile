@@ -1,10 +1,10 @@
-# Multi-stage build of every wxpipe binary: ingress, workers, wxpipe-bench.
+# Multi-stage build of every wxpipe binary: ingress, workers, wechat-sim, wxpipe-bench.
 FROM rust:1-bookworm AS build
 WORKDIR /src
 COPY . .
 RUN cargo build --release --locked --bins \
  && mkdir -p /out \
- && cp target/release/ingress target/release/workers target/release/wxpipe-bench /out/
+ && cp target/release/ingress target/release/workers target/release/wxpipe-bench target/release/wechat-sim /out/
 
 FROM debian:bookworm-slim
 RUN apt-get update \

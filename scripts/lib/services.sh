@@ -64,3 +64,12 @@ rabbitmq_ready() {
   command -v rabbitmqctl >/dev/null 2>&1 || return 0 # a broker we did not install: trust the port
   rabbitmqctl_cmd await_startup --timeout 5 >/dev/null 2>&1
 }
+
+# Chromium for the browser test of the authorization pages (Debian's package).
+ensure_chromium() {
+  local path="${WXPIPE_CHROMIUM:-/usr/bin/chromium}"
+  if [ -x "$path" ]; then say "Chromium is at $path"; return; fi
+  apt_install chromium
+  [ -x "$path" ] || die "chromium installed but $path is missing: set WXPIPE_CHROMIUM to its path"
+  say "Chromium is at $path"
+}

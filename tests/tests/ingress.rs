@@ -438,7 +438,10 @@ async fn connections_closed_by_the_broker_are_reestablished() {
     // Closed by the broker (rabbitmqctl close_connection), by name: only this test's ingress.
     let closed = close_connections_named(&format!("wxpipe-ingress {} ", t.name()))
         .expect("rabbitmqctl is needed to close a connection from the broker's side");
-    assert_eq!(closed, 2, "expected to close this ingress's two connections (publishes, sync replies)");
+    assert_eq!(
+        closed, 2,
+        "expected to close this ingress's two connections (publishes, sync replies)"
+    );
 
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut n = 0;

@@ -654,3 +654,79 @@ async fn the_full_network_release_test_passes() {
     s.stop().await;
     sim.stop().await;
 }
+
+/// Chromium, as scripts/test installs it (Debian's package).
+fn chromium() -> std::path::PathBuf {
+    let path = std::env::var("WXPIPE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let path = std::path::PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "{} is missing: `apt-get install chromium` (./scripts/test installs it), or set WXPIPE_CHROMIUM",
+        path.display()
+    );
+    path
+}
+
+#[tokio::test]
+async fn the_authorization_pages_in_a_real_headless_browser() {
+    let t = TestNs::new("t-tokens-browser");
+    let port = free_port();
+    let mut settings = SimSettings::for_tests(&format!("http://127.0.0.1:{port}"));
+    // Like WeChat, the sim's page refuses visitors who do not come from the platform's domain.
+    settings.referer_domain = Some("127.0.0.1".into());
+    let sim = sim::start(settings).await.unwrap();
+    let s = stack(&t, &sim, port, Duration::from_secs(600)).await;
+    http()
+        .post(format!("{}/sim/push/ticket", sim.api_base()))
+        .send()
+        .await
+        .unwrap();
+    eventually(Duration::from_secs(15), "the component token", || async {
+        let (status, _) = admin_get(&s.admin, "/v1/component/access_token").await;
+        (status == 200).then_some(())
+    })
+    .await;
+
+    let entry = format!("{}/auth", s.base);
+    let chromium = chromium();
+    let (final_url, account) =
+        tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
+            use headless_chrome::{Browser, LaunchOptions};
+            use std::ffi::OsStr;
+            let browser = Browser::new(
+                LaunchOptions::default_builder()
+                    .path(Some(chromium))
+                    .headless(true)
+                    .sandbox(false)
+                    .args(vec![
+                        OsStr::new("--disable-gpu"),
+                        OsStr::new("--disable-background-networking"),
+                        OsStr::new("--disable-component-update"),
+                        OsStr::new("--disable-sync"),
+                        OsStr::new("--no-first-run"),
+                        OsStr::new("--disable-quic"),
+                    ])
+                    .idle_browser_timeout(Duration::from_secs(60))
+                    .build()?,
+            )?;
+            let tab = browser.new_tab()?;
+            tab.navigate_to(&entry)?.wait_until_navigated()?;
+            // Entry page → click "Authorize an Official Account" → /auth/start → the sim's page
+            // (Referer checked) → /auth/callback → /auth/done, which names the account.
+            tab.wait_for_element("#pc-1")?.click()?;
+            let account = tab
+                .wait_for_element_with_custom_timeout("#account", Duration::from_secs(30))?
+                .get_inner_text()?;
+            Ok((tab.get_url(), account))
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(final_url.contains("/auth/done?code="), "{final_url}");
+    assert!(account.starts_with("Simulated account"), "{account}");
+    let stats = sim.stats();
+    assert_eq!(stats["calls"]["componentloginpage"], 1);
+    assert_eq!(stats["calls"]["api_query_auth"], 1);
+    s.stop().await;
+    sim.stop().await;
+}
