@@ -184,6 +184,19 @@ impl NamespaceArgs {
     }
 }
 
+/// An http(s) URL (for `var`), without its trailing slash.
+pub fn http_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
+    match url::Url::parse(value.trim()) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+            Ok(value.trim().trim_end_matches('/').to_owned())
+        }
+        _ => Err(ConfigError::Invalid {
+            var,
+            reason: "expected an http:// or https:// URL".into(),
+        }),
+    }
+}
+
 /// A URL with its password replaced, for logs and error messages.
 pub fn redact_url(url: &str) -> String {
     match url::Url::parse(url.trim()) {

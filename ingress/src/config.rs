@@ -1,6 +1,6 @@
 //! The ingress's settings: environment variables, each also a flag (`ingress --help`).
 
-use common::config::{AmqpArgs, ConfigError, NamespaceArgs, PlatformArgs, RedisArgs};
+use common::config::{AmqpArgs, ConfigError, NamespaceArgs, PlatformArgs, RedisArgs, http_url};
 use common::crypto::MsgCrypt;
 use common::ids::Namespace;
 use std::net::SocketAddr;
@@ -129,19 +129,6 @@ impl IngressArgs {
             sync_reply_appids: sync_reply_appids(self.sync_reply_appids.as_deref())?,
             sync_reply_timeout: Duration::from_millis(self.sync_reply_timeout_ms.clamp(100, 4800)),
         })
-    }
-}
-
-/// An http(s) URL without its trailing slash.
-fn http_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
-    match url::Url::parse(value.trim()) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
-            Ok(value.trim().trim_end_matches('/').to_owned())
-        }
-        _ => Err(ConfigError::Invalid {
-            var,
-            reason: "expected an http:// or https:// URL".into(),
-        }),
     }
 }
 

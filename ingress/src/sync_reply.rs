@@ -12,13 +12,13 @@
 //! this has its own connection and channel, kept alive by a small supervisor. If it is down,
 //! pushes fall back to the plain path (`success`, no passive reply): nothing is lost.
 
-use common::amqp::publisher::DeclareFn;
+use common::amqp::publisher::{DeclareFn, publish_on};
 use common::amqp::{AmqpError, PublishError, connect_any};
 use common::ids::Namespace;
 use futures::StreamExt;
-use lapin::options::{BasicConsumeOptions, BasicPublishOptions, ConfirmSelectOptions};
+use lapin::options::{BasicConsumeOptions, ConfirmSelectOptions};
 use lapin::types::FieldTable;
-use lapin::{BasicProperties, Channel, Confirmation};
+use lapin::{BasicProperties, Channel};
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -94,24 +94,16 @@ impl SyncReplier {
         let props = properties
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(id.as_str().into());
-        let attempt = async {
-            channel
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    props,
-                )
-                .await?
-                .await
-        };
-        let result = match tokio::time::timeout(self.confirm_timeout, attempt).await {
-            Ok(Ok(Confirmation::Ack(_))) => Ok(rx),
-            Ok(Ok(_)) => Err(PublishError::Nacked),
-            Ok(Err(e)) => Err(PublishError::Broker(e)),
-            Err(_) => Err(PublishError::Timeout(self.confirm_timeout)),
-        };
+        let result = publish_on(
+            &channel,
+            exchange,
+            routing_key,
+            body,
+            props,
+            self.confirm_timeout,
+        )
+        .await
+        .map(|()| rx);
         if result.is_err() {
             self.lock().remove(&id);
         }

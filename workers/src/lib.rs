@@ -17,6 +17,7 @@ pub mod crypto_tool;
 pub mod decrypt;
 pub mod dlq;
 pub mod retry;
+pub mod role;
 pub mod scheduler;
 pub mod serve;
 pub mod settings;

@@ -38,26 +38,18 @@ impl WorkerArgs {
     pub fn token_service(&self) -> Result<common::token::TokenService, ConfigError> {
         let appid = self.platform.component_appid()?;
         let secret = self.platform.component_secret()?;
-        if !self.wechat_api_base.starts_with("http://")
-            && !self.wechat_api_base.starts_with("https://")
-        {
-            return Err(ConfigError::Invalid {
-                var: "WXPIPE_WECHAT_API_BASE",
-                reason: "expected an http:// or https:// URL".into(),
-            });
-        }
+        let api_base = common::config::http_url("WXPIPE_WECHAT_API_BASE", &self.wechat_api_base)?;
         if self.refresh_margin_secs == 0 || self.refresh_margin_secs >= 7000 {
             return Err(ConfigError::Invalid {
                 var: "WXPIPE_REFRESH_MARGIN_SECS",
                 reason: "must be between 1 and 6999 (tokens live 7200 s)".into(),
             });
         }
-        let client =
-            common::wechat::WechatClient::new(&self.wechat_api_base, appid.as_str(), Some(secret))
-                .map_err(|e| ConfigError::Invalid {
-                    var: "WXPIPE_WECHAT_API_BASE",
-                    reason: e.to_string(),
-                })?;
+        let client = common::wechat::WechatClient::new(&api_base, appid.as_str(), Some(secret))
+            .map_err(|e| ConfigError::Invalid {
+                var: "WXPIPE_WECHAT_API_BASE",
+                reason: e.to_string(),
+            })?;
         let pool =
             common::redis::pool(&self.redis.redis_url).map_err(|e| ConfigError::Invalid {
                 var: "WXPIPE_REDIS_URL",

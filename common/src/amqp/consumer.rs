@@ -19,7 +19,6 @@
 use super::publisher::DeclareFn;
 use super::{AmqpError, ConfirmedPublisher, connect_any};
 use crate::ids::Namespace;
-use backon::BackoffBuilder;
 use futures::StreamExt;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
@@ -79,15 +78,7 @@ pub async fn run<H: Handler>(
     dead_letters: ConfirmedPublisher,
     mut shutdown: watch::Receiver<bool>,
 ) {
-    let new_backoff = || {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
-    let mut backoff = new_backoff();
+    let mut backoff = super::reconnect_backoff();
     let mut start = 0usize;
     let name = opts.connection_name.clone();
     loop {
@@ -97,7 +88,7 @@ pub async fn run<H: Handler>(
         match consume_once(&opts, start, &handler, &dead_letters, &mut shutdown).await {
             Ok(Ended::Shutdown) => return,
             Ok(Ended::Lost) => {
-                backoff = new_backoff();
+                backoff = super::reconnect_backoff();
                 tracing::warn!(consumer = %name, "consumer connection lost; reconnecting");
                 metrics::counter!("wxpipe_amqp_reconnects_total", "connection" => name.clone())
                     .increment(1);

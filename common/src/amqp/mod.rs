@@ -28,3 +28,14 @@ impl AmqpError {
         move |source| Self::Broker { what, source }
     }
 }
+
+/// The delays between reconnection attempts: 100 ms doubling to 5 s, with jitter, forever.
+pub(crate) fn reconnect_backoff() -> impl Iterator<Item = std::time::Duration> {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::default()
+        .with_min_delay(std::time::Duration::from_millis(100))
+        .with_max_delay(std::time::Duration::from_secs(5))
+        .with_jitter()
+        .without_max_times()
+        .build()
+}

@@ -14,7 +14,6 @@
 
 use super::{AmqpError, connect_any};
 use crate::ids::Namespace;
-use backon::BackoffBuilder;
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
@@ -145,35 +144,23 @@ impl ConfirmedPublisher {
             .borrow()
             .clone()
             .ok_or(PublishError::Unavailable)?;
-        let deadline = self.shared.confirm_timeout;
-        let attempt = async {
-            let confirm = link
-                .channel()
-                .basic_publish(
-                    exchange.into(),
-                    routing_key.into(),
-                    BasicPublishOptions::default(),
-                    body,
-                    properties,
-                )
-                .await?;
-            confirm.await
-        };
-        match tokio::time::timeout(deadline, attempt).await {
-            Ok(Ok(Confirmation::Ack(_))) => Ok(()),
-            Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
-            // Every channel is put in confirm mode before it is used, so this cannot be a
-            // success; treat it as the broker failing us.
-            Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
-            Ok(Err(e)) => {
-                self.shared.kick.notify_one();
-                Err(PublishError::Broker(e))
-            }
-            Err(_) => {
-                self.shared.kick.notify_one();
-                Err(PublishError::Timeout(deadline))
-            }
+        let result = publish_on(
+            link.channel(),
+            exchange,
+            routing_key,
+            body,
+            properties,
+            self.shared.confirm_timeout,
+        )
+        .await;
+        if matches!(
+            result,
+            Err(PublishError::Broker(_) | PublishError::Timeout(_))
+        ) {
+            // Let the supervisor check the connection now rather than at its next tick.
+            self.shared.kick.notify_one();
         }
+        result
     }
 
     /// Stops reconnecting and closes the connection. Call after in-flight publishes have
@@ -186,26 +173,51 @@ impl ConfirmedPublisher {
     }
 }
 
+/// Publishes one message on `channel` (in confirm mode) and waits for the broker's confirm, at
+/// most `deadline`. `Ok` means the broker has taken responsibility for the message.
+pub async fn publish_on(
+    channel: &Channel,
+    exchange: &str,
+    routing_key: &str,
+    body: &[u8],
+    properties: BasicProperties,
+    deadline: Duration,
+) -> Result<(), PublishError> {
+    let attempt = async {
+        channel
+            .basic_publish(
+                exchange.into(),
+                routing_key.into(),
+                BasicPublishOptions::default(),
+                body,
+                properties,
+            )
+            .await?
+            .await
+    };
+    match tokio::time::timeout(deadline, attempt).await {
+        Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+        Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
+        // Channels are put in confirm mode before use, so this cannot be a success; treat it
+        // as the broker failing us.
+        Ok(Ok(Confirmation::NotRequested)) => Err(PublishError::Nacked),
+        Ok(Err(e)) => Err(PublishError::Broker(e)),
+        Err(_) => Err(PublishError::Timeout(deadline)),
+    }
+}
+
 async fn supervise(shared: Arc<Shared>, opts: PublisherOptions) {
     let mut shutdown = shared.shutdown.subscribe();
     let name = shared.connection_name.clone();
     let mut start = 0usize;
-    let new_backoff = || {
-        backon::ExponentialBuilder::default()
-            .with_min_delay(Duration::from_millis(100))
-            .with_max_delay(Duration::from_secs(5))
-            .with_jitter()
-            .without_max_times()
-            .build()
-    };
-    let mut backoff = new_backoff();
+    let mut backoff = super::reconnect_backoff();
     loop {
         if *shutdown.borrow() {
             return;
         }
         match establish(&opts, start).await {
             Ok(link) => {
-                backoff = new_backoff();
+                backoff = super::reconnect_backoff();
                 let link = Arc::new(link);
                 shared.link.send_replace(Some(link.clone()));
                 metrics::gauge!("wxpipe_amqp_connected", "connection" => name.clone()).set(1.0);

@@ -260,14 +260,7 @@ impl TokenService {
         appid: &str,
         mode: RefreshMode,
     ) -> Result<RefreshOutcome, TokenError> {
-        let record = self
-            .store
-            .authorizer(appid)
-            .await?
-            .ok_or_else(|| TokenError::Unknown(appid.to_owned()))?;
-        if record.status == AuthorizerStatus::Revoked {
-            return Err(TokenError::Revoked(appid.to_owned()));
-        }
+        let record = self.active_record(appid).await?;
         if mode == RefreshMode::IfDue
             && record.access_token.is_some()
             && self
@@ -355,8 +348,8 @@ impl TokenService {
         self.store.schedule(appid, now_ms() + retry_in_ms).await
     }
 
-    /// An authorizer token with more than [`SERVE_MARGIN_SECS`] left, refreshing it if needed.
-    pub async fn authorizer_token(&self, appid: &str) -> Result<StoredToken, TokenError> {
+    /// `appid`'s record, unless it is unknown or revoked.
+    async fn active_record(&self, appid: &str) -> Result<super::AuthorizerRecord, TokenError> {
         let record = self
             .store
             .authorizer(appid)
@@ -365,6 +358,12 @@ impl TokenService {
         if record.status == AuthorizerStatus::Revoked {
             return Err(TokenError::Revoked(appid.to_owned()));
         }
+        Ok(record)
+    }
+
+    /// An authorizer token with more than [`SERVE_MARGIN_SECS`] left, refreshing it if needed.
+    pub async fn authorizer_token(&self, appid: &str) -> Result<StoredToken, TokenError> {
+        let record = self.active_record(appid).await?;
         if let (Some(t), Some(exp)) = (&record.access_token, record.expires_at)
             && exp - crate::unix_now() > self.serve_margin()
         {

@@ -9,8 +9,7 @@ pub mod release_test;
 
 use crate::retry::{Attempt, retry};
 use crate::settings::WorkerArgs;
-use common::amqp::consumer::{self, ConsumerOptions, Disposition, Handler};
-use common::amqp::topology::declare_all;
+use common::amqp::consumer::{Disposition, Handler};
 use common::amqp::{ConfirmedPublisher, PublisherOptions};
 use common::config::ConfigError;
 use common::event::CloudEvent;
@@ -148,39 +147,18 @@ pub fn default_registry(config: &BusinessConfig) -> Registry {
 
 /// Runs one business worker with `registry` until `shutdown` becomes true.
 pub async fn run(config: BusinessConfig, registry: Registry, shutdown: watch::Receiver<bool>) {
-    let declare: common::amqp::publisher::DeclareFn =
-        Arc::new(|ch, ns| Box::pin(async move { declare_all(&ch, &ns).await }));
-    let tag = format!(
-        "wxpipe-business {} pid {}",
-        config.namespace,
-        std::process::id()
-    );
     tracing::info!(handlers = ?registry.types(), "business handlers");
-    let publisher = ConfirmedPublisher::start(PublisherOptions {
-        urls: config.amqp_urls.clone(),
+    let role = crate::role::Role {
+        name: "business",
         namespace: config.namespace.clone(),
-        connection_name: format!("{tag} publish"),
-        channels: 1,
-        confirm_timeout: Duration::from_secs(2),
-        declare: declare.clone(),
-    });
+        urls: config.amqp_urls.clone(),
+        queue: config.namespace.business(),
+        prefetch: config.prefetch,
+    };
+    let publisher = role.publisher(1, Duration::from_secs(2));
     let handler = Arc::new(BusinessHandler {
         registry,
         max_attempts: config.max_attempts,
     });
-    consumer::run(
-        ConsumerOptions {
-            urls: config.amqp_urls.clone(),
-            namespace: config.namespace.clone(),
-            queue: config.namespace.business(),
-            connection_name: format!("{tag} consume"),
-            prefetch: config.prefetch,
-            declare,
-        },
-        handler,
-        publisher.clone(),
-        shutdown,
-    )
-    .await;
-    publisher.close().await;
+    role.consume(handler, publisher, shutdown).await;
 }

@@ -7,9 +7,8 @@ pub mod dedup;
 
 use crate::retry::{Attempt, retry};
 use crate::settings::WorkerArgs;
-use common::amqp::consumer::{self, ConsumerOptions, Disposition, Handler};
-use common::amqp::topology::declare_all;
-use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use common::amqp::ConfirmedPublisher;
+use common::amqp::consumer::{Disposition, Handler};
 use common::config::ConfigError;
 use common::crypto::MsgCrypt;
 use common::event::{self, CloudEvent};
@@ -242,21 +241,14 @@ pub async fn run(
 ) -> Result<(), common::redis::RedisError> {
     let pool = common::redis::pool(&config.redis_url)?;
     let keys = common::redis::Keys::new(&config.namespace, config.crypt.appid());
-    let declare: common::amqp::publisher::DeclareFn =
-        Arc::new(|ch, ns| Box::pin(async move { declare_all(&ch, &ns).await }));
-    let tag = format!(
-        "wxpipe-decrypt {} pid {}",
-        config.namespace,
-        std::process::id()
-    );
-    let publisher = ConfirmedPublisher::start(PublisherOptions {
-        urls: config.amqp_urls.clone(),
+    let role = crate::role::Role {
+        name: "decrypt",
         namespace: config.namespace.clone(),
-        connection_name: format!("{tag} publish"),
-        channels: 2,
-        confirm_timeout: config.confirm_timeout,
-        declare: declare.clone(),
-    });
+        urls: config.amqp_urls.clone(),
+        queue: config.namespace.raw(),
+        prefetch: config.prefetch,
+    };
+    let publisher = role.publisher(2, config.confirm_timeout);
     let handler = Arc::new(DecryptHandler {
         crypt: config.crypt.clone(),
         publisher: publisher.clone(),
@@ -264,20 +256,6 @@ pub async fn run(
         dedup: Dedup::new(pool, keys, config.claim_ttl, config.dedup_ttl),
         max_attempts: config.max_attempts,
     });
-    consumer::run(
-        ConsumerOptions {
-            urls: config.amqp_urls.clone(),
-            namespace: config.namespace.clone(),
-            queue: config.namespace.raw(),
-            connection_name: format!("{tag} consume"),
-            prefetch: config.prefetch,
-            declare,
-        },
-        handler,
-        publisher.clone(),
-        shutdown,
-    )
-    .await;
-    publisher.close().await;
+    role.consume(handler, publisher, shutdown).await;
     Ok(())
 }
