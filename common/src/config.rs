@@ -184,6 +184,39 @@ impl NamespaceArgs {
     }
 }
 
+/// Where WeChat's API is and how early tokens are refreshed.
+#[derive(clap::Args, Clone, Debug)]
+pub struct WechatArgs {
+    /// WeChat's API (point it at wechat-sim for tests and demos).
+    #[arg(
+        long,
+        env = "WXPIPE_WECHAT_API_BASE",
+        default_value = "https://api.weixin.qq.com"
+    )]
+    pub wechat_api_base: String,
+    /// Tokens are refreshed this long before they expire.
+    #[arg(long, env = "WXPIPE_REFRESH_MARGIN_SECS", default_value_t = 600)]
+    pub refresh_margin_secs: u64,
+}
+
+impl WechatArgs {
+    /// The API base URL, checked.
+    pub fn api_base(&self) -> Result<String, ConfigError> {
+        http_url("WXPIPE_WECHAT_API_BASE", &self.wechat_api_base)
+    }
+
+    /// The refresh margin, checked (tokens live 7200 s).
+    pub fn refresh_margin(&self) -> Result<std::time::Duration, ConfigError> {
+        if self.refresh_margin_secs == 0 || self.refresh_margin_secs >= 7000 {
+            return Err(ConfigError::Invalid {
+                var: "WXPIPE_REFRESH_MARGIN_SECS",
+                reason: "must be between 1 and 6999 (tokens live 7200 s)".into(),
+            });
+        }
+        Ok(std::time::Duration::from_secs(self.refresh_margin_secs))
+    }
+}
+
 /// An http(s) URL (for `var`), without its trailing slash.
 pub fn http_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     match url::Url::parse(value.trim()) {

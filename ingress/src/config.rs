@@ -37,13 +37,8 @@ pub struct IngressArgs {
     /// On SIGTERM, how long in-flight pushes may take to finish before the process exits.
     #[arg(long, env = "WXPIPE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
-    /// WeChat's API (point it at wechat-sim for tests and demos).
-    #[arg(
-        long,
-        env = "WXPIPE_WECHAT_API_BASE",
-        default_value = "https://api.weixin.qq.com"
-    )]
-    pub wechat_api_base: String,
+    #[command(flatten)]
+    pub wechat: common::config::WechatArgs,
     /// Where WeChat's authorization pages live.
     #[arg(
         long,
@@ -59,9 +54,6 @@ pub struct IngressArgs {
         default_value = "http://127.0.0.1:8080"
     )]
     pub public_base_url: String,
-    /// Tokens are refreshed this long before they expire.
-    #[arg(long, env = "WXPIPE_REFRESH_MARGIN_SECS", default_value_t = 600)]
-    pub refresh_margin_secs: u64,
     /// Appids whose pushes wait for a passive reply produced downstream (comma-separated;
     /// default: the ten full-network test accounts; empty: none).
     #[arg(long, env = "WXPIPE_SYNC_REPLY_APPIDS")]
@@ -121,11 +113,11 @@ impl IngressArgs {
             publish_channels: positive("WXPIPE_PUBLISH_CHANNELS", self.publish_channels as u64)?
                 as usize,
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
-            wechat_api_base: http_url("WXPIPE_WECHAT_API_BASE", &self.wechat_api_base)?,
+            wechat_api_base: self.wechat.api_base()?,
             wechat_page_base: http_url("WXPIPE_WECHAT_PAGE_BASE", &self.wechat_page_base)?,
             public_base_url: http_url("WXPIPE_PUBLIC_BASE_URL", &self.public_base_url)?,
             component_secret: self.platform.component_secret().ok(),
-            refresh_margin: Duration::from_secs(self.refresh_margin_secs.clamp(1, 6999)),
+            refresh_margin: self.wechat.refresh_margin()?,
             sync_reply_appids: sync_reply_appids(self.sync_reply_appids.as_deref())?,
             sync_reply_timeout: Duration::from_millis(self.sync_reply_timeout_ms.clamp(100, 4800)),
         })

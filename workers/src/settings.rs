@@ -21,16 +21,8 @@ pub struct WorkerArgs {
     /// dead-lettered; the waits between attempts grow from 100 ms to 10 s.
     #[arg(long, env = "WXPIPE_MAX_ATTEMPTS", default_value_t = 12)]
     pub max_attempts: u32,
-    /// WeChat's API (point it at wechat-sim for tests and demos).
-    #[arg(
-        long,
-        env = "WXPIPE_WECHAT_API_BASE",
-        default_value = "https://api.weixin.qq.com"
-    )]
-    pub wechat_api_base: String,
-    /// Tokens are refreshed this long before they expire.
-    #[arg(long, env = "WXPIPE_REFRESH_MARGIN_SECS", default_value_t = 600)]
-    pub refresh_margin_secs: u64,
+    #[command(flatten)]
+    pub wechat: common::config::WechatArgs,
 }
 
 impl WorkerArgs {
@@ -38,13 +30,8 @@ impl WorkerArgs {
     pub fn token_service(&self) -> Result<common::token::TokenService, ConfigError> {
         let appid = self.platform.component_appid()?;
         let secret = self.platform.component_secret()?;
-        let api_base = common::config::http_url("WXPIPE_WECHAT_API_BASE", &self.wechat_api_base)?;
-        if self.refresh_margin_secs == 0 || self.refresh_margin_secs >= 7000 {
-            return Err(ConfigError::Invalid {
-                var: "WXPIPE_REFRESH_MARGIN_SECS",
-                reason: "must be between 1 and 6999 (tokens live 7200 s)".into(),
-            });
-        }
+        let api_base = self.wechat.api_base()?;
+        let margin = self.wechat.refresh_margin()?;
         let client = common::wechat::WechatClient::new(&api_base, appid.as_str(), Some(secret))
             .map_err(|e| ConfigError::Invalid {
                 var: "WXPIPE_WECHAT_API_BASE",
@@ -62,7 +49,7 @@ impl WorkerArgs {
                 common::redis::Keys::new(&ns, appid.as_str()),
             ),
             client,
-            margin: std::time::Duration::from_secs(self.refresh_margin_secs),
+            margin,
         })
     }
 
