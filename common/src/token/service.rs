@@ -60,10 +60,15 @@ pub enum RefreshOutcome {
     LostLock,
 }
 
-/// Whether to refresh only if due, or regardless.
+/// When to refresh. Every mode re-reads the token after taking its lock, so a replica that
+/// waited for the lock does not refresh again what the holder just refreshed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshMode {
+    /// The scheduler's mode: only if its due time has come (does not wait for the lock).
     IfDue,
+    /// For serving: only if the token is missing or about to expire (waits for the lock).
+    IfStale,
+    /// An operator asked for it (waits for the lock).
     Force,
 }
 
@@ -240,10 +245,10 @@ impl TokenService {
         appid: &str,
         mode: RefreshMode,
     ) -> Result<RefreshOutcome, TokenError> {
-        let wait = if mode == RefreshMode::Force {
-            Duration::from_secs(10)
-        } else {
+        let wait = if mode == RefreshMode::IfDue {
             Duration::ZERO
+        } else {
+            Duration::from_secs(10)
         };
         let name = self.store.keys.lock(&format!("authorizer:{appid}"));
         let Some(lock) = Lock::acquire(self.store.pool(), &name, LOCK_LEASE, wait).await? else {
@@ -261,14 +266,25 @@ impl TokenService {
         mode: RefreshMode,
     ) -> Result<RefreshOutcome, TokenError> {
         let record = self.active_record(appid).await?;
-        if mode == RefreshMode::IfDue
-            && record.access_token.is_some()
-            && self
-                .store
-                .due_at(appid)
-                .await?
-                .is_some_and(|due| due > now_ms())
-        {
+        // Double-check under the lock: another replica may have refreshed it meanwhile.
+        let fresh = match mode {
+            RefreshMode::IfDue => {
+                record.access_token.is_some()
+                    && self
+                        .store
+                        .due_at(appid)
+                        .await?
+                        .is_some_and(|due| due > now_ms())
+            }
+            RefreshMode::IfStale => {
+                record.access_token.is_some()
+                    && record
+                        .expires_at
+                        .is_some_and(|exp| exp - crate::unix_now() > self.serve_margin())
+            }
+            RefreshMode::Force => false,
+        };
+        if fresh {
             return Ok(RefreshOutcome::NotDue);
         }
         let Some(refresh_token) = record.refresh_token.clone() else {
@@ -372,7 +388,7 @@ impl TokenService {
                 expires_at: exp,
             });
         }
-        match self.refresh_authorizer(appid, RefreshMode::Force).await? {
+        match self.refresh_authorizer(appid, RefreshMode::IfStale).await? {
             RefreshOutcome::Refreshed(t) => Ok(t),
             _ => {
                 // Someone else refreshed it just now: read theirs.

@@ -112,15 +112,22 @@ async fn depth(ch: &Channel, queue: &str) -> anyhow::Result<u32> {
     Ok(q.message_count())
 }
 
-/// Takes up to `max` letters without acknowledging them.
+/// Takes up to `max` letters without acknowledging them. A quorum queue can answer "empty"
+/// for a moment while letters are being returned to it (by an earlier run of this tool, or a
+/// closing channel), so an early "empty" is retried for up to a second.
 async fn take(ch: &Channel, queue: &str, max: u32) -> anyhow::Result<Vec<Delivery>> {
     let mut out = Vec::new();
+    let mut empty_answers = 0;
     while out.len() < max as usize {
         match ch
             .basic_get(queue.into(), BasicGetOptions { no_ack: false })
             .await?
         {
             Some(msg) => out.push(msg.delivery),
+            None if empty_answers < 20 => {
+                empty_answers += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
             None => break,
         }
     }
