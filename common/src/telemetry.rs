@@ -7,7 +7,13 @@ use tracing_subscriber::EnvFilter;
 /// Initialises logging: `RUST_LOG` filters (default `info`), `WXPIPE_LOG_FORMAT=json` switches
 /// to one JSON object per line. Logs go to stderr so that tools can print results on stdout.
 pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    init_logging_with_default("info");
+}
+
+/// [`init_logging`] with another default filter than `info` when `RUST_LOG` is unset (the
+/// command-line tools default to warnings only).
+pub fn init_logging_with_default(default: &str) {
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
     let json = std::env::var("WXPIPE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

@@ -73,3 +73,18 @@ ensure_chromium() {
   [ -x "$path" ] || die "chromium installed but $path is missing: set WXPIPE_CHROMIUM to its path"
   say "Chromium is at $path"
 }
+
+# check-jsonschema (PyPI), in a virtualenv under target/, for the test that validates
+# docker-compose.yml against the Compose specification's schema (vendored by it: no network).
+ensure_check_jsonschema() {
+  local venv="${CARGO_TARGET_DIR:-target}/tools/venv"
+  if [ ! -x "$venv/bin/check-jsonschema" ]; then
+    command -v python3 >/dev/null 2>&1 || apt_install python3 python3-venv
+    python3 -m venv "$venv" >/dev/null 2>&1 || { apt_install python3-venv; python3 -m venv "$venv" >/dev/null || die "cannot create a Python virtualenv in $venv"; }
+    say "installing check-jsonschema (PyPI) into $venv"
+    "$venv/bin/pip" install -q check-jsonschema >/dev/null || die "pip install check-jsonschema failed (no access to PyPI?)"
+  fi
+  WXPIPE_CHECK_JSONSCHEMA="$(cd "$(dirname "$venv/bin/check-jsonschema")" && pwd)/check-jsonschema"
+  export WXPIPE_CHECK_JSONSCHEMA
+  say "check-jsonschema is at $WXPIPE_CHECK_JSONSCHEMA"
+}

@@ -53,7 +53,13 @@ struct AllArgs {
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = Cli::parse();
-    common::telemetry::init_logging();
+    // The tools print results; the services log their work.
+    match cli.command {
+        Command::Dlq(_) | Command::Crypto(_) => {
+            common::telemetry::init_logging_with_default("warn,lapin=off")
+        }
+        _ => common::telemetry::init_logging(),
+    }
     match cli.command {
         Command::Crypto(cmd) => {
             let name = match &cmd {

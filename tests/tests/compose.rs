@@ -1,0 +1,81 @@
+//! `docker-compose.yml` against the Compose specification's JSON schema (no Docker engine runs
+//! here), with `check-jsonschema`'s vendored copy of the schema (`./scripts/test` installs it).
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+fn validator() -> PathBuf {
+    let path =
+        std::env::var("WXPIPE_CHECK_JSONSCHEMA").unwrap_or_else(|_| "check-jsonschema".into());
+    let ok = Command::new(&path)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(
+        ok,
+        "{path} is missing: run ./scripts/test (it installs check-jsonschema), or set WXPIPE_CHECK_JSONSCHEMA"
+    );
+    PathBuf::from(path)
+}
+
+fn validate(file: &Path) -> (bool, String) {
+    let out = Command::new(validator())
+        .args(["--builtin-schema", "vendor.compose-spec"])
+        .arg(file)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[test]
+fn the_compose_file_follows_the_compose_specification() {
+    let compose = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml");
+    let (ok, report) = validate(&compose);
+    assert!(ok, "{report}");
+
+    // The validator does refuse a file that breaks the specification.
+    let broken =
+        std::env::temp_dir().join(format!("wxpipe-compose-broken-{}.yml", std::process::id()));
+    std::fs::write(
+        &broken,
+        "services:\n  x:\n    image: 1\n    ports: not-a-list\n    restart: [always]\n",
+    )
+    .unwrap();
+    let (ok, _) = validate(&broken);
+    let _ = std::fs::remove_file(&broken);
+    assert!(!ok, "a broken compose file must be refused");
+}
+
+#[test]
+fn the_compose_file_runs_every_role() {
+    let text = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docker-compose.yml"),
+    )
+    .unwrap();
+    for needle in [
+        "image: rabbitmq:3.13-management",
+        "\"--appendonly\", \"yes\"",
+        "command: [\"ingress\"]",
+        "command: [\"workers\", \"decrypt\"]",
+        "replicas: 2",
+        "command: [\"workers\", \"business\"]",
+        "command: [\"workers\", \"scheduler\"]",
+        "command: [\"wechat-sim\", \"serve\"]",
+        "profiles: [\"sim\"]",
+        "healthcheck:",
+    ] {
+        assert!(text.contains(needle), "docker-compose.yml lacks {needle}");
+    }
+    assert_eq!(
+        text.matches("healthcheck:").count(),
+        2,
+        "RabbitMQ and Redis have health checks"
+    );
+}

@@ -1,0 +1,334 @@
+//! The newcomer's story end to end, multi-process, over real HTTP, RabbitMQ and Redis: the
+//! `ingress`, `workers all` and `wechat-sim serve` binaries as separate processes; a ticket is
+//! pushed and stored, the component token fetched, an administrator authorizes through the
+//! pages, the account's tokens appear, followers send messages, decoded events reach a
+//! downstream queue, a poison push is dead-lettered and replayed, and every process stops
+//! cleanly on SIGTERM.
+
+use serde_json::{Value, json};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use wxpipe_tests::broker::{TestNs, bind_queue, collect};
+use wxpipe_tests::harness::workspace_bin;
+use wxpipe_tests::{creds, http_builder};
+
+const ADMIN: &str = "e2e-admin-token-0123456789";
+
+fn port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+struct Processes(Vec<(&'static str, Child)>);
+
+impl Processes {
+    /// SIGTERM to each, then each must exit 0 within 15 s.
+    fn stop(mut self) {
+        for (name, child) in &mut self.0 {
+            let _ = Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(15);
+            loop {
+                if let Some(status) = child.try_wait().unwrap() {
+                    assert!(
+                        status.success(),
+                        "{name} exited with {status:?} after SIGTERM"
+                    );
+                    break;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{name} did not stop within 15 s of SIGTERM"
+                );
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        }
+        self.0.clear();
+    }
+}
+
+impl Drop for Processes {
+    fn drop(&mut self) {
+        for (_, child) in &mut self.0 {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+async fn until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_whole_story_across_processes() {
+    let t = TestNs::new("t-e2e");
+    let (ingress_port, admin_port, api_port, page_port) = (port(), port(), port(), port());
+    let base = format!("http://127.0.0.1:{ingress_port}");
+    let (api, pages, admin) = (
+        format!("http://127.0.0.1:{api_port}"),
+        format!("http://127.0.0.1:{page_port}"),
+        format!("http://127.0.0.1:{admin_port}"),
+    );
+    let env = |c: &mut Command| {
+        c.env("WXPIPE_COMPONENT_APPID", creds::COMPONENT_APPID)
+            .env("WXPIPE_COMPONENT_SECRET", creds::COMPONENT_SECRET)
+            .env("WXPIPE_TOKEN", creds::TOKEN)
+            .env("WXPIPE_ENCODING_AES_KEY", creds::ENCODING_AES_KEY)
+            .env("WXPIPE_NAMESPACE", t.name())
+            .env("WXPIPE_AMQP_URL", wxpipe_tests::amqp_url())
+            .env("WXPIPE_REDIS_URL", wxpipe_tests::redis_url())
+            .env("WXPIPE_WECHAT_API_BASE", &api)
+            .env("WXPIPE_WECHAT_PAGE_BASE", &pages)
+            .env("WXPIPE_PUBLIC_BASE_URL", &base)
+            .env("WXPIPE_INGRESS_ADDR", format!("127.0.0.1:{ingress_port}"))
+            .env("WXPIPE_ADMIN_ADDR", format!("127.0.0.1:{admin_port}"))
+            .env("WXPIPE_ADMIN_TOKEN", ADMIN)
+            .env("WXPIPE_SIM_API_ADDR", format!("127.0.0.1:{api_port}"))
+            .env("WXPIPE_SIM_PAGE_ADDR", format!("127.0.0.1:{page_port}"))
+            .env("WXPIPE_SIM_INGRESS_URL", &base)
+            .env("WXPIPE_SIM_REFERER_DOMAIN", "127.0.0.1")
+            .env("WXPIPE_LOG_FORMAT", "json")
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null());
+    };
+    let spawn = |name: &'static str, bin: std::path::PathBuf, args: &[&str]| {
+        let mut c = Command::new(bin);
+        c.args(args);
+        env(&mut c);
+        (
+            name,
+            c.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}")),
+        )
+    };
+    // A downstream team's queue, bound before anything flows.
+    let downstream = t.queue("downstream");
+    bind_queue(&downstream, &t.ns.events(), &["authorizer.#"])
+        .await
+        .unwrap();
+
+    let mut procs = Processes(Vec::new());
+    procs
+        .0
+        .push(spawn("ingress", workspace_bin("ingress"), &[]));
+    procs
+        .0
+        .push(spawn("workers all", workspace_bin("workers"), &["all"]));
+    let http = http_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    until(
+        "the ingress to be ready",
+        Duration::from_secs(30),
+        || async {
+            http.get(format!("{base}/readyz"))
+                .send()
+                .await
+                .ok()
+                .filter(|r| r.status() == 200)
+                .map(|_| ())
+        },
+    )
+    .await;
+    // The sim pushes a ticket as soon as it starts.
+    procs.0.push(spawn(
+        "wechat-sim",
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_wechat-sim")),
+        &["serve"],
+    ));
+
+    // 1. ticket pushed and stored → component token fetched
+    let token = until("the component token", Duration::from_secs(30), || async {
+        let r = http
+            .get(format!("{admin}/v1/component/access_token"))
+            .bearer_auth(ADMIN)
+            .send()
+            .await
+            .ok()?;
+        (r.status() == 200).then_some(())?;
+        r.json::<Value>().await.ok()
+    })
+    .await;
+    assert!(token["access_token"].is_string());
+
+    // 2. an administrator authorizes from the entry page (the sim checks the Referer)
+    let start = http
+        .get(format!("{base}/auth/start?auth_type=1"))
+        .send()
+        .await
+        .unwrap();
+    let wechat_page = start.headers()["location"].to_str().unwrap().to_owned();
+    let scanned = http
+        .get(&wechat_page)
+        .header("referer", format!("{base}/auth"))
+        .send()
+        .await
+        .unwrap();
+    let callback = scanned.headers()["location"].to_str().unwrap().to_owned();
+    let handed = http.get(&callback).send().await.unwrap();
+    let done = format!("{base}{}", handed.headers()["location"].to_str().unwrap());
+    until(
+        "the account named on /auth/done",
+        Duration::from_secs(30),
+        || async {
+            let body = http.get(&done).send().await.ok()?.text().await.ok()?;
+            body.contains("id=\"account\"").then_some(())
+        },
+    )
+    .await;
+
+    // 3. the account's tokens appear
+    let appid = until(
+        "the authorizer's token",
+        Duration::from_secs(30),
+        || async {
+            let list: Value = http
+                .get(format!("{admin}/v1/authorizers"))
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .ok()?
+                .json()
+                .await
+                .ok()?;
+            let a = list["authorizers"].as_array()?.first()?.clone();
+            a["expires_at"]
+                .is_i64()
+                .then(|| a["appid"].as_str().unwrap_or_default().to_owned())
+        },
+    )
+    .await;
+
+    // 4. followers send messages → 5. decoded events on the downstream queue
+    for (i, content) in ["你好", "hello", "订单查询"].iter().enumerate() {
+        let r: Value = http
+            .post(format!("{api}/sim/push/text"))
+            .json(&json!({"appid": appid, "content": content, "openid": format!("o-follower-{i}")}))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["outcome"]["status"], 200, "{r}");
+    }
+    let r: Value = http
+        .post(format!("{api}/sim/push/event"))
+        .json(&json!({"appid": appid, "event": "subscribe"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["outcome"]["status"], 200, "{r}");
+    let events = collect(&downstream, 4, Duration::from_secs(30))
+        .await
+        .unwrap();
+    assert_eq!(events.len(), 4);
+    let keys: Vec<&str> = events.iter().map(|m| m.routing_key.as_str()).collect();
+    assert_eq!(
+        keys.iter().filter(|k| k.ends_with(".text")).count(),
+        3,
+        "{keys:?}"
+    );
+    assert!(
+        keys.contains(&format!("authorizer.{appid}.event.subscribe").as_str()),
+        "{keys:?}"
+    );
+
+    // 6. a poison push (encrypted for another platform's appid, correctly signed) → dead letter
+    let stranger = wxpipe_tests::push::PushBuilder::new(
+        creds::TOKEN,
+        creds::ENCODING_AES_KEY,
+        "wx0000000000000000",
+    );
+    let now = common::unix_now();
+    let poison = stranger.authorizer(
+        "gh_x",
+        "o-x",
+        &wxpipe_tests::push::text_message("gh_x", "o-x", now, "poison", 1),
+        now,
+        "poison",
+    );
+    let r = http
+        .post(format!(
+            "{base}/wechat/authorizers/{appid}?{}",
+            poison.query
+        ))
+        .body(poison.body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "the signature is valid, so the ingress stores it"
+    );
+    let dlq = |args: &[&str]| {
+        let mut c = Command::new(workspace_bin("workers"));
+        c.arg("dlq").args(args);
+        env(&mut c);
+        c.stdout(Stdio::piped()).output().unwrap()
+    };
+    let listing = until(
+        "the poison in the dead-letter queue",
+        Duration::from_secs(30),
+        || async {
+            let out = dlq(&["list"]);
+            let text = String::from_utf8_lossy(&out.stdout).into_owned();
+            text.contains("appid_mismatch").then_some(text)
+        },
+    )
+    .await;
+    assert!(listing.contains(&t.ns.raw()), "{listing}");
+    let replay = dlq(&["replay", "--reason", "appid_mismatch"]);
+    assert!(replay.status.success());
+    assert!(
+        String::from_utf8_lossy(&replay.stdout).starts_with("replayed 1 dead letters"),
+        "{}",
+        String::from_utf8_lossy(&replay.stdout)
+    );
+    // The cause (a foreign appid) is not fixed, so it dies again — visibly, not silently.
+    until(
+        "the replayed poison dead again",
+        Duration::from_secs(30),
+        || async {
+            String::from_utf8_lossy(&dlq(&["list"]).stdout)
+                .contains("appid_mismatch")
+                .then_some(())
+        },
+    )
+    .await;
+
+    // Metrics tell the same story.
+    let metrics = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("outcome=\"accepted\""));
+
+    // 7. every process stops cleanly on SIGTERM
+    procs.stop();
+}
