@@ -555,3 +555,36 @@ async fn its_pushes_are_accepted_by_the_real_ingress_and_the_load_generator_repo
     );
     ingress.stop().await.unwrap();
 }
+
+#[test]
+fn the_binaries_explain_themselves() {
+    let run = |bin: &str, args: &[&str]| {
+        let out = std::process::Command::new(bin).args(args).output().unwrap();
+        assert!(out.status.success(), "{bin} {args:?}");
+        String::from_utf8(out.stdout).unwrap()
+    };
+    let sim = env!("CARGO_BIN_EXE_wechat-sim");
+    let help = run(sim, &["--help"]);
+    for mode in ["serve", "load", "release-test", "WXPIPE_WECHAT_API_BASE"] {
+        assert!(help.contains(mode), "wechat-sim --help lacks {mode}");
+    }
+    let serve = run(sim, &["serve", "--help"]);
+    for flag in [
+        "--ticket-interval",
+        "--authorizer-token-ttl",
+        "--busy-rate",
+        "--referer-domain",
+        "WXPIPE_SIM_INGRESS_URL",
+    ] {
+        assert!(serve.contains(flag), "wechat-sim serve --help lacks {flag}");
+    }
+    let load = run(sim, &["load", "--help"]);
+    for flag in ["--rate", "--duration", "--authorizers", "--concurrency"] {
+        assert!(load.contains(flag), "wechat-sim load --help lacks {flag}");
+    }
+    assert!(run(sim, &["--version"]).starts_with("wechat-sim "));
+    let bench = run(env!("CARGO_BIN_EXE_wxpipe-bench"), &["--help"]);
+    for b in ["ingress", "decrypt", "scheduler"] {
+        assert!(bench.contains(b), "wxpipe-bench --help lacks {b}");
+    }
+}
