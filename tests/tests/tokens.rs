@@ -97,6 +97,20 @@ async fn stack(t: &TestNs, sim: &sim::SimHandle, port: u16, margin: Duration) ->
 }
 
 impl Stack {
+    /// The sim pushes a ticket; waits until the scheduler has the component token.
+    async fn ticket_and_component_token(&self, sim: &sim::SimHandle) {
+        http()
+            .post(format!("{}/sim/push/ticket", sim.api_base()))
+            .send()
+            .await
+            .unwrap();
+        eventually(Duration::from_secs(15), "the component token", || async {
+            let (status, _) = admin_get(&self.admin, "/v1/component/access_token").await;
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+
     async fn stop(self) {
         for w in self.workers {
             w.stop().await;
@@ -628,16 +642,7 @@ async fn the_full_network_release_test_passes() {
     let sim = sim_for(port, Rules::default()).await;
     let s = stack(&t, &sim, port, Duration::from_secs(600)).await;
     let client = http();
-    client
-        .post(format!("{}/sim/push/ticket", sim.api_base()))
-        .send()
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(15), "the component token", || async {
-        let (status, _) = admin_get(&s.admin, "/v1/component/access_token").await;
-        (status == 200).then_some(())
-    })
-    .await;
+    s.ticket_and_component_token(&sim).await;
     for appid in [None, Some("wxd101a85aa106f53e")] {
         let report: Value = client
             .post(format!("{}/sim/release-test", sim.api_base()))
@@ -676,16 +681,7 @@ async fn the_authorization_pages_in_a_real_headless_browser() {
     settings.referer_domain = Some("127.0.0.1".into());
     let sim = sim::start(settings).await.unwrap();
     let s = stack(&t, &sim, port, Duration::from_secs(600)).await;
-    http()
-        .post(format!("{}/sim/push/ticket", sim.api_base()))
-        .send()
-        .await
-        .unwrap();
-    eventually(Duration::from_secs(15), "the component token", || async {
-        let (status, _) = admin_get(&s.admin, "/v1/component/access_token").await;
-        (status == 200).then_some(())
-    })
-    .await;
+    s.ticket_and_component_token(&sim).await;
 
     let entry = format!("{}/auth", s.base);
     let chromium = chromium();

@@ -77,9 +77,14 @@ fn account(sim: &SimShared, body: &Value) -> Result<(String, String), Json<Value
     }
 }
 
-/// A follower's text. Body: `{"appid", "content", "openid"?}`.
-async fn push_text(State(sim): State<Arc<SimShared>>, Json(body): Json<Value>) -> Json<Value> {
-    let (appid, gh) = match account(&sim, &body) {
+/// Pushes what `build(gh_id, openid)` makes from a follower of the body's `appid`.
+async fn push_from_follower(
+    sim: &SimShared,
+    body: &Value,
+    kind: &str,
+    build: impl FnOnce(&str, &str) -> String,
+) -> Json<Value> {
+    let (appid, gh) = match account(sim, body) {
         Ok(a) => a,
         Err(e) => return e,
     };
@@ -87,51 +92,43 @@ async fn push_text(State(sim): State<Arc<SimShared>>, Json(body): Json<Value>) -
         .get("openid")
         .and_then(Value::as_str)
         .unwrap_or("o-sim-follower");
-    let content = body
-        .get("content")
-        .and_then(Value::as_str)
-        .unwrap_or("hello");
+    let plaintext = build(&gh, openid);
     let outcome = sim
         .pusher
-        .message(
-            "text",
-            &appid,
-            &gh,
-            openid,
-            &pusher::text(&gh, openid, content),
-            pusher::TRIES,
-        )
+        .message(kind, &appid, &gh, openid, &plaintext, pusher::TRIES)
         .await;
     Json(json!({ "outcome": outcome }))
 }
 
+/// A follower's text. Body: `{"appid", "content", "openid"?}`.
+async fn push_text(State(sim): State<Arc<SimShared>>, Json(body): Json<Value>) -> Json<Value> {
+    let content = body
+        .get("content")
+        .and_then(Value::as_str)
+        .unwrap_or("hello")
+        .to_owned();
+    push_from_follower(&sim, &body, "text", |gh, openid| {
+        pusher::text(gh, openid, &content)
+    })
+    .await
+}
+
 /// A follower's event. Body: `{"appid", "event", "event_key"?, "openid"?}`.
 async fn push_event(State(sim): State<Arc<SimShared>>, Json(body): Json<Value>) -> Json<Value> {
-    let (appid, gh) = match account(&sim, &body) {
-        Ok(a) => a,
-        Err(e) => return e,
-    };
-    let openid = body
-        .get("openid")
-        .and_then(Value::as_str)
-        .unwrap_or("o-sim-follower");
     let event = body
         .get("event")
         .and_then(Value::as_str)
-        .unwrap_or("subscribe");
-    let key = body.get("event_key").and_then(Value::as_str).unwrap_or("");
-    let outcome = sim
-        .pusher
-        .message(
-            "event",
-            &appid,
-            &gh,
-            openid,
-            &pusher::event(&gh, openid, event, key),
-            pusher::TRIES,
-        )
-        .await;
-    Json(json!({ "outcome": outcome }))
+        .unwrap_or("subscribe")
+        .to_owned();
+    let key = body
+        .get("event_key")
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_owned();
+    push_from_follower(&sim, &body, "event", |gh, openid| {
+        pusher::event(gh, openid, &event, &key)
+    })
+    .await
 }
 
 /// Body: `{"appid": "wx…"?}` — one of the test accounts.
