@@ -4,9 +4,20 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+/// `WXPIPE_CHECK_JSONSCHEMA`, else the virtualenv `./scripts/test` makes under the target
+/// directory, else `check-jsonschema` on the PATH.
 fn validator() -> PathBuf {
-    let path =
-        std::env::var("WXPIPE_CHECK_JSONSCHEMA").unwrap_or_else(|_| "check-jsonschema".into());
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let venv = target.join("tools/venv/bin/check-jsonschema");
+    let path = std::env::var("WXPIPE_CHECK_JSONSCHEMA").unwrap_or_else(|_| {
+        if venv.exists() {
+            venv.display().to_string()
+        } else {
+            "check-jsonschema".into()
+        }
+    });
     let ok = Command::new(&path)
         .arg("--version")
         .output()
