@@ -119,6 +119,14 @@ async fn consume_once<H: Handler>(
     dead_letters: &ConfirmedPublisher,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Result<Ended, AmqpError> {
+    // Without its publisher a role can neither publish nor dead-letter: consuming then would
+    // only bounce deliveries back to the queue. Wait for it first.
+    if !dead_letters.wait_connected(Duration::from_secs(30)).await {
+        return Err(AmqpError::Connect {
+            tried: opts.urls.len(),
+            last: "the role's publisher is not connected yet".into(),
+        });
+    }
     let conn = connect_any(&opts.urls, start, &opts.connection_name).await?;
     let ch = conn
         .create_channel()
@@ -299,10 +307,7 @@ async fn settle(
         }
         Disposition::DeadLetter { reason, detail } => {
             let props = dead_letter_properties(&delivery, reason, &detail, queue);
-            match dead
-                .publish(dlx, delivery.routing_key.as_str(), &delivery.data, props)
-                .await
-            {
+            match publish_dead_letter(dead, dlx, &delivery, props).await {
                 Ok(()) => {
                     metrics::counter!("wxpipe_dead_letters_total", "queue" => queue.to_owned(), "reason" => reason)
                         .increment(1);
@@ -326,6 +331,34 @@ async fn settle(
         tracing::debug!(error = %e, "could not settle a delivery (it will be redelivered)");
     }
     Settled::Done
+}
+
+/// Publishes a dead letter, riding out a short loss of the publisher's connection (a few
+/// tries, waiting for the connection between them) so that a poison message is not bounced
+/// back to its queue in a tight loop.
+async fn publish_dead_letter(
+    dead: &ConfirmedPublisher,
+    dlx: &str,
+    delivery: &Delivery,
+    props: BasicProperties,
+) -> Result<(), super::PublishError> {
+    let mut last = None;
+    for _ in 0..3 {
+        match dead
+            .publish(
+                dlx,
+                delivery.routing_key.as_str(),
+                &delivery.data,
+                props.clone(),
+            )
+            .await
+        {
+            Ok(()) => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        dead.wait_connected(Duration::from_secs(5)).await;
+    }
+    Err(last.unwrap_or(super::PublishError::Unavailable))
 }
 
 /// The original properties, plus headers saying why, from where, and where it first went.
