@@ -386,10 +386,7 @@ pub fn dead_letter_properties(
             AMQPValue::LongString(delivery.routing_key.as_str().into()),
         );
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = crate::unix_now_ms();
     headers.insert(H_DEAD_AT.into(), AMQPValue::LongLongInt(now_ms));
     delivery
         .properties

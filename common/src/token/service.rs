@@ -81,13 +81,6 @@ pub struct TokenService {
     pub margin: Duration,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Retries `call` on −1, 45011 and unreachable, with jittered backoff, 4 tries in all.
 async fn with_backoff<T, F, Fut>(mut call: F) -> Result<T, WechatError>
 where
@@ -274,7 +267,7 @@ impl TokenService {
                         .store
                         .due_at(appid)
                         .await?
-                        .is_some_and(|due| due > now_ms())
+                        .is_some_and(|due| due > crate::unix_now_ms())
             }
             RefreshMode::IfStale => {
                 record.access_token.is_some()
@@ -361,7 +354,9 @@ impl TokenService {
                 30_000 + (rand::random::<u32>() % 30_000) as i64
             }
         };
-        self.store.schedule(appid, now_ms() + retry_in_ms).await
+        self.store
+            .schedule(appid, crate::unix_now_ms() + retry_in_ms)
+            .await
     }
 
     /// `appid`'s record, unless it is unknown or revoked.
@@ -532,7 +527,9 @@ impl TokenService {
             }
         } else {
             // No API rights granted: nothing to refresh until the account grants them.
-            self.store.schedule(&appid, now_ms() + 3_600_000).await?;
+            self.store
+                .schedule(&appid, crate::unix_now_ms() + 3_600_000)
+                .await?;
         }
         match self
             .with_component_token(|ct| {
@@ -596,7 +593,7 @@ impl TokenService {
                 }
                 if known.as_ref().is_none_or(|r| r.access_token.is_none()) {
                     // Refresh soon, spread over a few seconds.
-                    let due = now_ms() + (rand::random::<u32>() % 5_000) as i64;
+                    let due = crate::unix_now_ms() + (rand::random::<u32>() % 5_000) as i64;
                     self.store.schedule(&item.authorizer_appid, due).await?;
                 }
             }

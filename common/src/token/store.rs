@@ -112,13 +112,6 @@ pub struct TokenStore {
     pub keys: Keys,
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 impl TokenStore {
     pub fn new(pool: deadpool_redis::Pool, keys: Keys) -> Self {
         Self { pool, keys }
@@ -249,7 +242,7 @@ impl TokenStore {
         cmd("ZRANGE")
             .arg(self.keys.due())
             .arg("-inf")
-            .arg(now_ms())
+            .arg(crate::unix_now_ms())
             .arg("BYSCORE")
             .arg("LIMIT")
             .arg(0)

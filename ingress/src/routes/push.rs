@@ -282,10 +282,7 @@ fn raw_properties(appid: Option<&str>, q: &SignedQuery) -> BasicProperties {
     if let Some(appid) = appid {
         headers.insert("appid".into(), AMQPValue::LongString(appid.into()));
     }
-    let now_ms = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0);
+    let now_ms = common::unix_now_ms();
     headers.insert("received_at".into(), AMQPValue::LongLongInt(now_ms));
     BasicProperties::default()
         .with_delivery_mode(2)

@@ -503,13 +503,6 @@ mod decrypt_bench {
             .collect()
     }
 
-    fn now_ms() -> i64 {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as i64)
-            .unwrap_or(0)
-    }
-
     /// Publishes every message to `{ns}.raw` with confirms, 256 in flight.
     async fn fill(ch: &lapin::Channel, t: &TestNs, msgs: &[Raw]) -> anyhow::Result<()> {
         let exchange = t.ns.raw();
@@ -517,7 +510,10 @@ mod decrypt_bench {
             let mut confirms = Vec::with_capacity(chunk.len());
             for m in chunk {
                 let mut headers = m.headers.clone();
-                headers.insert("received_at".into(), AMQPValue::LongLongInt(now_ms()));
+                headers.insert(
+                    "received_at".into(),
+                    AMQPValue::LongLongInt(common::unix_now_ms()),
+                );
                 confirms.push(
                     ch.basic_publish(
                         exchange.as_str().into(),
@@ -737,7 +733,7 @@ mod decrypt_bench {
                         _ => None,
                     })
                     .unwrap_or(0);
-                lat.push((now_ms() - sent) as f64);
+                lat.push((common::unix_now_ms() - sent) as f64);
             }
             lat
         });
@@ -752,7 +748,10 @@ mod decrypt_bench {
             let due = start + Duration::from_secs_f64(i as f64 / rate);
             tokio::time::sleep_until(due.into()).await;
             let mut headers = m.headers.clone();
-            headers.insert("received_at".into(), AMQPValue::LongLongInt(now_ms()));
+            headers.insert(
+                "received_at".into(),
+                AMQPValue::LongLongInt(common::unix_now_ms()),
+            );
             confirms.push(
                 publish
                     .basic_publish(

@@ -8,13 +8,6 @@ use serde_json::{Value, json};
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// A WeChat error answer: `{"errcode": N, "errmsg": "..."}` with HTTP 200.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ApiError {
@@ -462,7 +455,7 @@ impl State {
             .authorizer_token_times
             .entry(appid.to_owned())
             .or_default()
-            .push(now_ms());
+            .push(common::unix_now_ms());
         (token, refresh)
     }
 

@@ -262,7 +262,7 @@ fn describe(d: &Delivery, platform: &PlatformArgs) -> String {
 
 /// Parses `--since`.
 fn since_ms(since: &str) -> anyhow::Result<i64> {
-    let now_ms = common::unix_now() * 1000;
+    let now_ms = common::unix_now_ms();
     if let Ok(d) = humantime::parse_duration(since) {
         return Ok(now_ms - d.as_millis() as i64);
     }
