@@ -9,18 +9,10 @@ use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::{TestNs, bind_queue, collect};
-use wxpipe_tests::harness::workspace_bin;
+use wxpipe_tests::harness::{eventually, free_port, workspace_bin};
 use wxpipe_tests::{creds, http_builder};
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
-
-fn port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 struct Processes(Vec<(&'static str, Child)>);
 
@@ -60,25 +52,11 @@ impl Drop for Processes {
     }
 }
 
-async fn until<T, F, Fut>(what: &str, timeout: Duration, mut f: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f().await {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-}
-
 #[tokio::test]
 async fn the_whole_story_across_processes() {
     let t = TestNs::new("t-e2e");
-    let (ingress_port, admin_port, api_port, page_port) = (port(), port(), port(), port());
+    let (ingress_port, admin_port, api_port, page_port) =
+        (free_port(), free_port(), free_port(), free_port());
     let base = format!("http://127.0.0.1:{ingress_port}");
     let (api, pages, admin) = (
         format!("http://127.0.0.1:{api_port}"),
@@ -134,9 +112,9 @@ async fn the_whole_story_across_processes() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    until(
-        "the ingress to be ready",
+    eventually(
         Duration::from_secs(30),
+        "the ingress to be ready",
         || async {
             http.get(format!("{base}/readyz"))
                 .send()
@@ -155,7 +133,7 @@ async fn the_whole_story_across_processes() {
     ));
 
     // 1. ticket pushed and stored → component token fetched
-    let token = until("the component token", Duration::from_secs(30), || async {
+    let token = eventually(Duration::from_secs(30), "the component token", || async {
         let r = http
             .get(format!("{admin}/v1/component/access_token"))
             .bearer_auth(ADMIN)
@@ -184,9 +162,9 @@ async fn the_whole_story_across_processes() {
     let callback = scanned.headers()["location"].to_str().unwrap().to_owned();
     let handed = http.get(&callback).send().await.unwrap();
     let done = format!("{base}{}", handed.headers()["location"].to_str().unwrap());
-    until(
-        "the account named on /auth/done",
+    eventually(
         Duration::from_secs(30),
+        "the account named on /auth/done",
         || async {
             let body = http.get(&done).send().await.ok()?.text().await.ok()?;
             body.contains("id=\"account\"").then_some(())
@@ -195,9 +173,9 @@ async fn the_whole_story_across_processes() {
     .await;
 
     // 3. the account's tokens appear
-    let appid = until(
-        "the authorizer's token",
+    let appid = eventually(
         Duration::from_secs(30),
+        "the authorizer's token",
         || async {
             let list: Value = http
                 .get(format!("{admin}/v1/authorizers"))
@@ -288,9 +266,9 @@ async fn the_whole_story_across_processes() {
         env(&mut c);
         c.stdout(Stdio::piped()).output().unwrap()
     };
-    let listing = until(
-        "the poison in the dead-letter queue",
+    let listing = eventually(
         Duration::from_secs(30),
+        "the poison in the dead-letter queue",
         || async {
             let out = dlq(&["list"]);
             let text = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -307,9 +285,9 @@ async fn the_whole_story_across_processes() {
         String::from_utf8_lossy(&replay.stdout)
     );
     // The cause (a foreign appid) is not fixed, so it dies again — visibly, not silently.
-    until(
-        "the replayed poison dead again",
+    eventually(
         Duration::from_secs(30),
+        "the replayed poison dead again",
         || async {
             String::from_utf8_lossy(&dlq(&["list"]).stdout)
                 .contains("appid_mismatch")

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, delete_redis_keys};
 use wxpipe_tests::harness::{
-    ADMIN_TOKEN, IngressHandle, decrypt_config, ingress_config_with_sim, spawn_business,
-    spawn_decrypt, spawn_scheduler, token_service,
+    ADMIN_TOKEN, IngressHandle, decrypt_config, eventually, free_port, ingress_config_with_sim,
+    spawn_business, spawn_decrypt, spawn_scheduler, token_service,
 };
 use wxpipe_tests::sim::{self, SimSettings, state::Rules};
 
@@ -31,38 +31,11 @@ async fn admin_get(admin: &str, path: &str) -> (u16, Value) {
     (status, r.json().await.unwrap_or(Value::Null))
 }
 
-/// Polls `check` every 100 ms until it returns `Some`, at most `timeout`.
-async fn eventually<T, F, Fut>(timeout: Duration, what: &str, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out waiting for {what}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 /// A sim whose pushes go to a not-yet-started ingress on `port`.
 async fn sim_for(port: u16, rules: Rules) -> sim::SimHandle {
     let mut s = SimSettings::for_tests(&format!("http://127.0.0.1:{port}"));
     s.rules = rules;
     sim::start(s).await.unwrap()
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The pipeline on `ns`: ingress on `port`, decrypt, business, one scheduler.
