@@ -9,7 +9,17 @@ use crate::xml::push::{ComponentEvent, InfoType, Push};
 use serde::{Deserialize, Serialize};
 
 /// `content_type` of every message on `{ns}.events`.
-pub const CONTENT_TYPE: &str = "application/cloudevents+json";
+pub use crate::wire::event::CONTENT_TYPE;
+
+/// `source` of the platform's own events.
+pub fn component_source(component_appid: &str) -> String {
+    format!("/wechat/component/{component_appid}")
+}
+
+/// `source` of an account's messages and events.
+pub fn authorizer_source(appid: &str) -> String {
+    format!("/wechat/authorizers/{appid}")
+}
 
 /// A decoded push, as published to `{ns}.events`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -62,69 +72,113 @@ fn word(s: &str) -> String {
     if w.is_empty() { "_".to_owned() } else { w }
 }
 
-/// Computes the dedup key, routing key, type and source of a push (design.md, issue 3):
+/// Events whose `{FromUserName}:{CreateTime}:{Event}` already names one push: a follower can
+/// only (un)subscribe once per state change.
+const SELF_NAMING_EVENTS: [&str; 2] = ["subscribe", "unsubscribe"];
+
+/// Computes the dedup key, routing key, type and source of a push (design.md, issue 3).
 ///
-/// * authorizer message with `MsgId` (or `MsgID`): `authorizer:{appid}:msg:{MsgId}`;
-/// * other authorizer pushes: `authorizer:{appid}:{FromUserName}:{CreateTime}[:{Event}]`;
-/// * component pushes: `component:{InfoType}:{AuthorizerAppid or ticket}:{CreateTime}`.
+/// An id must never merge two distinct pushes, and WeChat's retries of one push must share it.
+/// So each id is the push's natural key where it has one, and otherwise ends with a digest of
+/// the decrypted fields (a retry carries the same plaintext; two distinct pushes do not):
 ///
+/// * authorizer message with `MsgId`: `authorizer:{appid}:msg:{MsgId}`;
+/// * `subscribe`/`unsubscribe`: `authorizer:{appid}:{FromUserName}:{CreateTime}:{Event}`;
+/// * other events with `MsgID`/`MsgId` (`TEMPLATESENDJOBFINISH`, `MASSSENDJOBFINISH`, …):
+///   `authorizer:{appid}:{FromUserName}:{CreateTime}:{Event}:msg:{MsgID}`;
+/// * other authorizer pushes: `authorizer:{appid}:{FromUserName}:{CreateTime}[:{Event}]:{digest}`;
+/// * `component_verify_ticket`: `component:component_verify_ticket:{ticket}:{CreateTime}`;
+/// * `authorized`, `updateauthorized`, `unauthorized`:
+///   `component:{InfoType}:{AuthorizerAppid}:{CreateTime}`;
+/// * other component pushes: `component:{InfoType}:{AuthorizerAppid or appid or -}:{CreateTime}:{digest}`.
+///
+/// `{digest}` is the first 16 hex digits of the SHA-1 of the fields as JSON.
 /// `authorizer_appid` is the `{appid}` of the message URL the push arrived on.
 pub fn address(push: &Push, component_appid: &str, authorizer_appid: Option<&str>) -> EventAddress {
     match push {
         Push::Component(e) => {
             let info = word(&e.info_type);
-            let subject = component_subject(e);
+            let (subject, natural) = component_subject(e);
+            let subject = if subject.is_empty() {
+                "-".to_owned()
+            } else {
+                subject
+            };
+            let mut id = format!("component:{info}:{subject}:{}", e.create_time);
+            if !natural {
+                id = format!("{id}:{}", digest(&e.fields));
+            }
             EventAddress {
-                id: format!("component:{info}:{subject}:{}", e.create_time),
+                id,
                 routing_key: format!("component.{info}"),
                 event_type: format!("wechat.component.{info}"),
-                source: format!("/wechat/component/{component_appid}"),
+                source: component_source(component_appid),
             }
         }
         Push::Authorizer(m) => {
             let appid = authorizer_appid.unwrap_or(&m.to_user_name);
             let msg_type = word(&m.msg_type);
-            let event = m.fields.get("Event").and_then(|v| v.as_str());
+            let is_event = m.msg_type == "event";
+            let event = m
+                .fields
+                .get("Event")
+                .and_then(|v| v.as_str())
+                .filter(|_| is_event);
             let msg_id = ["MsgId", "MsgID"]
                 .iter()
                 .find_map(|k| m.fields.get(*k).and_then(|v| v.as_str()))
-                .filter(|v| !v.trim().is_empty());
-            let id = match (msg_id, event) {
-                (Some(msg_id), _) if m.msg_type != "event" => {
-                    format!("authorizer:{appid}:msg:{}", msg_id.trim())
-                }
-                (_, Some(event)) => format!(
-                    "authorizer:{appid}:{}:{}:{event}",
-                    m.from_user_name, m.create_time
-                ),
-                _ => format!("authorizer:{appid}:{}:{}", m.from_user_name, m.create_time),
+                .map(str::trim)
+                .filter(|v| !v.is_empty());
+            let head = format!("authorizer:{appid}:{}:{}", m.from_user_name, m.create_time);
+            let id = match (event, msg_id) {
+                (None, Some(msg_id)) => format!("authorizer:{appid}:msg:{msg_id}"),
+                (Some(ev), _) if SELF_NAMING_EVENTS.contains(&ev) => format!("{head}:{ev}"),
+                (Some(ev), Some(msg_id)) => format!("{head}:{ev}:msg:{msg_id}"),
+                (Some(ev), None) => format!("{head}:{ev}:{}", digest(&m.fields)),
+                (None, None) => format!("{head}:{}", digest(&m.fields)),
             };
             let suffix = match event {
-                Some(ev) if m.msg_type == "event" => format!("{msg_type}.{}", word(ev)),
-                _ => msg_type,
+                Some(ev) => format!("{msg_type}.{}", word(ev)),
+                None => msg_type,
             };
             EventAddress {
                 id,
                 routing_key: format!("authorizer.{}.{suffix}", word(appid)),
                 event_type: format!("wechat.authorizer.{suffix}"),
-                source: format!("/wechat/authorizers/{appid}"),
+                source: authorizer_source(appid),
             }
         }
     }
 }
 
-fn component_subject(e: &ComponentEvent) -> String {
+/// The first 16 hex digits of the SHA-1 of `fields` as JSON: equal for WeChat's retries of one
+/// push (same plaintext), different for two distinct pushes.
+fn digest(fields: &Fields) -> String {
+    use sha1::Digest;
+    let json = serde_json::to_vec(fields).unwrap_or_default();
+    let sum = sha1::Sha1::digest(&json);
+    hex::encode(&sum[..8])
+}
+
+/// The subject of a component push, and whether subject + `CreateTime` name one push.
+fn component_subject(e: &ComponentEvent) -> (String, bool) {
     match &e.kind {
-        InfoType::ComponentVerifyTicket { ticket } => ticket.clone(),
-        InfoType::Authorized(c) | InfoType::UpdateAuthorized(c) => c.authorizer_appid.clone(),
-        InfoType::Unauthorized { authorizer_appid } => authorizer_appid.clone(),
-        InfoType::NotifyThirdFasteregister { appid, .. } => appid.clone().unwrap_or_default(),
-        InfoType::Other => e
-            .fields
-            .get("AuthorizerAppid")
-            .and_then(|v| v.as_str())
-            .unwrap_or_default()
-            .to_owned(),
+        InfoType::ComponentVerifyTicket { ticket } => (ticket.clone(), true),
+        InfoType::Authorized(c) | InfoType::UpdateAuthorized(c) => {
+            (c.authorizer_appid.clone(), true)
+        }
+        InfoType::Unauthorized { authorizer_appid } => (authorizer_appid.clone(), true),
+        InfoType::NotifyThirdFasteregister { appid, .. } => {
+            (appid.clone().unwrap_or_default(), false)
+        }
+        InfoType::Other => (
+            e.fields
+                .get("AuthorizerAppid")
+                .and_then(|v| v.as_str())
+                .unwrap_or_default()
+                .to_owned(),
+            false,
+        ),
     }
 }
 
@@ -187,16 +241,59 @@ mod tests {
             "<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>5</CreateTime><MsgType>event</MsgType><Event>SCAN</Event><EventKey>k</EventKey></xml>",
         );
         let a = address(&p, "wxc", Some("wxa"));
-        assert_eq!(a.id, "authorizer:wxa:o1:5:SCAN");
         assert_eq!(a.routing_key, "authorizer.wxa.event.scan");
-        // TEMPLATESENDJOBFINISH carries MsgID but is an event: it still keys on the event.
+        assert!(a.id.starts_with("authorizer:wxa:o1:5:SCAN:"), "{}", a.id);
+        // The same push again (a retry) has the same id.
+        assert_eq!(address(&p, "wxc", Some("wxa")).id, a.id);
+        // subscribe names itself (the id README documents).
         let p = parse(
-            "<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>5</CreateTime><MsgType>event</MsgType><Event>TEMPLATESENDJOBFINISH</Event><MsgID>9</MsgID></xml>",
+            "<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>5</CreateTime><MsgType>event</MsgType><Event>subscribe</Event><EventKey></EventKey></xml>",
         );
         assert_eq!(
             address(&p, "wxc", Some("wxa")).id,
-            "authorizer:wxa:o1:5:TEMPLATESENDJOBFINISH"
+            "authorizer:wxa:o1:5:subscribe"
         );
+    }
+
+    fn template_finish(msg_id: u32) -> Push {
+        parse(&format!(
+            "<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>5</CreateTime><MsgType>event</MsgType><Event>TEMPLATESENDJOBFINISH</Event><MsgID>{msg_id}</MsgID><Status>success</Status></xml>"
+        ))
+    }
+
+    #[test]
+    fn distinct_pushes_never_share_an_id() {
+        // Two template-send results for one user in one second: two events.
+        let (a, b) = (template_finish(9), template_finish(10));
+        let (ia, ib) = (
+            address(&a, "wxc", Some("wxa")).id,
+            address(&b, "wxc", Some("wxa")).id,
+        );
+        assert_eq!(ia, "authorizer:wxa:o1:5:TEMPLATESENDJOBFINISH:msg:9");
+        assert_ne!(ia, ib);
+        // Two clicks of different menu entries in one second.
+        let click = |key: &str| {
+            parse(&format!(
+                "<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>5</CreateTime><MsgType>event</MsgType><Event>CLICK</Event><EventKey>{key}</EventKey></xml>"
+            ))
+        };
+        assert_ne!(
+            address(&click("a"), "wxc", Some("wxa")).id,
+            address(&click("b"), "wxc", Some("wxa")).id
+        );
+        // Unknown InfoTypes without AuthorizerAppid, same second, different content.
+        let other = |v: &str| {
+            parse(&format!(
+                "<xml><AppId>wxc</AppId><CreateTime>7</CreateTime><InfoType>wxa_nickname_audit</InfoType><Nickname>{v}</Nickname></xml>"
+            ))
+        };
+        let (oa, ob) = (
+            address(&other("x"), "wxc", None).id,
+            address(&other("y"), "wxc", None).id,
+        );
+        assert!(oa.starts_with("component:wxa_nickname_audit:-:7:"), "{oa}");
+        assert_ne!(oa, ob);
+        assert_eq!(oa, address(&other("x"), "wxc", None).id);
     }
 
     #[test]

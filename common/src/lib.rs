@@ -12,6 +12,8 @@
 //! * [`amqp`] — connecting to a RabbitMQ cluster, the declared topology, and a confirmed,
 //!   self-reconnecting publisher.
 //! * [`event`] — the CloudEvents envelope of `{ns}.events`, its ids and routing keys.
+//! * [`wire`] — every message on the wire as one type (raw push headers, event properties,
+//!   the auth-callback event, dead-letter headers), used by its producer and its consumer.
 //! * [`redis`] — the pool and the key layout (`{ns}:{component_appid}:…`).
 //! * [`token`] — tokens and accounts in Redis: locks, fencing, refreshes, code exchange.
 //! * [`wechat`] — the WeChat API client and its error codes.
@@ -27,6 +29,7 @@ pub mod shutdown;
 pub mod telemetry;
 pub mod token;
 pub mod wechat;
+pub mod wire;
 pub mod xml;
 
 /// Milliseconds since the Unix epoch.

@@ -5,7 +5,7 @@
 use crate::config::IngressConfig;
 use crate::routes::router;
 use crate::state::AppState;
-use common::amqp::topology::declare_all;
+use common::amqp::topology::Part;
 use common::amqp::{ConfirmedPublisher, PublisherOptions};
 use std::future::Future;
 use std::net::SocketAddr;
@@ -64,8 +64,9 @@ pub async fn serve(
         client,
         margin: config.refresh_margin,
     };
-    let declare: common::amqp::publisher::DeclareFn =
-        Arc::new(|ch, ns| Box::pin(async move { declare_all(&ch, &ns).await }));
+    // Raw pushes, and the events exchange with the business queue for /auth/callback (the
+    // business workers add their own bindings).
+    let declare = Part::everything();
     let replier = crate::sync_reply::SyncReplier::start(
         config.amqp_urls.clone(),
         config.namespace.clone(),
@@ -83,7 +84,6 @@ pub async fn serve(
         ),
         channels: config.publish_channels,
         confirm_timeout: config.publish_timeout,
-        // Raw pushes, and the events exchange with the business queue for /auth/callback.
         declare,
     });
     let state = Arc::new(AppState {

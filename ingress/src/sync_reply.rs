@@ -9,10 +9,16 @@
 //! a downstream team can use it for its own accounts.
 //!
 //! Direct reply-to needs the requests published on the channel that consumes the replies, so
-//! this has its own connection and channel, kept alive by a small supervisor. If it is down,
-//! pushes fall back to the plain path (`success`, no passive reply): nothing is lost.
+//! this has its own connection and channel, kept alive by a small supervisor (the shared
+//! jittered reconnect backoff). If it is down, pushes fall back to the plain path (`success`,
+//! no passive reply): nothing is lost.
+//!
+//! Each waiting request is one entry in a map, removed when its [`ReplyWait`] is dropped —
+//! answered, timed out or abandoned — and all at once when the channel is lost (its replies
+//! can no longer arrive); `wxpipe_ingress_reply_waiters` shows how many wait.
 
-use common::amqp::publisher::{DeclareFn, publish_on};
+use common::amqp::publisher::{Routing, publish_on};
+use common::amqp::topology::Part;
 use common::amqp::{AmqpError, PublishError, connect_any};
 use common::ids::Namespace;
 use futures::StreamExt;
@@ -51,7 +57,7 @@ impl SyncReplier {
         urls: Vec<String>,
         ns: Namespace,
         appids: HashSet<String>,
-        declare: DeclareFn,
+        declare: Part,
         confirm_timeout: Duration,
     ) -> Self {
         let (tx, rx) = watch::channel(None);
@@ -75,14 +81,14 @@ impl SyncReplier {
                 .is_some_and(|c| c.status().connected())
     }
 
-    /// Publishes `body` with a reply address; once confirmed, returns the receiver of the reply.
+    /// Publishes `body` with a reply address; once confirmed, returns the wait for the reply.
     pub async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
-    ) -> Result<oneshot::Receiver<Vec<u8>>, PublishError> {
+    ) -> Result<ReplyWait, PublishError> {
         let channel = self
             .channel
             .borrow()
@@ -90,51 +96,85 @@ impl SyncReplier {
             .ok_or(PublishError::Unavailable)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();
-        self.lock().insert(id.clone(), tx);
+        let wait = ReplyWait {
+            rx,
+            id: id.clone(),
+            pending: self.pending.clone(),
+        };
+        {
+            let mut map = lock(&self.pending);
+            map.insert(id.clone(), tx);
+            waiters_gauge(map.len());
+        }
         let props = properties
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(id.as_str().into());
-        let result = publish_on(
+        // On failure `wait` is dropped here, which removes its entry.
+        publish_on(
             &channel,
             exchange,
             routing_key,
             body,
             props,
+            Routing::Mandatory,
             self.confirm_timeout,
         )
         .await
-        .map(|()| rx);
-        if result.is_err() {
-            self.lock().remove(&id);
-        }
-        result
+        .map(|()| wait)
     }
 
-    /// Forgets a request that will not be waited for any longer.
-    pub fn forget(&self, rx: oneshot::Receiver<Vec<u8>>) {
-        drop(rx);
-        self.lock().retain(|_, tx| !tx.is_closed());
+    /// How many requests wait for a reply.
+    pub fn waiting(&self) -> usize {
+        lock(&self.pending).len()
     }
+}
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Vec<u8>>>> {
-        self.pending
-            .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+/// A request waiting for its reply; dropping it forgets the request.
+pub struct ReplyWait {
+    rx: oneshot::Receiver<Vec<u8>>,
+    id: String,
+    pending: Pending,
+}
+
+impl ReplyWait {
+    /// The reply, or `None` when none came within `timeout` (or the channel was lost).
+    pub async fn reply(mut self, timeout: Duration) -> Option<Vec<u8>> {
+        tokio::time::timeout(timeout, &mut self.rx).await.ok()?.ok()
     }
+}
+
+impl Drop for ReplyWait {
+    fn drop(&mut self) {
+        let mut map = lock(&self.pending);
+        map.remove(&self.id);
+        waiters_gauge(map.len());
+    }
+}
+
+fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot::Sender<Vec<u8>>>> {
+    pending
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+fn waiters_gauge(n: usize) {
+    metrics::gauge!("wxpipe_ingress_reply_waiters").set(n as f64);
 }
 
 async fn supervise(
     urls: Vec<String>,
     ns: Namespace,
-    declare: DeclareFn,
+    declare: Part,
     tx: watch::Sender<Option<Channel>>,
     pending: Pending,
 ) {
     let name = format!("wxpipe-ingress {ns} pid {} replies", std::process::id());
     let mut start = 0usize;
+    let mut backoff = common::amqp::reconnect_backoff();
     loop {
         match open(&urls, start, &ns, &declare, &name).await {
             Ok((conn, channel, mut replies)) => {
+                backoff = common::amqp::reconnect_backoff();
                 tx.send_replace(Some(channel));
                 tracing::info!("sync-reply channel ready");
                 while let Some(Ok(delivery)) = replies.next().await {
@@ -146,10 +186,7 @@ async fn supervise(
                     else {
                         continue;
                     };
-                    let waiter = pending
-                        .lock()
-                        .unwrap_or_else(|p| p.into_inner())
-                        .remove(&id);
+                    let waiter = lock(&pending).remove(&id);
                     match waiter {
                         Some(w) => {
                             let _ = w.send(delivery.data);
@@ -158,13 +195,16 @@ async fn supervise(
                     }
                 }
                 tx.send_replace(None);
+                // Replies to this channel can no longer arrive: release every waiter now.
+                lock(&pending).clear();
+                waiters_gauge(0);
                 let _ = conn.close(320, "reconnecting".into()).await;
                 tracing::warn!("sync-reply channel lost; reconnecting");
             }
             Err(e) => tracing::warn!(error = %e, "sync-reply channel unavailable"),
         }
         start = start.wrapping_add(1);
-        tokio::time::sleep(Duration::from_secs(1)).await;
+        tokio::time::sleep(backoff.next().unwrap_or(Duration::from_secs(5))).await;
     }
 }
 
@@ -172,10 +212,11 @@ async fn open(
     urls: &[String],
     start: usize,
     ns: &Namespace,
-    declare: &DeclareFn,
+    declare: &Part,
     name: &str,
 ) -> Result<(lapin::Connection, Channel, lapin::Consumer), AmqpError> {
     let conn = connect_any(urls, start, name).await?;
+    common::amqp::topology::declare(&conn, ns, declare).await?;
     let ch = conn
         .create_channel()
         .await
@@ -183,7 +224,6 @@ async fn open(
             what: "opening the reply channel".into(),
             source,
         })?;
-    declare(ch.clone(), ns.clone()).await?;
     ch.confirm_select(ConfirmSelectOptions::default())
         .await
         .map_err(|source| AmqpError::Broker {

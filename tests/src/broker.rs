@@ -205,13 +205,13 @@ pub async fn publish_raw(
     headers: &[(&str, &str)],
 ) -> Result<(), lapin::Error> {
     let conn = connect().await?;
-    let ch = conn.create_channel().await?;
-    common::amqp::topology::declare_raw(&ch, ns)
+    common::amqp::topology::declare(&conn, ns, &common::amqp::topology::Part::Raw)
         .await
         .map_err(|e| match e {
             common::amqp::AmqpError::Broker { source, .. } => source,
             other => panic!("{other}"),
         })?;
+    let ch = conn.create_channel().await?;
     ch.confirm_select(Default::default()).await?;
     let mut table = lapin::types::FieldTable::default();
     for (k, v) in headers {

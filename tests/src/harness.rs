@@ -240,6 +240,18 @@ pub async fn spawn_scheduler(
     (WorkerHandle { stop, task }, format!("http://{addr}"))
 }
 
+/// `GET {admin}{path}` with the test bearer: the status and the JSON body (null if none).
+pub async fn admin_get(admin: &str, path: &str) -> (u16, serde_json::Value) {
+    let r = crate::http()
+        .get(format!("{admin}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .expect("admin API reachable");
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -90,3 +90,43 @@ fn the_compose_file_runs_every_role() {
         "RabbitMQ and Redis have health checks"
     );
 }
+
+/// Fail-closed: a forgotten credential stops `docker compose up` (`${VAR:?…}`) instead of
+/// starting a platform on public sample values; only deploy/sim.env (the simulator's) has them.
+#[test]
+fn production_services_refuse_to_start_without_credentials() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let text = std::fs::read_to_string(root.join("docker-compose.yml")).unwrap();
+    for var in [
+        "WXPIPE_COMPONENT_APPID",
+        "WXPIPE_COMPONENT_SECRET",
+        "WXPIPE_TOKEN",
+        "WXPIPE_ENCODING_AES_KEY",
+        "WXPIPE_ADMIN_TOKEN",
+        "WXPIPE_PUBLIC_BASE_URL",
+    ] {
+        assert!(
+            text.contains(&format!("${{{var}:?")),
+            "{var} must be required in docker-compose.yml"
+        );
+        assert!(
+            !text.contains(&format!("${{{var}:-")),
+            "{var} must have no default in docker-compose.yml"
+        );
+    }
+    for sample in [
+        wxpipe_tests::creds::TOKEN,
+        wxpipe_tests::creds::ENCODING_AES_KEY,
+        wxpipe_tests::creds::COMPONENT_SECRET,
+    ] {
+        assert!(
+            !text.contains(&format!(":-{sample}}}")),
+            "docker-compose.yml defaults a credential to a public sample value"
+        );
+    }
+    let sim = std::fs::read_to_string(root.join("deploy/sim.env")).unwrap();
+    assert!(sim.contains(&format!(
+        "WXPIPE_ENCODING_AES_KEY={}",
+        wxpipe_tests::creds::ENCODING_AES_KEY
+    )));
+}

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, delete_redis_keys};
 use wxpipe_tests::harness::{
-    ADMIN_TOKEN, IngressHandle, decrypt_config, eventually, free_port, ingress_config_with_sim,
-    spawn_business, spawn_decrypt, spawn_scheduler, token_service,
+    ADMIN_TOKEN, IngressHandle, admin_get, decrypt_config, eventually, free_port,
+    ingress_config_with_sim, spawn_business, spawn_decrypt, spawn_scheduler, token_service,
 };
 use wxpipe_tests::sim::{self, SimSettings, state::Rules};
 
@@ -18,17 +18,6 @@ fn http() -> reqwest::Client {
         .timeout(Duration::from_secs(20))
         .build()
         .unwrap()
-}
-
-async fn admin_get(admin: &str, path: &str) -> (u16, Value) {
-    let r = http()
-        .get(format!("{admin}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// A sim whose pushes go to a not-yet-started ingress on `port`.

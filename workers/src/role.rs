@@ -3,8 +3,7 @@
 //! queue, both declaring the whole topology, both named after the role in the broker.
 
 use common::amqp::consumer::{self, ConsumerOptions, Handler};
-use common::amqp::publisher::DeclareFn;
-use common::amqp::topology::declare_all;
+use common::amqp::topology::Part;
 use common::amqp::{ConfirmedPublisher, PublisherOptions};
 use common::ids::Namespace;
 use std::sync::Arc;
@@ -31,8 +30,11 @@ impl Role {
         )
     }
 
-    fn declare() -> DeclareFn {
-        Arc::new(|ch, ns| Box::pin(async move { declare_all(&ch, &ns).await }))
+    /// The whole topology, with the business queue bound to what its handlers need.
+    fn declare() -> Part {
+        Part::All {
+            business_patterns: crate::business::bindings(),
+        }
     }
 
     /// The role's confirmed publisher (connection `… publish`).

@@ -5,43 +5,33 @@
 //! its own task (so up to `prefetch` deliveries are handled at once). The handler's
 //! [`Disposition`] decides the ending:
 //!
-//! * `Ack` — done.
-//! * `DeadLetter` — published to `{ns}.dlx` (hence `{ns}.dead`) with headers naming the reason,
-//!   the source queue and the original exchange and routing key, **confirmed**, then acked. If
-//!   that publish fails the delivery is requeued: a message is never dropped.
+//! * `Ack` — acknowledged at once, on its own: a delivery that takes minutes (retrying) never
+//!   holds back the acknowledgements of the others, so it occupies one slot of the prefetch
+//!   window, not all of them.
+//! * `DeadLetter` — published to `{ns}.dlx` (hence `{ns}.dead`) with the headers of
+//!   [`crate::wire::dead::DeadLetter`], **confirmed** (and routed), then acked. If that publish
+//!   fails the delivery is requeued: a message is never dropped.
 //! * `Requeue` — nacked back to the queue (the quorum queue's delivery limit dead-letters a
 //!   message that keeps coming back).
 //!
 //! A lost connection is noticed by the delivery stream ending; unacked deliveries go back to the
-//! queue on the broker's side, and the loop reconnects. On shutdown the consumer is cancelled
-//! and in-flight deliveries are finished before the connection closes.
+//! queue on the broker's side, and the loop reconnects once every in-flight handler has
+//! finished (so no handler of the old connection runs beside the new one's). On shutdown the
+//! consumer is cancelled and in-flight deliveries are finished before the connection closes.
 
-use super::publisher::DeclareFn;
 use super::{AmqpError, ConfirmedPublisher, connect_any};
 use crate::ids::Namespace;
+use crate::wire::dead::DeadLetter;
 use futures::StreamExt;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicNackOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable, LongString};
+use lapin::types::FieldTable;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tokio::task::JoinSet;
-
-/// Header naming why a message was dead-lettered (`bad_signature`, `redis_unavailable`, …).
-pub const H_DEAD_REASON: &str = "x-wxpipe-dead-reason";
-/// Header with a one-line detail of the failure (never a secret).
-pub const H_DEAD_DETAIL: &str = "x-wxpipe-dead-detail";
-/// Header naming the queue the message was consumed from.
-pub const H_SOURCE_QUEUE: &str = "x-wxpipe-source-queue";
-/// Header with the exchange the message was first published to.
-pub const H_ORIGINAL_EXCHANGE: &str = "x-wxpipe-original-exchange";
-/// Header with the routing key the message was first published with.
-pub const H_ORIGINAL_ROUTING_KEY: &str = "x-wxpipe-original-routing-key";
-/// Header with the time it was dead-lettered, ms since the epoch.
-pub const H_DEAD_AT: &str = "x-wxpipe-dead-at";
 
 /// How a delivery ends.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -67,7 +57,8 @@ pub struct ConsumerOptions {
     pub queue: String,
     pub connection_name: String,
     pub prefetch: u16,
-    pub declare: DeclareFn,
+    /// What to declare on every (re)connect.
+    pub declare: super::topology::Part,
 }
 
 /// Consumes `opts.queue` until `shutdown` becomes true, reconnecting as needed. `dead_letters`
@@ -128,11 +119,11 @@ async fn consume_once<H: Handler>(
         });
     }
     let conn = connect_any(&opts.urls, start, &opts.connection_name).await?;
+    super::topology::declare(&conn, &opts.namespace, &opts.declare).await?;
     let ch = conn
         .create_channel()
         .await
         .map_err(AmqpError::broker("opening a channel"))?;
-    (opts.declare)(ch.clone(), opts.namespace.clone()).await?;
     ch.basic_qos(opts.prefetch, BasicQosOptions::default())
         .await
         .map_err(AmqpError::broker("setting the prefetch"))?;
@@ -149,8 +140,7 @@ async fn consume_once<H: Handler>(
     tracing::info!(queue = %opts.queue, prefetch = opts.prefetch, "consuming");
 
     let mut in_flight = JoinSet::new();
-    let mut acks = AckBatcher::default();
-    let mut flush = tokio::time::interval(ACK_FLUSH_EVERY);
+    let mut running = std::collections::HashMap::new();
     let ended = loop {
         tokio::select! {
             changed = shutdown.changed() => {
@@ -167,7 +157,7 @@ async fn consume_once<H: Handler>(
                         let disposition = handler.handle(&delivery).await;
                         settle(delivery, disposition, &dead, &queue, &dlx).await
                     });
-                    acks.started(task.id(), tag);
+                    running.insert(task.id(), tag);
                 }
                 Some(Err(e)) => {
                     tracing::warn!(error = %e, "delivery stream error");
@@ -176,12 +166,8 @@ async fn consume_once<H: Handler>(
                 None => break Ended::Lost,
             },
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                acks.finished(done, &ch).await;
-                if acks.pending_len() >= ACK_BATCH {
-                    acks.flush().await;
-                }
+                finished(done, &mut running, &ch).await;
             }
-            _ = flush.tick() => acks.flush().await,
         }
     };
     metrics::gauge!("wxpipe_amqp_connected", "connection" => opts.connection_name.clone()).set(0.0);
@@ -192,111 +178,52 @@ async fn consume_once<H: Handler>(
             .await;
     }
     while let Some(done) = in_flight.join_next_with_id().await {
-        acks.finished(done, &ch).await;
+        finished(done, &mut running, &ch).await;
     }
-    acks.flush().await;
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
     Ok(ended)
 }
 
-/// How often acknowledgements are flushed at the latest.
-const ACK_FLUSH_EVERY: Duration = Duration::from_millis(5);
-/// Flush as soon as this many acknowledgements wait.
-const ACK_BATCH: usize = 64;
-
-/// What a delivery's task ended with.
-enum Settled {
-    /// To be acknowledged (batched by [`AckBatcher`]).
-    Ack(lapin::Acker),
-    /// Already settled by the task (nacked, or dead-lettered and acked).
-    Done,
-}
-
-/// Coalesces acknowledgements: deliveries finish out of order, so one `basic.ack` with
-/// `multiple` is sent for the highest tag below which nothing is still being handled. A
-/// delivery is therefore never acknowledged before its own handler said so, and the broker
-/// handles one ack frame for many messages. Pending acks that are lost with the connection
-/// only mean redeliveries, which the handlers' dedup absorbs.
-#[derive(Default)]
-struct AckBatcher {
-    /// Tags whose handler is still running, by task.
-    running: std::collections::HashMap<tokio::task::Id, u64>,
-    in_flight: std::collections::BTreeSet<u64>,
-    pending: std::collections::BTreeMap<u64, lapin::Acker>,
-}
-
-impl AckBatcher {
-    fn started(&mut self, task: tokio::task::Id, tag: u64) {
-        self.running.insert(task, tag);
-        self.in_flight.insert(tag);
-    }
-
-    async fn finished(
-        &mut self,
-        done: Result<(tokio::task::Id, Settled), tokio::task::JoinError>,
-        ch: &lapin::Channel,
-    ) {
-        let (task, settled) = match done {
-            Ok((task, settled)) => (task, Some(settled)),
-            Err(e) => (e.id(), None),
-        };
-        let Some(tag) = self.running.remove(&task) else {
-            return;
-        };
-        self.in_flight.remove(&tag);
-        match settled {
-            Some(Settled::Ack(acker)) => {
-                self.pending.insert(tag, acker);
-            }
-            Some(Settled::Done) => {}
-            None => {
-                // The handler panicked: give the message back rather than hold it forever.
-                tracing::error!(tag, "a handler panicked; requeueing its delivery");
-                metrics::counter!("wxpipe_handler_panics_total").increment(1);
-                let _ = ch
-                    .basic_nack(
-                        tag,
-                        BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-            }
-        }
-    }
-
-    fn pending_len(&self) -> usize {
-        self.pending.len()
-    }
-
-    async fn flush(&mut self) {
-        let bound = self.in_flight.first().copied().unwrap_or(u64::MAX);
-        let Some((&top, _)) = self.pending.range(..bound).next_back() else {
-            return;
-        };
-        let rest = self.pending.split_off(&(top + 1));
-        let acked = std::mem::replace(&mut self.pending, rest);
-        if let Some(last) = acked.get(&top)
-            && let Err(e) = last.ack(BasicAckOptions { multiple: true }).await
-        {
-            // The channel is gone: the broker requeues them by itself.
-            tracing::debug!(error = %e, "could not acknowledge (they will be redelivered)");
-        }
+/// Forgets a finished task; gives back the delivery of a handler that panicked rather than
+/// hold it forever.
+async fn finished(
+    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    running: &mut std::collections::HashMap<tokio::task::Id, u64>,
+    ch: &lapin::Channel,
+) {
+    let (task, panicked) = match done {
+        Ok((task, ())) => (task, false),
+        Err(e) => (e.id(), true),
+    };
+    let Some(tag) = running.remove(&task) else {
+        return;
+    };
+    if panicked {
+        tracing::error!(tag, "a handler panicked; requeueing its delivery");
+        metrics::counter!("wxpipe_handler_panics_total").increment(1);
+        let _ = ch
+            .basic_nack(
+                tag,
+                BasicNackOptions {
+                    requeue: true,
+                    ..Default::default()
+                },
+            )
+            .await;
     }
 }
 
 /// Applies a disposition. Never drops: when a dead letter cannot be published, the delivery is
-/// requeued instead. Plain acks are returned to the loop, which batches them.
+/// requeued instead.
 async fn settle(
     delivery: Delivery,
     disposition: Disposition,
     dead: &ConfirmedPublisher,
     queue: &str,
     dlx: &str,
-) -> Settled {
+) {
     let result = match disposition {
-        Disposition::Ack => return Settled::Ack(delivery.acker),
+        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
         Disposition::Requeue => {
             delivery
                 .nack(BasicNackOptions {
@@ -330,7 +257,6 @@ async fn settle(
         // The channel is gone: the broker requeues the delivery by itself.
         tracing::debug!(error = %e, "could not settle a delivery (it will be redelivered)");
     }
-    Settled::Done
 }
 
 /// Publishes a dead letter, riding out a short loss of the publisher's connection (a few
@@ -361,36 +287,21 @@ async fn publish_dead_letter(
     Err(last.unwrap_or(super::PublishError::Unavailable))
 }
 
-/// The original properties, plus headers saying why, from where, and where it first went.
+/// The original properties, plus the [`DeadLetter`] headers saying why, from where, and where
+/// it first went.
 pub fn dead_letter_properties(
     delivery: &Delivery,
     reason: &str,
     detail: &str,
     queue: &str,
 ) -> BasicProperties {
-    let mut headers = delivery.properties.headers().clone().unwrap_or_default();
-    let mut set = |k: &str, v: &str| {
-        headers.insert(k.into(), AMQPValue::LongString(LongString::from(v)));
-    };
-    set(H_DEAD_REASON, reason);
-    set(H_DEAD_DETAIL, detail);
-    set(H_SOURCE_QUEUE, queue);
-    // Keep the first origin if this message was dead-lettered and replayed before.
-    if !headers.inner().contains_key(H_ORIGINAL_EXCHANGE) {
-        headers.insert(
-            H_ORIGINAL_EXCHANGE.into(),
-            AMQPValue::LongString(delivery.exchange.as_str().into()),
-        );
-        headers.insert(
-            H_ORIGINAL_ROUTING_KEY.into(),
-            AMQPValue::LongString(delivery.routing_key.as_str().into()),
-        );
+    DeadLetter {
+        source_queue: queue.to_owned(),
+        reason: reason.to_owned(),
+        detail: detail.to_owned(),
+        original_exchange: delivery.exchange.to_string(),
+        original_routing_key: delivery.routing_key.to_string(),
+        dead_at_ms: crate::unix_now_ms(),
     }
-    let now_ms = crate::unix_now_ms();
-    headers.insert(H_DEAD_AT.into(), AMQPValue::LongLongInt(now_ms));
-    delivery
-        .properties
-        .clone()
-        .with_headers(headers)
-        .with_delivery_mode(2)
+    .apply(&delivery.properties)
 }

@@ -30,7 +30,7 @@ impl AmqpError {
 }
 
 /// The delays between reconnection attempts: 100 ms doubling to 5 s, with jitter, forever.
-pub(crate) fn reconnect_backoff() -> impl Iterator<Item = std::time::Duration> {
+pub fn reconnect_backoff() -> impl Iterator<Item = std::time::Duration> {
     use backon::BackoffBuilder;
     backon::ExponentialBuilder::default()
         .with_min_delay(std::time::Duration::from_millis(100))

@@ -3,6 +3,10 @@
 //!
 //! * Publishes are never serialized: each caller publishes on one of a few confirm-mode channels
 //!   (round-robin) and awaits its own confirm, so many confirms are in flight at once.
+//! * [`ConfirmedPublisher::publish`] is *mandatory*: a message that no queue takes (a missing
+//!   queue or binding) comes back as [`PublishError::Unroutable`], never as a confirm, so a
+//!   caller never acknowledges upstream what nobody stored. [`ConfirmedPublisher::broadcast`]
+//!   is for the events exchange, where a routing key nobody subscribed to is normal.
 //! * When there is no connection, [`ConfirmedPublisher::publish`] fails at once with
 //!   [`PublishError::Unavailable`]; a confirm that does not arrive within the deadline is
 //!   [`PublishError::Timeout`]. Callers answer 503 on either, so nothing unconfirmed is ever
@@ -15,7 +19,6 @@
 use super::{AmqpError, connect_any};
 use crate::ids::Namespace;
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
 use std::sync::Arc;
@@ -25,10 +28,6 @@ use tokio::sync::{Notify, watch};
 
 /// How often the supervisor checks the connection's status besides listening for its errors.
 const HEALTH_CHECK_EVERY: Duration = Duration::from_millis(250);
-
-/// Declares what a role needs on a fresh channel (see [`super::topology`]).
-pub type DeclareFn =
-    Arc<dyn Fn(Channel, Namespace) -> BoxFuture<'static, Result<(), AmqpError>> + Send + Sync>;
 
 /// Why a publish was not confirmed. Every variant means: the message may not be stored, so the
 /// caller must not acknowledge it upstream.
@@ -40,6 +39,12 @@ pub enum PublishError {
     Timeout(Duration),
     #[error("the broker refused the message (nack)")]
     Nacked,
+    /// A mandatory publish matched no queue: the broker returned it, nothing is stored.
+    #[error("no queue is bound for routing key {routing_key:?} on exchange {exchange:?}")]
+    Unroutable {
+        exchange: String,
+        routing_key: String,
+    },
     #[error("publish failed: {0}")]
     Broker(#[from] lapin::Error),
 }
@@ -55,7 +60,8 @@ pub struct PublisherOptions {
     pub channels: usize,
     /// How long a publish may wait for its confirm.
     pub confirm_timeout: Duration,
-    pub declare: DeclareFn,
+    /// What to declare on every (re)connect.
+    pub declare: super::topology::Part,
 }
 
 struct Link {
@@ -129,14 +135,39 @@ impl ConfirmedPublisher {
             .is_ok_and(|r| r.is_ok())
     }
 
-    /// Publishes one message and waits for the broker's confirm, at most the configured
-    /// deadline. `Ok` means the broker has taken responsibility for the message.
+    /// Publishes one message that must reach a queue and waits for the broker's confirm, at
+    /// most the configured deadline. `Ok` means a queue has taken responsibility for it.
     pub async fn publish(
         &self,
         exchange: &str,
         routing_key: &str,
         body: &[u8],
         properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        self.send(exchange, routing_key, body, properties, Routing::Mandatory)
+            .await
+    }
+
+    /// Publishes one event to a topic exchange, where no subscriber for its routing key is
+    /// normal, and waits for the confirm. `Ok` means every bound queue has it.
+    pub async fn broadcast(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+    ) -> Result<(), PublishError> {
+        self.send(exchange, routing_key, body, properties, Routing::AnyQueues)
+            .await
+    }
+
+    async fn send(
+        &self,
+        exchange: &str,
+        routing_key: &str,
+        body: &[u8],
+        properties: BasicProperties,
+        routing: Routing,
     ) -> Result<(), PublishError> {
         let link = self
             .shared
@@ -150,6 +181,7 @@ impl ConfirmedPublisher {
             routing_key,
             body,
             properties,
+            routing,
             self.shared.confirm_timeout,
         )
         .await;
@@ -173,14 +205,27 @@ impl ConfirmedPublisher {
     }
 }
 
+/// Whether a publish must reach at least one queue.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Routing {
+    /// `mandatory`: an unroutable message is returned and reported as
+    /// [`PublishError::Unroutable`].
+    Mandatory,
+    /// No queue for the routing key is fine (a topic exchange's events nobody subscribed to).
+    AnyQueues,
+}
+
 /// Publishes one message on `channel` (in confirm mode) and waits for the broker's confirm, at
-/// most `deadline`. `Ok` means the broker has taken responsibility for the message.
+/// most `deadline`. `Ok` means the broker has taken responsibility for the message (and, with
+/// [`Routing::Mandatory`], that a queue took it). Every confirmed publish of wxpipe goes
+/// through here.
 pub async fn publish_on(
     channel: &Channel,
     exchange: &str,
     routing_key: &str,
     body: &[u8],
     properties: BasicProperties,
+    routing: Routing,
     deadline: Duration,
 ) -> Result<(), PublishError> {
     let attempt = async {
@@ -188,7 +233,10 @@ pub async fn publish_on(
             .basic_publish(
                 exchange.into(),
                 routing_key.into(),
-                BasicPublishOptions::default(),
+                BasicPublishOptions {
+                    mandatory: routing == Routing::Mandatory,
+                    ..Default::default()
+                },
                 body,
                 properties,
             )
@@ -196,7 +244,15 @@ pub async fn publish_on(
             .await
     };
     match tokio::time::timeout(deadline, attempt).await {
-        Ok(Ok(Confirmation::Ack(_))) => Ok(()),
+        Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)))) => {
+            metrics::counter!("wxpipe_amqp_unroutable_total", "exchange" => exchange.to_owned())
+                .increment(1);
+            Err(PublishError::Unroutable {
+                exchange: exchange.to_owned(),
+                routing_key: routing_key.to_owned(),
+            })
+        }
+        Ok(Ok(Confirmation::Ack(None))) => Ok(()),
         Ok(Ok(Confirmation::Nack(_))) => Err(PublishError::Nacked),
         // Channels are put in confirm mode before use, so this cannot be a success; treat it
         // as the broker failing us.
@@ -265,12 +321,7 @@ async fn supervise(shared: Arc<Shared>, opts: PublisherOptions) {
 /// Connects, declares the topology and opens the confirm channels.
 async fn establish(opts: &PublisherOptions, start: usize) -> Result<Link, AmqpError> {
     let conn = connect_any(&opts.urls, start, &opts.connection_name).await?;
-    let setup = conn
-        .create_channel()
-        .await
-        .map_err(AmqpError::broker("opening a channel"))?;
-    (opts.declare)(setup.clone(), opts.namespace.clone()).await?;
-    let _ = setup.close(200, "topology declared".into()).await;
+    super::topology::declare(&conn, &opts.namespace, &opts.declare).await?;
     let mut channels = Vec::with_capacity(opts.channels.max(1));
     for _ in 0..opts.channels.max(1) {
         let ch = conn

@@ -1,72 +1,78 @@
 //! The exchanges and queues of design.md, declared idempotently by every process at start and
-//! after every reconnect. Declaring an existing entity with the same arguments is a no-op;
-//! different arguments are a configuration error the broker reports (PRECONDITION_FAILED).
+//! after every reconnect. Declaring an existing entity with the same arguments is a no-op.
+//!
+//! # Delivery guarantees of the queues
+//!
+//! Consumed queues (`{ns}.raw`, `{ns}.business`) are quorum queues that dead-letter to
+//! `{ns}.dlx` with `x-dead-letter-strategy=at-least-once` (with the `x-overflow=reject-publish`
+//! it requires): a message the broker dead-letters by itself (a rejection, the delivery limit)
+//! leaves its queue only once `{ns}.dead` confirmed it, where the default strategy would drop it
+//! if the dead-letter queue were unavailable. `{ns}.dead` has a delivery limit far above
+//! anything `workers dlq` inspection can reach, and no dead-letter exchange of its own.
+//!
+//! A queue declared by an older wxpipe (without these arguments) cannot be redeclared with them
+//! (the broker answers PRECONDITION_FAILED). It is then left as it is, with a warning and a
+//! metric; README shows the RabbitMQ policy that gives it the same guarantees without
+//! redeclaring.
 
 use super::AmqpError;
 use crate::ids::Namespace;
+use crate::wire::raw::RawRoute;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use lapin::{Channel, ExchangeKind};
+use lapin::{Channel, Connection, ExchangeKind};
 
-/// Routing key of pushes to the authorization-event URL on `{ns}.raw`.
-pub const RAW_COMPONENT: &str = "component";
-/// Routing key of pushes to the message URL on `{ns}.raw`.
-pub const RAW_AUTHORIZER: &str = "authorizer";
-
-/// Redeliveries a quorum queue allows before it dead-letters a message (a consumer that keeps
-/// crashing on it must not block the queue forever).
+/// Redeliveries a consumed quorum queue allows before it dead-letters a message (a consumer
+/// that keeps crashing on it must not block the queue forever).
 pub const DELIVERY_LIMIT: i64 = 20;
 
-/// `{ns}.dlx` (fanout) → `{ns}.dead`: where every consumed queue dead-letters.
-pub async fn declare_dead_letters(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
-    declare_exchange(ch, &ns.dlx(), ExchangeKind::Fanout).await?;
-    declare_quorum_queue(ch, &ns.dead(), None).await?;
-    bind(ch, &ns.dead(), &ns.dlx(), "").await
+/// Redeliveries `{ns}.dead` allows: each `workers dlq` inspection returns every letter it read,
+/// which counts as a delivery; a billion inspections are out of reach.
+pub const DEAD_DELIVERY_LIMIT: i64 = 1_000_000_000;
+
+/// The routing-key pattern `{ns}.business` always binds: the platform's own events.
+pub const COMPONENT_EVENTS: &str = "component.#";
+
+/// What a process declares.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Part {
+    /// Nothing (a connection that only answers on direct reply-to).
+    Nothing,
+    /// `{ns}.raw` and the dead letters: all the ingress's pushes need.
+    Raw,
+    /// Everything: raw, events, business (bound to [`COMPONENT_EVENTS`] and these extra
+    /// patterns) and dead letters.
+    All { business_patterns: Vec<String> },
 }
 
-/// `{ns}.raw`: the direct exchange and quorum queue of still-encrypted pushes, with its dead
-/// letters. This is all the ingress needs.
-pub async fn declare_raw(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
-    declare_dead_letters(ch, ns).await?;
-    declare_exchange(ch, &ns.raw(), ExchangeKind::Direct).await?;
-    declare_quorum_queue(ch, &ns.raw(), Some(&ns.dlx())).await?;
-    bind(ch, &ns.raw(), &ns.raw(), RAW_COMPONENT).await?;
-    bind(ch, &ns.raw(), &ns.raw(), RAW_AUTHORIZER).await
-}
-
-/// Routing-key patterns `{ns}.business` is bound to: the platform's own events, and everything
-/// of the full-network release test's accounts (protocol.md §5).
-pub fn business_bindings() -> Vec<String> {
-    let mut patterns = vec!["component.#".to_owned()];
-    patterns.extend(
-        crate::wechat::RELEASE_TEST_ACCOUNTS
-            .iter()
-            .map(|(_, appid)| format!("authorizer.{appid}.#")),
-    );
-    patterns
-}
-
-/// `{ns}.events`: the topic exchange of decoded events downstream teams bind to.
-pub async fn declare_events(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
-    declare_exchange(ch, &ns.events(), ExchangeKind::Topic).await
-}
-
-/// `{ns}.business`: the quorum queue of the platform's own handlers, bound to
-/// [`business_bindings`] on `{ns}.events`.
-pub async fn declare_business(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
-    declare_events(ch, ns).await?;
-    declare_dead_letters(ch, ns).await?;
-    declare_quorum_queue(ch, &ns.business(), Some(&ns.dlx())).await?;
-    for pattern in business_bindings() {
-        bind(ch, &ns.business(), &ns.events(), &pattern).await?;
+impl Part {
+    /// Everything, with no bindings of `{ns}.business` beyond [`COMPONENT_EVENTS`].
+    pub fn everything() -> Self {
+        Part::All {
+            business_patterns: Vec::new(),
+        }
     }
-    Ok(())
 }
 
-/// Everything: raw, events, business and dead letters (what the workers declare).
-pub async fn declare_all(ch: &Channel, ns: &Namespace) -> Result<(), AmqpError> {
-    declare_raw(ch, ns).await?;
-    declare_business(ch, ns).await
+/// Declares `part` of `ns` on `conn`, on channels of its own.
+pub async fn declare(conn: &Connection, ns: &Namespace, part: &Part) -> Result<(), AmqpError> {
+    if *part == Part::Nothing {
+        return Ok(());
+    }
+    let mut d = Declarer::open(conn).await?;
+    d.dead_letters(ns).await?;
+    d.raw(ns).await?;
+    if let Part::All { business_patterns } = part {
+        d.exchange(&ns.events(), ExchangeKind::Topic).await?;
+        d.consumed_queue(&ns.business(), ns).await?;
+        d.bind(&ns.business(), &ns.events(), COMPONENT_EVENTS)
+            .await?;
+        for pattern in business_patterns {
+            d.bind(&ns.business(), &ns.events(), pattern).await?;
+        }
+    }
+    d.close().await;
+    Ok(())
 }
 
 /// Every exchange and queue name a namespace may own, for tools that remove a namespace.
@@ -77,63 +83,135 @@ pub fn all_names(ns: &Namespace) -> (Vec<String>, Vec<String>) {
     )
 }
 
-async fn declare_exchange(ch: &Channel, name: &str, kind: ExchangeKind) -> Result<(), AmqpError> {
-    ch.exchange_declare(
-        name.into(),
-        kind,
-        ExchangeDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        FieldTable::default(),
-    )
-    .await
-    .map_err(AmqpError::broker(format!("declaring exchange {name}")))
+/// The arguments of a consumed quorum queue.
+pub fn consumed_queue_arguments(ns: &Namespace) -> FieldTable {
+    let mut args = quorum();
+    for (k, v) in [
+        ("x-dead-letter-exchange", ns.dlx()),
+        ("x-dead-letter-strategy", "at-least-once".into()),
+        ("x-overflow", "reject-publish".into()),
+    ] {
+        args.insert(k.into(), AMQPValue::LongString(v.into()));
+    }
+    args.insert(
+        "x-delivery-limit".into(),
+        AMQPValue::LongLongInt(DELIVERY_LIMIT),
+    );
+    args
 }
 
-async fn declare_quorum_queue(
-    ch: &Channel,
-    name: &str,
-    dead_letter_exchange: Option<&str>,
-) -> Result<(), AmqpError> {
+fn quorum() -> FieldTable {
     let mut args = FieldTable::default();
     args.insert(
         "x-queue-type".into(),
         AMQPValue::LongString("quorum".into()),
     );
-    if let Some(dlx) = dead_letter_exchange {
-        args.insert(
-            "x-dead-letter-exchange".into(),
-            AMQPValue::LongString(dlx.into()),
-        );
-        args.insert(
-            "x-delivery-limit".into(),
-            AMQPValue::LongLongInt(DELIVERY_LIMIT),
-        );
-    }
-    ch.queue_declare(
-        name.into(),
-        QueueDeclareOptions {
-            durable: true,
-            ..Default::default()
-        },
-        args,
-    )
-    .await
-    .map(|_| ())
-    .map_err(AmqpError::broker(format!("declaring queue {name}")))
+    args
 }
 
-async fn bind(ch: &Channel, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {
-    ch.queue_bind(
-        queue.into(),
-        exchange.into(),
-        key.into(),
-        QueueBindOptions::default(),
-        FieldTable::default(),
-    )
-    .await
-    .map_err(AmqpError::broker(format!(
-        "binding {queue} to {exchange} ({key:?})"
-    )))
+fn is_precondition_failed(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 406)
+}
+
+/// Declarations on one channel, replaced when the broker closes it over a legacy queue.
+struct Declarer<'a> {
+    conn: &'a Connection,
+    ch: Channel,
+}
+
+impl<'a> Declarer<'a> {
+    async fn open(conn: &'a Connection) -> Result<Self, AmqpError> {
+        let ch = conn.create_channel().await.map_err(AmqpError::broker(
+            "opening a channel to declare the topology",
+        ))?;
+        Ok(Self { conn, ch })
+    }
+
+    async fn close(self) {
+        let _ = self.ch.close(200, "topology declared".into()).await;
+    }
+
+    async fn dead_letters(&mut self, ns: &Namespace) -> Result<(), AmqpError> {
+        self.exchange(&ns.dlx(), ExchangeKind::Fanout).await?;
+        let mut args = quorum();
+        args.insert(
+            "x-delivery-limit".into(),
+            AMQPValue::LongLongInt(DEAD_DELIVERY_LIMIT),
+        );
+        self.queue(&ns.dead(), args).await?;
+        self.bind(&ns.dead(), &ns.dlx(), "").await
+    }
+
+    async fn raw(&mut self, ns: &Namespace) -> Result<(), AmqpError> {
+        self.exchange(&ns.raw(), ExchangeKind::Direct).await?;
+        self.consumed_queue(&ns.raw(), ns).await?;
+        for route in RawRoute::ALL {
+            self.bind(&ns.raw(), &ns.raw(), route.routing_key()).await?;
+        }
+        Ok(())
+    }
+
+    async fn consumed_queue(&mut self, name: &str, ns: &Namespace) -> Result<(), AmqpError> {
+        self.queue(name, consumed_queue_arguments(ns)).await
+    }
+
+    async fn exchange(&self, name: &str, kind: ExchangeKind) -> Result<(), AmqpError> {
+        self.ch
+            .exchange_declare(
+                name.into(),
+                kind,
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::broker(format!("declaring exchange {name}")))
+    }
+
+    async fn queue(&mut self, name: &str, args: FieldTable) -> Result<(), AmqpError> {
+        let options = QueueDeclareOptions {
+            durable: true,
+            ..Default::default()
+        };
+        match self.ch.queue_declare(name.into(), options, args).await {
+            Ok(_) => Ok(()),
+            Err(e) if is_precondition_failed(&e) => {
+                // Declared earlier with other arguments: keep it, on a fresh channel.
+                tracing::warn!(
+                    queue = name,
+                    "queue exists with the arguments of an older wxpipe; keeping it (see README, \
+                     'Moving an existing deployment': a policy gives it at-least-once dead-lettering)"
+                );
+                metrics::counter!("wxpipe_amqp_legacy_queues_total", "queue" => name.to_owned())
+                    .increment(1);
+                self.ch = self
+                    .conn
+                    .create_channel()
+                    .await
+                    .map_err(AmqpError::broker("reopening the declaration channel"))?;
+                Ok(())
+            }
+            Err(e) => Err(AmqpError::Broker {
+                what: format!("declaring queue {name}"),
+                source: e,
+            }),
+        }
+    }
+
+    async fn bind(&self, queue: &str, exchange: &str, key: &str) -> Result<(), AmqpError> {
+        self.ch
+            .queue_bind(
+                queue.into(),
+                exchange.into(),
+                key.into(),
+                QueueBindOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::broker(format!(
+                "binding {queue} to {exchange} ({key:?})"
+            )))
+    }
 }

@@ -77,6 +77,12 @@ impl Keys {
         format!("{}due", self.prefix)
     }
 
+    /// `…:due:attempts`: a hash of appid → refresh attempts taken from `due` since the last
+    /// success (the backoff of a failing account).
+    pub fn due_attempts(&self) -> String {
+        format!("{}due:attempts", self.prefix)
+    }
+
     /// `…:lock:{name}`: a distributed lock.
     pub fn lock(&self, name: &str) -> String {
         format!("{}lock:{name}", self.prefix)

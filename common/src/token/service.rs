@@ -64,8 +64,12 @@ pub enum RefreshOutcome {
 /// waited for the lock does not refresh again what the holder just refreshed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RefreshMode {
-    /// The scheduler's mode: only if its due time has come (does not wait for the lock).
+    /// The scheduler's mode for the component token: only if it is within the refresh margin
+    /// of its expiry (does not wait for the lock).
     IfDue,
+    /// The scheduler's mode for an authorizer it took from `due` at this time (ms): only if
+    /// nobody refreshed it since (does not wait for the lock).
+    Taken(i64),
     /// For serving: only if the token is missing or about to expire (waits for the lock).
     IfStale,
     /// An operator asked for it (waits for the lock).
@@ -238,10 +242,9 @@ impl TokenService {
         appid: &str,
         mode: RefreshMode,
     ) -> Result<RefreshOutcome, TokenError> {
-        let wait = if mode == RefreshMode::IfDue {
-            Duration::ZERO
-        } else {
-            Duration::from_secs(10)
+        let wait = match mode {
+            RefreshMode::IfDue | RefreshMode::Taken(_) => Duration::ZERO,
+            RefreshMode::IfStale | RefreshMode::Force => Duration::from_secs(10),
         };
         let name = self.store.keys.lock(&format!("authorizer:{appid}"));
         let Some(lock) = Lock::acquire(self.store.pool(), &name, LOCK_LEASE, wait).await? else {
@@ -261,13 +264,18 @@ impl TokenService {
         let record = self.active_record(appid).await?;
         // Double-check under the lock: another replica may have refreshed it meanwhile.
         let fresh = match mode {
+            // Refreshed by someone else since we took it (`last_refresh` is in seconds).
+            RefreshMode::Taken(taken_at_ms) => {
+                record.access_token.is_some()
+                    && record
+                        .last_refresh
+                        .is_some_and(|t| t * 1000 >= taken_at_ms - 1000)
+            }
             RefreshMode::IfDue => {
                 record.access_token.is_some()
-                    && self
-                        .store
-                        .due_at(appid)
-                        .await?
-                        .is_some_and(|due| due > crate::unix_now_ms())
+                    && record
+                        .expires_at
+                        .is_some_and(|exp| exp - crate::unix_now() > self.margin.as_secs() as i64)
             }
             RefreshMode::IfStale => {
                 record.access_token.is_some()

@@ -81,7 +81,23 @@ if ok and t['access_token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) en
 return 0
 ";
 
-/// Fenced write of an authorizer's tokens: `KEYS` = lock, record, due set, known set;
+/// Takes the due accounts: every appid of `KEYS[1]` (due set) due at `ARGV[1]` (now, ms), at
+/// most `ARGV[2]`, is rescheduled *before* it is refreshed, at now + `ARGV[3]` · 2^(attempts−1)
+/// capped at `ARGV[4]` (ms), counting attempts in `KEYS[2]`. Whatever the refresh then does —
+/// succeed (its fenced write sets the real due time and clears the attempts), fail, or never
+/// finish — the account has left the head of the set: a failing account cannot hold back the
+/// others, and each is taken by one replica per backoff window.
+const TAKE_DUE: &str = r"
+local ids = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  local n = redis.call('HINCRBY', KEYS[2], id, 1)
+  local delay = math.min(tonumber(ARGV[3]) * 2 ^ math.min(n - 1, 30), tonumber(ARGV[4]))
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + math.floor(delay), id)
+end
+return ids
+";
+
+/// Fenced write of an authorizer's tokens: `KEYS` = lock, record, due set, known set, attempts;
 /// `ARGV` = lock value, appid, access token, expires_at, refresh token ('' keeps the old one),
 /// now, due (ms).
 const WRITE_AUTHORIZER_IF_HELD: &str = r"
@@ -93,6 +109,7 @@ if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'refresh_token', ARGV[5]) end
 redis.call('HINCRBY', KEYS[2], 'refreshes', 1)
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[2])
+redis.call('HDEL', KEYS[5], ARGV[2])
 return 1
 ";
 
@@ -236,20 +253,49 @@ impl TokenStore {
         Ok(v)
     }
 
-    /// Appids whose refresh is due at `now`, at most `limit`.
-    pub async fn due(&self, limit: usize) -> Result<Vec<String>, RedisError> {
-        let mut c = conn(&self.pool, "reading due refreshes").await?;
-        cmd("ZRANGE")
-            .arg(self.keys.due())
-            .arg("-inf")
+    /// Takes the appids whose refresh is due now, at most `limit`, rescheduling each after a
+    /// backoff (`retry` doubling per attempt up to `cap`) before anything is tried: see
+    /// [`TAKE_DUE`]. A success reschedules it properly.
+    pub async fn take_due(
+        &self,
+        limit: usize,
+        retry: std::time::Duration,
+        cap: std::time::Duration,
+    ) -> Result<Vec<String>, RedisError> {
+        let mut c = conn(&self.pool, "taking due refreshes").await?;
+        Script::new(TAKE_DUE)
+            .key(self.keys.due())
+            .key(self.keys.due_attempts())
             .arg(crate::unix_now_ms())
-            .arg("BYSCORE")
-            .arg("LIMIT")
-            .arg(0)
             .arg(limit)
-            .query_async(&mut c)
+            .arg(retry.as_millis() as u64)
+            .arg(cap.as_millis() as u64)
+            .invoke_async(&mut c)
             .await
-            .map_err(failed("reading due refreshes"))
+            .map_err(failed("taking due refreshes"))
+    }
+
+    /// Attempts taken from `due` since `appid`'s last successful refresh.
+    pub async fn due_attempts(&self, appid: &str) -> Result<u64, RedisError> {
+        let mut c = conn(&self.pool, "reading refresh attempts").await?;
+        let n: Option<u64> = c
+            .hget(self.keys.due_attempts(), appid)
+            .await
+            .map_err(failed("reading refresh attempts"))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Forgets an appid that has no record any more (dropped from `due`).
+    pub async fn unschedule(&self, appid: &str) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "unscheduling").await?;
+        deadpool_redis::redis::pipe()
+            .zrem(self.keys.due(), appid)
+            .ignore()
+            .hdel(self.keys.due_attempts(), appid)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("unscheduling"))
     }
 
     /// When `appid` is due (ms), if scheduled.
@@ -290,6 +336,7 @@ impl TokenStore {
             .key(self.keys.authorizer(appid))
             .key(self.keys.due())
             .key(self.keys.authorizers())
+            .key(self.keys.due_attempts())
             .arg(lock.value())
             .arg(appid)
             .arg(&token.access_token)
@@ -442,6 +489,8 @@ impl TokenStore {
             .arg("refresh_token")
             .ignore()
             .zrem(self.keys.due(), appid)
+            .ignore()
+            .hdel(self.keys.due_attempts(), appid)
             .ignore()
             .sadd(self.keys.authorizers(), appid)
             .ignore()

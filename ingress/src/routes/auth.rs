@@ -12,10 +12,9 @@ use crate::state::SharedState;
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use axum::response::{Html, IntoResponse, Redirect, Response};
-use common::event::CloudEvent;
 use common::ids::AppId;
+use common::wire::auth_callback::{self, AuthCallback};
 use quick_xml::escape::escape;
-use serde_json::json;
 use std::collections::HashMap;
 
 type Q = Query<HashMap<String, String>>;
@@ -167,40 +166,23 @@ pub async fn callback(State(state): State<SharedState>, Query(q): Q) -> Response
             "auth_code is missing or malformed.",
         );
     };
-    let now = common::unix_now();
-    let mut data = common::xml::Fields::new();
-    data.insert("AppId".into(), json!(state.crypt.appid()));
-    data.insert("CreateTime".into(), json!(now.to_string()));
-    data.insert("InfoType".into(), json!("auth_callback"));
-    data.insert("AuthorizationCode".into(), json!(code));
-    data.insert(
-        "ExpiresIn".into(),
-        json!(q.get("expires_in").cloned().unwrap_or_default()),
-    );
-    let event = CloudEvent {
-        specversion: "1.0".into(),
-        id: format!("component:auth_callback:{code}"),
-        source: format!("/wechat/component/{}", state.crypt.appid()),
-        event_type: "wechat.component.auth_callback".into(),
-        time: common::event::rfc3339(now),
-        datacontenttype: "application/json".into(),
-        data,
-        reply_to: None,
-        correlation_id: None,
+    let callback = AuthCallback {
+        component_appid: state.crypt.appid().to_owned(),
+        code: code.clone(),
+        expires_in: q.get("expires_in").cloned().unwrap_or_default(),
+        at: common::unix_now(),
     };
-    let body = serde_json::to_vec(&event).unwrap_or_default();
-    let props = lapin::BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type(common::event::CONTENT_TYPE.into())
-        .with_message_id(event.id.as_str().into())
-        .with_type(event.event_type.as_str().into());
+    let body = match serde_json::to_vec(&callback.to_event()) {
+        Ok(b) => b,
+        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    };
     if let Err(e) = state
         .publisher
         .publish(
             &state.namespace.events(),
-            "component.auth_callback",
+            auth_callback::ROUTING_KEY,
             &body,
-            props,
+            callback.properties().to_properties(),
         )
         .await
     {

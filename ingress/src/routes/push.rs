@@ -13,34 +13,14 @@ use axum::extract::{Path, RawQuery, State};
 use axum::http::{HeaderMap, header};
 use axum::response::{IntoResponse, Response};
 use common::amqp::PublishError;
-use common::amqp::topology::{RAW_AUTHORIZER, RAW_COMPONENT};
 use common::ids::AppId;
+use common::wire::raw::{RawPush, RawRoute};
 use common::xml::envelope::Envelope;
-use lapin::BasicProperties;
-use lapin::types::{AMQPValue, FieldTable, LongString};
 use std::time::Instant;
 
-/// Which URL a push arrived on.
-#[derive(Clone, Copy)]
-enum Route {
-    Component,
-    Authorizer,
-}
-
-impl Route {
-    fn label(self) -> &'static str {
-        match self {
-            Route::Component => "component",
-            Route::Authorizer => "authorizer",
-        }
-    }
-
-    fn routing_key(self) -> &'static str {
-        match self {
-            Route::Component => RAW_COMPONENT,
-            Route::Authorizer => RAW_AUTHORIZER,
-        }
-    }
+/// The metric label of a route.
+fn label(route: RawRoute) -> &'static str {
+    route.routing_key()
 }
 
 /// `POST /wechat/component`: the authorization-event URL.
@@ -50,7 +30,7 @@ pub async fn component_push(
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    handle_push(&state, Route::Component, None, query, &headers, body).await
+    handle_push(&state, RawRoute::Component, None, query, &headers, body).await
 }
 
 /// `POST /wechat/authorizers/{appid}`: the message URL (`…/$APPID$` at WeChat).
@@ -66,7 +46,7 @@ pub async fn authorizer_push(
     }
     handle_push(
         &state,
-        Route::Authorizer,
+        RawRoute::Authorizer,
         Some(&appid),
         query,
         &headers,
@@ -80,7 +60,7 @@ pub async fn verify_component_url(
     State(state): State<SharedState>,
     RawQuery(query): RawQuery,
 ) -> Response {
-    verify_url(&state, Route::Component, query)
+    verify_url(&state, RawRoute::Component, query)
 }
 
 /// `GET /wechat/authorizers/{appid}?echostr=…`: URL verification.
@@ -92,7 +72,7 @@ pub async fn verify_authorizer_url(
     if !AppId::is_valid(&appid) {
         return not_found();
     }
-    verify_url(&state, Route::Authorizer, query)
+    verify_url(&state, RawRoute::Authorizer, query)
 }
 
 fn not_found() -> Response {
@@ -101,8 +81,8 @@ fn not_found() -> Response {
     (axum::http::StatusCode::NOT_FOUND, "not found\n").into_response()
 }
 
-fn verify_url(state: &AppState, route: Route, raw_query: Option<String>) -> Response {
-    let r = route.label();
+fn verify_url(state: &AppState, route: RawRoute, raw_query: Option<String>) -> Response {
+    let r = label(route);
     let q = match SignedQuery::parse(raw_query.as_deref()) {
         Ok(q) => q,
         Err(e) => return Outcome::BadQuery.respond(r, e.to_string()),
@@ -124,13 +104,13 @@ fn verify_url(state: &AppState, route: Route, raw_query: Option<String>) -> Resp
 
 async fn handle_push(
     state: &AppState,
-    route: Route,
+    route: RawRoute,
     appid: Option<&str>,
     raw_query: Option<String>,
     headers: &HeaderMap,
     body: Body,
 ) -> Response {
-    let r = route.label();
+    let r = label(route);
     let q = match SignedQuery::parse(raw_query.as_deref()) {
         Ok(q) => q,
         Err(e) => return Outcome::BadQuery.respond(r, e.to_string()),
@@ -178,7 +158,7 @@ async fn handle_push(
             &state.raw_exchange,
             route.routing_key(),
             &body,
-            raw_properties(appid, &q),
+            raw_push(route, appid, &q).to_properties(),
         )
         .await;
     metrics::histogram!("wxpipe_ingress_publish_seconds", "route" => r)
@@ -198,24 +178,24 @@ async fn handle_push(
 /// take the push, so that the plain path publishes it instead.
 async fn publish_awaiting_reply(
     state: &AppState,
-    route: Route,
+    route: RawRoute,
     appid: &str,
     q: &SignedQuery,
     body: &Bytes,
     started: Instant,
 ) -> Option<Response> {
-    let r = route.label();
-    let rx = match state
+    let r = label(route);
+    let wait = match state
         .replier
         .publish(
             &state.raw_exchange,
             route.routing_key(),
             body,
-            raw_properties(Some(appid), q),
+            raw_push(route, Some(appid), q).to_properties(),
         )
         .await
     {
-        Ok(rx) => rx,
+        Ok(wait) => wait,
         Err(e) => {
             tracing::warn!(error = %e, "sync-reply publish failed; using the plain path");
             return None;
@@ -224,9 +204,9 @@ async fn publish_awaiting_reply(
     metrics::histogram!("wxpipe_ingress_publish_seconds", "route" => r)
         .record(started.elapsed().as_secs_f64());
     let remaining = state.sync_reply_timeout.saturating_sub(started.elapsed());
-    let reply = match tokio::time::timeout(remaining, rx).await {
-        Ok(Ok(reply)) => reply,
-        Ok(Err(_)) | Err(_) => {
+    let reply = match wait.reply(remaining).await {
+        Some(reply) => reply,
+        None => {
             metrics::counter!("wxpipe_ingress_reply_timeouts_total").increment(1);
             return Some(Outcome::Accepted.respond(r, "success"));
         }
@@ -271,22 +251,18 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
-/// Headers of a raw message: every signed query parameter, the URL's appid and the reception
-/// time (ms since the epoch), so a decrypt worker can verify the push exactly as the ingress
-/// did. The URL it came from is the routing key (`component` or `authorizer`).
-fn raw_properties(appid: Option<&str>, q: &SignedQuery) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    for (name, value) in q.pairs() {
-        headers.insert(name.into(), AMQPValue::LongString(LongString::from(value)));
+/// The raw message's headers: every signed query parameter, the URL's appid and the reception
+/// time, so a decrypt worker can verify the push exactly as the ingress did.
+fn raw_push(route: RawRoute, appid: Option<&str>, q: &SignedQuery) -> RawPush {
+    RawPush {
+        route,
+        timestamp: q.timestamp.clone(),
+        nonce: q.nonce.clone(),
+        msg_signature: q.msg_signature.clone().unwrap_or_default(),
+        signature: q.signature.clone(),
+        encrypt_type: q.encrypt_type.clone(),
+        openid: q.openid.clone(),
+        appid: appid.map(str::to_owned),
+        received_at_ms: Some(common::unix_now_ms()),
     }
-    if let Some(appid) = appid {
-        headers.insert("appid".into(), AMQPValue::LongString(appid.into()));
-    }
-    let now_ms = common::unix_now_ms();
-    headers.insert("received_at".into(), AMQPValue::LongLongInt(now_ms));
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type("application/xml".into())
-        .with_timestamp((now_ms / 1000) as u64)
-        .with_headers(headers)
 }

@@ -12,7 +12,8 @@
 
 use anyhow::{Context, bail};
 use clap::{Parser, Subcommand};
-use common::amqp::topology::{RAW_COMPONENT, declare_raw};
+use common::amqp::topology::{Part, declare};
+use common::wire::raw::RawRoute;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
 use lapin::{BasicProperties, Connection, ConnectionProperties};
 use std::path::PathBuf;
@@ -208,8 +209,8 @@ async fn ingress_bench(b: IngressBench) -> anyhow::Result<()> {
 
 async fn broker_ceiling(b: &IngressBench, t: &TestNs, body: &[u8]) -> anyhow::Result<f64> {
     let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    declare(&conn, &t.ns, &Part::Raw).await?;
     let ch = conn.create_channel().await?;
-    declare_raw(&ch, &t.ns).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let exchange = t.ns.raw();
     let stop = Arc::new(AtomicBool::new(false));
@@ -224,7 +225,7 @@ async fn broker_ceiling(b: &IngressBench, t: &TestNs, body: &[u8]) -> anyhow::Re
                 let confirm = ch
                     .basic_publish(
                         exchange.as_str().into(),
-                        RAW_COMPONENT.into(),
+                        RawRoute::Component.routing_key().into(),
                         BasicPublishOptions::default(),
                         &body,
                         BasicProperties::default().with_delivery_mode(2),
@@ -636,8 +637,8 @@ mod decrypt_bench {
         let t = TestNs::new("bench-decrypt");
         let sink = t.queue("sink");
         let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+        declare(&conn, &t.ns, &Part::everything()).await?;
         let ch = conn.create_channel().await?;
-        common::amqp::topology::declare_all(&ch, &t.ns).await?;
         bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
         ch.confirm_select(ConfirmSelectOptions::default()).await?;
         println!(

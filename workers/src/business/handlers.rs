@@ -4,11 +4,9 @@
 use super::registry::{EventHandler, HandlerError, Registry};
 use common::event::CloudEvent;
 use common::token::{TokenError, TokenService};
+use common::wire::auth_callback::{self, AuthCallback};
 use futures::future::BoxFuture;
 use std::sync::Arc;
-
-/// `type` of the event the ingress publishes for `/auth/callback`.
-pub const AUTH_CALLBACK: &str = "wechat.component.auth_callback";
 
 fn field<'a>(event: &'a CloudEvent, name: &'static str) -> Result<&'a str, HandlerError> {
     event
@@ -79,12 +77,18 @@ impl EventHandler for Authorized {
 }
 
 /// `/auth/callback`: the same code, from the browser's redirect.
-struct AuthCallback(Arc<TokenService>);
-impl EventHandler for AuthCallback {
+struct AuthCallbackHandler(Arc<TokenService>);
+impl EventHandler for AuthCallbackHandler {
     fn handle<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let code = field(event, "AuthorizationCode")?;
-            self.0.exchange_code(code, None).await.map_err(classify)?;
+            let callback = AuthCallback::from_event(event).ok_or(HandlerError::Permanent {
+                reason: "missing_field",
+                detail: format!("{} has no AuthorizationCode or AppId", event.event_type),
+            })?;
+            self.0
+                .exchange_code(&callback.code, None)
+                .await
+                .map_err(classify)?;
             Ok(())
         })
     }
@@ -140,7 +144,10 @@ pub fn register(registry: &mut Registry, tokens: Arc<TokenService>) {
         "wechat.component.updateauthorized",
         Arc::new(Authorized(tokens.clone())),
     );
-    registry.register(AUTH_CALLBACK, Arc::new(AuthCallback(tokens.clone())));
+    registry.register(
+        auth_callback::EVENT_TYPE,
+        Arc::new(AuthCallbackHandler(tokens.clone())),
+    );
     registry.register(
         "wechat.component.unauthorized",
         Arc::new(Unauthorized(tokens.clone())),

@@ -10,6 +10,7 @@ pub mod release_test;
 use crate::retry::{Attempt, retry};
 use crate::settings::WorkerArgs;
 use common::amqp::consumer::{Disposition, Handler};
+use common::amqp::topology::Part;
 use common::amqp::{ConfirmedPublisher, PublisherOptions};
 use common::config::ConfigError;
 use common::event::CloudEvent;
@@ -118,6 +119,15 @@ impl Handler for BusinessHandler {
     }
 }
 
+/// Routing-key patterns `{ns}.business` is bound to besides the platform's own events
+/// (`component.#`): everything of the full-network release test's accounts (protocol.md §5).
+pub fn bindings() -> Vec<String> {
+    common::wechat::RELEASE_TEST_ACCOUNTS
+        .iter()
+        .map(|(_, appid)| format!("authorizer.{appid}.#"))
+        .collect()
+}
+
 /// The platform's handlers: tokens and authorization, and the full-network release test
 /// (which publishes passive replies on a connection of its own).
 pub fn default_registry(config: &BusinessConfig) -> Registry {
@@ -133,7 +143,7 @@ pub fn default_registry(config: &BusinessConfig) -> Registry {
         ),
         channels: 1,
         confirm_timeout: Duration::from_secs(2),
-        declare: Arc::new(|_, _| Box::pin(async { Ok(()) })),
+        declare: Part::Nothing,
     });
     registry.register_prefix(
         "wechat.authorizer.",

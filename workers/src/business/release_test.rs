@@ -46,7 +46,7 @@ impl ReleaseTest {
         let props = lapin::BasicProperties::default().with_correlation_id(id.as_str().into());
         // A late reply finds nobody and is dropped by the broker; that is fine.
         self.replies
-            .publish("", reply_to, body.as_bytes(), props)
+            .broadcast("", reply_to, body.as_bytes(), props)
             .await
             .map_err(transient)
     }

@@ -3,30 +3,28 @@
 //! the same bytes fail the same way on every try — so each is a dead-letter reason.
 
 use common::crypto::{CryptoError, MsgCrypt};
+use common::wire::event::{ReplyAddress, reply_address};
+use common::wire::raw::{RawHeaderError, RawPush};
 use common::xml::envelope::Envelope;
 use common::xml::push::Push;
 use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::AMQPValue;
 
 /// A push decoded from `{ns}.raw`.
 #[derive(Debug, Clone)]
 pub struct Decoded {
     pub push: Push,
-    /// The message URL's `{appid}` (authorizer pushes only).
-    pub authorizer_appid: Option<String>,
-    /// When the ingress received it (ms since the epoch), if known.
-    pub received_at: Option<i64>,
+    /// The raw message's headers (the signed query, the URL's appid, the reception time).
+    pub raw: RawPush,
     /// Where the ingress waits for a passive reply, if it does.
-    pub reply_to: Option<String>,
-    pub correlation_id: Option<String>,
+    pub reply: Option<ReplyAddress>,
 }
 
 /// Why a raw message can never be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Poison {
-    #[error("header {0} is missing")]
-    MissingHeader(&'static str),
+    #[error("{0}")]
+    Headers(#[from] RawHeaderError),
     #[error("envelope: {0}")]
     Envelope(String),
     #[error("msg_signature does not match")]
@@ -43,35 +41,13 @@ impl Poison {
     /// The dead-letter reason.
     pub fn reason(&self) -> &'static str {
         match self {
-            Poison::MissingHeader(_) => "bad_headers",
+            Poison::Headers(_) => "bad_headers",
             Poison::Envelope(_) => "bad_envelope",
             Poison::BadSignature => "bad_signature",
             Poison::AppIdMismatch => "appid_mismatch",
             Poison::Undecryptable(_) => "undecryptable",
             Poison::Unparseable(_) => "unparseable",
         }
-    }
-}
-
-/// A text header of a delivery.
-pub fn header<'a>(delivery: &'a Delivery, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    prop_header(&delivery.properties, name)
-}
-
-fn prop_header<'a>(props: &'a BasicProperties, name: &str) -> Option<std::borrow::Cow<'a, str>> {
-    let headers = props.headers().as_ref()?;
-    match headers.inner().get(name)? {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes())),
-        AMQPValue::ShortString(s) => Some(std::borrow::Cow::Borrowed(s.as_str())),
-        _ => None,
-    }
-}
-
-fn header_i64(props: &BasicProperties, name: &str) -> Option<i64> {
-    match props.headers().as_ref()?.inner().get(name)? {
-        AMQPValue::LongLongInt(v) => Some(*v),
-        AMQPValue::LongInt(v) => Some(i64::from(*v)),
-        _ => None,
     }
 }
 
@@ -93,17 +69,15 @@ pub fn decode_parts(
     props: &BasicProperties,
     body: &[u8],
 ) -> Result<Decoded, Poison> {
-    let timestamp = prop_header(props, "timestamp").ok_or(Poison::MissingHeader("timestamp"))?;
-    let nonce = prop_header(props, "nonce").ok_or(Poison::MissingHeader("nonce"))?;
-    let msg_signature =
-        prop_header(props, "msg_signature").ok_or(Poison::MissingHeader("msg_signature"))?;
-    let authorizer_appid = prop_header(props, "appid").map(|a| a.into_owned());
-    if routing_key == common::amqp::topology::RAW_AUTHORIZER && authorizer_appid.is_none() {
-        return Err(Poison::MissingHeader("appid"));
-    }
+    let raw = RawPush::from_properties(routing_key, props)?;
     let envelope = Envelope::parse(body).map_err(|e| Poison::Envelope(e.to_string()))?;
     let plaintext = crypt
-        .verify_and_decrypt(&timestamp, &nonce, &envelope.encrypt, &msg_signature)
+        .verify_and_decrypt(
+            &raw.timestamp,
+            &raw.nonce,
+            &envelope.encrypt,
+            &raw.msg_signature,
+        )
         .map_err(|e| match e {
             CryptoError::BadSignature | CryptoError::EmptyPart(_) => Poison::BadSignature,
             CryptoError::AppIdMismatch { .. } => Poison::AppIdMismatch,
@@ -112,9 +86,7 @@ pub fn decode_parts(
     let push = Push::parse(&plaintext).map_err(|e| Poison::Unparseable(e.to_string()))?;
     Ok(Decoded {
         push,
-        authorizer_appid,
-        received_at: header_i64(props, "received_at"),
-        reply_to: props.reply_to().as_ref().map(|r| r.to_string()),
-        correlation_id: props.correlation_id().as_ref().map(|c| c.to_string()),
+        raw,
+        reply: reply_address(props),
     })
 }

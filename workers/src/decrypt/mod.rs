@@ -13,11 +13,10 @@ use common::config::ConfigError;
 use common::crypto::MsgCrypt;
 use common::event::{self, CloudEvent};
 use common::ids::Namespace;
+use common::wire::event::EventProperties;
 use decode::{Decoded, decode};
 use dedup::{Claim, Dedup};
-use lapin::BasicProperties;
 use lapin::message::Delivery;
-use lapin::types::{AMQPValue, FieldTable};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -112,11 +111,13 @@ impl Handler for DecryptHandler {
         let address = event::address(
             &decoded.push,
             self.crypt.appid(),
-            decoded.authorizer_appid.as_deref(),
+            decoded.raw.appid.as_deref(),
         );
         let mut cloud_event = CloudEvent::new(&decoded.push, &address);
-        cloud_event.reply_to = decoded.reply_to.clone();
-        cloud_event.correlation_id = decoded.correlation_id.clone();
+        if let Some(reply) = &decoded.reply {
+            cloud_event.reply_to = Some(reply.reply_to.clone());
+            cloud_event.correlation_id = Some(reply.correlation_id.clone());
+        }
         let body = match serde_json::to_vec(&cloud_event) {
             Ok(b) => b,
             Err(e) => {
@@ -189,15 +190,21 @@ impl DecryptHandler {
             Claim::HeldByOther => return Attempt::Done(Delivered::StillHeld),
             Claim::Won => {}
         }
-        let mut props = event_properties(address, decoded.received_at);
-        if let (Some(reply_to), Some(id)) = (&decoded.reply_to, &decoded.correlation_id) {
-            props = props
-                .with_reply_to(reply_to.as_str().into())
-                .with_correlation_id(id.as_str().into());
-        }
+        let props = EventProperties {
+            id: address.id.clone(),
+            event_type: address.event_type.clone(),
+            received_at_ms: decoded.raw.received_at_ms,
+            reply: decoded.reply.clone(),
+        };
+        // An event nobody subscribed to is normal on a topic exchange: not mandatory.
         if let Err(e) = self
             .publisher
-            .publish(&self.events_exchange, &address.routing_key, body, props)
+            .broadcast(
+                &self.events_exchange,
+                &address.routing_key,
+                body,
+                props.to_properties(),
+            )
             .await
         {
             // Let a retry (ours or another replica's) claim it at once.
@@ -215,23 +222,6 @@ impl DecryptHandler {
         }
         Attempt::Done(Delivered::Published)
     }
-}
-
-/// Persistent JSON, `message_id` = the event id, `type` = the event type; `received_at` (when
-/// the ingress took the push) is passed on so consumers can measure end-to-end latency.
-fn event_properties(address: &event::EventAddress, received_at: Option<i64>) -> BasicProperties {
-    let mut headers = FieldTable::default();
-    if let Some(t) = received_at {
-        headers.insert("received_at".into(), AMQPValue::LongLongInt(t));
-    }
-    BasicProperties::default()
-        .with_delivery_mode(2)
-        .with_content_type(event::CONTENT_TYPE.into())
-        .with_message_id(address.id.as_str().into())
-        .with_type(address.event_type.as_str().into())
-        .with_timestamp(common::unix_now() as u64)
-        .with_app_id("wxpipe".into())
-        .with_headers(headers)
 }
 
 /// Runs one decrypt worker until `shutdown` becomes true.

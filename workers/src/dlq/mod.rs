@@ -5,17 +5,17 @@
 //! is never read twice), and settles each one at the end: replayed ones are acked only after
 //! their republish is confirmed; every other one is returned to the queue.
 
-pub mod letter;
-
 use crate::decrypt::decode::decode_parts;
+use common::amqp::topology::Part;
+use common::amqp::{ConfirmedPublisher, PublisherOptions};
 use common::config::{AmqpArgs, NamespaceArgs, PlatformArgs};
+use common::ids::Namespace;
+use common::wire::dead::DeadLetter;
 use lapin::message::Delivery;
 use lapin::options::{
-    BasicAckOptions, BasicGetOptions, BasicNackOptions, BasicPublishOptions, ConfirmSelectOptions,
-    QueueDeclareOptions, QueuePurgeOptions,
+    BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions, QueuePurgeOptions,
 };
 use lapin::{Channel, Connection};
-use letter::{LetterInfo, replay_properties};
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -85,7 +85,7 @@ pub async fn run(args: DlqArgs) -> anyhow::Result<String> {
     let out = match args.command {
         DlqCommand::List => list(&conn, &queue).await,
         DlqCommand::Show { position, platform } => show(&conn, &queue, position, &platform).await,
-        DlqCommand::Replay { filter, dry_run } => replay(&conn, &queue, &filter, dry_run).await,
+        DlqCommand::Replay { filter, dry_run } => replay(&conn, &urls, &ns, &filter, dry_run).await,
         DlqCommand::Purge { yes } => purge(&conn, &queue, yes).await,
     };
     let _ = conn.close(200, "dlq done".into()).await;
@@ -160,10 +160,11 @@ async fn list(conn: &Connection, queue: &str) -> anyhow::Result<String> {
     let letters = take(&ch, queue, n).await?;
     let mut groups: BTreeMap<(String, String), (usize, i64, String)> = BTreeMap::new();
     for d in &letters {
-        let info = LetterInfo::from_properties(&d.properties);
-        let g = groups
-            .entry((info.source, info.reason))
-            .or_insert((0, i64::MAX, String::new()));
+        let info = DeadLetter::from_properties(&d.properties);
+        let g =
+            groups
+                .entry((info.source_queue, info.reason))
+                .or_insert((0, i64::MAX, String::new()));
         g.0 += 1;
         if info.dead_at_ms < g.1 {
             g.1 = info.dead_at_ms;
@@ -211,15 +212,15 @@ async fn show(
 }
 
 fn describe(d: &Delivery, platform: &PlatformArgs) -> String {
-    let info = LetterInfo::from_properties(&d.properties);
+    let info = DeadLetter::from_properties(&d.properties);
     let mut out = format!(
         "source:      {}\nreason:      {}\ndetail:      {}\ndead since:  {}\nfirst sent:  exchange {:?}, routing key {:?}\n",
-        info.source,
+        info.source_queue,
         info.reason,
         info.detail,
         when(info.dead_at_ms),
-        info.exchange,
-        info.routing_key
+        info.original_exchange,
+        info.original_routing_key
     );
     if let Some(h) = d.properties.headers() {
         out.push_str("headers:\n");
@@ -227,8 +228,7 @@ fn describe(d: &Delivery, platform: &PlatformArgs) -> String {
             if !k.as_str().starts_with("x-") {
                 out.push_str(&format!(
                     "  {k}: {}\n",
-                    crate::decrypt::decode::header(d, k.as_str())
-                        .unwrap_or_else(|| format!("{v:?}").into())
+                    common::wire::text_value(v).unwrap_or_else(|| format!("{v:?}"))
                 ));
             }
         }
@@ -238,11 +238,11 @@ fn describe(d: &Delivery, platform: &PlatformArgs) -> String {
         d.data.len(),
         String::from_utf8_lossy(&d.data)
     ));
-    if info.exchange.ends_with(".raw") {
+    if info.original_exchange.ends_with(".raw") {
         match platform.crypt() {
             Ok(crypt) => {
                 // A message that died with a fixed cause decrypts now; otherwise say why not.
-                match decode_parts(&crypt, &info.routing_key, &d.properties, &d.data) {
+                match decode_parts(&crypt, &info.original_routing_key, &d.properties, &d.data) {
                     Ok(decoded) => out.push_str(&format!(
                         "decrypted:\n{}\n",
                         serde_json::to_string_pretty(decoded.push.fields()).unwrap_or_default()
@@ -275,8 +275,8 @@ fn since_ms(since: &str) -> anyhow::Result<i64> {
 }
 
 impl Filter {
-    fn matches(&self, info: &LetterInfo, since: Option<i64>) -> bool {
-        self.source.as_ref().is_none_or(|s| *s == info.source)
+    fn matches(&self, info: &DeadLetter, since: Option<i64>) -> bool {
+        self.source.as_ref().is_none_or(|s| *s == info.source_queue)
             && self.reason.as_ref().is_none_or(|r| *r == info.reason)
             && since.is_none_or(|t| info.dead_at_ms >= t)
     }
@@ -284,23 +284,21 @@ impl Filter {
 
 async fn replay(
     conn: &Connection,
-    queue: &str,
+    urls: &[String],
+    ns: &Namespace,
     filter: &Filter,
     dry_run: bool,
 ) -> anyhow::Result<String> {
+    let queue = &ns.dead();
     let since = filter.since.as_deref().map(since_ms).transpose()?;
     let ch = conn.create_channel().await?;
-    let publish = conn.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
     let n = depth(&ch, queue).await?;
     let letters = take(&ch, queue, n).await?;
     let limit = filter.limit.unwrap_or(usize::MAX);
-    let chosen: Vec<(usize, LetterInfo)> = letters
+    let chosen: Vec<(usize, DeadLetter)> = letters
         .iter()
         .enumerate()
-        .map(|(i, d)| (i, LetterInfo::from_properties(&d.properties)))
+        .map(|(i, d)| (i, DeadLetter::from_properties(&d.properties)))
         .filter(|(_, info)| filter.matches(info, since))
         .take(limit)
         .collect();
@@ -314,15 +312,28 @@ async fn replay(
             out.push_str(&format!(
                 "  #{:<5} {} → exchange {:?} key {:?} ({}, {})\n",
                 i + 1,
-                info.source,
-                info.exchange,
-                info.routing_key,
+                info.source_queue,
+                info.original_exchange,
+                info.original_routing_key,
                 info.reason,
                 when(info.dead_at_ms)
             ));
         }
         give_back(&letters).await;
         return Ok(out.trim_end().to_owned());
+    }
+    // Republishes are mandatory: a letter whose queue is gone stays dead instead of vanishing.
+    let publisher = ConfirmedPublisher::start(PublisherOptions {
+        urls: urls.to_vec(),
+        namespace: ns.clone(),
+        connection_name: format!("wxpipe-dlq {ns} replay"),
+        channels: 1,
+        confirm_timeout: Duration::from_secs(5),
+        declare: Part::Nothing,
+    });
+    if !publisher.wait_connected(Duration::from_secs(10)).await {
+        give_back(&letters).await;
+        anyhow::bail!("could not open a publishing connection to RabbitMQ within 10 s");
     }
     let bar = indicatif::ProgressBar::new(chosen.len() as u64);
     bar.set_style(
@@ -338,41 +349,33 @@ async fn replay(
     let (mut replayed, mut failed) = (0usize, Vec::new());
     for (i, info) in &chosen {
         let d = &letters[*i];
-        if info.exchange.is_empty() && info.routing_key.is_empty() {
+        if info.original_exchange.is_empty() && info.original_routing_key.is_empty() {
             failed.push(format!(
                 "#{}: no original exchange or routing key recorded",
                 i + 1
             ));
             continue;
         }
-        let confirm = async {
-            publish
-                .basic_publish(
-                    info.exchange.as_str().into(),
-                    info.routing_key.as_str().into(),
-                    BasicPublishOptions::default(),
-                    &d.data,
-                    replay_properties(&d.properties),
-                )
-                .await?
-                .await
-        };
-        match tokio::time::timeout(Duration::from_secs(5), confirm).await {
-            Ok(Ok(c)) if c.is_ack() => {
+        let republished = publisher
+            .publish(
+                &info.original_exchange,
+                &info.original_routing_key,
+                &d.data,
+                DeadLetter::strip(&d.properties),
+            )
+            .await;
+        match republished {
+            Ok(()) => {
                 d.ack(BasicAckOptions::default()).await?;
                 settled[*i] = true;
                 replayed += 1;
             }
-            Ok(Ok(_)) => failed.push(format!(
-                "#{}: the broker refused the republish (nack)",
-                i + 1
-            )),
-            Ok(Err(e)) => failed.push(format!("#{}: {e}", i + 1)),
-            Err(_) => failed.push(format!("#{}: no confirm within 5 s", i + 1)),
+            Err(e) => failed.push(format!("#{}: {e}", i + 1)),
         }
         bar.inc(1);
     }
     bar.finish_and_clear();
+    publisher.close().await;
     let rest: Vec<Delivery> = letters
         .into_iter()
         .zip(settled)

@@ -7,10 +7,13 @@
 //! 2. restores accounts and refresh tokens from `api_get_authorizer_list` when Redis lost them
 //!    (no known account, or an account without a refresh token), and anyway every
 //!    `WXPIPE_LIST_SYNC_SECS`;
-//! 3. refreshes the accounts whose due time has come (`{p}due`, a sorted set), a bounded number
-//!    at once. Due times carry jitter so that thousands of accounts spread out, and each refresh
-//!    is exactly-once across replicas: lock, double-check, fenced write (see
-//!    [`common::token::service`]).
+//! 3. takes the accounts whose due time has come (`{p}due`, a sorted set), a bounded number
+//!    at once, and refreshes them. Taking an account reschedules it after a backoff first
+//!    (1 minute doubling to 1 hour per failed attempt), so every outcome — success, failure,
+//!    an account without a refresh token, a crash — moves it off the head of the set: broken
+//!    accounts never stall the healthy ones. Due times carry jitter so that thousands of
+//!    accounts spread out, and each refresh is exactly-once across replicas: lock,
+//!    double-check, fenced write (see [`common::token::service`]).
 
 pub mod admin;
 
@@ -116,7 +119,7 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
     // 2. restore what Redis lost, and re-sync now and then
     let known = svc.store.authorizer_appids().await?;
     let lost = known.is_empty();
-    let sync_window = if lost { 15 } else { config.list_sync.as_secs() };
+    let sync_window = if lost { 60 } else { config.list_sync.as_secs() };
     if svc.store.rate_limit("list_sync", sync_window).await? {
         match svc.restore_from_list().await {
             Ok(_) => {}
@@ -125,11 +128,21 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
     }
 
     // 3. due refreshes
-    let due = svc.store.due(config.refresh_concurrency * 16).await?;
+    let taken_at = common::unix_now_ms();
+    let due = svc
+        .store
+        .take_due(
+            config.refresh_concurrency * 16,
+            RETRY_AFTER,
+            RETRY_AFTER_AT_MOST,
+        )
+        .await?;
     let mut missing_refresh_token = false;
     let mut results = futures::stream::iter(due)
         .map(|appid| async move {
-            let r = svc.refresh_authorizer(&appid, RefreshMode::IfDue).await;
+            let r = svc
+                .refresh_authorizer(&appid, RefreshMode::Taken(taken_at))
+                .await;
             (appid, r)
         })
         .buffer_unordered(config.refresh_concurrency);
@@ -139,18 +152,31 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
                 tracing::debug!(appid, "authorizer token refreshed")
             }
             Ok(_) => {}
-            Err(TokenError::NoRefreshToken(_)) => missing_refresh_token = true,
+            Err(TokenError::NoRefreshToken(_)) => {
+                metrics::counter!("wxpipe_token_refreshes_total", "kind" => "authorizer", "outcome" => "no_refresh_token").increment(1);
+                missing_refresh_token = true;
+            }
             Err(TokenError::Revoked(_)) => {
                 let _ = svc.store.revoke(&appid).await;
+            }
+            Err(TokenError::Unknown(_)) => {
+                let _ = svc.store.unschedule(&appid).await;
             }
             Err(e) => tracing::debug!(appid, error = %e, "authorizer refresh failed"),
         }
     }
-    if missing_refresh_token && svc.store.rate_limit("list_sync_missing", 15).await? {
+    // Accounts without a refresh token may get it back from the list; ask at most every
+    // 5 minutes (they are retried with their own backoff meanwhile).
+    if missing_refresh_token && svc.store.rate_limit("list_sync_missing", 300).await? {
         svc.restore_from_list().await?;
     }
     Ok(())
 }
+
+/// A taken account is retried after this if its refresh does not reschedule it…
+const RETRY_AFTER: Duration = Duration::from_secs(60);
+/// …doubling per failed attempt up to this.
+const RETRY_AFTER_AT_MOST: Duration = Duration::from_secs(3600);
 
 /// The scheduler role: the loop and the admin API, until `shutdown`.
 pub async fn run(config: SchedulerConfig, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {

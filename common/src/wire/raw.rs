@@ -1,0 +1,191 @@
+//! A raw push on `{ns}.raw` (design.md): the POST body unchanged; headers = the signed query
+//! parameters, the URL's `{appid}` and `received_at`; routing key = the URL it arrived on.
+//!
+//! The ingress writes it with [`RawPush::to_properties`]; the decrypt worker and `workers dlq
+//! show` read it with [`RawPush::from_properties`] and verify the push exactly as the ingress
+//! did.
+
+use super::{headers_of, int_header, set_int, set_text, text_header};
+use lapin::BasicProperties;
+use lapin::types::FieldTable;
+
+/// Header: the query's `timestamp`.
+pub const H_TIMESTAMP: &str = "timestamp";
+/// Header: the query's `nonce`.
+pub const H_NONCE: &str = "nonce";
+/// Header: the query's `msg_signature`.
+pub const H_MSG_SIGNATURE: &str = "msg_signature";
+/// Header: the query's `signature` (the plain signature WeChat also sends).
+pub const H_SIGNATURE: &str = "signature";
+/// Header: the query's `encrypt_type`.
+pub const H_ENCRYPT_TYPE: &str = "encrypt_type";
+/// Header: the query's `openid` (user messages).
+pub const H_OPENID: &str = "openid";
+/// Header: the message URL's `{appid}` (authorizer pushes only).
+pub const H_APPID: &str = "appid";
+/// Header: when the ingress received the push, ms since the epoch.
+pub const H_RECEIVED_AT: &str = "received_at";
+/// `content_type` of a raw push.
+pub const CONTENT_TYPE: &str = "application/xml";
+
+/// Which URL a push arrived on; its routing key on `{ns}.raw`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RawRoute {
+    /// `POST /wechat/component`, the authorization-event URL.
+    Component,
+    /// `POST /wechat/authorizers/{appid}`, the message URL.
+    Authorizer,
+}
+
+impl RawRoute {
+    /// Both routes, for bindings.
+    pub const ALL: [RawRoute; 2] = [RawRoute::Component, RawRoute::Authorizer];
+
+    /// The routing key on `{ns}.raw` (also the route's metric label).
+    pub fn routing_key(self) -> &'static str {
+        match self {
+            RawRoute::Component => "component",
+            RawRoute::Authorizer => "authorizer",
+        }
+    }
+
+    /// The route of a routing key.
+    pub fn from_routing_key(key: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|r| r.routing_key() == key)
+    }
+}
+
+/// Why a raw message's headers cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RawHeaderError {
+    #[error("header {0} is missing")]
+    Missing(&'static str),
+    #[error("routing key {0:?} is neither component nor authorizer")]
+    UnknownRoute(String),
+}
+
+/// The headers of one raw push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawPush {
+    pub route: RawRoute,
+    pub timestamp: String,
+    pub nonce: String,
+    pub msg_signature: String,
+    pub signature: Option<String>,
+    pub encrypt_type: Option<String>,
+    pub openid: Option<String>,
+    /// The message URL's `{appid}`; always present on [`RawRoute::Authorizer`].
+    pub appid: Option<String>,
+    /// When the ingress received it, ms since the epoch.
+    pub received_at_ms: Option<i64>,
+}
+
+impl RawPush {
+    /// Persistent XML with every header; `timestamp` = the reception time in seconds.
+    pub fn to_properties(&self) -> BasicProperties {
+        let mut h = FieldTable::default();
+        set_text(&mut h, H_TIMESTAMP, &self.timestamp);
+        set_text(&mut h, H_NONCE, &self.nonce);
+        set_text(&mut h, H_MSG_SIGNATURE, &self.msg_signature);
+        for (name, value) in [
+            (H_SIGNATURE, &self.signature),
+            (H_ENCRYPT_TYPE, &self.encrypt_type),
+            (H_OPENID, &self.openid),
+            (H_APPID, &self.appid),
+        ] {
+            if let Some(v) = value {
+                set_text(&mut h, name, v);
+            }
+        }
+        let mut props = BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_content_type(CONTENT_TYPE.into());
+        if let Some(ms) = self.received_at_ms {
+            set_int(&mut h, H_RECEIVED_AT, ms);
+            props = props.with_timestamp((ms / 1000).max(0) as u64);
+        }
+        props.with_headers(h)
+    }
+
+    /// Reads the headers of a raw push that arrived with `routing_key`.
+    pub fn from_properties(
+        routing_key: &str,
+        props: &BasicProperties,
+    ) -> Result<Self, RawHeaderError> {
+        let route = RawRoute::from_routing_key(routing_key)
+            .ok_or_else(|| RawHeaderError::UnknownRoute(routing_key.to_owned()))?;
+        let h = headers_of(props);
+        let required =
+            |name: &'static str| text_header(&h, name).ok_or(RawHeaderError::Missing(name));
+        let appid = text_header(&h, H_APPID);
+        if route == RawRoute::Authorizer && appid.is_none() {
+            return Err(RawHeaderError::Missing(H_APPID));
+        }
+        Ok(Self {
+            route,
+            timestamp: required(H_TIMESTAMP)?,
+            nonce: required(H_NONCE)?,
+            msg_signature: required(H_MSG_SIGNATURE)?,
+            signature: text_header(&h, H_SIGNATURE),
+            encrypt_type: text_header(&h, H_ENCRYPT_TYPE),
+            openid: text_header(&h, H_OPENID),
+            appid,
+            received_at_ms: int_header(&h, H_RECEIVED_AT),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(route: RawRoute, appid: Option<&str>) -> RawPush {
+        RawPush {
+            route,
+            timestamp: "1700000000".into(),
+            nonce: "n1".into(),
+            msg_signature: "a".repeat(40),
+            signature: Some("b".repeat(40)),
+            encrypt_type: Some("aes".into()),
+            openid: None,
+            appid: appid.map(str::to_owned),
+            received_at_ms: Some(1_700_000_000_123),
+        }
+    }
+
+    #[test]
+    fn round_trip() {
+        for raw in [
+            sample(RawRoute::Component, None),
+            sample(RawRoute::Authorizer, Some("wx0123456789abcdef")),
+        ] {
+            let props = raw.to_properties();
+            assert_eq!(props.delivery_mode(), &Some(2));
+            assert_eq!(props.timestamp(), &Some(1_700_000_000));
+            let back = RawPush::from_properties(raw.route.routing_key(), &props).unwrap();
+            assert_eq!(back, raw);
+        }
+    }
+
+    #[test]
+    fn refusals_name_the_header() {
+        let mut raw = sample(RawRoute::Component, None);
+        let props = raw.to_properties();
+        assert_eq!(
+            RawPush::from_properties("authorizer", &props),
+            Err(RawHeaderError::Missing(H_APPID))
+        );
+        assert!(matches!(
+            RawPush::from_properties("other", &props),
+            Err(RawHeaderError::UnknownRoute(_))
+        ));
+        raw.received_at_ms = None;
+        let mut h = headers_of(&raw.to_properties()).inner().clone();
+        h.remove(H_NONCE);
+        let props = BasicProperties::default().with_headers(h.into());
+        assert_eq!(
+            RawPush::from_properties("component", &props),
+            Err(RawHeaderError::Missing(H_NONCE))
+        );
+    }
+}

@@ -1,0 +1,297 @@
+//! Defects that lost pushes silently or stalled work (issue 9), each pinned by a test that
+//! failed before its fix, against the real local RabbitMQ and Redis.
+
+use common::amqp::consumer::{self, ConsumerOptions, Disposition, Handler};
+use common::amqp::topology::Part;
+use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use lapin::message::Delivery;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+use wxpipe_tests::broker::{TestNs, delete_queues, publish_raw};
+use wxpipe_tests::harness::{
+    IngressHandle, admin_get, eventually, spawn_scheduler, test_config, token_service,
+};
+use wxpipe_tests::push::{PushBuilder, SignedPush, text_message};
+use wxpipe_tests::sim::{self, SimSettings, state::Rules};
+use wxpipe_tests::{amqp_url, http};
+
+/// Posts `p` to the message URL of the test account; the status and the body.
+async fn post_authorizer_push(ingress: &IngressHandle, p: &SignedPush) -> (u16, String) {
+    let r = http()
+        .post(ingress.url(&format!(
+            "/wechat/authorizers/wxba5fad812f8e6fb9?{}",
+            p.query
+        )))
+        .body(p.body.clone())
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.text().await.unwrap_or_default())
+}
+
+/// Before: publishes were not mandatory, so a push whose queue had gone was "confirmed" and
+/// answered `success` — and lost.
+#[tokio::test]
+async fn a_push_nobody_can_store_is_a_503_not_success() {
+    let t = TestNs::new("t-rel-unroutable");
+    let ingress = IngressHandle::start(test_config(&t.ns, vec![amqp_url()])).await;
+    assert!(ingress.wait_ready(Duration::from_secs(15)).await);
+    delete_queues(&[t.ns.raw()]).await.unwrap();
+    let b = PushBuilder::test_platform();
+    let now = common::unix_now();
+    let p = b.authorizer(
+        "gh_97417a04a28d",
+        "o-1",
+        &text_message("gh_97417a04a28d", "o-1", now, "lost?", 1),
+        now,
+        "n1",
+    );
+    let (status, text) = post_authorizer_push(&ingress, &p).await;
+    assert_eq!(status, 503, "{text}");
+    ingress.stop().await.unwrap();
+}
+
+/// Counts quick deliveries; the one whose body is `slow` takes 20 s.
+struct SlowOne {
+    quick: AtomicUsize,
+}
+
+impl Handler for SlowOne {
+    async fn handle(&self, delivery: &Delivery) -> Disposition {
+        if delivery.data == b"slow" {
+            tokio::time::sleep(Duration::from_secs(20)).await;
+        } else {
+            self.quick.fetch_add(1, Ordering::SeqCst);
+        }
+        Disposition::Ack
+    }
+}
+
+/// Before: acknowledgements were coalesced up to the oldest unfinished delivery, so one
+/// delivery retrying for minutes held back every later ack, and the broker stopped sending
+/// once the prefetch window was full.
+#[tokio::test]
+async fn a_slow_delivery_does_not_stall_the_prefetch_window() {
+    let t = TestNs::new("t-rel-slow-ack");
+    publish_raw(&t.ns, "component", b"slow", &[]).await.unwrap();
+    const QUICK: usize = 40;
+    for _ in 0..QUICK {
+        publish_raw(&t.ns, "component", b"quick", &[])
+            .await
+            .unwrap();
+    }
+    let publisher = ConfirmedPublisher::start(PublisherOptions {
+        urls: vec![amqp_url()],
+        namespace: t.ns.clone(),
+        connection_name: format!("{} dead letters", t.name()),
+        channels: 1,
+        confirm_timeout: Duration::from_secs(2),
+        declare: Part::Raw,
+    });
+    let handler = Arc::new(SlowOne {
+        quick: AtomicUsize::new(0),
+    });
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(consumer::run(
+        ConsumerOptions {
+            urls: vec![amqp_url()],
+            namespace: t.ns.clone(),
+            queue: t.ns.raw(),
+            connection_name: format!("{} consume", t.name()),
+            prefetch: 4,
+            declare: Part::Raw,
+        },
+        handler.clone(),
+        publisher.clone(),
+        rx,
+    ));
+    let started = Instant::now();
+    eventually(
+        Duration::from_secs(10),
+        "every quick delivery handled while the slow one runs",
+        || async { (handler.quick.load(Ordering::SeqCst) == QUICK).then_some(()) },
+    )
+    .await;
+    assert!(started.elapsed() < Duration::from_secs(15));
+    stop.send_replace(true);
+    let _ = tokio::time::timeout(Duration::from_secs(30), task).await;
+    publisher.close().await;
+}
+
+/// Before: ids ignored `MsgID` on events, so two template-send results for one user in one
+/// second became one event. Unit tests in `common::event` cover every kind; this one goes
+/// through a real decrypt worker.
+#[tokio::test]
+async fn two_template_results_in_one_second_are_two_events() {
+    let t = TestNs::new("t-rel-msgid");
+    let events = t.queue("events");
+    wxpipe_tests::broker::bind_queue(&events, &t.ns.events(), &["authorizer.#"])
+        .await
+        .unwrap();
+    let worker = wxpipe_tests::harness::spawn_decrypt(wxpipe_tests::harness::decrypt_config(&t.ns));
+    let ingress = IngressHandle::start(test_config(&t.ns, vec![amqp_url()])).await;
+    assert!(ingress.wait_ready(Duration::from_secs(15)).await);
+    let b = PushBuilder::test_platform();
+    let now = common::unix_now();
+    for msg_id in [7001, 7002] {
+        let xml = format!(
+            "<xml><ToUserName><![CDATA[gh_97417a04a28d]]></ToUserName><FromUserName><![CDATA[o-1]]></FromUserName><CreateTime>{now}</CreateTime><MsgType><![CDATA[event]]></MsgType><Event><![CDATA[TEMPLATESENDJOBFINISH]]></Event><MsgID>{msg_id}</MsgID><Status><![CDATA[success]]></Status></xml>"
+        );
+        let p = b.authorizer("gh_97417a04a28d", "o-1", &xml, now, &format!("n{msg_id}"));
+        assert_eq!(post_authorizer_push(&ingress, &p).await.0, 200);
+    }
+    let got = eventually(Duration::from_secs(15), "two events", || async {
+        let n = wxpipe_tests::broker::message_count(&events)
+            .await
+            .unwrap_or(0);
+        (n >= 2).then_some(n)
+    })
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        wxpipe_tests::broker::message_count(&events).await.unwrap(),
+        got
+    );
+    assert_eq!(got, 2);
+    ingress.stop().await.unwrap();
+    worker.stop().await;
+}
+
+/// Before: an account that could not be refreshed (no refresh token, or any failure) stayed
+/// at the head of `due`; 512 of them stopped every refresh. Now 600 broken accounts wait with
+/// a backoff while 100 healthy ones are refreshed on time, window after window.
+#[tokio::test]
+async fn broken_accounts_do_not_stall_the_healthy_ones() {
+    let t = TestNs::new("t-rel-stall");
+    const HEALTHY: usize = 100;
+    const BROKEN: usize = 600;
+    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    settings.rules = Rules {
+        authorizer_token_ttl: Duration::from_secs(8),
+        ..Rules::default()
+    };
+    let sim = sim::start(settings).await.unwrap();
+    {
+        let mut st = sim.shared.state.lock().unwrap();
+        for _ in 0..HEALTHY {
+            let (_, code, _) = st.authorize(None, false);
+            st.query_auth(wxpipe_tests::creds::COMPONENT_APPID, &code)
+                .unwrap();
+        }
+    }
+    let margin = Duration::from_secs(3);
+    let svc = Arc::new(token_service(&t.ns, &sim.api_base(), margin));
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    svc.store.save_ticket(&ticket).await.unwrap();
+    // Broken accounts, due before everyone else: known, but without a refresh token (and not
+    // in WeChat's list, so it cannot be restored).
+    let past = common::unix_now_ms() - 60_000;
+    for i in 0..BROKEN {
+        let appid = format!("wx{:016x}", 0xdead_0000_0000u64 + i as u64);
+        svc.store
+            .mark(&appid, common::token::AuthorizerStatus::Active, "")
+            .await
+            .unwrap();
+        svc.store.schedule(&appid, past).await.unwrap();
+    }
+    // 2 in flight → 32 taken per tick: the broken ones alone would fill every tick.
+    let (scheduler, admin) = spawn_scheduler(svc.clone(), 2).await;
+    let healthy_refreshed = |min: u64| {
+        let admin = admin.clone();
+        move || {
+            let admin = admin.clone();
+            async move {
+                let (_, list) = admin_get(&admin, "/v1/authorizers").await;
+                let ok = list["authorizers"]
+                    .as_array()
+                    .map(|a| {
+                        a.iter()
+                            .filter(|r| r["refreshes"].as_u64().unwrap_or(0) >= min)
+                            .count()
+                    })
+                    .unwrap_or(0);
+                (ok >= HEALTHY).then_some(())
+            }
+        }
+    };
+    // Restored from the list and refreshed once, then again each ~5 s window.
+    eventually(
+        Duration::from_secs(30),
+        "every healthy account refreshed",
+        healthy_refreshed(1),
+    )
+    .await;
+    eventually(
+        Duration::from_secs(20),
+        "every healthy account refreshed again in the next windows",
+        healthy_refreshed(3),
+    )
+    .await;
+    // The broken ones were each tried about once, then backed off.
+    let mut tried = 0;
+    for i in 0..BROKEN {
+        let appid = format!("wx{:016x}", 0xdead_0000_0000u64 + i as u64);
+        let n = svc.store.due_attempts(&appid).await.unwrap();
+        assert!(n <= 2, "{appid} tried {n} times");
+        tried += n;
+    }
+    assert!(tried >= BROKEN as u64, "every broken account was tried");
+    let stats = sim.stats();
+    let list_calls = stats["calls"]["api_get_authorizer_list"]
+        .as_u64()
+        .unwrap_or(0);
+    assert!(
+        list_calls <= 3,
+        "api_get_authorizer_list called {list_calls} times"
+    );
+    scheduler.stop().await;
+    sim.stop().await;
+}
+
+/// Before: a push waiting for a passive reply left its entry in the waiters' map forever when
+/// no reply came (the full-network test's accounts, with no business worker running).
+#[tokio::test]
+async fn unanswered_reply_waits_leave_nothing_behind() {
+    let t = TestNs::new("t-rel-waiters");
+    let mut config = test_config(&t.ns, vec![amqp_url()]);
+    config.sync_reply_timeout = Duration::from_millis(300);
+    let ingress = IngressHandle::start(config).await;
+    assert!(ingress.wait_ready(Duration::from_secs(15)).await);
+    let (gh, appid) = common::wechat::RELEASE_TEST_ACCOUNTS[0];
+    let b = PushBuilder::test_platform();
+    let now = common::unix_now();
+    for n in 0..3 {
+        let p = b.authorizer(
+            gh,
+            "o-1",
+            &text_message(gh, "o-1", now, "TESTCOMPONENT_MSG_TYPE_TEXT", 100 + n),
+            now,
+            &format!("n{n}"),
+        );
+        let r = http()
+            .post(ingress.url(&format!("/wechat/authorizers/{appid}?{}", p.query)))
+            .body(p.body.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.text().await.unwrap(), "success");
+    }
+    let metrics = http()
+        .get(ingress.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("wxpipe_ingress_reply_timeouts_total 3"),
+        "three waits timed out:\n{metrics}"
+    );
+    assert!(
+        metrics.contains("wxpipe_ingress_reply_waiters 0"),
+        "no waiter is left:\n{metrics}"
+    );
+    ingress.stop().await.unwrap();
+}
