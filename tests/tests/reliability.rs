@@ -295,3 +295,85 @@ async fn unanswered_reply_waits_leave_nothing_behind() {
     );
     ingress.stop().await.unwrap();
 }
+
+/// Before: a team whose call got 40001 could only force a refresh, so N callers caused N
+/// refreshes. Now 50 callers reporting the same refused token cause exactly one, and forced
+/// refreshes are rate-limited.
+#[tokio::test]
+async fn fifty_reports_of_one_refused_token_cause_one_refresh() {
+    let t = TestNs::new("t-rel-invalidate");
+    let sim = sim::start(SimSettings::for_tests("http://127.0.0.1:9"))
+        .await
+        .unwrap();
+    {
+        let mut st = sim.shared.state.lock().unwrap();
+        let (_, code, _) = st.authorize(None, false);
+        st.query_auth(wxpipe_tests::creds::COMPONENT_APPID, &code)
+            .unwrap();
+    }
+    let svc = Arc::new(token_service(
+        &t.ns,
+        &sim.api_base(),
+        Duration::from_secs(600),
+    ));
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    svc.store.save_ticket(&ticket).await.unwrap();
+    let (scheduler, admin) = spawn_scheduler(svc.clone(), 4).await;
+    let (appid, old) = eventually(Duration::from_secs(20), "the account's token", || {
+        let admin = admin.clone();
+        async move {
+            let (_, list) = admin_get(&admin, "/v1/authorizers").await;
+            let appid = list["authorizers"][0]["appid"].as_str()?.to_owned();
+            let (status, tok) =
+                admin_get(&admin, &format!("/v1/authorizers/{appid}/access_token")).await;
+            (status == 200).then(|| (appid, tok["access_token"].as_str().unwrap().to_owned()))
+        }
+    })
+    .await;
+    let refreshes = || {
+        sim.stats()["calls"]["api_authorizer_token"]
+            .as_u64()
+            .unwrap_or(0)
+    };
+    let before = refreshes();
+    let calls = (0..50).map(|_| {
+        let url = format!("{admin}/v1/authorizers/{appid}/invalidate");
+        let old = old.clone();
+        async move {
+            let r = http()
+                .post(url)
+                .bearer_auth(wxpipe_tests::harness::ADMIN_TOKEN)
+                .json(&serde_json::json!({ "access_token": old }))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status().as_u16(), 200);
+            r.json::<serde_json::Value>().await.unwrap()
+        }
+    });
+    let answers = futures::future::join_all(calls).await;
+    let invalidations = answers.iter().filter(|a| a["invalidated"] == true).count();
+    assert_eq!(invalidations, 1, "{answers:?}");
+    let new = answers[0]["access_token"].as_str().unwrap();
+    assert_ne!(new, old);
+    assert!(
+        answers.iter().all(|a| a["access_token"] == new),
+        "{answers:?}"
+    );
+    assert_eq!(refreshes(), before + 1, "exactly one refresh at WeChat");
+
+    // Forced refreshes: one, then 429 within the window.
+    let force = || {
+        http()
+            .post(format!("{admin}/v1/authorizers/{appid}/refresh"))
+            .bearer_auth(wxpipe_tests::harness::ADMIN_TOKEN)
+            .send()
+    };
+    assert_eq!(force().await.unwrap().status().as_u16(), 200);
+    assert_eq!(force().await.unwrap().status().as_u16(), 429);
+    // A malformed appid is refused at the edge.
+    let (status, _) = admin_get(&admin, "/v1/authorizers/not-an-appid/access_token").await;
+    assert_eq!(status, 400);
+    scheduler.stop().await;
+    sim.stop().await;
+}

@@ -44,6 +44,7 @@ impl Keys {
     }
 }
 
+pub mod claim;
 pub mod lock;
 
 impl Keys {

@@ -1,7 +1,12 @@
 //! Tokens and accounts: the Redis model ([`store`]) and the rules that keep tokens fresh,
-//! exchange authorization codes exactly once and react to WeChat's error codes ([`service`]).
+//! exchange authorization codes exactly once and react to WeChat's error codes ([`service`],
+//! one file per job: `component.rs`, `authorizer.rs`, `exchange.rs`, `restore.rs`).
 //! Shared by the business workers, the scheduler and the ingress's authorization pages.
 
+mod authorizer;
+mod component;
+mod exchange;
+mod restore;
 pub mod service;
 pub mod store;
 

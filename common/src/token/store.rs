@@ -4,6 +4,7 @@
 //! the token's lock (`KEYS[1]`, `ARGV[1]`), so a stalled replica can never overwrite a newer
 //! token with an older one.
 
+use crate::redis::claim;
 use crate::redis::lock::Lock;
 use crate::redis::{Keys, RedisError, conn, failed};
 use deadpool_redis::redis::{AsyncCommands, Script, cmd};
@@ -497,6 +498,23 @@ impl TokenStore {
             .query_async::<()>(&mut c)
             .await
             .map_err(failed("revoking an authorizer"))
+    }
+
+    /// One attempt at claiming the exchange of authorization code `code`.
+    pub async fn take_auth_code(
+        &self,
+        code: &str,
+        lease: std::time::Duration,
+    ) -> Result<(claim::Outcome, Option<claim::Claim>), RedisError> {
+        claim::Claim::take(&self.pool, &self.keys.auth_code(code), lease).await
+    }
+
+    /// The raw state of code `code`'s exchange (a claim, or what it settled into).
+    pub async fn auth_code_state(&self, code: &str) -> Result<Option<String>, RedisError> {
+        let mut c = conn(&self.pool, "reading an auth code").await?;
+        c.get(self.keys.auth_code(code))
+            .await
+            .map_err(failed("reading an auth code"))
     }
 
     /// `SET key 1 NX EX secs`: true the first time within `secs` (a cross-replica rate limit).

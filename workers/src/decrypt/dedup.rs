@@ -34,6 +34,10 @@
 //!   acked without an event), and dead-lettered with reason `redis_unavailable` only after the
 //!   configured attempts; `workers dlq replay` brings it back.
 //!
+//! The claim is the workspace's one claim primitive (`common::redis::claim`), batched. Marking
+//! `done` is a plain `SET`, not a fenced settle: it is written only after the event's confirm,
+//! so it is true whoever holds the claim by then.
+//!
 //! `done` keys expire after `dedup_ttl` (WeChat retries within seconds; the default is generous).
 //!
 //! # Batching
@@ -44,7 +48,8 @@
 //! round trips are shared, which is what lets one worker keep up with the broker.
 
 use common::redis::Keys;
-use deadpool_redis::redis::{self, Script, Value};
+use common::redis::claim;
+use deadpool_redis::redis::{self, Value};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
@@ -90,12 +95,6 @@ enum Op {
 
 const DONE: &str = "done";
 
-/// Deletes the key only if it still holds our claim.
-const RELEASE: &str = r"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-";
-
 impl Dedup {
     /// Creates the store and starts its batching task (on the current Tokio runtime).
     pub fn new(
@@ -104,8 +103,7 @@ impl Dedup {
         claim_ttl: Duration,
         dedup_ttl: Duration,
     ) -> Self {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let token = format!("claim:{id}");
+        let token = claim::new_value();
         let (batch, rx) = mpsc::channel(4 * MAX_BATCH);
         tokio::spawn(run_batches(
             pool.clone(),
@@ -122,10 +120,6 @@ impl Dedup {
             dedup_ttl,
             batch,
         }
-    }
-
-    async fn conn(&self) -> Result<deadpool_redis::Connection, DedupError> {
-        get_conn(&self.pool).await
     }
 
     async fn submit(&self, op: Op) -> Result<Option<Claim>, DedupError> {
@@ -154,11 +148,7 @@ impl Dedup {
 
     /// Gives up our claim (after a failed publish), so a retry need not wait for it to expire.
     pub async fn release(&self, event_id: &str) -> Result<(), DedupError> {
-        let mut conn = self.conn().await?;
-        Script::new(RELEASE)
-            .key(self.keys.dedup(event_id))
-            .arg(&self.token)
-            .invoke_async::<i64>(&mut conn)
+        claim::release(&self.pool, &self.keys.dedup(event_id), &self.token)
             .await
             .map(|_| ())
             .map_err(|e| DedupError(e.to_string()))
@@ -202,15 +192,7 @@ async fn run_batches(
         let mut pipe = redis::pipe();
         for (op, _) in &batch {
             match op {
-                Op::Claim(key) => {
-                    pipe.cmd("SET")
-                        .arg(key)
-                        .arg(&token)
-                        .arg("NX")
-                        .arg("PX")
-                        .arg(claim_ttl.as_millis() as u64);
-                    pipe.cmd("GET").arg(key);
-                }
+                Op::Claim(key) => claim::push_take(&mut pipe, key, &token, claim_ttl),
                 Op::Done(key) => {
                     pipe.cmd("SET")
                         .arg(key)
@@ -242,7 +224,7 @@ async fn run_batches(
                             Ok(Some(claim_outcome(set, current)))
                         }
                         Op::Done(_) => match values.next() {
-                            Some(v) if is_ok(&v) => Ok(None),
+                            Some(v) if claim::is_ok(&v) => Ok(None),
                             other => {
                                 Err(DedupError(format!("unexpected answer to SET: {other:?}")))
                             }
@@ -260,18 +242,11 @@ async fn run_batches(
     }
 }
 
-fn is_ok(v: &Value) -> bool {
-    matches!(v, Value::Okay) || matches!(v, Value::SimpleString(s) if s == "OK")
-}
-
-/// The outcome of `SET NX` followed by `GET` of the same key.
+/// The outcome of a claim attempt ([`claim::push_take`]) in the dedup's terms.
 fn claim_outcome(set: Option<Value>, current: Option<Value>) -> Claim {
-    if set.as_ref().is_some_and(is_ok) {
-        return Claim::Won;
-    }
-    let current: Option<String> = current.and_then(|v| redis::from_redis_value(v).ok());
-    match current.as_deref() {
-        Some(DONE) => Claim::Done,
+    match claim::outcome(set, current) {
+        claim::Outcome::Won => Claim::Won,
+        claim::Outcome::Settled(v) if v == DONE => Claim::Done,
         // Held by another worker, or expired between the SET and the GET (try again later).
         _ => Claim::HeldByOther,
     }

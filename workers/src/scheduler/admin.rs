@@ -1,21 +1,30 @@
 //! The admin/token API (design.md): bearer-token protected JSON.
 //!
 //! `GET /v1/component/access_token`, `GET /v1/authorizers`, `GET /v1/authorizers/{appid}`,
-//! `GET /v1/authorizers/{appid}/access_token`, `POST /v1/authorizers/{appid}/refresh`.
+//! `GET /v1/authorizers/{appid}/access_token`, `POST /v1/authorizers/{appid}/refresh` (at most
+//! once per [`FORCE_EVERY_SECS`] s per account across replicas, else 429), and compare-and-invalidate:
+//! `POST /v1/authorizers/{appid}/invalidate` and `POST /v1/component/invalidate` with
+//! `{"access_token": "<the token WeChat refused>"}` — invalidated only if still current, then
+//! refreshed once however many callers report it.
 //! Token answers are `{"access_token","expires_at"}`; a token is served only while it has more
-//! than 30 s left (else it is refreshed first). Unknown or revoked accounts are 404.
+//! than 30 s left (else it is refreshed first). A malformed appid is 400; unknown or revoked
+//! accounts are 404.
 
 use axum::Router;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Path, Request, State, rejection::JsonRejection};
 use axum::http::{StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
+use common::ids::AppId;
 use common::token::{RefreshMode, RefreshOutcome, StoredToken, TokenError, TokenService};
 use serde_json::json;
 use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
+
+/// A forced refresh of one account happens at most once per this, across replicas.
+pub const FORCE_EVERY_SECS: u64 = 10;
 
 struct Admin {
     tokens: Arc<TokenService>,
@@ -34,6 +43,8 @@ pub fn router(tokens: Arc<TokenService>, bearer: String) -> Router {
             get(authorizer_token),
         )
         .route("/v1/authorizers/{appid}/refresh", post(refresh))
+        .route("/v1/authorizers/{appid}/invalidate", post(invalidate))
+        .route("/v1/component/invalidate", post(invalidate_component))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -122,7 +133,26 @@ async fn list(State(admin): State<Arc<Admin>>) -> Response {
     Json(json!({ "total": out.len(), "authorizers": out })).into_response()
 }
 
+/// A request refused at the edge: 400 with a JSON error.
+struct BadRequest(String);
+
+impl IntoResponse for BadRequest {
+    fn into_response(self) -> Response {
+        metrics::counter!("wxpipe_admin_requests_total", "outcome" => "bad_request").increment(1);
+        (StatusCode::BAD_REQUEST, Json(json!({ "error": self.0 }))).into_response()
+    }
+}
+
+/// Parses the URL's appid; a malformed one is 400.
+fn appid(raw: &str) -> Result<AppId, BadRequest> {
+    raw.parse::<AppId>().map_err(|e| BadRequest(e.to_string()))
+}
+
 async fn one(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Response {
+    let appid = match self::appid(&appid) {
+        Ok(a) => a.to_string(),
+        Err(r) => return r.into_response(),
+    };
     match admin.tokens.store.authorizer(&appid).await {
         Ok(Some(r)) => Json(json!(r)).into_response(),
         Ok(None) => error(TokenError::Unknown(appid)),
@@ -131,6 +161,10 @@ async fn one(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Resp
 }
 
 async fn authorizer_token(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Response {
+    let appid = match self::appid(&appid) {
+        Ok(a) => a.to_string(),
+        Err(r) => return r.into_response(),
+    };
     match admin.tokens.authorizer_token(&appid).await {
         Ok(t) => token(t),
         Err(e) => error(e),
@@ -138,6 +172,32 @@ async fn authorizer_token(State(admin): State<Arc<Admin>>, Path(appid): Path<Str
 }
 
 async fn refresh(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Response {
+    let appid = match self::appid(&appid) {
+        Ok(a) => a.to_string(),
+        Err(r) => return r.into_response(),
+    };
+    // N callers forcing at once must not cause N refreshes (each would burn quota).
+    match admin
+        .tokens
+        .store
+        .rate_limit(&format!("force_refresh:{appid}"), FORCE_EVERY_SECS)
+        .await
+    {
+        Ok(true) => {}
+        Ok(false) => {
+            metrics::counter!("wxpipe_admin_requests_total", "outcome" => "refresh_limited")
+                .increment(1);
+            return (
+                StatusCode::TOO_MANY_REQUESTS,
+                [(header::RETRY_AFTER, FORCE_EVERY_SECS.to_string())],
+                Json(json!({
+                    "error": format!("{appid} was force-refreshed less than {FORCE_EVERY_SECS} s ago; if a call failed with 40001/40014/42001, use POST /v1/authorizers/{appid}/invalidate with the token that failed")
+                })),
+            )
+                .into_response();
+        }
+        Err(e) => return error(e.into()),
+    }
     match admin
         .tokens
         .refresh_authorizer(&appid, RefreshMode::Force)
@@ -148,6 +208,79 @@ async fn refresh(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> 
             Ok(t) => token(t),
             Err(e) => error(e),
         },
+        Err(e) => error(e),
+    }
+}
+
+/// The body of an invalidation: the token WeChat refused.
+#[derive(serde::Deserialize)]
+struct Refused {
+    access_token: String,
+}
+
+fn refused(body: Result<Json<Refused>, JsonRejection>) -> Result<String, BadRequest> {
+    match body {
+        Ok(Json(r)) if !r.access_token.trim().is_empty() => Ok(r.access_token),
+        _ => Err(BadRequest(
+            "send {\"access_token\": \"<the token WeChat refused>\"}".into(),
+        )),
+    }
+}
+
+fn invalidated(invalidated: bool, t: StoredToken) -> Response {
+    Json(json!({
+        "invalidated": invalidated,
+        "access_token": t.access_token,
+        "expires_at": t.expires_at,
+    }))
+    .into_response()
+}
+
+async fn invalidate(
+    State(admin): State<Arc<Admin>>,
+    Path(appid): Path<String>,
+    body: Result<Json<Refused>, JsonRejection>,
+) -> Response {
+    let appid = match self::appid(&appid) {
+        Ok(a) => a.to_string(),
+        Err(r) => return r.into_response(),
+    };
+    let failed = match refused(body) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    match admin
+        .tokens
+        .invalidate_authorizer_token(&appid, &failed)
+        .await
+    {
+        Ok((done, t)) => invalidated(done, t),
+        Err(e) => error(e),
+    }
+}
+
+async fn invalidate_component(
+    State(admin): State<Arc<Admin>>,
+    body: Result<Json<Refused>, JsonRejection>,
+) -> Response {
+    let failed = match refused(body) {
+        Ok(t) => t,
+        Err(r) => return r.into_response(),
+    };
+    match admin.tokens.invalidate_component_token(&failed).await {
+        Ok((done, token)) => {
+            let expires_at = match admin.tokens.store.component_token().await {
+                Ok(Some(t)) => t.expires_at,
+                _ => 0,
+            };
+            invalidated(
+                done,
+                StoredToken {
+                    access_token: token,
+                    expires_at,
+                },
+            )
+        }
         Err(e) => error(e),
     }
 }

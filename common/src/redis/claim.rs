@@ -1,0 +1,207 @@
+//! The one Redis claim primitive: a key taken with `SET key <our value> NX PX lease`, which its
+//! holder later *settles* into a value (fenced: only while it still holds the claim) or
+//! *releases* (compare-and-delete). Everyone else sees it held, settled, or absent again once
+//! the lease runs out (a dead holder never blocks anyone for longer than its lease).
+//!
+//! Three things are built on it:
+//! * the distributed locks ([`super::lock`]): a claim that waits, is never settled, and guards
+//!   fenced writes of other keys (`KEYS[1]` = [`Claim::key`], `ARGV[1]` = [`Claim::value`]);
+//! * the authorization-code exchange: claim `authcode:{code}`, exchange, settle `done:<appid>`;
+//! * the decrypt workers' dedup: claim `dedup:{id}`, publish, settle `done` — batched into
+//!   pipelines with [`push_take`] and [`outcome`], argued in `workers/src/decrypt/dedup.rs`.
+
+use super::{RedisError, conn, failed};
+use deadpool_redis::redis::{Pipeline, Script, Value, cmd, from_redis_value};
+use std::time::Duration;
+
+/// Deletes `KEYS[1]` only if it still holds `ARGV[1]`.
+pub const RELEASE: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Sets `KEYS[1]` to `ARGV[2]` for `ARGV[3]` ms only if it still holds `ARGV[1]`.
+const SETTLE: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
+return 1
+";
+
+/// What a key was found to be when we tried to claim it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// We hold it now.
+    Won,
+    /// Someone settled it into this value.
+    Settled(String),
+    /// Someone else holds it (or it was freed between our two commands: try again later).
+    Held,
+}
+
+/// Appends a claim attempt to a pipeline: `SET key value NX PX lease`, then `GET key`. Read the
+/// two answers with [`outcome`]. Claim values start with `claim:`, settled values never do.
+pub fn push_take(pipe: &mut Pipeline, key: &str, value: &str, lease: Duration) {
+    pipe.cmd("SET")
+        .arg(key)
+        .arg(value)
+        .arg("NX")
+        .arg("PX")
+        .arg(lease.as_millis() as u64);
+    pipe.cmd("GET").arg(key);
+}
+
+/// The outcome of the two answers of [`push_take`].
+pub fn outcome(set: Option<Value>, current: Option<Value>) -> Outcome {
+    if set.as_ref().is_some_and(is_ok) {
+        return Outcome::Won;
+    }
+    let current: Option<String> = current.and_then(|v| from_redis_value(v).ok());
+    match current {
+        Some(v) if !v.starts_with(CLAIM_PREFIX) => Outcome::Settled(v),
+        _ => Outcome::Held,
+    }
+}
+
+/// Whether a reply is `OK`.
+pub fn is_ok(v: &Value) -> bool {
+    matches!(v, Value::Okay) || matches!(v, Value::SimpleString(s) if s == "OK")
+}
+
+const CLAIM_PREFIX: &str = "claim:";
+
+/// A fresh claim value: `claim:` and 128 random bits.
+pub fn new_value() -> String {
+    format!("{CLAIM_PREFIX}{}", uuid::Uuid::new_v4().simple())
+}
+
+/// A claim we hold. Dropping it without settling or releasing lets the lease expire.
+#[derive(Debug)]
+pub struct Claim {
+    pool: deadpool_redis::Pool,
+    key: String,
+    value: String,
+}
+
+impl Claim {
+    /// One attempt at claiming `key` for `lease`.
+    pub async fn take(
+        pool: &deadpool_redis::Pool,
+        key: &str,
+        lease: Duration,
+    ) -> Result<(Outcome, Option<Claim>), RedisError> {
+        let value = new_value();
+        let mut pipe = deadpool_redis::redis::pipe();
+        push_take(&mut pipe, key, &value, lease);
+        let mut c = conn(pool, "claiming a key").await?;
+        let answers: Vec<Value> = pipe
+            .query_async(&mut c)
+            .await
+            .map_err(failed("claiming a key"))?;
+        let mut answers = answers.into_iter();
+        let o = outcome(answers.next(), answers.next());
+        let claim = (o == Outcome::Won).then(|| Claim {
+            pool: pool.clone(),
+            key: key.to_owned(),
+            value,
+        });
+        Ok((o, claim))
+    }
+
+    /// Claims `key`, waiting at most `wait` (0: one try) with jittered, growing pauses so that
+    /// waiters do not stampede. `None`: it stayed held or settled all along.
+    pub async fn acquire(
+        pool: &deadpool_redis::Pool,
+        key: &str,
+        lease: Duration,
+        wait: Duration,
+    ) -> Result<Option<Claim>, RedisError> {
+        let deadline = tokio::time::Instant::now() + wait;
+        let mut pause = Duration::from_millis(10);
+        loop {
+            if let (_, Some(claim)) = Self::take(pool, key, lease).await? {
+                return Ok(Some(claim));
+            }
+            if tokio::time::Instant::now() >= deadline {
+                return Ok(None);
+            }
+            let jitter = Duration::from_millis(u64::from(rand::random::<u8>() % 10));
+            tokio::time::sleep((pause + jitter).min(deadline - tokio::time::Instant::now())).await;
+            pause = (pause * 2).min(Duration::from_millis(200));
+        }
+    }
+
+    pub fn key(&self) -> &str {
+        &self.key
+    }
+
+    /// The random value that proves ownership (for fenced scripts).
+    pub fn value(&self) -> &str {
+        &self.value
+    }
+
+    /// Whether we still hold it (informational: writes must use a fenced script instead).
+    pub async fn still_held(&self) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "checking a claim").await?;
+        let v: Option<String> = cmd("GET")
+            .arg(&self.key)
+            .query_async(&mut c)
+            .await
+            .map_err(failed("checking a claim"))?;
+        Ok(v.as_deref() == Some(self.value.as_str()))
+    }
+
+    /// Settles the claim into `value` for `ttl`, if we still hold it; returns whether we did.
+    pub async fn settle(self, value: &str, ttl: Duration) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "settling a claim").await?;
+        let n: i64 = Script::new(SETTLE)
+            .key(&self.key)
+            .arg(&self.value)
+            .arg(value)
+            .arg(ttl.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("settling a claim"))?;
+        Ok(n == 1)
+    }
+
+    /// Releases the claim if it is still ours; returns whether it was.
+    pub async fn release(self) -> Result<bool, RedisError> {
+        release(&self.pool, &self.key, &self.value).await
+    }
+}
+
+/// Deletes `key` if it still holds `value` (for claims held by value, like the dedup's).
+pub async fn release(
+    pool: &deadpool_redis::Pool,
+    key: &str,
+    value: &str,
+) -> Result<bool, RedisError> {
+    let mut c = conn(pool, "releasing a claim").await?;
+    let n: i64 = Script::new(RELEASE)
+        .key(key)
+        .arg(value)
+        .invoke_async(&mut c)
+        .await
+        .map_err(failed("releasing a claim"))?;
+    Ok(n == 1)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes() {
+        let ok = Some(Value::Okay);
+        let nil = Some(Value::Nil);
+        let s = |v: &str| Some(Value::BulkString(v.as_bytes().to_vec()));
+        assert_eq!(outcome(ok, s("claim:x")), Outcome::Won);
+        assert_eq!(outcome(nil.clone(), s("claim:other")), Outcome::Held);
+        assert_eq!(
+            outcome(nil.clone(), s("done")),
+            Outcome::Settled("done".into())
+        );
+        assert_eq!(outcome(nil.clone(), nil), Outcome::Held);
+        assert!(new_value().starts_with("claim:"));
+    }
+}

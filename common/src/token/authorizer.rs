@@ -1,0 +1,211 @@
+//! Authorizer tokens: refreshed under their locks (by the scheduler when taken from `due`, by a
+//! caller when stale, by an operator when forced), served only with time left, and the
+//! reactions to WeChat's error codes (protocol.md §6).
+
+use super::service::{LOCK_LEASE, RefreshMode, RefreshOutcome, TokenError, TokenService};
+use super::store::{AuthorizerStatus, StoredToken};
+use crate::redis::RedisError;
+use crate::redis::lock::Lock;
+use crate::wechat::{ErrorClass, WechatError};
+use std::time::Duration;
+
+impl TokenService {
+    /// Refreshes `appid`'s token. `IfDue` gives up at once if another replica holds the lock
+    /// and does nothing if the token is not due; `Force` waits up to 10 s for the lock.
+    pub async fn refresh_authorizer(
+        &self,
+        appid: &str,
+        mode: RefreshMode,
+    ) -> Result<RefreshOutcome, TokenError> {
+        let wait = match mode {
+            RefreshMode::IfDue | RefreshMode::Taken(_) => Duration::ZERO,
+            RefreshMode::IfStale | RefreshMode::Force => Duration::from_secs(10),
+        };
+        let name = self.store.keys.lock(&format!("authorizer:{appid}"));
+        let Some(lock) = Lock::acquire(self.store.pool(), &name, LOCK_LEASE, wait).await? else {
+            return Ok(RefreshOutcome::Skipped);
+        };
+        let result = self.refresh_authorizer_locked(&lock, appid, mode).await;
+        let _ = lock.release().await;
+        result
+    }
+
+    async fn refresh_authorizer_locked(
+        &self,
+        lock: &Lock,
+        appid: &str,
+        mode: RefreshMode,
+    ) -> Result<RefreshOutcome, TokenError> {
+        let record = self.active_record(appid).await?;
+        // Double-check under the lock: another replica may have refreshed it meanwhile.
+        let fresh = match mode {
+            // Refreshed by someone else since we took it (`last_refresh` is in seconds).
+            RefreshMode::Taken(taken_at_ms) => {
+                record.access_token.is_some()
+                    && record
+                        .last_refresh
+                        .is_some_and(|t| t * 1000 >= taken_at_ms - 1000)
+            }
+            RefreshMode::IfDue => {
+                record.access_token.is_some()
+                    && record
+                        .expires_at
+                        .is_some_and(|exp| exp - crate::unix_now() > self.margin.as_secs() as i64)
+            }
+            RefreshMode::IfStale => {
+                record.access_token.is_some()
+                    && record
+                        .expires_at
+                        .is_some_and(|exp| exp - crate::unix_now() > self.serve_margin())
+            }
+            RefreshMode::Force => false,
+        };
+        if fresh {
+            return Ok(RefreshOutcome::NotDue);
+        }
+        let Some(refresh_token) = record.refresh_token.clone() else {
+            return Err(TokenError::NoRefreshToken(appid.to_owned()));
+        };
+        let grant = self
+            .with_component_token(|ct| {
+                let (client, rt) = (self.client.clone(), refresh_token.clone());
+                async move { client.authorizer_token(&ct, appid, &rt).await }
+            })
+            .await;
+        let grant = match grant {
+            Ok(g) => g,
+            Err(TokenError::Wechat(e)) => {
+                self.react_to_refresh_error(appid, &e).await?;
+                return Err(e.into());
+            }
+            Err(other) => return Err(other),
+        };
+        let token = StoredToken {
+            access_token: grant.authorizer_access_token,
+            expires_at: crate::unix_now() + grant.expires_in,
+        };
+        let due = self.due_ms(token.expires_at);
+        let written = self
+            .store
+            .write_authorizer_tokens(
+                lock,
+                appid,
+                &token,
+                Some(&grant.authorizer_refresh_token),
+                due,
+            )
+            .await?;
+        let outcome = if written { "ok" } else { "lost_lock" };
+        metrics::counter!("wxpipe_token_refreshes_total", "kind" => "authorizer", "outcome" => outcome).increment(1);
+        if !written {
+            tracing::warn!(
+                appid,
+                "authorizer token refreshed but not stored: the lock expired meanwhile"
+            );
+            return Ok(RefreshOutcome::LostLock);
+        }
+        Ok(RefreshOutcome::Refreshed(token))
+    }
+
+    /// protocol.md §6 for a failed `api_authorizer_token`.
+    async fn react_to_refresh_error(&self, appid: &str, e: &WechatError) -> Result<(), RedisError> {
+        metrics::counter!("wxpipe_token_refreshes_total", "kind" => "authorizer", "outcome" => e.label()).increment(1);
+        let retry_in_ms = match e.class() {
+            ErrorClass::NotAuthorized => {
+                tracing::warn!(appid, error = %e, "the account no longer authorizes the platform; marked revoked");
+                return self.store.revoke(appid).await;
+            }
+            ErrorClass::RefreshTokenInvalid => {
+                tracing::error!(appid, error = %e, "refresh token refused; not retried (restore from the list or re-authorize)");
+                self.store
+                    .mark(appid, AuthorizerStatus::RefreshFailing, &e.to_string())
+                    .await?;
+                3_600_000
+            }
+            ErrorClass::QuotaReached => {
+                tracing::error!(appid, error = %e, "daily quota reached; not retried (clear_quota/v2)");
+                self.store
+                    .mark(appid, AuthorizerStatus::RefreshFailing, &e.to_string())
+                    .await?;
+                600_000
+            }
+            _ => {
+                tracing::warn!(appid, error = %e, "authorizer refresh failed; will try again");
+                self.store
+                    .mark(appid, AuthorizerStatus::Active, &e.to_string())
+                    .await?;
+                30_000 + (rand::random::<u32>() % 30_000) as i64
+            }
+        };
+        self.store
+            .schedule(appid, crate::unix_now_ms() + retry_in_ms)
+            .await
+    }
+
+    /// `appid`'s record, unless it is unknown or revoked.
+    async fn active_record(&self, appid: &str) -> Result<super::AuthorizerRecord, TokenError> {
+        let record = self
+            .store
+            .authorizer(appid)
+            .await?
+            .ok_or_else(|| TokenError::Unknown(appid.to_owned()))?;
+        if record.status == AuthorizerStatus::Revoked {
+            return Err(TokenError::Revoked(appid.to_owned()));
+        }
+        Ok(record)
+    }
+
+    /// An authorizer token with more than [`SERVE_MARGIN_SECS`] left, refreshing it if needed.
+    pub async fn authorizer_token(&self, appid: &str) -> Result<StoredToken, TokenError> {
+        let record = self.active_record(appid).await?;
+        if let (Some(t), Some(exp)) = (&record.access_token, record.expires_at)
+            && exp - crate::unix_now() > self.serve_margin()
+        {
+            return Ok(StoredToken {
+                access_token: t.clone(),
+                expires_at: exp,
+            });
+        }
+        match self.refresh_authorizer(appid, RefreshMode::IfStale).await? {
+            RefreshOutcome::Refreshed(t) => Ok(t),
+            _ => {
+                // Someone else refreshed it just now: read theirs.
+                let r = self
+                    .store
+                    .authorizer(appid)
+                    .await?
+                    .ok_or_else(|| TokenError::Unknown(appid.to_owned()))?;
+                match (r.access_token, r.expires_at) {
+                    (Some(t), Some(exp)) if exp - crate::unix_now() > self.serve_margin() => {
+                        Ok(StoredToken {
+                            access_token: t,
+                            expires_at: exp,
+                        })
+                    }
+                    _ => Err(TokenError::Busy(format!("authorizer:{appid}"))),
+                }
+            }
+        }
+    }
+
+    /// Compare-and-invalidate for a caller whose call failed with `failed` (40001/40014/42001):
+    /// invalidated only if it is still `appid`'s stored token, then refreshed once however many
+    /// callers report it at once (they queue on the lock and find it fresh). Returns whether
+    /// this call invalidated it, and the token to use now.
+    pub async fn invalidate_authorizer_token(
+        &self,
+        appid: &str,
+        failed: &str,
+    ) -> Result<(bool, StoredToken), TokenError> {
+        self.active_record(appid).await?;
+        let invalidated = self
+            .store
+            .invalidate_authorizer_token(appid, failed)
+            .await?;
+        if invalidated {
+            metrics::counter!("wxpipe_token_invalidations_total", "kind" => "authorizer")
+                .increment(1);
+        }
+        Ok((invalidated, self.authorizer_token(appid).await?))
+    }
+}

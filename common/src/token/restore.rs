@@ -1,0 +1,58 @@
+//! Restoring accounts and refresh tokens from `api_get_authorizer_list` when Redis lost them
+//! (design.md: refresh tokens are the one thing that cannot be recomputed).
+
+use super::service::{TokenError, TokenService};
+use super::store::AuthorizerStatus;
+
+impl TokenService {
+    /// Restores refresh tokens (and the list of accounts) from `api_get_authorizer_list`, paged
+    /// by 500. Returns how many refresh tokens were restored.
+    pub async fn restore_from_list(&self) -> Result<usize, TokenError> {
+        let mut offset = 0u64;
+        let mut restored = 0;
+        loop {
+            let (total, page) = self
+                .with_component_token(|ct| {
+                    let client = self.client.clone();
+                    async move { client.authorizer_list(&ct, offset, 500).await }
+                })
+                .await?;
+            let n = page.len() as u64;
+            for item in page {
+                let Some(rt) = item.refresh_token else {
+                    continue;
+                };
+                let known = self.store.authorizer(&item.authorizer_appid).await?;
+                if known
+                    .as_ref()
+                    .is_some_and(|r| r.status == AuthorizerStatus::Revoked)
+                {
+                    continue;
+                }
+                if self
+                    .store
+                    .restore_refresh_token(&item.authorizer_appid, &rt)
+                    .await?
+                {
+                    restored += 1;
+                }
+                if known.as_ref().is_none_or(|r| r.access_token.is_none()) {
+                    // Refresh soon, spread over a few seconds.
+                    let due = crate::unix_now_ms() + (rand::random::<u32>() % 5_000) as i64;
+                    self.store.schedule(&item.authorizer_appid, due).await?;
+                }
+            }
+            offset += n;
+            if n == 0 || offset >= total {
+                break;
+            }
+        }
+        if restored > 0 {
+            tracing::info!(
+                restored,
+                "refresh tokens restored from api_get_authorizer_list"
+            );
+        }
+        Ok(restored)
+    }
+}
