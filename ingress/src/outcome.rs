@@ -21,6 +21,8 @@ pub enum Outcome {
     BadSignature,
     /// Body larger than the limit.
     TooLarge,
+    /// The body did not arrive within `WXPIPE_BODY_TIMEOUT_MS`.
+    SlowBody,
     /// Empty, non-UTF-8 or non-XML body, DOCTYPE or entities, no `Encrypt`.
     Malformed,
     /// The broker is unreachable, nacked, or did not confirm in time.
@@ -37,6 +39,7 @@ impl Outcome {
             Outcome::Stale => "stale",
             Outcome::BadSignature => "bad_signature",
             Outcome::TooLarge => "too_large",
+            Outcome::SlowBody => "slow_body",
             Outcome::Malformed => "malformed",
             Outcome::BrokerUnavailable => "broker_unavailable",
         }
@@ -48,6 +51,7 @@ impl Outcome {
             Outcome::BadQuery | Outcome::Stale | Outcome::Malformed => StatusCode::BAD_REQUEST,
             Outcome::BadSignature => StatusCode::UNAUTHORIZED,
             Outcome::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Outcome::SlowBody => StatusCode::REQUEST_TIMEOUT,
             Outcome::BrokerUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }

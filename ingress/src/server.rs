@@ -24,8 +24,6 @@ pub enum ServeError {
     Redis(String),
     #[error("cannot set up the WeChat API client: {0}")]
     Wechat(String),
-    #[error("HTTP server failed: {0}")]
-    Http(std::io::Error),
 }
 
 /// Binds `config.addr` and serves until `shutdown` completes.
@@ -105,7 +103,7 @@ pub async fn serve(
     tracing::info!(addr = ?local, namespace = %config.namespace, "ingress listening");
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
-    let server = axum::serve(listener, router(state)).with_graceful_shutdown(async move {
+    let server = crate::http::serve(listener, router(state), config.limits, async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight pushes");
         stop_tx.send_replace(true);
@@ -116,7 +114,7 @@ pub async fn serve(
         tokio::time::sleep(grace).await;
     };
     let result = tokio::select! {
-        r = server => r.map_err(ServeError::Http),
+        () = server => Ok(()),
         _ = grace_expired => {
             tracing::warn!(?grace, "in-flight pushes did not finish within the grace period");
             Ok(())

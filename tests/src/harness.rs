@@ -42,6 +42,11 @@ pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
         refresh_margin: Duration::from_secs(600),
         sync_reply_appids: ingress::sync_reply::release_test_appids(),
         sync_reply_timeout: Duration::from_millis(4500),
+        limits: ingress::http::Limits {
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(10),
+            max_connections: 10_000,
+        },
     }
 }
 

@@ -377,3 +377,73 @@ async fn fifty_reports_of_one_refused_token_cause_one_refresh() {
     scheduler.stop().await;
     sim.stop().await;
 }
+
+/// Before: the ingress had no header-read, body-read or idle timeout and no connection limit.
+/// 2,000 slow or idle connections must not stop a signed push from being accepted within 1 s,
+/// and each of them is disconnected once the header timeout has passed; a trickling body is 408.
+#[tokio::test]
+async fn slow_and_idle_connections_cannot_starve_the_edge() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let t = TestNs::new("t-rel-slowloris");
+    let mut config = test_config(&t.ns, vec![amqp_url()]);
+    config.limits.header_timeout = Duration::from_secs(2);
+    config.limits.body_timeout = Duration::from_secs(2);
+    let ingress = IngressHandle::start(config).await;
+    assert!(ingress.wait_ready(Duration::from_secs(15)).await);
+    let mut socks = Vec::new();
+    for i in 0..2000 {
+        let mut s = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+        if i % 2 == 0 {
+            // Slowloris: a head that never ends.
+            s.write_all(b"POST /wechat/component?timestamp=1 HTTP/1.1\r\nHost: x\r\n")
+                .await
+                .unwrap();
+        }
+        socks.push(s);
+    }
+    let b = PushBuilder::test_platform();
+    let now = common::unix_now();
+    let p = b.authorizer(
+        "gh_97417a04a28d",
+        "o-1",
+        &text_message("gh_97417a04a28d", "o-1", now, "through the crowd", 1),
+        now,
+        "n1",
+    );
+    let started = Instant::now();
+    let (status, text) = post_authorizer_push(&ingress, &p).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{text}");
+    assert!(took < Duration::from_secs(1), "the push took {took:?}");
+    // Every slow or idle connection is closed by the server after the header timeout.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for (i, s) in socks.iter_mut().enumerate() {
+        let mut buf = [0u8; 256];
+        let left = deadline.saturating_duration_since(Instant::now());
+        let closed = match tokio::time::timeout(left, s.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            // Whatever it answers first (a 408), the connection then ends.
+            Ok(Ok(_)) => tokio::time::timeout(left, s.read_to_end(&mut Vec::new()))
+                .await
+                .is_ok(),
+            Err(_) => false,
+        };
+        assert!(closed, "connection {i} still open after the header timeout");
+    }
+    // A body that trickles in is refused.
+    let mut s = tokio::net::TcpStream::connect(ingress.addr).await.unwrap();
+    s.write_all(
+        format!(
+            "POST /wechat/authorizers/wxba5fad812f8e6fb9?{} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n<xml>",
+            p.query
+        )
+        .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(6), s.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    ingress.stop().await.unwrap();
+}

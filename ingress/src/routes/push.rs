@@ -123,7 +123,7 @@ async fn handle_push(
     }
     let body = match read_body(headers, body, state.max_body_bytes).await {
         Ok(b) => b,
-        Err(outcome) => return outcome.respond(r, "body too large or unreadable"),
+        Err(outcome) => return outcome.respond(r, "body too large, too slow or unreadable"),
     };
     let envelope = match Envelope::parse(&body) {
         Ok(e) => e,
@@ -239,14 +239,21 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     match axum::body::to_bytes(body, limit).await {
         Ok(bytes) => Ok(bytes),
         Err(e) => {
-            let too_large = std::error::Error::source(&e)
-                .is_some_and(|s| s.is::<http_body_util::LengthLimitError>())
-                || e.to_string().contains("length limit");
-            Err(if too_large {
-                Outcome::TooLarge
-            } else {
-                Outcome::Malformed
-            })
+            let mut source: Option<&(dyn std::error::Error + 'static)> =
+                std::error::Error::source(&e);
+            let mut outcome = Outcome::Malformed;
+            while let Some(s) = source {
+                if s.is::<http_body_util::LengthLimitError>() {
+                    outcome = Outcome::TooLarge;
+                } else if s.is::<tower_http::timeout::TimeoutError>() {
+                    outcome = Outcome::SlowBody;
+                }
+                source = s.source();
+            }
+            if outcome == Outcome::Malformed && e.to_string().contains("length limit") {
+                outcome = Outcome::TooLarge;
+            }
+            Err(outcome)
         }
     }
 }
