@@ -84,6 +84,18 @@ impl Keys {
         format!("{}due:attempts", self.prefix)
     }
 
+    /// `…:quota:{api}`: WeChat's daily quota of `api` is used up (45009) until this expires
+    /// (Beijing midnight) or an operator clears it.
+    pub fn quota(&self, api: &str) -> String {
+        format!("{}quota:{api}", self.prefix)
+    }
+
+    /// `…:component_token:failures`: consecutive failures of the component token and when the
+    /// next attempt may be made (shared by every replica and caller).
+    pub fn component_failures(&self) -> String {
+        format!("{}component_token:failures", self.prefix)
+    }
+
     /// `…:lock:{name}`: a distributed lock.
     pub fn lock(&self, name: &str) -> String {
         format!("{}lock:{name}", self.prefix)

@@ -67,7 +67,7 @@ impl TokenService {
             return Err(TokenError::NoRefreshToken(appid.to_owned()));
         };
         let grant = self
-            .with_component_token(|ct| {
+            .with_component_token("api_authorizer_token", |ct| {
                 let (client, rt) = (self.client.clone(), refresh_token.clone());
                 async move { client.authorizer_token(&ct, appid, &rt).await }
             })
@@ -75,7 +75,8 @@ impl TokenService {
         let grant = match grant {
             Ok(g) => g,
             Err(TokenError::Wechat(e)) => {
-                self.react_to_refresh_error(appid, &e).await?;
+                self.react_to_refresh_error(appid, &refresh_token, &e)
+                    .await?;
                 return Err(e.into());
             }
             Err(other) => return Err(other),
@@ -107,39 +108,38 @@ impl TokenService {
         Ok(RefreshOutcome::Refreshed(token))
     }
 
-    /// protocol.md §6 for a failed `api_authorizer_token`.
-    async fn react_to_refresh_error(&self, appid: &str, e: &WechatError) -> Result<(), RedisError> {
+    /// protocol.md §6 for a failed `api_authorizer_token`. "Never retried" means: 61003 revokes
+    /// the account (it leaves `due`); 61023 sets the refused refresh token aside and takes the
+    /// account out of `due` until a new refresh token arrives (from the list — never the refused
+    /// one — or a re-authorization); 45009 closes the API's quota for everyone until Beijing
+    /// midnight or until an operator clears it (see [`TokenService::guarded`]). Anything else
+    /// is retried with the scheduler's backoff (1 min doubling to 1 h).
+    async fn react_to_refresh_error(
+        &self,
+        appid: &str,
+        refresh_token: &str,
+        e: &WechatError,
+    ) -> Result<(), RedisError> {
         metrics::counter!("wxpipe_token_refreshes_total", "kind" => "authorizer", "outcome" => e.label()).increment(1);
-        let retry_in_ms = match e.class() {
+        match e.class() {
             ErrorClass::NotAuthorized => {
                 tracing::warn!(appid, error = %e, "the account no longer authorizes the platform; marked revoked");
-                return self.store.revoke(appid).await;
+                self.store.revoke(appid).await
             }
             ErrorClass::RefreshTokenInvalid => {
-                tracing::error!(appid, error = %e, "refresh token refused; not retried (restore from the list or re-authorize)");
+                tracing::error!(appid, error = %e, "refresh token refused; never retried with it (restored from the list when WeChat has a new one, or re-authorize)");
                 self.store
-                    .mark(appid, AuthorizerStatus::RefreshFailing, &e.to_string())
-                    .await?;
-                3_600_000
+                    .refuse_refresh_token(appid, refresh_token, &e.to_string())
+                    .await
             }
-            ErrorClass::QuotaReached => {
-                tracing::error!(appid, error = %e, "daily quota reached; not retried (clear_quota/v2)");
-                self.store
-                    .mark(appid, AuthorizerStatus::RefreshFailing, &e.to_string())
-                    .await?;
-                600_000
-            }
+            ErrorClass::QuotaReached => Ok(()),
             _ => {
                 tracing::warn!(appid, error = %e, "authorizer refresh failed; will try again");
                 self.store
                     .mark(appid, AuthorizerStatus::Active, &e.to_string())
-                    .await?;
-                30_000 + (rand::random::<u32>() % 30_000) as i64
+                    .await
             }
-        };
-        self.store
-            .schedule(appid, crate::unix_now_ms() + retry_in_ms)
-            .await
+        }
     }
 
     /// `appid`'s record, unless it is unknown or revoked.

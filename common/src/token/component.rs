@@ -1,12 +1,20 @@
 //! The component token: refreshed under its lock when due, served only with time left,
-//! invalidated only if it is still the token WeChat refused.
+//! invalidated only if it is still the token WeChat refused — and, when it keeps failing (a
+//! wrong secret, a missing IP-whitelist entry, a refused ticket), asked for at most once per
+//! backoff step across every replica and caller: 2 s doubling to one call a minute, the
+//! state in Redis (`component_token:failures`), shown by the admin API.
 
-use super::service::{LOCK_LEASE, RefreshMode, TokenError, TokenService, with_backoff};
+use super::service::{LOCK_LEASE, RefreshMode, TokenError, TokenService};
 use super::store::StoredToken;
 use crate::redis::lock::Lock;
 use crate::wechat::{ErrorClass, WechatError};
 use std::future::Future;
 use std::time::Duration;
+
+/// The first pause after a failure of the component token…
+const FAILURE_BACKOFF: Duration = Duration::from_secs(2);
+/// …doubling up to one call a minute.
+const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 impl TokenService {
     /// A component token with more than [`SERVE_MARGIN_SECS`] left, refreshing it if needed.
@@ -54,20 +62,53 @@ impl TokenService {
         {
             return Ok(t); // another replica refreshed it while we waited for the lock
         }
+        if let Some(f) = self.store.component_failures().await?
+            && f.next_at_ms > crate::unix_now_ms()
+        {
+            return Err(TokenError::BackingOff {
+                failures: f.failures,
+                next_at_ms: f.next_at_ms,
+                last_error: f.last_error,
+            });
+        }
         let Some(ticket) = self.store.ticket().await? else {
             self.request_ticket_push().await;
             return Err(TokenError::NoTicket);
         };
-        let grant = match with_backoff(|| self.client.component_token(&ticket)).await {
+        let grant = match self
+            .guarded("api_component_token", || {
+                self.client.component_token(&ticket)
+            })
+            .await
+        {
             Ok(g) => g,
             Err(e) => {
-                if e.class() == ErrorClass::TicketInvalid {
-                    self.request_ticket_push().await;
+                let label = match &e {
+                    TokenError::Wechat(w) => {
+                        if w.class() == ErrorClass::TicketInvalid {
+                            self.request_ticket_push().await;
+                        }
+                        w.label()
+                    }
+                    TokenError::QuotaExhausted { .. } => "quota".into(),
+                    _ => "error".into(),
+                };
+                metrics::counter!("wxpipe_token_refreshes_total", "kind" => "component", "outcome" => label).increment(1);
+                if matches!(e, TokenError::Wechat(_)) {
+                    let next_at = self
+                        .store
+                        .record_component_failure(
+                            &e.to_string(),
+                            FAILURE_BACKOFF,
+                            FAILURE_BACKOFF_CAP,
+                        )
+                        .await?;
+                    tracing::warn!(error = %e, next_attempt_in_ms = next_at - crate::unix_now_ms(), "component token refresh failed; backing off");
                 }
-                metrics::counter!("wxpipe_token_refreshes_total", "kind" => "component", "outcome" => e.label()).increment(1);
-                return Err(e.into());
+                return Err(e);
             }
         };
+        self.store.clear_component_failures().await?;
         let token = StoredToken {
             access_token: grant.token,
             expires_at: crate::unix_now() + grant.expires_in,
@@ -99,20 +140,25 @@ impl TokenService {
 
     /// Calls `f` with the component token; if WeChat says the token is invalid or expired,
     /// invalidates it (only if it is still the stored one), refreshes, and calls `f` once more.
-    pub async fn with_component_token<T, F, Fut>(&self, f: F) -> Result<T, TokenError>
+    /// `api` names the call for its daily quota (see [`TokenService::guarded`]).
+    pub async fn with_component_token<T, F, Fut>(
+        &self,
+        api: &'static str,
+        f: F,
+    ) -> Result<T, TokenError>
     where
         F: Fn(String) -> Fut,
         Fut: Future<Output = Result<T, WechatError>>,
     {
         let token = self.component_token().await?;
-        match with_backoff(|| f(token.clone())).await {
-            Err(e) if e.class() == ErrorClass::InvalidToken => {
+        match self.guarded(api, || f(token.clone())).await {
+            Err(TokenError::Wechat(e)) if e.class() == ErrorClass::InvalidToken => {
                 tracing::warn!(error = %e, "component token refused; invalidating and refreshing once");
                 self.store.invalidate_component_token(&token).await?;
                 let fresh = self.component_token().await?;
-                Ok(with_backoff(|| f(fresh.clone())).await?)
+                self.guarded(api, || f(fresh.clone())).await
             }
-            other => Ok(other?),
+            other => other,
         }
     }
 

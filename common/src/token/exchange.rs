@@ -66,7 +66,7 @@ impl TokenService {
         appid_hint: Option<&str>,
     ) -> Result<String, TokenError> {
         let info = self
-            .with_component_token(|ct| {
+            .with_component_token("api_query_auth", |ct| {
                 let client = self.client.clone();
                 let code = code.to_owned();
                 async move { client.query_auth(&ct, &code).await }
@@ -129,7 +129,7 @@ impl TokenService {
                 .await?;
         }
         match self
-            .with_component_token(|ct| {
+            .with_component_token("api_get_authorizer_info", |ct| {
                 let client = self.client.clone();
                 let appid = appid.clone();
                 async move { client.authorizer_info(&ct, &appid).await }

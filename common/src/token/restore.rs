@@ -12,7 +12,7 @@ impl TokenService {
         let mut restored = 0;
         loop {
             let (total, page) = self
-                .with_component_token(|ct| {
+                .with_component_token("api_get_authorizer_list", |ct| {
                     let client = self.client.clone();
                     async move { client.authorizer_list(&ct, offset, 500).await }
                 })
@@ -29,14 +29,14 @@ impl TokenService {
                 {
                     continue;
                 }
-                if self
+                let restored_now = self
                     .store
                     .restore_refresh_token(&item.authorizer_appid, &rt)
-                    .await?
-                {
+                    .await?;
+                if restored_now {
                     restored += 1;
                 }
-                if known.as_ref().is_none_or(|r| r.access_token.is_none()) {
+                if restored_now || known.as_ref().is_none_or(|r| r.access_token.is_none()) {
                     // Refresh soon, spread over a few seconds.
                     let due = crate::unix_now_ms() + (rand::random::<u32>() % 5_000) as i64;
                     self.store.schedule(&item.authorizer_appid, due).await?;

@@ -46,6 +46,20 @@ pub enum TokenError {
     Revoked(String),
     #[error("{0} has no refresh token (it is being restored from api_get_authorizer_list)")]
     NoRefreshToken(String),
+    #[error(
+        "WeChat's daily quota of {api} is used up (45009): no call until {until} (Beijing midnight) or until it is cleared (clear_quota, then POST /v1/quota/clear)",
+        until = crate::event::rfc3339(*until_ms / 1000)
+    )]
+    QuotaExhausted { api: &'static str, until_ms: i64 },
+    #[error(
+        "the component token failed {failures} times in a row (last: {last_error}); next attempt at {at}",
+        at = crate::event::rfc3339(*next_at_ms / 1000)
+    )]
+    BackingOff {
+        failures: u64,
+        next_at_ms: i64,
+        last_error: String,
+    },
 }
 
 /// What a refresh did.
@@ -112,7 +126,53 @@ where
     }
 }
 
+/// Every API whose daily quota wxpipe tracks (the component's calls).
+pub const QUOTA_APIS: [&str; 7] = [
+    "api_component_token",
+    "api_start_push_ticket",
+    "api_create_preauthcode",
+    "api_query_auth",
+    "api_authorizer_token",
+    "api_get_authorizer_info",
+    "api_get_authorizer_list",
+];
+
+/// The next midnight in Beijing (UTC+8), when WeChat's daily quotas reset, in ms.
+pub fn next_quota_day_ms(now_ms: i64) -> i64 {
+    const DAY: i64 = 86_400_000;
+    const UTC8: i64 = 8 * 3_600_000;
+    ((now_ms + UTC8).div_euclid(DAY) + 1) * DAY - UTC8
+}
+
 impl TokenService {
+    /// Calls WeChat's `api` through `call`, with the transient retries of [`with_backoff`],
+    /// unless its daily quota is known to be used up; a 45009 closes that quota for every
+    /// replica and caller until Beijing midnight (or an operator clears it).
+    pub(super) async fn guarded<T, F, Fut>(
+        &self,
+        api: &'static str,
+        call: F,
+    ) -> Result<T, TokenError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, WechatError>>,
+    {
+        if let Some(until_ms) = self.store.quota_closed_until(api).await? {
+            metrics::counter!("wxpipe_wechat_calls_skipped_total", "api" => api, "reason" => "quota").increment(1);
+            return Err(TokenError::QuotaExhausted { api, until_ms });
+        }
+        match with_backoff(call).await {
+            Err(e) if e.class() == crate::wechat::ErrorClass::QuotaReached => {
+                let until_ms = next_quota_day_ms(crate::unix_now_ms());
+                tracing::error!(api, error = %e, "daily quota used up: no more calls until Beijing midnight or until it is cleared");
+                metrics::counter!("wxpipe_wechat_quota_exhausted_total", "api" => api).increment(1);
+                self.store.close_quota(api, until_ms).await?;
+                Err(e.into())
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// Seconds a served token must have left: [`SERVE_MARGIN_SECS`], or half the refresh
     /// margin when that is smaller (tests use tokens of a few seconds).
     pub fn serve_margin(&self) -> i64 {
@@ -126,5 +186,19 @@ impl TokenService {
         let margin_ms = self.margin.as_millis() as i64;
         let spread = (margin_ms / 2).clamp(1, 300_000);
         expires_at * 1000 - margin_ms - (rand::random::<u64>() % spread as u64) as i64
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quotas_reset_at_beijing_midnight() {
+        // 2026-11-29T15:59:59Z is 23:59:59 in Beijing: the day turns one second later.
+        let t = 1_795_967_999_000;
+        assert_eq!(next_quota_day_ms(t), t + 1000);
+        // One second later it is the next day's midnight.
+        assert_eq!(next_quota_day_ms(t + 1000), t + 1000 + 86_400_000);
     }
 }

@@ -47,6 +47,16 @@ impl AuthorizerStatus {
     }
 }
 
+/// Consecutive failures of the component token (shared by every replica and caller).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct FailureState {
+    pub failures: u64,
+    /// No attempt before this (ms since the epoch).
+    pub next_at_ms: i64,
+    pub last_at_ms: i64,
+    pub last_error: String,
+}
+
 /// Everything stored about one account.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthorizerRecord {
@@ -80,6 +90,31 @@ if not v then return 0 end
 local ok, t = pcall(cjson.decode, v)
 if ok and t['access_token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
 return 0
+";
+
+/// Records a failure of the component token: `KEYS[1]` = failures hash; `ARGV` = now (ms),
+/// base delay (ms), cap (ms), the error (one line, no secret). Returns the next attempt time.
+const RECORD_COMPONENT_FAILURE: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local delay = math.min(tonumber(ARGV[2]) * 2 ^ math.min(n - 1, 30), tonumber(ARGV[3]))
+local next_at = tonumber(ARGV[1]) + math.floor(delay)
+redis.call('HSET', KEYS[1], 'next_at_ms', next_at, 'last_error', ARGV[4], 'last_at_ms', ARGV[1])
+return next_at
+";
+
+/// Restores a refresh token learnt from the list: `KEYS` = record, known set; `ARGV` = appid,
+/// refresh token. Never replaces a working refresh token (`HSETNX`), never restores the one
+/// WeChat refused (61023); a restored account that was `refresh_failing` is active again.
+const RESTORE_REFRESH_TOKEN: &str = r"
+redis.call('HSETNX', KEYS[1], 'appid', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[1], 'refused_refresh_token') == ARGV[2] then return 0 end
+if redis.call('HSETNX', KEYS[1], 'refresh_token', ARGV[2]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'refresh_failing' then
+  redis.call('HSET', KEYS[1], 'status', 'active')
+end
+redis.call('HDEL', KEYS[1], 'refused_refresh_token')
+return 1
 ";
 
 /// Takes the due accounts: every appid of `KEYS[1]` (due set) due at `ARGV[1]` (now, ms), at
@@ -367,31 +402,140 @@ impl TokenStore {
         Ok(n == 1)
     }
 
-    /// Stores a refresh token learnt elsewhere (authorization, the authorizer list) unless the
-    /// account already has one; returns whether it stored it.
+    /// Stores a refresh token learnt from the authorizer list unless the account already has
+    /// one, or it is the one WeChat refused (see [`RESTORE_REFRESH_TOKEN`]); returns whether it
+    /// stored it.
     pub async fn restore_refresh_token(
         &self,
         appid: &str,
         refresh_token: &str,
     ) -> Result<bool, RedisError> {
         let mut c = conn(&self.pool, "restoring a refresh token").await?;
-        let key = self.keys.authorizer(appid);
-        let (set, _, _): (i64, i64, i64) = deadpool_redis::redis::pipe()
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg("refresh_token")
+        let n: i64 = Script::new(RESTORE_REFRESH_TOKEN)
+            .key(self.keys.authorizer(appid))
+            .key(self.keys.authorizers())
+            .arg(appid)
             .arg(refresh_token)
-            .cmd("HSETNX")
-            .arg(&key)
-            .arg("appid")
-            .arg(appid)
-            .cmd("SADD")
-            .arg(self.keys.authorizers())
-            .arg(appid)
-            .query_async(&mut c)
+            .invoke_async(&mut c)
             .await
             .map_err(failed("restoring a refresh token"))?;
-        Ok(set == 1)
+        Ok(n == 1)
+    }
+
+    /// WeChat refused `appid`'s refresh token (61023): never retried with it. The account is
+    /// `refresh_failing` with `error`, the token is kept aside (so the list cannot restore
+    /// it), and the account leaves `due` until a new refresh token arrives (the list or a
+    /// re-authorization).
+    pub async fn refuse_refresh_token(
+        &self,
+        appid: &str,
+        refused: &str,
+        error: &str,
+    ) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "refusing a refresh token").await?;
+        let key = self.keys.authorizer(appid);
+        deadpool_redis::redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("status")
+            .arg(AuthorizerStatus::RefreshFailing.as_str())
+            .arg("last_error")
+            .arg(error)
+            .arg("refused_refresh_token")
+            .arg(refused)
+            .ignore()
+            .cmd("HDEL")
+            .arg(&key)
+            .arg("refresh_token")
+            .ignore()
+            .zrem(self.keys.due(), appid)
+            .ignore()
+            .hdel(self.keys.due_attempts(), appid)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("refusing a refresh token"))
+    }
+
+    /// Until when (ms) WeChat's daily quota of `api` is known to be used up, if it is.
+    pub async fn quota_closed_until(&self, api: &str) -> Result<Option<i64>, RedisError> {
+        let mut c = conn(&self.pool, "reading a quota").await?;
+        c.get(self.keys.quota(api))
+            .await
+            .map_err(failed("reading a quota"))
+    }
+
+    /// Records that `api`'s daily quota is used up until `until_ms`.
+    pub async fn close_quota(&self, api: &str, until_ms: i64) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "closing a quota").await?;
+        cmd("SET")
+            .arg(self.keys.quota(api))
+            .arg(until_ms)
+            .arg("PXAT")
+            .arg(until_ms)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("closing a quota"))
+    }
+
+    /// Forgets every used-up quota and the component token's failures (after an operator
+    /// cleared the quota at WeChat); returns how many quotas were open again.
+    pub async fn clear_quotas(&self, apis: &[&str]) -> Result<usize, RedisError> {
+        let mut c = conn(&self.pool, "clearing quotas").await?;
+        let keys: Vec<String> = apis.iter().map(|a| self.keys.quota(a)).collect();
+        let n: usize = cmd("DEL")
+            .arg(&keys)
+            .query_async(&mut c)
+            .await
+            .map_err(failed("clearing quotas"))?;
+        self.clear_component_failures().await?;
+        Ok(n)
+    }
+
+    /// The component token's consecutive failures, if any.
+    pub async fn component_failures(&self) -> Result<Option<FailureState>, RedisError> {
+        let mut c = conn(&self.pool, "reading component failures").await?;
+        let h: HashMap<String, String> = c
+            .hgetall(self.keys.component_failures())
+            .await
+            .map_err(failed("reading component failures"))?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let int = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(0);
+        Ok(Some(FailureState {
+            failures: int("failures").max(0) as u64,
+            next_at_ms: int("next_at_ms"),
+            last_at_ms: int("last_at_ms"),
+            last_error: h.get("last_error").cloned().unwrap_or_default(),
+        }))
+    }
+
+    /// Records one more failure of the component token; returns when the next attempt may be.
+    pub async fn record_component_failure(
+        &self,
+        error: &str,
+        base: std::time::Duration,
+        cap: std::time::Duration,
+    ) -> Result<i64, RedisError> {
+        let mut c = conn(&self.pool, "recording a component failure").await?;
+        Script::new(RECORD_COMPONENT_FAILURE)
+            .key(self.keys.component_failures())
+            .arg(crate::unix_now_ms())
+            .arg(base.as_millis() as u64)
+            .arg(cap.as_millis() as u64)
+            .arg(error)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("recording a component failure"))
+    }
+
+    /// The component token works again.
+    pub async fn clear_component_failures(&self) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "clearing component failures").await?;
+        c.del(self.keys.component_failures())
+            .await
+            .map_err(failed("clearing component failures"))
     }
 
     /// A newly authorized (or re-authorized) account: active, with this refresh token.

@@ -97,7 +97,7 @@ async fn start(state: &SharedState, q: &HashMap<String, String>, mobile: bool) -
     };
     let code = state
         .tokens
-        .with_component_token(|ct| {
+        .with_component_token("api_create_preauthcode", |ct| {
             let client = state.tokens.client.clone();
             async move { client.create_preauthcode(&ct).await }
         })

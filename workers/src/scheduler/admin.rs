@@ -6,6 +6,10 @@
 //! `POST /v1/authorizers/{appid}/invalidate` and `POST /v1/component/invalidate` with
 //! `{"access_token": "<the token WeChat refused>"}` — invalidated only if still current, then
 //! refreshed once however many callers report it.
+//! `GET /v1/component/status`: the ticket, the component token's expiry, its consecutive
+//! failures and backoff, and the daily quotas known to be used up (45009);
+//! `POST /v1/quota/clear`: after an operator cleared the quota at WeChat (`clear_quota`), calls
+//! resume at once.
 //! Token answers are `{"access_token","expires_at"}`; a token is served only while it has more
 //! than 30 s left (else it is refreshed first). A malformed appid is 400; unknown or revoked
 //! accounts are 404.
@@ -45,6 +49,8 @@ pub fn router(tokens: Arc<TokenService>, bearer: String) -> Router {
         .route("/v1/authorizers/{appid}/refresh", post(refresh))
         .route("/v1/authorizers/{appid}/invalidate", post(invalidate))
         .route("/v1/component/invalidate", post(invalidate_component))
+        .route("/v1/component/status", get(component_status))
+        .route("/v1/quota/clear", post(clear_quota))
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -282,5 +288,46 @@ async fn invalidate_component(
             )
         }
         Err(e) => error(e),
+    }
+}
+
+async fn component_status(State(admin): State<Arc<Admin>>) -> Response {
+    let store = &admin.tokens.store;
+    let result: Result<serde_json::Value, common::redis::RedisError> = async {
+        let ticket = store.ticket().await?.is_some();
+        let token = store.component_token().await?;
+        let failures = store.component_failures().await?;
+        let mut quotas = serde_json::Map::new();
+        for api in common::token::service::QUOTA_APIS {
+            if let Some(until) = store.quota_closed_until(api).await? {
+                quotas.insert(api.into(), json!({ "closed_until_ms": until }));
+            }
+        }
+        Ok(json!({
+            "ticket": ticket,
+            "component_token_expires_at": token.map(|t| t.expires_at),
+            "failures": failures,
+            "quota_exhausted": quotas,
+        }))
+    }
+    .await;
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => error(e.into()),
+    }
+}
+
+async fn clear_quota(State(admin): State<Arc<Admin>>) -> Response {
+    match admin
+        .tokens
+        .store
+        .clear_quotas(&common::token::service::QUOTA_APIS)
+        .await
+    {
+        Ok(n) => {
+            tracing::info!(reopened = n, "quotas cleared by an operator");
+            Json(json!({ "reopened": n })).into_response()
+        }
+        Err(e) => error(e.into()),
     }
 }

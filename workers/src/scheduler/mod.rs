@@ -112,6 +112,10 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
                 tracing::info!("waiting for a component_verify_ticket");
                 return Ok(());
             }
+            // Already logged once when it failed; shown by GET /v1/component/status.
+            Err(e @ (TokenError::BackingOff { .. } | TokenError::QuotaExhausted { .. })) => {
+                tracing::debug!(error = %e, "component token not refreshed");
+            }
             Err(e) => tracing::warn!(error = %e, "component token refresh failed"),
         }
     }
@@ -162,10 +166,16 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
             Err(TokenError::Unknown(_)) => {
                 let _ = svc.store.unschedule(&appid).await;
             }
+            // The refused refresh token was set aside: WeChat's list may have a newer one.
+            Err(TokenError::Wechat(w))
+                if w.class() == common::wechat::ErrorClass::RefreshTokenInvalid =>
+            {
+                missing_refresh_token = true;
+            }
             Err(e) => tracing::debug!(appid, error = %e, "authorizer refresh failed"),
         }
     }
-    // Accounts without a refresh token may get it back from the list; ask at most every
+    // Accounts without a (working) refresh token may get one from the list; ask at most every
     // 5 minutes (they are retried with their own backoff meanwhile).
     if missing_refresh_token && svc.store.rate_limit("list_sync_missing", 300).await? {
         svc.restore_from_list().await?;

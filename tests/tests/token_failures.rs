@@ -1,0 +1,228 @@
+//! What a misconfiguration or WeChat's hard refusals cost (issue 9, defect 3): a failing
+//! component token is asked for at most once per backoff step across every replica and caller,
+//! a used-up daily quota stops calls until it is cleared, and a refused refresh token is never
+//! used again but replaced from WeChat's list.
+
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wxpipe_tests::broker::TestNs;
+use wxpipe_tests::harness::{ADMIN_TOKEN, admin_get, eventually, spawn_scheduler, token_service};
+use wxpipe_tests::sim::{self, SimHandle, SimSettings, state::Rules};
+use wxpipe_tests::{creds, http};
+
+fn calls(sim: &SimHandle, api: &str) -> u64 {
+    sim.stats()["calls"][api].as_u64().unwrap_or(0)
+}
+
+async fn admin_post(admin: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = http()
+        .post(format!("{admin}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+/// Before: a wrong secret made every replica ask for the component token every tick, and
+/// every caller once more.
+#[tokio::test]
+async fn a_wrong_secret_backs_off_across_replicas_and_callers() {
+    let t = TestNs::new("t-fail-secret");
+    let sim = sim::start(SimSettings::for_tests("http://127.0.0.1:9"))
+        .await
+        .unwrap();
+    let wrong = || {
+        let mut svc = token_service(&t.ns, &sim.api_base(), Duration::from_secs(600));
+        svc.client = common::wechat::WechatClient::new(
+            &sim.api_base(),
+            creds::COMPONENT_APPID,
+            Some("not-the-secret".to_owned().into()),
+        )
+        .unwrap();
+        Arc::new(svc)
+    };
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    wrong().store.save_ticket(&ticket).await.unwrap();
+    let mut replicas = Vec::new();
+    let mut admins = Vec::new();
+    for _ in 0..3 {
+        let (h, admin) = spawn_scheduler(wrong(), 4).await;
+        replicas.push(h);
+        admins.push(admin);
+    }
+    // Callers keep asking meanwhile.
+    let started = Instant::now();
+    let mut refused = 0;
+    while started.elapsed() < Duration::from_secs(7) {
+        for admin in &admins {
+            let (status, _) = admin_get(admin, "/v1/component/access_token").await;
+            assert_ne!(status, 200);
+            refused += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(refused > 50);
+    // 2 s, 4 s, 8 s: at most 3 or 4 calls in 7 s, whatever the replicas and callers.
+    let n = calls(&sim, "api_component_token");
+    assert!((2..=4).contains(&n), "api_component_token called {n} times");
+    let (_, status) = admin_get(&admins[0], "/v1/component/status").await;
+    assert!(
+        status["failures"]["failures"].as_u64().unwrap_or(0) >= 2,
+        "{status}"
+    );
+    assert!(
+        status["failures"]["last_error"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("40125"),
+        "{status}"
+    );
+    assert!(
+        !status.to_string().contains("not-the-secret"),
+        "no secret in the status"
+    );
+    for r in replicas {
+        r.stop().await;
+    }
+    sim.stop().await;
+}
+
+/// Before: 45009 was retried every 10 minutes by every account, and not at all tracked for
+/// the component token.
+#[tokio::test]
+async fn a_used_up_quota_stops_calls_until_it_is_cleared() {
+    let t = TestNs::new("t-fail-quota");
+    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    settings.rules = Rules {
+        daily_quota: 2,
+        ..Rules::default()
+    };
+    let sim = sim::start(settings).await.unwrap();
+    let svc = Arc::new(token_service(
+        &t.ns,
+        &sim.api_base(),
+        Duration::from_secs(600),
+    ));
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    svc.store.save_ticket(&ticket).await.unwrap();
+    let (scheduler, admin) = spawn_scheduler(svc.clone(), 4).await;
+    let token = |admin: String| async move {
+        let (status, v) = admin_get(&admin, "/v1/component/access_token").await;
+        (
+            status,
+            v["access_token"].as_str().unwrap_or_default().to_owned(),
+        )
+    };
+    let (_, first) = eventually(Duration::from_secs(10), "a component token", || async {
+        let (s, tok) = token(admin.clone()).await;
+        (s == 200).then_some((s, tok))
+    })
+    .await;
+    // Refused once: the second call of the day still works.
+    let (s, v) = admin_post(
+        &admin,
+        "/v1/component/invalidate",
+        json!({ "access_token": first }),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    let second = v["access_token"].as_str().unwrap().to_owned();
+    // Refused again: the third call is answered 45009 and closes the quota.
+    let (s, _) = admin_post(
+        &admin,
+        "/v1/component/invalidate",
+        json!({ "access_token": second }),
+    )
+    .await;
+    assert_ne!(s, 200);
+    let used = calls(&sim, "api_component_token");
+    assert_eq!(used, 3);
+    let (_, status) = admin_get(&admin, "/v1/component/status").await;
+    assert!(
+        status["quota_exhausted"]["api_component_token"]["closed_until_ms"].is_i64(),
+        "{status}"
+    );
+    // Nobody calls WeChat for it any more, however often they ask.
+    for _ in 0..20 {
+        let (s, _) = token(admin.clone()).await;
+        assert_ne!(s, 200);
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(calls(&sim, "api_component_token"), used);
+    // The operator clears the quota at WeChat, then tells wxpipe: calls resume at once.
+    sim.shared.state.lock().unwrap().clear_quota();
+    let (s, v) = admin_post(&admin, "/v1/quota/clear", json!({})).await;
+    assert_eq!(s, 200, "{v}");
+    let (s, _) = token(admin.clone()).await;
+    assert_eq!(s, 200);
+    assert_eq!(calls(&sim, "api_component_token"), used + 1);
+    scheduler.stop().await;
+    sim.stop().await;
+}
+
+/// Before: a refused refresh token (61023) was retried hourly, and `HSETNX` meant the list
+/// could never replace it. Now it is set aside, never used again, and the list's token
+/// replaces it.
+#[tokio::test]
+async fn a_refused_refresh_token_is_replaced_from_the_list() {
+    let t = TestNs::new("t-fail-61023");
+    let sim = sim::start(SimSettings::for_tests("http://127.0.0.1:9"))
+        .await
+        .unwrap();
+    let appid = {
+        let mut st = sim.shared.state.lock().unwrap();
+        let (_, code, _) = st.authorize(None, false);
+        let r = st.query_auth(creds::COMPONENT_APPID, &code).unwrap();
+        r["authorization_info"]["authorizer_appid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let svc = Arc::new(token_service(
+        &t.ns,
+        &sim.api_base(),
+        Duration::from_secs(600),
+    ));
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    svc.store.save_ticket(&ticket).await.unwrap();
+    // Redis holds a stale refresh token for it (say, from a backup).
+    assert!(
+        svc.store
+            .restore_refresh_token(&appid, "stale-refresh-token")
+            .await
+            .unwrap()
+    );
+    svc.store
+        .schedule(&appid, common::unix_now_ms())
+        .await
+        .unwrap();
+    let (scheduler, admin) = spawn_scheduler(svc.clone(), 4).await;
+    eventually(
+        Duration::from_secs(20),
+        "the account refreshed with the list's token",
+        || async {
+            let (_, r) = admin_get(&admin, &format!("/v1/authorizers/{appid}")).await;
+            (r["status"] == "active" && r["refreshes"].as_u64().unwrap_or(0) >= 1).then_some(())
+        },
+    )
+    .await;
+    let errors = sim.stats()["errors"].clone();
+    assert_eq!(
+        errors["api_authorizer_token:61023"].as_u64(),
+        Some(1),
+        "the refused token was used exactly once: {errors}"
+    );
+    // The refused token can never be restored again.
+    assert!(
+        !svc.store
+            .restore_refresh_token(&appid, "stale-refresh-token")
+            .await
+            .unwrap()
+    );
+    scheduler.stop().await;
+    sim.stop().await;
+}
