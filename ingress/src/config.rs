@@ -71,6 +71,16 @@ pub struct IngressArgs {
     /// How long such a push waits for its reply, in all (WeChat gives up after 5 s).
     #[arg(long, env = "WXPIPE_SYNC_REPLY_TIMEOUT_MS", default_value_t = 4500)]
     pub sync_reply_timeout_ms: u64,
+    /// Authorizations one client may start per minute (each costs a pre_auth_code).
+    #[arg(long, env = "WXPIPE_AUTH_START_PER_CLIENT", default_value_t = 10)]
+    pub auth_start_per_client: u64,
+    /// Authorizations all clients together may start per minute.
+    #[arg(long, env = "WXPIPE_AUTH_START_PER_MINUTE", default_value_t = 120)]
+    pub auth_start_per_minute: u64,
+    /// Identify clients by the last `X-Forwarded-For` entry (set it behind your own reverse
+    /// proxy only: otherwise clients could pick their identity).
+    #[arg(long, env = "WXPIPE_TRUST_FORWARDED_FOR", default_value_t = false)]
+    pub trust_forwarded_for: bool,
 }
 
 /// Validated settings.
@@ -96,6 +106,8 @@ pub struct IngressConfig {
     pub sync_reply_timeout: Duration,
     /// The public edge's limits.
     pub limits: crate::http::Limits,
+    /// The authorization pages' limits.
+    pub auth: crate::routes::auth::AuthLimits,
 }
 
 impl IngressArgs {
@@ -143,6 +155,17 @@ impl IngressArgs {
                 )?),
                 max_connections: positive("WXPIPE_MAX_CONNECTIONS", self.max_connections as u64)?
                     as usize,
+            },
+            auth: crate::routes::auth::AuthLimits {
+                starts_per_client: positive(
+                    "WXPIPE_AUTH_START_PER_CLIENT",
+                    self.auth_start_per_client,
+                )?,
+                starts_per_minute: positive(
+                    "WXPIPE_AUTH_START_PER_MINUTE",
+                    self.auth_start_per_minute,
+                )?,
+                trust_forwarded_for: self.trust_forwarded_for,
             },
         })
     }

@@ -98,6 +98,7 @@ pub async fn serve(
         public_base_url: config.public_base_url.clone(),
         replier,
         sync_reply_timeout: config.sync_reply_timeout,
+        auth_limits: config.auth,
     });
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, namespace = %config.namespace, "ingress listening");

@@ -23,6 +23,7 @@ pub struct AppState {
     pub public_base_url: String,
     pub replier: crate::sync_reply::SyncReplier,
     pub sync_reply_timeout: Duration,
+    pub auth_limits: crate::routes::auth::AuthLimits,
 }
 
 pub type SharedState = Arc<AppState>;

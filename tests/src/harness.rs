@@ -47,6 +47,11 @@ pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
             body_timeout: Duration::from_secs(10),
             max_connections: 10_000,
         },
+        auth: ingress::routes::auth::AuthLimits {
+            starts_per_client: 10,
+            starts_per_minute: 120,
+            trust_forwarded_for: false,
+        },
     }
 }
 

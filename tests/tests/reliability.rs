@@ -447,3 +447,97 @@ async fn slow_and_idle_connections_cannot_starve_the_edge() {
     assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
     ingress.stop().await.unwrap();
 }
+
+/// Before: any `GET /auth/callback?auth_code=junk` became an event, a WeChat call and a dead
+/// letter, and every anonymous `/auth/start` spent a `pre_auth_code`.
+#[tokio::test]
+async fn anonymous_visitors_cannot_make_the_platform_work() {
+    let t = TestNs::new("t-rel-anon");
+    let port = wxpipe_tests::harness::free_port();
+    let base = format!("http://127.0.0.1:{port}");
+    let mut settings = SimSettings::for_tests(&base);
+    settings.rules = Rules::default();
+    let sim = sim::start(settings).await.unwrap();
+    let mut config = wxpipe_tests::harness::ingress_config_with_sim(&t.ns, &sim, &base);
+    config.auth.starts_per_client = 3;
+    config.auth.starts_per_minute = 5;
+    config.auth.trust_forwarded_for = true;
+    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
+        .await
+        .unwrap();
+    let ingress = IngressHandle::start_on(listener, config).await;
+    assert!(ingress.wait_ready(Duration::from_secs(15)).await);
+    let svc = token_service(&t.ns, &sim.api_base(), Duration::from_secs(600));
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    svc.store.save_ticket(&ticket).await.unwrap();
+    let no_redirects = wxpipe_tests::http_builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+
+    // Junk callbacks: refused before anything durable happens.
+    for junk in ["junk", "queryauthcode@@@forged"] {
+        let r = no_redirects
+            .get(format!(
+                "{base}/auth/callback?auth_code={junk}&expires_in=600"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+        let r = no_redirects
+            .get(format!(
+                "{base}/auth/callback?auth_code={junk}&state=0123456789abcdef0123456789abcdef"
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), 400);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(
+        wxpipe_tests::broker::message_count(&t.ns.business())
+            .await
+            .unwrap(),
+        0,
+        "no event"
+    );
+    assert_eq!(
+        wxpipe_tests::broker::message_count(&t.ns.dead())
+            .await
+            .unwrap(),
+        0,
+        "no dead letter"
+    );
+    assert_eq!(
+        sim.stats()["calls"]["api_query_auth"].as_u64().unwrap_or(0),
+        0
+    );
+
+    // Starts: 3 per client, 5 in all, per minute.
+    let start = |client: &'static str| {
+        no_redirects
+            .get(format!("{base}/auth/start?auth_type=1"))
+            .header("x-forwarded-for", client)
+            .send()
+    };
+    let mut statuses = Vec::new();
+    for _ in 0..4 {
+        statuses.push(start("203.0.113.1").await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [303, 303, 303, 429]);
+    let mut statuses = Vec::new();
+    for _ in 0..3 {
+        statuses.push(start("203.0.113.2").await.unwrap().status().as_u16());
+    }
+    assert_eq!(statuses, [303, 303, 429], "the global limit");
+    assert_eq!(
+        sim.stats()["calls"]["api_create_preauthcode"]
+            .as_u64()
+            .unwrap_or(0),
+        5,
+        "one pre_auth_code per allowed start"
+    );
+    ingress.stop().await.unwrap();
+    sim.stop().await;
+}

@@ -148,8 +148,10 @@ async fn the_whole_authorization_flow() {
     );
     assert!(to_wechat.contains(&format!(
             "redirect_uri={}",
-            url::form_urlencoded::byte_serialize(format!("{}/auth/callback", s.base).as_bytes())
-                .collect::<String>()
+            url::form_urlencoded::byte_serialize(
+                format!("{}/auth/callback?state=", s.base).as_bytes()
+            )
+            .collect::<String>()
         )));
     let bad = client
         .get(format!(
@@ -180,7 +182,8 @@ async fn the_whole_authorization_flow() {
         .unwrap();
     assert!(page.status().is_redirection());
     let callback = page.headers()["location"].to_str().unwrap().to_owned();
-    assert!(callback.starts_with(&format!("{}/auth/callback?auth_code=", s.base)));
+    assert!(callback.starts_with(&format!("{}/auth/callback?state=", s.base)));
+    assert!(callback.contains("&auth_code="), "{callback}");
     let after = client.get(&callback).send().await.unwrap();
     assert!(after.status().is_redirection(), "{}", after.status());
     let done = format!(

@@ -106,6 +106,11 @@ impl Keys {
         format!("{}authcode:{code}", self.prefix)
     }
 
+    /// `…:authstate:{state}`: an authorization flow started on our page (single use).
+    pub fn auth_state(&self, state: &str) -> String {
+        format!("{}authstate:{state}", self.prefix)
+    }
+
     /// `…:ratelimit:{name}`: a rate-limit marker.
     pub fn rate_limit(&self, name: &str) -> String {
         format!("{}ratelimit:{name}", self.prefix)

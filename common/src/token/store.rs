@@ -661,6 +661,54 @@ impl TokenStore {
             .map_err(failed("reading an auth code"))
     }
 
+    /// Counts one more event of `name` in the current `window_secs` window (across replicas);
+    /// true while the count is within `limit`.
+    pub async fn within_limit(
+        &self,
+        name: &str,
+        limit: u64,
+        window_secs: u64,
+    ) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "counting for a rate limit").await?;
+        let key = self.keys.rate_limit(name);
+        let (n,): (u64,) = deadpool_redis::redis::pipe()
+            .cmd("INCR")
+            .arg(&key)
+            .cmd("EXPIRE")
+            .arg(&key)
+            .arg(window_secs)
+            .arg("NX")
+            .ignore()
+            .query_async(&mut c)
+            .await
+            .map_err(failed("counting for a rate limit"))?;
+        Ok(n <= limit)
+    }
+
+    /// Remembers an authorization flow's `state` for `ttl_secs`.
+    pub async fn issue_auth_state(&self, state: &str, ttl_secs: u64) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "storing an authorization state").await?;
+        cmd("SET")
+            .arg(self.keys.auth_state(state))
+            .arg(1)
+            .arg("EX")
+            .arg(ttl_secs)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("storing an authorization state"))
+    }
+
+    /// Uses up an authorization flow's `state`: true only the first time, within its TTL.
+    pub async fn take_auth_state(&self, state: &str) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "checking an authorization state").await?;
+        let v: Option<String> = cmd("GETDEL")
+            .arg(self.keys.auth_state(state))
+            .query_async(&mut c)
+            .await
+            .map_err(failed("checking an authorization state"))?;
+        Ok(v.is_some())
+    }
+
     /// `SET key 1 NX EX secs`: true the first time within `secs` (a cross-replica rate limit).
     pub async fn rate_limit(&self, name: &str, secs: u64) -> Result<bool, RedisError> {
         let mut c = conn(&self.pool, "rate limiting").await?;

@@ -7,10 +7,17 @@
 //! `/auth/callback` hands the code to the pipeline (a `component.auth_callback` event, exchanged
 //! exactly once by the business workers even when the `authorized` push races it) and sends
 //! the browser to `/auth/done`, which names the account once its profile is known.
+//!
+//! Anonymous visitors cannot make the platform do durable work: `/auth/start` (which spends a
+//! `pre_auth_code`) is rate-limited per client and globally, and carries a random, single-use,
+//! expiring `state` in the `redirect_uri`; `/auth/callback` accepts only a `state` it issued
+//! (a junk `auth_code` becomes no event, no WeChat call and no dead letter). The state is 128
+//! random bits kept in Redis rather than an HMAC: single use needs server-side state anyway.
+//! The `authorized` push, signed by WeChat, still exchanges every real code.
 
 use crate::state::SharedState;
-use axum::extract::{Query, State};
-use axum::http::StatusCode;
+use axum::extract::{ConnectInfo, Query, State};
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
 use common::ids::AppId;
 use common::wire::auth_callback::{self, AuthCallback};
@@ -18,6 +25,42 @@ use quick_xml::escape::escape;
 use std::collections::HashMap;
 
 type Q = Query<HashMap<String, String>>;
+
+/// How long an authorization started on our page may take to come back (WeChat's
+/// `pre_auth_code` lives 30 minutes).
+const STATE_TTL_SECS: u64 = 1800;
+
+/// The authorization pages' limits (`WXPIPE_AUTH_START_*`).
+#[derive(Debug, Clone, Copy)]
+pub struct AuthLimits {
+    /// Starts one client may make per minute.
+    pub starts_per_client: u64,
+    /// Starts all clients together may make per minute.
+    pub starts_per_minute: u64,
+    /// Identify clients by the last `X-Forwarded-For` entry.
+    pub trust_forwarded_for: bool,
+}
+
+/// Who is asking: the peer address, or the entry our own reverse proxy added.
+fn client_id(
+    limits: &AuthLimits,
+    peer: Option<std::net::SocketAddr>,
+    headers: &HeaderMap,
+) -> String {
+    if limits.trust_forwarded_for
+        && let Some(last) = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(str::trim)
+            .rfind(|v| !v.is_empty())
+    {
+        return last.chars().take(64).collect();
+    }
+    peer.map(|p| p.ip().to_string())
+        .unwrap_or_else(|| "unknown".into())
+}
 
 fn page(title: &str, body: &str, refresh: Option<u32>) -> String {
     let meta = refresh
@@ -90,11 +133,52 @@ fn choice(q: &HashMap<String, String>) -> Result<Vec<(&'static str, String)>, St
     }
 }
 
-async fn start(state: &SharedState, q: &HashMap<String, String>, mobile: bool) -> Response {
+/// Whether another authorization may start now (per client, then globally).
+async fn may_start(state: &SharedState, client: &str) -> Result<bool, common::redis::RedisError> {
+    let limits = state.auth_limits;
+    let store = &state.tokens.store;
+    Ok(store
+        .within_limit(
+            &format!("auth_start:client:{client}"),
+            limits.starts_per_client,
+            60,
+        )
+        .await?
+        && store
+            .within_limit("auth_start:all", limits.starts_per_minute, 60)
+            .await?)
+}
+
+async fn start(
+    state: &SharedState,
+    q: &HashMap<String, String>,
+    mobile: bool,
+    client: String,
+) -> Response {
     let extra = match choice(q) {
         Ok(e) => e,
         Err(why) => return problem(StatusCode::BAD_REQUEST, &why),
     };
+    match may_start(state, &client).await {
+        Ok(true) => {}
+        Ok(false) => {
+            metrics::counter!("wxpipe_auth_pages_total", "outcome" => "rate_limited").increment(1);
+            return problem(
+                StatusCode::TOO_MANY_REQUESTS,
+                "Too many authorizations were started just now. Please try again in a minute.",
+            );
+        }
+        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+    }
+    let flow = uuid::Uuid::new_v4().simple().to_string();
+    if let Err(e) = state
+        .tokens
+        .store
+        .issue_auth_state(&flow, STATE_TTL_SECS)
+        .await
+    {
+        return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+    }
     let code = state
         .tokens
         .with_component_token("api_create_preauthcode", |ct| {
@@ -130,7 +214,7 @@ async fn start(state: &SharedState, q: &HashMap<String, String>, mobile: bool) -
         .append_pair("pre_auth_code", &pre_auth_code)
         .append_pair(
             "redirect_uri",
-            &format!("{}/auth/callback", state.public_base_url),
+            &format!("{}/auth/callback?state={flow}", state.public_base_url),
         );
     for (k, v) in &extra {
         query.append_pair(k, v);
@@ -145,14 +229,29 @@ async fn start(state: &SharedState, q: &HashMap<String, String>, mobile: bool) -
     .into_response()
 }
 
+/// The peer address (the server, [`crate::http`], puts it on every request).
+type Peer = ConnectInfo<std::net::SocketAddr>;
+
 /// `GET /auth/start`: PC authorization.
-pub async fn start_pc(State(state): State<SharedState>, Query(q): Q) -> Response {
-    start(&state, &q, false).await
+pub async fn start_pc(
+    State(state): State<SharedState>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    let client = client_id(&state.auth_limits, Some(peer.0), &headers);
+    start(&state, &q, false, client).await
 }
 
 /// `GET /auth/start/mobile`: authorization inside WeChat on a phone.
-pub async fn start_mobile(State(state): State<SharedState>, Query(q): Q) -> Response {
-    start(&state, &q, true).await
+pub async fn start_mobile(
+    State(state): State<SharedState>,
+    peer: Peer,
+    headers: HeaderMap,
+    Query(q): Q,
+) -> Response {
+    let client = client_id(&state.auth_limits, Some(peer.0), &headers);
+    start(&state, &q, true, client).await
 }
 
 /// `GET /auth/callback?auth_code=&expires_in=`: publishes the code as an event, confirmed.
@@ -166,6 +265,29 @@ pub async fn callback(State(state): State<SharedState>, Query(q): Q) -> Response
             "auth_code is missing or malformed.",
         );
     };
+    let done = url::form_urlencoded::Serializer::new(String::new())
+        .append_pair("code", code)
+        .finish();
+    let flow = q.get("state").map(String::as_str).unwrap_or_default();
+    let ours = if flow.len() == 32 && flow.bytes().all(|b| b.is_ascii_hexdigit()) {
+        match state.tokens.store.take_auth_state(flow).await {
+            Ok(ours) => ours,
+            Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        }
+    } else {
+        false
+    };
+    if !ours {
+        // A reload of a callback already handled: show its outcome.
+        if let Ok(Some(_)) = state.tokens.code_outcome(code).await {
+            return Redirect::to(&format!("/auth/done?{done}")).into_response();
+        }
+        metrics::counter!("wxpipe_auth_pages_total", "outcome" => "bad_state").increment(1);
+        return problem(
+            StatusCode::BAD_REQUEST,
+            "This authorization link was not started here, has expired or was already used. Please start again from the authorization page.",
+        );
+    }
     let callback = AuthCallback {
         component_appid: state.crypt.appid().to_owned(),
         code: code.clone(),
@@ -193,9 +315,6 @@ pub async fn callback(State(state): State<SharedState>, Query(q): Q) -> Response
         );
     }
     metrics::counter!("wxpipe_auth_pages_total", "outcome" => "callback").increment(1);
-    let done = url::form_urlencoded::Serializer::new(String::new())
-        .append_pair("code", code)
-        .finish();
     Redirect::to(&format!("/auth/done?{done}")).into_response()
 }
 

@@ -1,6 +1,6 @@
 //! The HTTP surface: WeChat's two push URLs, the authorization pages, health and metrics.
 
-mod auth;
+pub mod auth;
 mod health;
 mod push;
 

@@ -85,10 +85,20 @@ impl EventHandler for AuthCallbackHandler {
                 reason: "missing_field",
                 detail: format!("{} has no AuthorizationCode or AppId", event.event_type),
             })?;
-            self.0
-                .exchange_code(&callback.code, None)
-                .await
-                .map_err(classify)?;
+            match self.0.exchange_code(&callback.code, None).await {
+                Ok(_) => {}
+                // A code from a browser that WeChat does not know (or knows as used) is
+                // nobody's work to redo: count it, do not dead-letter it. The signed
+                // `authorized` push carries every real code anyway.
+                Err(TokenError::Wechat(w))
+                    if w.class() == common::wechat::ErrorClass::CodeInvalid =>
+                {
+                    metrics::counter!("wxpipe_auth_codes_total", "outcome" => "invalid")
+                        .increment(1);
+                    tracing::warn!(error = %w, "an auth code from /auth/callback was refused by WeChat");
+                }
+                Err(e) => return Err(classify(e)),
+            }
             Ok(())
         })
     }
