@@ -226,3 +226,89 @@ async fn a_refused_refresh_token_is_replaced_from_the_list() {
     scheduler.stop().await;
     sim.stop().await;
 }
+
+/// Before: the fenced write of a refresh forced `status=active`, so a refresh in flight while
+/// `unauthorized` arrived brought the revoked account back with a token.
+#[tokio::test]
+async fn a_refresh_in_flight_cannot_bring_a_revoked_account_back() {
+    let t = TestNs::new("t-fail-revoke-race");
+    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    settings.slow_rate = 1.0;
+    settings.slow_delay = Duration::from_millis(1500);
+    let sim = sim::start(settings).await.unwrap();
+    let appid = {
+        let mut st = sim.shared.state.lock().unwrap();
+        let (_, code, _) = st.authorize(None, false);
+        let r = st.query_auth(creds::COMPONENT_APPID, &code).unwrap();
+        r["authorization_info"]["authorizer_appid"]
+            .as_str()
+            .unwrap()
+            .to_owned()
+    };
+    let svc = Arc::new(token_service(
+        &t.ns,
+        &sim.api_base(),
+        Duration::from_secs(600),
+    ));
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    svc.store.save_ticket(&ticket).await.unwrap();
+    assert_eq!(svc.restore_from_list().await.unwrap(), 1);
+    // A forced refresh starts; its WeChat call takes 1.5 s.
+    let refresh = {
+        let (svc, appid) = (svc.clone(), appid.clone());
+        tokio::spawn(async move {
+            svc.refresh_authorizer(&appid, common::token::RefreshMode::Force)
+                .await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    // Meanwhile the account removes the platform.
+    svc.store.revoke(&appid).await.unwrap();
+    let outcome = refresh.await.unwrap().unwrap();
+    assert_eq!(outcome, common::token::RefreshOutcome::Superseded);
+    let r = svc.store.authorizer(&appid).await.unwrap().unwrap();
+    assert_eq!(r.status, common::token::AuthorizerStatus::Revoked);
+    assert!(r.access_token.is_none() && r.refresh_token.is_none());
+    assert_eq!(svc.store.due_at(&appid).await.unwrap(), None);
+    sim.stop().await;
+}
+
+/// Before: a lock's lease (45 s) was shorter than the worst case of the calls it guards, so a
+/// second replica could take it mid-call and refresh again. Now the holder renews it.
+#[tokio::test]
+async fn a_lock_is_renewed_while_its_holder_works() {
+    use common::redis::lock::Lock;
+    let t = TestNs::new("t-fail-renew");
+    let pool = common::redis::pool(&wxpipe_tests::redis_url()).unwrap();
+    let key = format!("{}:lock:renewed", t.name());
+    let lease = Duration::from_millis(400);
+    let mut held = Lock::acquire(&pool, &key, lease, Duration::ZERO)
+        .await
+        .unwrap()
+        .unwrap();
+    held.keep_alive(lease);
+    // Four leases later it is still ours.
+    tokio::time::sleep(lease * 4).await;
+    assert!(
+        Lock::acquire(&pool, &key, lease, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_none()
+    );
+    assert!(held.still_held().await.unwrap());
+    assert!(held.release().await.unwrap());
+    // Released: anyone may take it.
+    let next = Lock::acquire(&pool, &key, lease, Duration::ZERO)
+        .await
+        .unwrap();
+    assert!(next.is_some());
+    // Without renewal, the lease runs out.
+    tokio::time::sleep(lease * 2).await;
+    assert!(
+        Lock::acquire(&pool, &key, lease, Duration::ZERO)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    let _ = wxpipe_tests::broker::delete_redis_keys(&format!("{}:", t.name())).await;
+}

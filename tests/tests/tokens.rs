@@ -324,22 +324,24 @@ async fn a_stalled_replica_cannot_overwrite_a_newer_token() {
         access_token: "newer".into(),
         expires_at: common::unix_now() + 7200,
     };
-    assert!(
+    assert_eq!(
         svc.store
-            .write_authorizer_tokens(&b, "wx570bc396a51b8ff8", &newer, Some("rt-b"), 0)
+            .write_authorizer_tokens(&b, "wx570bc396a51b8ff8", &newer, Some("rt-b"), None, 0)
             .await
-            .unwrap()
+            .unwrap(),
+        common::token::Written::Yes
     );
     // A wakes up and tries to write its older token: refused, nothing changes.
     let older = StoredToken {
         access_token: "older".into(),
         expires_at: common::unix_now() + 7000,
     };
-    assert!(
-        !svc.store
-            .write_authorizer_tokens(&a, "wx570bc396a51b8ff8", &older, Some("rt-a"), 0)
+    assert_eq!(
+        svc.store
+            .write_authorizer_tokens(&a, "wx570bc396a51b8ff8", &older, Some("rt-a"), None, 0)
             .await
-            .unwrap()
+            .unwrap(),
+        common::token::Written::LostLock
     );
     let r = svc
         .store

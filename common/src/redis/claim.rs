@@ -27,6 +27,12 @@ redis.call('SET', KEYS[1], ARGV[2], 'PX', ARGV[3])
 return 1
 ";
 
+/// Extends `KEYS[1]`'s lease to `ARGV[2]` ms only if it still holds `ARGV[1]`.
+const EXTEND: &str = r"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
+return 0
+";
+
 /// What a key was found to be when we tried to claim it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
@@ -80,6 +86,16 @@ pub struct Claim {
     pool: deadpool_redis::Pool,
     key: String,
     value: String,
+    /// The task extending the lease while we work, if [`Claim::keep_alive`] started one.
+    renewal: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for Claim {
+    fn drop(&mut self) {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
+    }
 }
 
 impl Claim {
@@ -103,6 +119,7 @@ impl Claim {
             pool: pool.clone(),
             key: key.to_owned(),
             value,
+            renewal: None,
         });
         Ok((o, claim))
     }
@@ -130,6 +147,36 @@ impl Claim {
         }
     }
 
+    /// Extends the lease to `lease` every `lease / 3` while this claim lives, so work that
+    /// takes longer than one lease (a WeChat call retried with backoff) keeps it — as long as
+    /// this process runs: a process that stalls (SIGSTOP, a long pause) stops renewing, the
+    /// lease runs out, and the fenced writes refuse whatever it writes when it wakes up.
+    pub fn keep_alive(&mut self, lease: Duration) {
+        let (pool, key, value) = (self.pool.clone(), self.key.clone(), self.value.clone());
+        let every = (lease / 3).max(Duration::from_millis(10));
+        self.renewal = Some(tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(every).await;
+                let extended: Result<i64, RedisError> = async {
+                    let mut c = conn(&pool, "extending a claim").await?;
+                    Script::new(EXTEND)
+                        .key(&key)
+                        .arg(&value)
+                        .arg(lease.as_millis() as u64)
+                        .invoke_async(&mut c)
+                        .await
+                        .map_err(failed("extending a claim"))
+                }
+                .await;
+                match extended {
+                    Ok(1) => {}
+                    Ok(_) => return, // no longer ours
+                    Err(e) => tracing::debug!(error = %e, "could not extend a claim"),
+                }
+            }
+        }));
+    }
+
     pub fn key(&self) -> &str {
         &self.key
     }
@@ -151,7 +198,10 @@ impl Claim {
     }
 
     /// Settles the claim into `value` for `ttl`, if we still hold it; returns whether we did.
-    pub async fn settle(self, value: &str, ttl: Duration) -> Result<bool, RedisError> {
+    pub async fn settle(mut self, value: &str, ttl: Duration) -> Result<bool, RedisError> {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
         let mut c = conn(&self.pool, "settling a claim").await?;
         let n: i64 = Script::new(SETTLE)
             .key(&self.key)
@@ -165,7 +215,10 @@ impl Claim {
     }
 
     /// Releases the claim if it is still ours; returns whether it was.
-    pub async fn release(self) -> Result<bool, RedisError> {
+    pub async fn release(mut self) -> Result<bool, RedisError> {
+        if let Some(r) = self.renewal.take() {
+            r.abort();
+        }
         release(&self.pool, &self.key, &self.value).await
     }
 }

@@ -3,7 +3,7 @@
 //! reactions to WeChat's error codes (protocol.md §6).
 
 use super::service::{LOCK_LEASE, RefreshMode, RefreshOutcome, TokenError, TokenService};
-use super::store::{AuthorizerStatus, StoredToken};
+use super::store::{AuthorizerStatus, StoredToken, Written};
 use crate::redis::RedisError;
 use crate::redis::lock::Lock;
 use crate::wechat::{ErrorClass, WechatError};
@@ -22,9 +22,12 @@ impl TokenService {
             RefreshMode::IfStale | RefreshMode::Force => Duration::from_secs(10),
         };
         let name = self.store.keys.lock(&format!("authorizer:{appid}"));
-        let Some(lock) = Lock::acquire(self.store.pool(), &name, LOCK_LEASE, wait).await? else {
+        let Some(mut lock) = Lock::acquire(self.store.pool(), &name, LOCK_LEASE, wait).await?
+        else {
             return Ok(RefreshOutcome::Skipped);
         };
+        // The calls it guards can outlast one lease (retries with backoff): renew it.
+        lock.keep_alive(LOCK_LEASE);
         let result = self.refresh_authorizer_locked(&lock, appid, mode).await;
         let _ = lock.release().await;
         result
@@ -93,17 +96,32 @@ impl TokenService {
                 appid,
                 &token,
                 Some(&grant.authorizer_refresh_token),
+                Some(&refresh_token),
                 due,
             )
             .await?;
-        let outcome = if written { "ok" } else { "lost_lock" };
+        let outcome = match written {
+            Written::Yes => "ok",
+            Written::LostLock => "lost_lock",
+            Written::Superseded => "superseded",
+        };
         metrics::counter!("wxpipe_token_refreshes_total", "kind" => "authorizer", "outcome" => outcome).increment(1);
-        if !written {
-            tracing::warn!(
-                appid,
-                "authorizer token refreshed but not stored: the lock expired meanwhile"
-            );
-            return Ok(RefreshOutcome::LostLock);
+        match written {
+            Written::Yes => {}
+            Written::LostLock => {
+                tracing::warn!(
+                    appid,
+                    "authorizer token refreshed but not stored: the lock expired meanwhile"
+                );
+                return Ok(RefreshOutcome::LostLock);
+            }
+            Written::Superseded => {
+                tracing::info!(
+                    appid,
+                    "authorizer token refreshed but not stored: the account was revoked or re-authorized meanwhile"
+                );
+                return Ok(RefreshOutcome::Superseded);
+            }
         }
         Ok(RefreshOutcome::Refreshed(token))
     }

@@ -36,7 +36,7 @@ impl TokenService {
         mode: RefreshMode,
     ) -> Result<StoredToken, TokenError> {
         let name = self.store.keys.lock("component_token");
-        let Some(lock) = Lock::acquire(
+        let Some(mut lock) = Lock::acquire(
             self.store.pool(),
             &name,
             LOCK_LEASE,
@@ -46,6 +46,8 @@ impl TokenService {
         else {
             return Err(TokenError::Busy("component_token".into()));
         };
+        // The call it guards can outlast one lease (retries with backoff): renew it.
+        lock.keep_alive(LOCK_LEASE);
         let result = self.refresh_component_token_locked(&lock, mode).await;
         let _ = lock.release().await;
         result

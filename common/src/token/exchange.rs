@@ -117,6 +117,8 @@ impl TokenService {
                         &appid,
                         &token,
                         info.authorizer_refresh_token.as_deref(),
+                        // Written right after `authorized`: fenced on the same token.
+                        info.authorizer_refresh_token.as_deref(),
                         due,
                     )
                     .await?;

@@ -11,4 +11,4 @@ pub mod service;
 pub mod store;
 
 pub use service::{RefreshMode, RefreshOutcome, TokenError, TokenService};
-pub use store::{AuthorizerRecord, AuthorizerStatus, StoredToken, TokenStore};
+pub use store::{AuthorizerRecord, AuthorizerStatus, StoredToken, TokenStore, Written};

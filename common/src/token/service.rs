@@ -72,6 +72,8 @@ pub enum RefreshOutcome {
     Skipped,
     /// Our lock expired before we wrote: the token was not stored.
     LostLock,
+    /// The account was revoked or re-authorized during the call: the token was not stored.
+    Superseded,
 }
 
 /// When to refresh. Every mode re-reads the token after taking its lock, so a replica that

@@ -135,9 +135,15 @@ return ids
 
 /// Fenced write of an authorizer's tokens: `KEYS` = lock, record, due set, known set, attempts;
 /// `ARGV` = lock value, appid, access token, expires_at, refresh token ('' keeps the old one),
-/// now, due (ms).
+/// now, due (ms), the refresh token the grant was obtained with ('' for a fresh authorization).
+/// Returns 0 when the lock is no longer ours, -1 when the account changed under the call —
+/// revoked (its refresh token deleted), re-authorized (a new refresh token) or its token
+/// refused — so a refresh in flight can never bring a revoked account back or overwrite a
+/// newer refresh token; 1 when written.
 const WRITE_AUTHORIZER_IF_HELD: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[2], 'refresh_token') ~= ARGV[8] then return -1 end
+if redis.call('HGET', KEYS[2], 'status') == 'revoked' then return -1 end
 redis.call('HSET', KEYS[2], 'appid', ARGV[2], 'status', 'active', 'access_token', ARGV[3],
   'expires_at', ARGV[4], 'last_refresh', ARGV[6])
 redis.call('HDEL', KEYS[2], 'last_error')
@@ -148,6 +154,37 @@ redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
 return 1
 ";
+
+/// Sets an account's status and last error (`KEYS[1]` = record; `ARGV` = appid, status,
+/// error), unless it is revoked: only an authorization brings a revoked account back.
+const MARK_UNLESS_REVOKED: &str = r"
+if redis.call('HGET', KEYS[1], 'status') == 'revoked' then return 0 end
+redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'status', ARGV[2], 'last_error', ARGV[3])
+return 1
+";
+
+/// 61023 for the refresh token `ARGV[1]`: set it aside, unless the account has another one by
+/// now (`KEYS` = record, due set, attempts; `ARGV` = refused token, appid, error).
+const REFUSE_REFRESH_TOKEN: &str = r"
+if redis.call('HGET', KEYS[1], 'refresh_token') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'refresh_failing', 'last_error', ARGV[3],
+  'refused_refresh_token', ARGV[1])
+redis.call('HDEL', KEYS[1], 'refresh_token')
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+";
+
+/// What a fenced write of tokens did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Written {
+    Yes,
+    /// The lock expired before the write: nothing written.
+    LostLock,
+    /// The account was revoked, re-authorized or its refresh token refused meanwhile:
+    /// nothing written.
+    Superseded,
+}
 
 /// Deletes the access token if it is still `ARGV[1]` (`KEYS[1]` = record).
 const INVALIDATE_AUTHORIZER_TOKEN: &str = r"
@@ -357,15 +394,19 @@ impl TokenStore {
             .map_err(failed("scheduling a refresh"))
     }
 
-    /// Fenced write of fresh tokens for `appid`; `refresh_token` `None` keeps the stored one.
+    /// Fenced write of fresh tokens for `appid` (see [`WRITE_AUTHORIZER_IF_HELD`]);
+    /// `refresh_token` `None` keeps the stored one; `used` is the refresh token the grant was
+    /// obtained with (`None` for a fresh authorization).
+    #[allow(clippy::too_many_arguments)]
     pub async fn write_authorizer_tokens(
         &self,
         lock: &Lock,
         appid: &str,
         token: &StoredToken,
         refresh_token: Option<&str>,
+        used: Option<&str>,
         due_ms: i64,
-    ) -> Result<bool, RedisError> {
+    ) -> Result<Written, RedisError> {
         let mut c = conn(&self.pool, "writing authorizer tokens").await?;
         let n: i64 = Script::new(WRITE_AUTHORIZER_IF_HELD)
             .key(lock.key())
@@ -380,10 +421,15 @@ impl TokenStore {
             .arg(refresh_token.unwrap_or(""))
             .arg(crate::unix_now())
             .arg(due_ms)
+            .arg(used.unwrap_or(""))
             .invoke_async(&mut c)
             .await
             .map_err(failed("writing authorizer tokens"))?;
-        Ok(n == 1)
+        Ok(match n {
+            1 => Written::Yes,
+            0 => Written::LostLock,
+            _ => Written::Superseded,
+        })
     }
 
     /// Deletes `appid`'s access token only if it is still `token`.
@@ -433,27 +479,16 @@ impl TokenStore {
         error: &str,
     ) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "refusing a refresh token").await?;
-        let key = self.keys.authorizer(appid);
-        deadpool_redis::redis::pipe()
-            .cmd("HSET")
-            .arg(&key)
-            .arg("status")
-            .arg(AuthorizerStatus::RefreshFailing.as_str())
-            .arg("last_error")
-            .arg(error)
-            .arg("refused_refresh_token")
+        Script::new(REFUSE_REFRESH_TOKEN)
+            .key(self.keys.authorizer(appid))
+            .key(self.keys.due())
+            .key(self.keys.due_attempts())
             .arg(refused)
-            .ignore()
-            .cmd("HDEL")
-            .arg(&key)
-            .arg("refresh_token")
-            .ignore()
-            .zrem(self.keys.due(), appid)
-            .ignore()
-            .hdel(self.keys.due_attempts(), appid)
-            .ignore()
-            .query_async::<()>(&mut c)
+            .arg(appid)
+            .arg(error)
+            .invoke_async::<i64>(&mut c)
             .await
+            .map(|_| ())
             .map_err(failed("refusing a refresh token"))
     }
 
@@ -592,7 +627,8 @@ impl TokenStore {
             .map_err(failed("storing a profile"))
     }
 
-    /// Marks an account's status with a reason (`RefreshFailing`, …); revocation uses [`Self::revoke`].
+    /// Marks an account's status with a reason (`RefreshFailing`, …) unless it is revoked;
+    /// revocation uses [`Self::revoke`].
     pub async fn mark(
         &self,
         appid: &str,
@@ -600,16 +636,14 @@ impl TokenStore {
         error: &str,
     ) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "marking an authorizer").await?;
-        cmd("HSET")
-            .arg(self.keys.authorizer(appid))
-            .arg("appid")
+        Script::new(MARK_UNLESS_REVOKED)
+            .key(self.keys.authorizer(appid))
             .arg(appid)
-            .arg("status")
             .arg(status.as_str())
-            .arg("last_error")
             .arg(error)
-            .query_async::<()>(&mut c)
+            .invoke_async::<i64>(&mut c)
             .await
+            .map(|_| ())
             .map_err(failed("marking an authorizer"))
     }
 
