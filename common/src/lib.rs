@@ -25,6 +25,7 @@ pub mod crypto;
 pub mod event;
 pub mod ids;
 pub mod redis;
+pub mod secret;
 pub mod shutdown;
 pub mod telemetry;
 pub mod token;

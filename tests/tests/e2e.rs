@@ -3,7 +3,8 @@
 //! pushed and stored, the component token fetched, an administrator authorizes through the
 //! pages, the account's tokens appear, followers send messages, decoded events reach a
 //! downstream queue, a poison push is dead-lettered and replayed, and every process stops
-//! cleanly on SIGTERM.
+//! cleanly on SIGTERM. The wxpipe processes log at `debug` to files, and no configured secret,
+//! no access token and no refresh token may appear in them.
 
 use serde_json::{Value, json};
 use std::process::{Child, Command, Stdio};
@@ -13,6 +14,10 @@ use wxpipe_tests::harness::{eventually, free_port, workspace_bin};
 use wxpipe_tests::{creds, http_builder};
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
+/// Credentials of this run only, distinctive so that a leak is found by a plain search.
+const SECRET: &str = "e2e-secret-must-never-be-logged-3b9f07";
+const TOKEN: &str = "e2eTokenNeverLogged9c41";
+const AES_KEY: &str = "E2eKeyMustNeverBeLoggedAnywhere0123456789ab";
 
 struct Processes(Vec<(&'static str, Child)>);
 
@@ -65,9 +70,9 @@ async fn the_whole_story_across_processes() {
     );
     let env = |c: &mut Command| {
         c.env("WXPIPE_COMPONENT_APPID", creds::COMPONENT_APPID)
-            .env("WXPIPE_COMPONENT_SECRET", creds::COMPONENT_SECRET)
-            .env("WXPIPE_TOKEN", creds::TOKEN)
-            .env("WXPIPE_ENCODING_AES_KEY", creds::ENCODING_AES_KEY)
+            .env("WXPIPE_COMPONENT_SECRET", SECRET)
+            .env("WXPIPE_TOKEN", TOKEN)
+            .env("WXPIPE_ENCODING_AES_KEY", AES_KEY)
             .env("WXPIPE_NAMESPACE", t.name())
             .env("WXPIPE_AMQP_URL", wxpipe_tests::amqp_url())
             .env("WXPIPE_REDIS_URL", wxpipe_tests::redis_url())
@@ -82,13 +87,25 @@ async fn the_whole_story_across_processes() {
             .env("WXPIPE_SIM_INGRESS_URL", &base)
             .env("WXPIPE_SIM_REFERER_DOMAIN", "127.0.0.1")
             .env("WXPIPE_LOG_FORMAT", "json")
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "debug")
             .stdout(Stdio::null());
     };
+    let log_dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(t.name());
+    std::fs::create_dir_all(&log_dir).unwrap();
     let spawn = |name: &'static str, bin: std::path::PathBuf, args: &[&str]| {
         let mut c = Command::new(bin);
         c.args(args);
         env(&mut c);
+        // wxpipe's own processes log to files that are searched for secrets at the end.
+        let log = if name == "wechat-sim" {
+            Stdio::null()
+        } else {
+            Stdio::from(
+                std::fs::File::create(log_dir.join(format!("{}.log", name.replace(' ', "-"))))
+                    .unwrap(),
+            )
+        };
+        c.stderr(log);
         (
             name,
             c.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}")),
@@ -233,11 +250,7 @@ async fn the_whole_story_across_processes() {
     );
 
     // 6. a poison push (encrypted for another platform's appid, correctly signed) → dead letter
-    let stranger = wxpipe_tests::push::PushBuilder::new(
-        creds::TOKEN,
-        creds::ENCODING_AES_KEY,
-        "wx0000000000000000",
-    );
+    let stranger = wxpipe_tests::push::PushBuilder::new(TOKEN, AES_KEY, "wx0000000000000000");
     let now = common::unix_now();
     let poison = stranger.authorizer(
         "gh_x",
@@ -307,6 +320,65 @@ async fn the_whole_story_across_processes() {
         .unwrap();
     assert!(metrics.contains("outcome=\"accepted\""));
 
+    // The tokens of this run, to be looked for in the logs.
+    let token_of = |path: String| {
+        let http = http.clone();
+        async move {
+            let v: Value = http
+                .get(path)
+                .bearer_auth(ADMIN)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            v["access_token"].as_str().unwrap().to_owned()
+        }
+    };
+    let component_token = token_of(format!("{admin}/v1/component/access_token")).await;
+    let authorizer_token = token_of(format!("{admin}/v1/authorizers/{appid}/access_token")).await;
+    let store = common::token::TokenStore::new(
+        common::redis::pool(&wxpipe_tests::redis_url()).unwrap(),
+        common::redis::Keys::new(&t.ns, creds::COMPONENT_APPID),
+    );
+    let refresh_token = store
+        .authorizer(&appid)
+        .await
+        .unwrap()
+        .unwrap()
+        .refresh_token
+        .unwrap()
+        .expose()
+        .to_owned();
+
     // 7. every process stops cleanly on SIGTERM
     procs.stop();
+
+    // 8. no secret and no token in any log line of wxpipe's processes
+    let mut logs = String::new();
+    for entry in std::fs::read_dir(&log_dir).unwrap() {
+        logs.push_str(&std::fs::read_to_string(entry.unwrap().path()).unwrap());
+    }
+    assert!(
+        logs.contains("authorization code exchanged") && logs.lines().count() > 20,
+        "the logs were written ({} lines)",
+        logs.lines().count()
+    );
+    for (what, value) in [
+        ("the AppSecret", SECRET),
+        ("the message token", TOKEN),
+        ("the EncodingAESKey", AES_KEY),
+        ("the admin bearer token", ADMIN),
+        ("the component access token", component_token.as_str()),
+        ("the authorizer access token", authorizer_token.as_str()),
+        ("the refresh token", refresh_token.as_str()),
+    ] {
+        assert!(
+            !logs.contains(value),
+            "{what} appears in the logs in {}",
+            log_dir.display()
+        );
+    }
+    let _ = std::fs::remove_dir_all(&log_dir);
 }

@@ -349,8 +349,8 @@ async fn a_stalled_replica_cannot_overwrite_a_newer_token() {
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(r.access_token.as_deref(), Some("newer"));
-    assert_eq!(r.refresh_token.as_deref(), Some("rt-b"));
+    assert_eq!(r.access_token.as_ref().map(|t| t.expose()), Some("newer"));
+    assert_eq!(r.refresh_token.as_ref().map(|t| t.expose()), Some("rt-b"));
     // A's release does not free B's lock.
     assert!(!a.release().await.unwrap());
     assert!(b.still_held().await.unwrap());
@@ -374,7 +374,8 @@ async fn a_stalled_replica_cannot_overwrite_a_newer_token() {
             .await
             .unwrap()
             .unwrap()
-            .access_token,
+            .access_token
+            .expose(),
         "newer"
     );
     // Compare-and-invalidate: a stale failure does not delete the newer token.

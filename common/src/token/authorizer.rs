@@ -72,13 +72,17 @@ impl TokenService {
         let grant = self
             .with_component_token("api_authorizer_token", |ct| {
                 let (client, rt) = (self.client.clone(), refresh_token.clone());
-                async move { client.authorizer_token(&ct, appid, &rt).await }
+                async move {
+                    client
+                        .authorizer_token(ct.expose(), appid, rt.expose())
+                        .await
+                }
             })
             .await;
         let grant = match grant {
             Ok(g) => g,
             Err(TokenError::Wechat(e)) => {
-                self.react_to_refresh_error(appid, &refresh_token, &e)
+                self.react_to_refresh_error(appid, refresh_token.expose(), &e)
                     .await?;
                 return Err(e.into());
             }
@@ -95,8 +99,8 @@ impl TokenService {
                 lock,
                 appid,
                 &token,
-                Some(&grant.authorizer_refresh_token),
-                Some(&refresh_token),
+                Some(grant.authorizer_refresh_token.expose()),
+                Some(refresh_token.expose()),
                 due,
             )
             .await?;

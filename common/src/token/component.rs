@@ -7,6 +7,7 @@
 use super::service::{LOCK_LEASE, RefreshMode, TokenError, TokenService};
 use super::store::StoredToken;
 use crate::redis::lock::Lock;
+use crate::secret::Token;
 use crate::wechat::{ErrorClass, WechatError};
 use std::future::Future;
 use std::time::Duration;
@@ -18,7 +19,7 @@ const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 impl TokenService {
     /// A component token with more than [`SERVE_MARGIN_SECS`] left, refreshing it if needed.
-    pub async fn component_token(&self) -> Result<String, TokenError> {
+    pub async fn component_token(&self) -> Result<Token, TokenError> {
         if let Some(t) = self.store.component_token().await?
             && t.expires_at - crate::unix_now() > self.serve_margin()
         {
@@ -149,14 +150,16 @@ impl TokenService {
         f: F,
     ) -> Result<T, TokenError>
     where
-        F: Fn(String) -> Fut,
+        F: Fn(Token) -> Fut,
         Fut: Future<Output = Result<T, WechatError>>,
     {
         let token = self.component_token().await?;
         match self.guarded(api, || f(token.clone())).await {
             Err(TokenError::Wechat(e)) if e.class() == ErrorClass::InvalidToken => {
                 tracing::warn!(error = %e, "component token refused; invalidating and refreshing once");
-                self.store.invalidate_component_token(&token).await?;
+                self.store
+                    .invalidate_component_token(token.expose())
+                    .await?;
                 let fresh = self.component_token().await?;
                 self.guarded(api, || f(fresh.clone())).await
             }
@@ -171,7 +174,7 @@ impl TokenService {
     pub async fn invalidate_component_token(
         &self,
         failed: &str,
-    ) -> Result<(bool, String), TokenError> {
+    ) -> Result<(bool, Token), TokenError> {
         let invalidated = self.store.invalidate_component_token(failed).await?;
         if invalidated {
             metrics::counter!("wxpipe_token_invalidations_total", "kind" => "component")

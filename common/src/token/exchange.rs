@@ -7,6 +7,7 @@ use super::store::StoredToken;
 use crate::redis::RedisError;
 use crate::redis::claim::Outcome;
 use crate::redis::lock::Lock;
+use crate::secret::Token;
 use crate::wechat::ErrorClass;
 use std::time::Duration;
 
@@ -69,7 +70,7 @@ impl TokenService {
             .with_component_token("api_query_auth", |ct| {
                 let client = self.client.clone();
                 let code = code.to_owned();
-                async move { client.query_auth(&ct, &code).await }
+                async move { client.query_auth(ct.expose(), &code).await }
             })
             .await;
         let info = match info {
@@ -94,7 +95,10 @@ impl TokenService {
         };
         let appid = info.authorizer_appid.clone();
         self.store
-            .authorized(&appid, info.authorizer_refresh_token.as_deref())
+            .authorized(
+                &appid,
+                info.authorizer_refresh_token.as_ref().map(Token::expose),
+            )
             .await?;
         if let Some(token) = info.authorizer_access_token {
             let lock_name = self.store.keys.lock(&format!("authorizer:{appid}"));
@@ -116,9 +120,9 @@ impl TokenService {
                         &lock,
                         &appid,
                         &token,
-                        info.authorizer_refresh_token.as_deref(),
+                        info.authorizer_refresh_token.as_ref().map(Token::expose),
                         // Written right after `authorized`: fenced on the same token.
-                        info.authorizer_refresh_token.as_deref(),
+                        info.authorizer_refresh_token.as_ref().map(Token::expose),
                         due,
                     )
                     .await?;
@@ -134,7 +138,7 @@ impl TokenService {
             .with_component_token("api_get_authorizer_info", |ct| {
                 let client = self.client.clone();
                 let appid = appid.clone();
-                async move { client.authorizer_info(&ct, &appid).await }
+                async move { client.authorizer_info(ct.expose(), &appid).await }
             })
             .await
         {

@@ -14,7 +14,7 @@ impl TokenService {
             let (total, page) = self
                 .with_component_token("api_get_authorizer_list", |ct| {
                     let client = self.client.clone();
-                    async move { client.authorizer_list(&ct, offset, 500).await }
+                    async move { client.authorizer_list(ct.expose(), offset, 500).await }
                 })
                 .await?;
             let n = page.len() as u64;
@@ -31,7 +31,7 @@ impl TokenService {
                 }
                 let restored_now = self
                     .store
-                    .restore_refresh_token(&item.authorizer_appid, &rt)
+                    .restore_refresh_token(&item.authorizer_appid, rt.expose())
                     .await?;
                 if restored_now {
                     restored += 1;

@@ -7,6 +7,7 @@
 use crate::redis::claim;
 use crate::redis::lock::Lock;
 use crate::redis::{Keys, RedisError, conn, failed};
+use crate::secret::Token;
 use deadpool_redis::redis::{AsyncCommands, Script, cmd};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -14,7 +15,7 @@ use std::collections::HashMap;
 /// A token and when it expires (unix seconds).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct StoredToken {
-    pub access_token: String,
+    pub access_token: Token,
     pub expires_at: i64,
 }
 
@@ -63,9 +64,9 @@ pub struct AuthorizerRecord {
     pub appid: String,
     pub status: AuthorizerStatus,
     #[serde(skip)]
-    pub refresh_token: Option<String>,
+    pub refresh_token: Option<Token>,
     #[serde(skip)]
-    pub access_token: Option<String>,
+    pub access_token: Option<Token>,
     pub expires_at: Option<i64>,
     pub last_refresh: Option<i64>,
     pub last_error: Option<String>,
@@ -303,8 +304,8 @@ impl TokenStore {
                 h.get("status").map(String::as_str).unwrap_or("active"),
             ),
             has_refresh_token: text("refresh_token").is_some(),
-            refresh_token: text("refresh_token"),
-            access_token: text("access_token"),
+            refresh_token: text("refresh_token").map(Token::from),
+            access_token: text("access_token").map(Token::from),
             expires_at: int("expires_at"),
             last_refresh: int("last_refresh"),
             last_error: text("last_error"),
@@ -416,7 +417,7 @@ impl TokenStore {
             .key(self.keys.due_attempts())
             .arg(lock.value())
             .arg(appid)
-            .arg(&token.access_token)
+            .arg(token.access_token.expose())
             .arg(token.expires_at)
             .arg(refresh_token.unwrap_or(""))
             .arg(crate::unix_now())

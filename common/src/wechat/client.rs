@@ -1,6 +1,7 @@
 //! The HTTP client of the component API.
 
 use super::WechatError;
+use crate::secret::Token;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Deserialize;
 use serde_json::{Value, json};
@@ -9,7 +10,7 @@ use std::time::Duration;
 /// A token and its lifetime in seconds.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TokenGrant {
-    pub token: String,
+    pub token: Token,
     pub expires_in: i64,
 }
 
@@ -18,10 +19,10 @@ pub struct TokenGrant {
 pub struct AuthorizationInfo {
     pub authorizer_appid: String,
     /// Present only if the account granted API rights.
-    pub authorizer_access_token: Option<String>,
+    pub authorizer_access_token: Option<Token>,
     #[serde(default)]
     pub expires_in: i64,
-    pub authorizer_refresh_token: Option<String>,
+    pub authorizer_refresh_token: Option<Token>,
     #[serde(default)]
     pub func_info: Value,
 }
@@ -29,9 +30,9 @@ pub struct AuthorizationInfo {
 /// What `api_authorizer_token` returns.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct AuthorizerGrant {
-    pub authorizer_access_token: String,
+    pub authorizer_access_token: Token,
     pub expires_in: i64,
-    pub authorizer_refresh_token: String,
+    pub authorizer_refresh_token: Token,
 }
 
 /// One entry of `api_get_authorizer_list`.
@@ -39,7 +40,7 @@ pub struct AuthorizerGrant {
 pub struct ListedAuthorizer {
     pub authorizer_appid: String,
     /// Present only after one `api_query_auth`.
-    pub refresh_token: Option<String>,
+    pub refresh_token: Option<Token>,
     #[serde(default)]
     pub auth_time: i64,
 }
@@ -195,7 +196,7 @@ impl WechatClient {
         }
         let r: R = Self::field(API, v)?;
         Ok(TokenGrant {
-            token: r.component_access_token,
+            token: r.component_access_token.into(),
             expires_in: r.expires_in,
         })
     }

@@ -183,7 +183,7 @@ async fn start(
         .tokens
         .with_component_token("api_create_preauthcode", |ct| {
             let client = state.tokens.client.clone();
-            async move { client.create_preauthcode(&ct).await }
+            async move { client.create_preauthcode(ct.expose()).await }
         })
         .await;
     let (pre_auth_code, _) = match code {

@@ -77,7 +77,7 @@ impl ReleaseTest {
         self.tokens
             .client
             .send_custom_text(
-                &token.access_token,
+                token.access_token.expose(),
                 text(event, "FromUserName"),
                 &format!("{code}_from_api"),
             )
