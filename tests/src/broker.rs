@@ -356,7 +356,7 @@ pub fn close_connections_named(needle: &str) -> Result<usize, String> {
 
 /// `rabbitmqctl` needs the broker's Erlang cookie: run it directly as root, else through
 /// `sudo -n` (scripts/test installs the broker the same way).
-fn rabbitmqctl() -> std::process::Command {
+pub fn rabbitmqctl() -> std::process::Command {
     let is_root = std::process::Command::new("id")
         .arg("-u")
         .output()

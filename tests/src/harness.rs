@@ -133,6 +133,7 @@ pub fn decrypt_config(ns: &Namespace) -> workers::decrypt::DecryptConfig {
         claim_ttl: Duration::from_secs(10),
         max_attempts: 12,
         confirm_timeout: Duration::from_secs(2),
+        fault_panic_on: None,
     }
 }
 
@@ -286,5 +287,86 @@ where
             "timed out waiting for {what}"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The whole pipeline of one test, in-process: an ingress on `port` (so the simulator's
+/// pushes find it), a decrypt worker, a business worker and a scheduler with its admin API,
+/// all on the test's namespace and talking to `sim`. Stopping it stops every role gracefully;
+/// dropping it (a failed test) tells them to stop. The namespace is cleaned up by its
+/// [`crate::broker::TestNs`].
+pub struct Pipeline {
+    ingress: Option<IngressHandle>,
+    /// `http://127.0.0.1:{port}`: the ingress and the authorization pages.
+    pub base: String,
+    /// The admin API's base URL.
+    pub admin: String,
+    pub tokens: std::sync::Arc<common::token::TokenService>,
+    workers: Vec<WorkerHandle>,
+}
+
+/// Starts a [`Pipeline`] on `ns` with the refresh `margin`.
+pub async fn spawn_pipeline(
+    ns: &Namespace,
+    sim: &crate::sim::SimHandle,
+    port: u16,
+    margin: Duration,
+) -> Pipeline {
+    let base = format!("http://127.0.0.1:{port}");
+    let listener = TcpListener::bind(("127.0.0.1", port))
+        .await
+        .expect("the pipeline's port is free");
+    let ingress = IngressHandle::start_on(listener, ingress_config_with_sim(ns, sim, &base)).await;
+    assert!(
+        ingress.wait_ready(Duration::from_secs(15)).await,
+        "the ingress never became ready"
+    );
+    let tokens = std::sync::Arc::new(token_service(ns, &sim.api_base(), margin));
+    let (scheduler, admin) = spawn_scheduler(tokens.clone(), 16).await;
+    let workers = vec![
+        spawn_decrypt(decrypt_config(ns)),
+        spawn_business(ns, tokens.clone()),
+        scheduler,
+    ];
+    Pipeline {
+        ingress: Some(ingress),
+        base,
+        admin,
+        tokens,
+        workers,
+    }
+}
+
+impl Pipeline {
+    /// The simulator pushes a ticket; waits until the scheduler has the component token.
+    pub async fn ticket_and_component_token(&self, sim: &crate::sim::SimHandle) {
+        crate::http()
+            .post(format!("{}/sim/push/ticket", sim.api_base()))
+            .send()
+            .await
+            .expect("the simulator answers");
+        eventually(Duration::from_secs(15), "the component token", || async {
+            let (status, _) = admin_get(&self.admin, "/v1/component/access_token").await;
+            (status == 200).then_some(())
+        })
+        .await;
+    }
+
+    /// Stops every role gracefully.
+    pub async fn stop(mut self) {
+        for w in std::mem::take(&mut self.workers) {
+            w.stop().await;
+        }
+        if let Some(ingress) = self.ingress.take() {
+            ingress.stop().await.expect("the ingress stopped cleanly");
+        }
+    }
+}
+
+impl Drop for Pipeline {
+    fn drop(&mut self) {
+        for w in &self.workers {
+            w.stop.send_replace(true);
+        }
     }
 }

@@ -536,6 +536,8 @@ async fn its_pushes_are_accepted_by_the_real_ingress_and_the_load_generator_repo
         concurrency: 8,
         builder: wxpipe_tests::push::PushBuilder::test_platform(),
         progress: false,
+        record: false,
+        stop: None,
     })
     .await
     .unwrap();

@@ -7,8 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, delete_redis_keys};
 use wxpipe_tests::harness::{
-    ADMIN_TOKEN, IngressHandle, admin_get, decrypt_config, eventually, free_port,
-    ingress_config_with_sim, spawn_business, spawn_decrypt, spawn_scheduler, token_service,
+    ADMIN_TOKEN, admin_get, eventually, free_port, spawn_pipeline, spawn_scheduler, token_service,
 };
 use wxpipe_tests::sim::{self, SimSettings, state::Rules};
 
@@ -27,60 +26,6 @@ async fn sim_for(port: u16, rules: Rules) -> sim::SimHandle {
     sim::start(s).await.unwrap()
 }
 
-/// The pipeline on `ns`: ingress on `port`, decrypt, business, one scheduler.
-struct Stack {
-    ingress: IngressHandle,
-    workers: Vec<wxpipe_tests::harness::WorkerHandle>,
-    admin: String,
-    base: String,
-}
-
-async fn stack(t: &TestNs, sim: &sim::SimHandle, port: u16, margin: Duration) -> Stack {
-    let base = format!("http://127.0.0.1:{port}");
-    let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
-        .await
-        .unwrap();
-    let config = ingress_config_with_sim(&t.ns, sim, &base);
-    let ingress = IngressHandle::start_on(listener, config).await;
-    assert!(ingress.wait_ready(Duration::from_secs(15)).await);
-    let tokens = Arc::new(token_service(&t.ns, &sim.api_base(), margin));
-    let (scheduler, admin) = spawn_scheduler(tokens.clone(), 16).await;
-    let workers = vec![
-        spawn_decrypt(decrypt_config(&t.ns)),
-        spawn_business(&t.ns, tokens),
-        scheduler,
-    ];
-    Stack {
-        ingress,
-        workers,
-        admin,
-        base,
-    }
-}
-
-impl Stack {
-    /// The sim pushes a ticket; waits until the scheduler has the component token.
-    async fn ticket_and_component_token(&self, sim: &sim::SimHandle) {
-        http()
-            .post(format!("{}/sim/push/ticket", sim.api_base()))
-            .send()
-            .await
-            .unwrap();
-        eventually(Duration::from_secs(15), "the component token", || async {
-            let (status, _) = admin_get(&self.admin, "/v1/component/access_token").await;
-            (status == 200).then_some(())
-        })
-        .await;
-    }
-
-    async fn stop(self) {
-        for w in self.workers {
-            w.stop().await;
-        }
-        self.ingress.stop().await.unwrap();
-    }
-}
-
 #[tokio::test]
 async fn the_whole_authorization_flow() {
     let t = TestNs::new("t-tokens-flow");
@@ -90,7 +35,7 @@ async fn the_whole_authorization_flow() {
         ..Rules::default()
     };
     let sim = sim_for(port, rules).await;
-    let s = stack(&t, &sim, port, Duration::from_secs(3)).await;
+    let s = spawn_pipeline(&t.ns, &sim, port, Duration::from_secs(3)).await;
     let client = http();
 
     // A ticket push → stored → the component token.
@@ -391,7 +336,7 @@ async fn tokens_and_refresh_tokens_come_back_after_redis_is_flushed() {
     let t = TestNs::new("t-tokens-flush");
     let port = free_port();
     let sim = sim_for(port, Rules::default()).await;
-    let s = stack(&t, &sim, port, Duration::from_secs(600)).await;
+    let s = spawn_pipeline(&t.ns, &sim, port, Duration::from_secs(600)).await;
     let client = http();
     client
         .post(format!("{}/sim/push/ticket", sim.api_base()))
@@ -608,7 +553,7 @@ async fn the_full_network_release_test_passes() {
     let t = TestNs::new("t-tokens-release");
     let port = free_port();
     let sim = sim_for(port, Rules::default()).await;
-    let s = stack(&t, &sim, port, Duration::from_secs(600)).await;
+    let s = spawn_pipeline(&t.ns, &sim, port, Duration::from_secs(600)).await;
     let client = http();
     s.ticket_and_component_token(&sim).await;
     for appid in [None, Some("wxd101a85aa106f53e")] {
@@ -648,7 +593,7 @@ async fn the_authorization_pages_in_a_real_headless_browser() {
     // Like WeChat, the sim's page refuses visitors who do not come from the platform's domain.
     settings.referer_domain = Some("127.0.0.1".into());
     let sim = sim::start(settings).await.unwrap();
-    let s = stack(&t, &sim, port, Duration::from_secs(600)).await;
+    let s = spawn_pipeline(&t.ns, &sim, port, Duration::from_secs(600)).await;
     s.ticket_and_component_token(&sim).await;
 
     let entry = format!("{}/auth", s.base);

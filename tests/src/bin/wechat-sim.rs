@@ -206,6 +206,8 @@ async fn load_run(a: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
             &a.creds.component_appid,
         ),
         progress: !a.json,
+        record: false,
+        stop: None,
     })
     .await?;
     if a.json {

@@ -20,6 +20,10 @@ pub struct LoadPlan {
     pub builder: PushBuilder,
     /// Print a progress line to stderr every second.
     pub progress: bool,
+    /// Keep the `MsgId` of every accepted push (for tools that count losses by id).
+    pub record: bool,
+    /// Stop before `duration` once this turns true.
+    pub stop: Option<Arc<AtomicBool>>,
 }
 
 /// The final figures.
@@ -34,6 +38,9 @@ pub struct LoadSummary {
     pub p50_ms: f64,
     pub p99_ms: f64,
     pub max_ms: f64,
+    /// The `MsgId`s of the accepted pushes, when the plan asked to record them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub accepted_msg_ids: Vec<u64>,
 }
 
 impl std::fmt::Display for LoadSummary {
@@ -95,14 +102,16 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadSummary> {
             stop.clone(),
             msg_ids.clone(),
         );
-        let (builder, authorizers, host, workers) = (
+        let (builder, authorizers, host, workers, record) = (
             plan.builder.clone(),
             plan.authorizers,
             host.clone(),
             plan.concurrency,
+            plan.record,
         );
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
+            let mut ids: Vec<u64> = Vec::new();
             // Each worker sends on its own schedule, offset so the whole stays steady.
             let mut next = start
                 + interval
@@ -130,6 +139,9 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadSummary> {
                     Some(200) => {
                         accepted.fetch_add(1, Ordering::Relaxed);
                         latencies.push(t0.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        if record {
+                            ids.push(msg_id);
+                        }
                     }
                     Some(_) => {
                         rejected.fetch_add(1, Ordering::Relaxed);
@@ -143,7 +155,7 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadSummary> {
                     }
                 }
             }
-            latencies
+            (latencies, ids)
         }));
     }
 
@@ -171,11 +183,22 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadSummary> {
         })
     });
 
-    tokio::time::sleep(plan.duration).await;
+    let stopped = || {
+        plan.stop
+            .as_ref()
+            .is_some_and(|s| s.load(Ordering::Relaxed))
+    };
+    while start.elapsed() < plan.duration && !stopped() {
+        let left = plan.duration.saturating_sub(start.elapsed());
+        tokio::time::sleep(left.min(Duration::from_millis(50))).await;
+    }
     stop.store(true, Ordering::Relaxed);
     let mut all = Vec::new();
+    let mut accepted_msg_ids = Vec::new();
     for t in tasks {
-        all.extend(t.await?);
+        let (latencies, ids) = t.await?;
+        all.extend(latencies);
+        accepted_msg_ids.extend(ids);
     }
     if let Some(p) = progress {
         let _ = p.await;
@@ -199,5 +222,6 @@ pub async fn run(plan: LoadPlan) -> anyhow::Result<LoadSummary> {
         p50_ms: pct(0.5),
         p99_ms: pct(0.99),
         max_ms: all.last().copied().unwrap_or(0) as f64 / 1000.0,
+        accepted_msg_ids,
     })
 }

@@ -35,6 +35,10 @@ pub struct DecryptArgs {
     /// Lease of a worker's claim on a push; a dead worker's claim expires after it.
     #[arg(long, env = "WXPIPE_DEDUP_CLAIM_SECS", default_value_t = 30)]
     pub dedup_claim_secs: u64,
+    /// Fault injection for `scripts/faults` only: a push whose text `Content` contains this
+    /// makes its handler panic (a consumer that crashes on one message, every time).
+    #[arg(long, env = "WXPIPE_FAULT_PANIC_ON", hide = true)]
+    pub fault_panic_on: Option<String>,
 }
 
 /// Validated settings.
@@ -49,6 +53,8 @@ pub struct DecryptConfig {
     pub claim_ttl: Duration,
     pub max_attempts: u32,
     pub confirm_timeout: Duration,
+    /// See [`DecryptArgs::fault_panic_on`].
+    pub fault_panic_on: Option<String>,
 }
 
 impl DecryptArgs {
@@ -76,6 +82,7 @@ impl DecryptArgs {
             claim_ttl: Duration::from_secs(self.dedup_claim_secs),
             max_attempts: w.check_attempts()?,
             confirm_timeout: Duration::from_secs(2),
+            fault_panic_on: self.fault_panic_on.clone().filter(|m| !m.is_empty()),
         })
     }
 }
@@ -87,6 +94,7 @@ pub struct DecryptHandler {
     events_exchange: String,
     dedup: Dedup,
     max_attempts: u32,
+    fault_panic_on: Option<String>,
 }
 
 /// How one delivery attempt ended.
@@ -108,6 +116,16 @@ impl Handler for DecryptHandler {
                 };
             }
         };
+        if let Some(marker) = &self.fault_panic_on
+            && decoded
+                .push
+                .fields()
+                .get("Content")
+                .and_then(|c| c.as_str())
+                .is_some_and(|c| c.contains(marker.as_str()))
+        {
+            panic!("fault injection: a push containing the WXPIPE_FAULT_PANIC_ON marker");
+        }
         let address = event::address(
             &decoded.push,
             self.crypt.appid(),
@@ -245,6 +263,7 @@ pub async fn run(
         events_exchange: config.namespace.events(),
         dedup: Dedup::new(pool, keys, config.claim_ttl, config.dedup_ttl),
         max_attempts: config.max_attempts,
+        fault_panic_on: config.fault_panic_on.clone(),
     });
     role.consume(handler, publisher, shutdown).await;
     Ok(())

@@ -1,0 +1,360 @@
+//! `wxpipe-bench decrypt`.
+
+use super::*;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use procfs::{cpu_secs_of, rss_of, sibling_binary};
+use wxpipe_tests::broker::bind_queue;
+
+#[derive(clap::Args)]
+pub struct DecryptBench {
+    /// Pushes queued for each throughput phase.
+    #[arg(long, default_value_t = 60_000)]
+    messages: u64,
+    /// Prefetch of the worker and of the bare ceiling consumer.
+    #[arg(long, default_value_t = 256)]
+    prefetch: u16,
+    /// Seconds of the half-load latency phase.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+    /// The workers binary (default: `workers` beside this one).
+    #[arg(long)]
+    workers_bin: Option<PathBuf>,
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "WXPIPE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "WXPIPE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    redis_url: String,
+}
+
+const AUTHORIZER: &str = "wxba5fad812f8e6fb9";
+const GH: &str = "gh_97417a04a28d";
+
+/// A raw message as the ingress stores it: body and headers.
+struct Raw {
+    body: Vec<u8>,
+    headers: FieldTable,
+}
+
+fn raw_messages(n: u64, first_msg_id: u64) -> Vec<Raw> {
+    let b = PushBuilder::test_platform();
+    let now = common::unix_now();
+    (0..n)
+        .map(|i| {
+            let plain = wxpipe_tests::push::text_message(
+                GH,
+                "o-bench",
+                now,
+                &"x".repeat(200),
+                first_msg_id + i,
+            );
+            let p = b.authorizer(GH, "o-bench", &plain, now, "424242");
+            let mut headers = FieldTable::default();
+            for (k, v) in url::form_urlencoded::parse(p.query.as_bytes()) {
+                headers.insert(k.as_ref().into(), AMQPValue::LongString(v.as_ref().into()));
+            }
+            headers.insert("appid".into(), AMQPValue::LongString(AUTHORIZER.into()));
+            Raw {
+                body: p.body.into_bytes(),
+                headers,
+            }
+        })
+        .collect()
+}
+
+/// Publishes every message to `{ns}.raw` with confirms, 256 in flight.
+async fn fill(ch: &lapin::Channel, t: &TestNs, msgs: &[Raw]) -> anyhow::Result<()> {
+    let exchange = t.ns.raw();
+    for chunk in msgs.chunks(256) {
+        let mut confirms = Vec::with_capacity(chunk.len());
+        for m in chunk {
+            let mut headers = m.headers.clone();
+            headers.insert(
+                "received_at".into(),
+                AMQPValue::LongLongInt(common::unix_now_ms()),
+            );
+            confirms.push(
+                ch.basic_publish(
+                    exchange.as_str().into(),
+                    "authorizer".into(),
+                    BasicPublishOptions::default(),
+                    &m.body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(headers),
+                )
+                .await?,
+            );
+        }
+        for c in confirms {
+            c.await?;
+        }
+    }
+    Ok(())
+}
+
+async fn count(ch: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
+    Ok(ch
+        .queue_declare(
+            queue.into(),
+            QueueDeclareOptions {
+                passive: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?
+        .message_count())
+}
+
+/// Waits until `sink` holds `target` messages; returns the rate from the first message on.
+async fn rate_until(ch: &lapin::Channel, sink: &str, target: u32) -> anyhow::Result<f64> {
+    let mut first: Option<(Instant, u32)> = None;
+    let deadline = Instant::now() + Duration::from_secs(600);
+    loop {
+        let n = count(ch, sink).await?;
+        if first.is_none() && n > 0 {
+            first = Some((Instant::now(), n));
+        }
+        if n >= target {
+            let (t0, n0) = first.unwrap_or((Instant::now(), 0));
+            return Ok(f64::from(n - n0) / t0.elapsed().as_secs_f64().max(1e-3));
+        }
+        anyhow::ensure!(Instant::now() < deadline, "stuck at {n} of {target}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// The bare ceiling: consume `{ns}.raw`, republish each body to `{ns}.events` with a
+/// confirm, then ack — what the worker does minus verify, decrypt, parse, dedup and JSON.
+async fn bare_ceiling(b: &DecryptBench, t: &TestNs, sink: &str, n: u32) -> anyhow::Result<f64> {
+    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    let consume = conn.create_channel().await?;
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    consume
+        .basic_qos(b.prefetch, BasicQosOptions::default())
+        .await?;
+    let mut consumer = consume
+        .basic_consume(
+            t.ns.raw().as_str().into(),
+            "bench-ceiling".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let events = t.ns.events();
+    let task = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let (publish, events) = (publish.clone(), events.clone());
+            tokio::spawn(async move {
+                let confirm = publish
+                    .basic_publish(
+                        events.as_str().into(),
+                        "authorizer.wxba5fad812f8e6fb9.text".into(),
+                        BasicPublishOptions::default(),
+                        &d.data,
+                        BasicProperties::default().with_delivery_mode(2),
+                    )
+                    .await;
+                if let Ok(c) = confirm
+                    && c.await.is_ok()
+                {
+                    let _ = d.ack(BasicAckOptions::default()).await;
+                }
+            });
+        }
+    });
+    let counter = conn.create_channel().await?;
+    let rate = rate_until(&counter, sink, n).await?;
+    task.abort();
+    let _ = conn.close(200, "ceiling done".into()).await;
+    Ok(rate)
+}
+
+fn spawn_worker(b: &DecryptBench, t: &TestNs) -> anyhow::Result<tokio::process::Child> {
+    Ok(
+        tokio::process::Command::new(sibling_binary(b.workers_bin.as_ref(), "workers")?)
+            .arg("decrypt")
+            .env("WXPIPE_COMPONENT_APPID", creds::COMPONENT_APPID)
+            .env("WXPIPE_TOKEN", creds::TOKEN)
+            .env("WXPIPE_ENCODING_AES_KEY", creds::ENCODING_AES_KEY)
+            .env("WXPIPE_NAMESPACE", t.name())
+            .env("WXPIPE_AMQP_URL", &b.amqp_url)
+            .env("WXPIPE_REDIS_URL", &b.redis_url)
+            .env("WXPIPE_DECRYPT_PREFETCH", b.prefetch.to_string())
+            .env("RUST_LOG", "warn")
+            .kill_on_drop(true)
+            .spawn()?,
+    )
+}
+
+pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
+    let t = TestNs::new("bench-decrypt");
+    let sink = t.queue("sink");
+    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    declare(&conn, &t.ns, &Part::everything()).await?;
+    let ch = conn.create_channel().await?;
+    bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
+    ch.confirm_select(ConfirmSelectOptions::default()).await?;
+    println!(
+        "# wxpipe-bench decrypt: {} pushes per phase, prefetch {}, {} cores",
+        b.messages,
+        b.prefetch,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    let n = b.messages as u32;
+
+    // 1. the bare ceiling
+    let msgs = raw_messages(b.messages, 1);
+    fill(&ch, &t, &msgs).await?;
+    let ceiling = bare_ceiling(&b, &t, &sink, n).await?;
+    println!(
+        "bare consume-and-republish ceiling (prefetch {}): {ceiling:.0} msg/s",
+        b.prefetch
+    );
+    ch.queue_purge(sink.as_str().into(), Default::default())
+        .await?;
+
+    // 2. one workers decrypt process, on a full queue
+    let msgs = raw_messages(b.messages, 10_000_000);
+    fill(&ch, &t, &msgs).await?;
+    let mut worker = spawn_worker(&b, &t)?;
+    let pid = worker.id().unwrap_or(0);
+    let cpu_before = cpu_secs_of(pid);
+    let started = Instant::now();
+    let rate = rate_until(&ch, &sink, n).await?;
+    let cpu = (cpu_secs_of(pid) - cpu_before) / started.elapsed().as_secs_f64() * 100.0;
+    let (_, hwm) = rss_of(pid);
+    println!(
+        "workers decrypt: {rate:.0} pushes/s raw → events (confirmed, deduped), worker CPU {cpu:.0}%, peak RSS {hwm:.1} MB"
+    );
+    println!("decrypt / ceiling: {:.2}", rate / ceiling);
+    ch.queue_purge(sink.as_str().into(), Default::default())
+        .await?;
+
+    // 3. latency at half that load
+    let target = rate / 2.0;
+    let latency = half_load_latency(&b, &t, &sink, target).await?;
+    println!(
+        "push-to-event latency at {target:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
+        latency.0, latency.1, latency.2, latency.3
+    );
+    let _ = tokio::process::Command::new("kill")
+        .arg(pid.to_string())
+        .status()
+        .await;
+    let _ = tokio::time::timeout(Duration::from_secs(10), worker.wait()).await;
+    let _ = conn.close(200, "bench done".into()).await;
+    Ok(())
+}
+
+/// Publishes at `rate`/s for `latency_secs` and measures received_at → event consumed.
+async fn half_load_latency(
+    b: &DecryptBench,
+    t: &TestNs,
+    sink: &str,
+    rate: f64,
+) -> anyhow::Result<(f64, f64, f64, usize)> {
+    let total = (rate * b.latency_secs as f64) as u64;
+    let msgs = raw_messages(total, 20_000_000);
+    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    let consume = conn.create_channel().await?;
+    let mut consumer = consume
+        .basic_consume(
+            sink.into(),
+            "bench-latency".into(),
+            BasicConsumeOptions {
+                no_ack: true,
+                ..Default::default()
+            },
+            FieldTable::default(),
+        )
+        .await?;
+    let collector = tokio::spawn(async move {
+        let mut lat = Vec::with_capacity(total as usize);
+        while lat.len() < total as usize {
+            let Ok(Some(Ok(d))) =
+                tokio::time::timeout(Duration::from_secs(20), consumer.next()).await
+            else {
+                break;
+            };
+            let sent = d
+                .properties
+                .headers()
+                .as_ref()
+                .and_then(|h| match h.inner().get("received_at") {
+                    Some(AMQPValue::LongLongInt(v)) => Some(*v),
+                    _ => None,
+                })
+                .unwrap_or(0);
+            lat.push((common::unix_now_ms() - sent) as f64);
+        }
+        lat
+    });
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let exchange = t.ns.raw();
+    let start = Instant::now();
+    let mut confirms = Vec::new();
+    for (i, m) in msgs.iter().enumerate() {
+        let due = start + Duration::from_secs_f64(i as f64 / rate);
+        tokio::time::sleep_until(due.into()).await;
+        let mut headers = m.headers.clone();
+        headers.insert(
+            "received_at".into(),
+            AMQPValue::LongLongInt(common::unix_now_ms()),
+        );
+        confirms.push(
+            publish
+                .basic_publish(
+                    exchange.as_str().into(),
+                    "authorizer".into(),
+                    BasicPublishOptions::default(),
+                    &m.body,
+                    BasicProperties::default()
+                        .with_delivery_mode(2)
+                        .with_headers(headers),
+                )
+                .await?,
+        );
+        if confirms.len() >= 512 {
+            for c in confirms.drain(..) {
+                c.await?;
+            }
+        }
+    }
+    for c in confirms {
+        c.await?;
+    }
+    let mut lat = collector.await?;
+    lat.sort_by(|a, b| a.total_cmp(b));
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
+            .copied()
+            .unwrap_or(0.0)
+    };
+    let _ = conn.close(200, "latency done".into()).await;
+    Ok((
+        pct(0.5),
+        pct(0.99),
+        lat.last().copied().unwrap_or(0.0),
+        lat.len(),
+    ))
+}

@@ -1,0 +1,70 @@
+//! wxpipe's benchmarks, printed as figures (never asserted):
+//!
+//! `wxpipe-bench ingress` measures, against the real local RabbitMQ:
+//! 1. the broker's own ceiling: a bare lapin publisher with confirms into a fresh `{ns}.raw`
+//!    quorum queue, same payload, `--concurrency` publishes in flight;
+//! 2. the ingress binary (a child process, so its RSS is its own) under `--concurrency`
+//!    concurrent HTTP clients posting signed `--payload-bytes` pushes: accepted pushes/s,
+//!    latency p50/p99/max, RSS, and the ratio to the ceiling.
+//!
+//! `wxpipe-bench decrypt` and `wxpipe-bench scheduler`: see their modules. One module per
+//! benchmark behind this thin command line.
+//!
+//! Build everything in release mode first: `cargo build --release`, then
+//! `target/release/wxpipe-bench ingress`.
+
+use anyhow::{Context, bail};
+use clap::{Parser, Subcommand};
+use common::amqp::topology::{Part, declare};
+use common::wire::raw::RawRoute;
+use lapin::options::{BasicPublishOptions, ConfirmSelectOptions, QueuePurgeOptions};
+use lapin::{BasicProperties, Connection, ConnectionProperties};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+use wxpipe_tests::broker::TestNs;
+use wxpipe_tests::creds;
+use wxpipe_tests::http1::HttpConn;
+use wxpipe_tests::push::{PushBuilder, SignedPush};
+
+mod decrypt;
+mod ingress;
+mod procfs;
+mod scheduler;
+
+use decrypt::DecryptBench;
+use ingress::IngressBench;
+use scheduler::SchedulerBench;
+
+#[derive(Parser)]
+#[command(
+    name = "wxpipe-bench",
+    version,
+    about = "wxpipe's benchmarks (figures, not assertions)"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Bench,
+}
+
+#[derive(Subcommand)]
+enum Bench {
+    /// Ingress throughput and latency vs. the broker's own confirmed-publish ceiling.
+    Ingress(IngressBench),
+    /// Decrypt-worker throughput vs. a bare consume-and-republish ceiling, and latency at half load.
+    Decrypt(DecryptBench),
+    /// One scheduler replica keeping N authorizers' tokens fresh against wechat-sim, and
+    /// token reads through its admin API.
+    Scheduler(SchedulerBench),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Bench::Ingress(b) => ingress::run(b).await,
+        Bench::Decrypt(b) => decrypt::run(b).await,
+        Bench::Scheduler(b) => scheduler::run(b).await,
+    }
+}
