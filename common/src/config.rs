@@ -19,6 +19,20 @@ pub enum ConfigError {
     Invalid { var: &'static str, reason: String },
 }
 
+/// What every service reads alike: the platform's credentials, the broker, Redis and the
+/// namespace.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServiceArgs {
+    #[command(flatten)]
+    pub platform: PlatformArgs,
+    #[command(flatten)]
+    pub amqp: AmqpArgs,
+    #[command(flatten)]
+    pub redis: RedisArgs,
+    #[command(flatten)]
+    pub namespace: NamespaceArgs,
+}
+
 /// The platform's credentials, as entered in the WeChat Open Platform console.
 #[derive(clap::Args, Clone, Default)]
 pub struct PlatformArgs {

@@ -1,6 +1,6 @@
 //! The ingress's settings: environment variables, each also a flag (`ingress --help`).
 
-use common::config::{AmqpArgs, ConfigError, NamespaceArgs, PlatformArgs, RedisArgs, http_url};
+use common::config::{ConfigError, ServiceArgs, http_url};
 use common::crypto::MsgCrypt;
 use common::ids::Namespace;
 use std::net::SocketAddr;
@@ -12,13 +12,7 @@ use std::time::Duration;
 #[command(name = "ingress", version, about, long_about = None)]
 pub struct IngressArgs {
     #[command(flatten)]
-    pub platform: PlatformArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
-    #[command(flatten)]
-    pub redis: RedisArgs,
-    #[command(flatten)]
-    pub namespace: NamespaceArgs,
+    pub service: ServiceArgs,
     /// Address the HTTP server listens on.
     #[arg(long, env = "WXPIPE_INGRESS_ADDR", default_value = "0.0.0.0:8080")]
     pub addr: SocketAddr,
@@ -123,10 +117,10 @@ impl IngressArgs {
             }
         };
         Ok(IngressConfig {
-            crypt: self.platform.crypt()?,
-            namespace: self.namespace.namespace()?,
-            amqp_urls: self.amqp.urls()?,
-            redis_url: self.redis.redis_url.clone(),
+            crypt: self.service.platform.crypt()?,
+            namespace: self.service.namespace.namespace()?,
+            amqp_urls: self.service.amqp.urls()?,
+            redis_url: self.service.redis.redis_url.clone(),
             addr: self.addr,
             publish_timeout: Duration::from_millis(positive(
                 "WXPIPE_PUBLISH_TIMEOUT_MS",
@@ -140,7 +134,7 @@ impl IngressArgs {
             wechat_api_base: self.wechat.api_base()?,
             wechat_page_base: http_url("WXPIPE_WECHAT_PAGE_BASE", &self.wechat_page_base)?,
             public_base_url: http_url("WXPIPE_PUBLIC_BASE_URL", &self.public_base_url)?,
-            component_secret: self.platform.component_secret().ok(),
+            component_secret: self.service.platform.component_secret().ok(),
             refresh_margin: self.wechat.refresh_margin()?,
             sync_reply_appids: sync_reply_appids(self.sync_reply_appids.as_deref())?,
             sync_reply_timeout: Duration::from_millis(self.sync_reply_timeout_ms.clamp(100, 4800)),

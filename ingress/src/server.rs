@@ -6,7 +6,7 @@ use crate::config::IngressConfig;
 use crate::routes::router;
 use crate::state::AppState;
 use common::amqp::topology::Part;
-use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use common::amqp::{ConfirmedPublisher, PublisherConfig};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -72,7 +72,7 @@ pub async fn serve(
         declare.clone(),
         config.publish_timeout,
     );
-    let publisher = ConfirmedPublisher::start(PublisherOptions {
+    let publisher = ConfirmedPublisher::start(PublisherConfig {
         urls: config.amqp_urls.clone(),
         namespace: config.namespace.clone(),
         connection_name: format!(

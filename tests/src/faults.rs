@@ -17,7 +17,7 @@ use crate::broker::{TestNs, bind_queue, close_connections_named, drain, message_
 use crate::harness::free_port;
 use crate::push::{PushBuilder, text_message};
 use crate::sim::load::{self, LoadPlan};
-use crate::{creds, http_builder};
+use crate::{http_builder, test_platform};
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -300,15 +300,18 @@ impl Stack {
         let sim_api = format!("http://127.0.0.1:{api_port}");
         let marker = format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
         let env: Vec<(String, String)> = [
-            ("WXPIPE_COMPONENT_APPID", creds::COMPONENT_APPID.to_owned()),
+            (
+                "WXPIPE_COMPONENT_APPID",
+                test_platform::COMPONENT_APPID.to_owned(),
+            ),
             (
                 "WXPIPE_COMPONENT_SECRET",
-                creds::COMPONENT_SECRET.to_owned(),
+                test_platform::COMPONENT_SECRET.to_owned(),
             ),
-            ("WXPIPE_TOKEN", creds::TOKEN.to_owned()),
+            ("WXPIPE_TOKEN", test_platform::TOKEN.to_owned()),
             (
                 "WXPIPE_ENCODING_AES_KEY",
-                creds::ENCODING_AES_KEY.to_owned(),
+                test_platform::ENCODING_AES_KEY.to_owned(),
             ),
             ("WXPIPE_NAMESPACE", t.name().to_owned()),
             ("WXPIPE_AMQP_URL", crate::amqp_url()),
@@ -542,7 +545,7 @@ async fn read_tokens(admin: String, sim: String, appid: String, stop: Arc<Atomic
                     "{sim}/cgi-bin/component/api_get_authorizer_list?component_access_token={t}"
                 ))
                 .json(&serde_json::json!({
-                    "component_appid": creds::COMPONENT_APPID, "offset": 0, "count": 1
+                    "component_appid": test_platform::COMPONENT_APPID, "offset": 0, "count": 1
                 }))
                 .send()
                 .await;

@@ -1,6 +1,6 @@
 //! A real ingress, started in-process on a random loopback port.
 
-use crate::creds;
+use crate::test_platform;
 use common::config::PlatformArgs;
 use common::ids::Namespace;
 use ingress::IngressConfig;
@@ -19,10 +19,10 @@ pub struct IngressHandle {
 /// The ingress configuration of the test platform on `ns`, talking to `amqp_urls`.
 pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
     let platform = PlatformArgs {
-        component_appid: Some(creds::COMPONENT_APPID.into()),
+        component_appid: Some(test_platform::COMPONENT_APPID.into()),
         component_secret: None,
-        token: Some(creds::TOKEN.into()),
-        encoding_aes_key: Some(creds::ENCODING_AES_KEY.into()),
+        token: Some(test_platform::TOKEN.into()),
+        encoding_aes_key: Some(test_platform::ENCODING_AES_KEY.into()),
     };
     IngressConfig {
         crypt: platform.crypt().expect("test credentials are valid"),
@@ -173,12 +173,12 @@ pub fn token_service(
     common::token::TokenService {
         store: common::token::TokenStore::new(
             common::redis::pool(&crate::redis_url()).expect("redis url"),
-            common::redis::Keys::new(ns, creds::COMPONENT_APPID),
+            common::redis::Keys::new(ns, test_platform::COMPONENT_APPID),
         ),
         client: common::wechat::WechatClient::new(
             api_base,
-            creds::COMPONENT_APPID,
-            Some(creds::COMPONENT_SECRET.to_owned().into()),
+            test_platform::COMPONENT_APPID,
+            Some(test_platform::COMPONENT_SECRET.to_owned().into()),
         )
         .expect("wechat client"),
         margin,
@@ -195,7 +195,7 @@ pub fn ingress_config_with_sim(
     c.wechat_api_base = sim.api_base();
     c.wechat_page_base = sim.page_base();
     c.public_base_url = public_base_url.to_owned();
-    c.component_secret = Some(creds::COMPONENT_SECRET.to_owned().into());
+    c.component_secret = Some(test_platform::COMPONENT_SECRET.to_owned().into());
     c
 }
 

@@ -20,7 +20,7 @@ pub mod push;
 pub mod sim;
 
 /// The platform credentials used by tests: the official example's (protocol.md §1.5, zero key).
-pub mod creds {
+pub mod test_platform {
     pub const COMPONENT_APPID: &str = "wx134c8103faa5a59e";
     pub const TOKEN: &str = "AAAAA";
     pub const ENCODING_AES_KEY: &str = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA";

@@ -29,9 +29,9 @@ impl PushBuilder {
         }
     }
 
-    /// The builder for [`crate::creds`].
+    /// The builder for [`crate::test_platform`].
     pub fn test_platform() -> Self {
-        use crate::creds::*;
+        use crate::test_platform::*;
         Self::new(TOKEN, ENCODING_AES_KEY, COMPONENT_APPID)
     }
 

@@ -115,9 +115,9 @@ fn production_services_refuse_to_start_without_credentials() {
         );
     }
     for sample in [
-        wxpipe_tests::creds::TOKEN,
-        wxpipe_tests::creds::ENCODING_AES_KEY,
-        wxpipe_tests::creds::COMPONENT_SECRET,
+        wxpipe_tests::test_platform::TOKEN,
+        wxpipe_tests::test_platform::ENCODING_AES_KEY,
+        wxpipe_tests::test_platform::COMPONENT_SECRET,
     ] {
         assert!(
             !text.contains(&format!(":-{sample}}}")),
@@ -127,6 +127,6 @@ fn production_services_refuse_to_start_without_credentials() {
     let sim = std::fs::read_to_string(root.join("deploy/sim.env")).unwrap();
     assert!(sim.contains(&format!(
         "WXPIPE_ENCODING_AES_KEY={}",
-        wxpipe_tests::creds::ENCODING_AES_KEY
+        wxpipe_tests::test_platform::ENCODING_AES_KEY
     )));
 }

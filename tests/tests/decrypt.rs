@@ -11,7 +11,7 @@ use wxpipe_tests::harness::{
 };
 use wxpipe_tests::proxy::Proxy;
 use wxpipe_tests::push::{PushBuilder, SignedPush, text_message, ticket_event};
-use wxpipe_tests::{amqp_url, creds};
+use wxpipe_tests::{amqp_url, test_platform};
 
 const AUTHORIZER: &str = "wxba5fad812f8e6fb9";
 const GH: &str = "gh_97417a04a28d";
@@ -74,7 +74,7 @@ async fn each_shape_of_push_becomes_the_right_event() {
     let msg_path = format!("/wechat/authorizers/{AUTHORIZER}");
 
     let ticket = b.component(
-        &ticket_event(creds::COMPONENT_APPID, now, "ticket@@@abc"),
+        &ticket_event(test_platform::COMPONENT_APPID, now, "ticket@@@abc"),
         now,
         "n1",
     );
@@ -123,7 +123,7 @@ async fn each_shape_of_push_becomes_the_right_event() {
     );
     assert_eq!(
         e.source,
-        format!("/wechat/component/{}", creds::COMPONENT_APPID)
+        format!("/wechat/component/{}", test_platform::COMPONENT_APPID)
     );
     assert_eq!(e.datacontenttype, "application/json");
     assert_eq!(e.data["ComponentVerifyTicket"], "ticket@@@abc");
@@ -247,8 +247,8 @@ async fn poison_is_dead_lettered_with_its_reason_and_replay_processes_it_once_fi
     // A worker misconfigured with another platform's appid: every push is an appid mismatch.
     let mut wrong = decrypt_config(&t.ns);
     wrong.crypt = common::crypto::MsgCrypt::new(
-        creds::TOKEN.to_owned().into(),
-        creds::ENCODING_AES_KEY,
+        test_platform::TOKEN.to_owned().into(),
+        test_platform::ENCODING_AES_KEY,
         "wx0000000000000000",
     )
     .unwrap();
@@ -456,9 +456,9 @@ async fn a_worker_killed_mid_burst_loses_nothing() {
     let spawn = || {
         std::process::Command::new(workspace_bin("workers"))
             .arg("decrypt")
-            .env("WXPIPE_COMPONENT_APPID", creds::COMPONENT_APPID)
-            .env("WXPIPE_TOKEN", creds::TOKEN)
-            .env("WXPIPE_ENCODING_AES_KEY", creds::ENCODING_AES_KEY)
+            .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
+            .env("WXPIPE_TOKEN", test_platform::TOKEN)
+            .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
             .env("WXPIPE_NAMESPACE", t.name())
             .env("WXPIPE_AMQP_URL", amqp_url())
             .env("WXPIPE_REDIS_URL", wxpipe_tests::redis_url())

@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::{TestNs, bind_queue, collect};
 use wxpipe_tests::harness::{eventually, free_port, workspace_bin};
-use wxpipe_tests::{creds, http_builder};
+use wxpipe_tests::{http_builder, test_platform};
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
 /// Credentials of this run only, distinctive so that a leak is found by a plain search.
@@ -69,7 +69,7 @@ async fn the_whole_story_across_processes() {
         format!("http://127.0.0.1:{admin_port}"),
     );
     let env = |c: &mut Command| {
-        c.env("WXPIPE_COMPONENT_APPID", creds::COMPONENT_APPID)
+        c.env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
             .env("WXPIPE_COMPONENT_SECRET", SECRET)
             .env("WXPIPE_TOKEN", TOKEN)
             .env("WXPIPE_ENCODING_AES_KEY", AES_KEY)
@@ -340,7 +340,7 @@ async fn the_whole_story_across_processes() {
     let authorizer_token = token_of(format!("{admin}/v1/authorizers/{appid}/access_token")).await;
     let store = common::token::TokenStore::new(
         common::redis::pool(&wxpipe_tests::redis_url()).unwrap(),
-        common::redis::Keys::new(&t.ns, creds::COMPONENT_APPID),
+        common::redis::Keys::new(&t.ns, test_platform::COMPONENT_APPID),
     );
     let refresh_token = store
         .authorizer(&appid)

@@ -7,7 +7,7 @@ use wxpipe_tests::broker::{TestNs, close_connections_named, drain, message_count
 use wxpipe_tests::harness::{IngressHandle, test_config};
 use wxpipe_tests::proxy::Proxy;
 use wxpipe_tests::push::{PushBuilder, SignedPush, text_message, ticket_event};
-use wxpipe_tests::{amqp_url, creds};
+use wxpipe_tests::{amqp_url, test_platform};
 
 const AUTHORIZER: &str = "wxba5fad812f8e6fb9";
 
@@ -69,7 +69,7 @@ async fn signed_pushes_land_byte_identical_with_their_headers() {
     let now = common::unix_now();
 
     let component = b.component(
-        &ticket_event(creds::COMPONENT_APPID, now, "ticket-1"),
+        &ticket_event(test_platform::COMPONENT_APPID, now, "ticket-1"),
         now,
         "n1",
     );
@@ -141,8 +141,8 @@ async fn bad_signatures_get_401_and_nothing_is_published() {
     let b = PushBuilder::test_platform();
     let other = PushBuilder::new(
         "another-token",
-        creds::ENCODING_AES_KEY,
-        creds::COMPONENT_APPID,
+        test_platform::ENCODING_AES_KEY,
+        test_platform::COMPONENT_APPID,
     );
     let http = client();
     let push = numbered_push(&b, 1);
@@ -298,7 +298,7 @@ async fn echostr_url_verification() {
     let ingress = ready_ingress(&t).await;
     let http = client();
     let ts = common::unix_now().to_string();
-    let sig = common::crypto::sha1_sorted(&[creds::TOKEN, &ts, "n"]);
+    let sig = common::crypto::sha1_sorted(&[test_platform::TOKEN, &ts, "n"]);
     for path in [
         "/wechat/component".to_owned(),
         format!("/wechat/authorizers/{AUTHORIZER}"),

@@ -1,9 +1,9 @@
 //! Defects that lost pushes silently or stalled work (issue 9), each pinned by a test that
 //! failed before its fix, against the real local RabbitMQ and Redis.
 
-use common::amqp::consumer::{self, ConsumerOptions, Disposition, Handler};
+use common::amqp::consumer::{self, ConsumerConfig, Disposition, Handler};
 use common::amqp::topology::Part;
-use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use common::amqp::{ConfirmedPublisher, PublisherConfig};
 use lapin::message::Delivery;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -13,7 +13,7 @@ use wxpipe_tests::harness::{
     IngressHandle, admin_get, eventually, spawn_scheduler, test_config, token_service,
 };
 use wxpipe_tests::push::{PushBuilder, SignedPush, text_message};
-use wxpipe_tests::sim::{self, SimSettings, state::Rules};
+use wxpipe_tests::sim::{self, SimConfig, state::Rules};
 use wxpipe_tests::{amqp_url, http};
 
 /// Posts `p` to the message URL of the test account; the status and the body.
@@ -81,7 +81,7 @@ async fn a_slow_delivery_does_not_stall_the_prefetch_window() {
             .await
             .unwrap();
     }
-    let publisher = ConfirmedPublisher::start(PublisherOptions {
+    let publisher = ConfirmedPublisher::start(PublisherConfig {
         urls: vec![amqp_url()],
         namespace: t.ns.clone(),
         connection_name: format!("{} dead letters", t.name()),
@@ -94,7 +94,7 @@ async fn a_slow_delivery_does_not_stall_the_prefetch_window() {
     });
     let (stop, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(consumer::run(
-        ConsumerOptions {
+        ConsumerConfig {
             urls: vec![amqp_url()],
             namespace: t.ns.clone(),
             queue: t.ns.raw(),
@@ -166,7 +166,7 @@ async fn broken_accounts_do_not_stall_the_healthy_ones() {
     let t = TestNs::new("t-rel-stall");
     const HEALTHY: usize = 100;
     const BROKEN: usize = 600;
-    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.rules = Rules {
         authorizer_token_ttl: Duration::from_secs(8),
         ..Rules::default()
@@ -176,7 +176,7 @@ async fn broken_accounts_do_not_stall_the_healthy_ones() {
         let mut st = sim.shared.state.lock().unwrap();
         for _ in 0..HEALTHY {
             let (_, code, _) = st.authorize(None, false);
-            st.query_auth(wxpipe_tests::creds::COMPONENT_APPID, &code)
+            st.query_auth(wxpipe_tests::test_platform::COMPONENT_APPID, &code)
                 .unwrap();
         }
     }
@@ -302,13 +302,13 @@ async fn unanswered_reply_waits_leave_nothing_behind() {
 #[tokio::test]
 async fn fifty_reports_of_one_refused_token_cause_one_refresh() {
     let t = TestNs::new("t-rel-invalidate");
-    let sim = sim::start(SimSettings::for_tests("http://127.0.0.1:9"))
+    let sim = sim::start(SimConfig::for_tests("http://127.0.0.1:9"))
         .await
         .unwrap();
     {
         let mut st = sim.shared.state.lock().unwrap();
         let (_, code, _) = st.authorize(None, false);
-        st.query_auth(wxpipe_tests::creds::COMPONENT_APPID, &code)
+        st.query_auth(wxpipe_tests::test_platform::COMPONENT_APPID, &code)
             .unwrap();
     }
     let svc = Arc::new(token_service(
@@ -455,7 +455,7 @@ async fn anonymous_visitors_cannot_make_the_platform_work() {
     let t = TestNs::new("t-rel-anon");
     let port = wxpipe_tests::harness::free_port();
     let base = format!("http://127.0.0.1:{port}");
-    let mut settings = SimSettings::for_tests(&base);
+    let mut settings = SimConfig::for_tests(&base);
     settings.rules = Rules::default();
     let sim = sim::start(settings).await.unwrap();
     let mut config = wxpipe_tests::harness::ingress_config_with_sim(&t.ns, &sim, &base);

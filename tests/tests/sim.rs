@@ -7,11 +7,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 use wxpipe_tests::broker::TestNs;
-use wxpipe_tests::creds;
 use wxpipe_tests::harness::{IngressHandle, test_config};
-use wxpipe_tests::sim::{self, SimSettings, state::Rules};
+use wxpipe_tests::sim::{self, SimConfig, state::Rules};
+use wxpipe_tests::test_platform;
 
-const APPID: &str = creds::COMPONENT_APPID;
+const APPID: &str = test_platform::COMPONENT_APPID;
 
 struct Api {
     http: reqwest::Client,
@@ -53,7 +53,7 @@ impl Api {
             .unwrap()
             .to_owned();
         let r = self
-            .call("/cgi-bin/component/api_component_token", None, json!({"component_appid": APPID, "component_appsecret": creds::COMPONENT_SECRET, "component_verify_ticket": ticket}))
+            .call("/cgi-bin/component/api_component_token", None, json!({"component_appid": APPID, "component_appsecret": test_platform::COMPONENT_SECRET, "component_verify_ticket": ticket}))
             .await;
         r["component_access_token"]
             .as_str()
@@ -62,7 +62,7 @@ impl Api {
     }
 }
 
-async fn start(settings: SimSettings) -> (sim::SimHandle, Api) {
+async fn start(settings: SimConfig) -> (sim::SimHandle, Api) {
     let handle = sim::start(settings).await.unwrap();
     let api = Api {
         http: wxpipe_tests::http_builder()
@@ -81,9 +81,9 @@ fn errcode(v: &Value) -> i64 {
 #[tokio::test]
 async fn the_authorization_flow_over_http_with_single_use_codes() {
     // No ingress: pushes fail, which the sim records; the API works regardless.
-    let (sim, api) = start(SimSettings::for_tests("http://127.0.0.1:9")).await;
+    let (sim, api) = start(SimConfig::for_tests("http://127.0.0.1:9")).await;
     let bad = api
-        .call("/cgi-bin/component/api_component_token", None, json!({"component_appid": APPID, "component_appsecret": creds::COMPONENT_SECRET, "component_verify_ticket": "not-pushed"}))
+        .call("/cgi-bin/component/api_component_token", None, json!({"component_appid": APPID, "component_appsecret": test_platform::COMPONENT_SECRET, "component_verify_ticket": "not-pushed"}))
         .await;
     assert_eq!(errcode(&bad), 61006);
     let ct = api.component_token().await;
@@ -253,7 +253,7 @@ async fn the_authorization_flow_over_http_with_single_use_codes() {
 
 #[tokio::test]
 async fn tokens_expire_and_are_invalidated_by_newer_ones() {
-    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.rules = Rules {
         component_token_ttl: Duration::from_secs(2),
         supersede_grace: Duration::from_millis(500),
@@ -301,7 +301,7 @@ async fn tokens_expire_and_are_invalidated_by_newer_ones() {
 
 #[tokio::test]
 async fn quotas_and_faults() {
-    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.rules.daily_quota = 3;
     let (sim, api) = start(settings).await;
     let ct = api.component_token().await;
@@ -325,7 +325,7 @@ async fn quotas_and_faults() {
         .call(
             "/cgi-bin/component/clear_quota/v2",
             None,
-            json!({"component_appid": APPID, "appsecret": creds::COMPONENT_SECRET}),
+            json!({"component_appid": APPID, "appsecret": test_platform::COMPONENT_SECRET}),
         )
         .await;
     assert_eq!(errcode(&cleared), 0);
@@ -347,20 +347,20 @@ async fn quotas_and_faults() {
     assert_eq!(errcode(&bad_secret), 40125);
     sim.stop().await;
 
-    let mut busy = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut busy = SimConfig::for_tests("http://127.0.0.1:9");
     busy.busy_rate = 1.0;
     let (sim, api) = start(busy).await;
     let r = api
         .call(
             "/cgi-bin/component/api_start_push_ticket",
             None,
-            json!({"component_appid": APPID, "component_secret": creds::COMPONENT_SECRET}),
+            json!({"component_appid": APPID, "component_secret": test_platform::COMPONENT_SECRET}),
         )
         .await;
     assert_eq!(errcode(&r), -1);
     sim.stop().await;
 
-    let mut slow = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut slow = SimConfig::for_tests("http://127.0.0.1:9");
     slow.slow_rate = 1.0;
     slow.slow_delay = Duration::from_millis(400);
     let (sim, api) = start(slow).await;
@@ -368,7 +368,7 @@ async fn quotas_and_faults() {
     api.call(
         "/cgi-bin/component/api_start_push_ticket",
         None,
-        json!({"component_appid": APPID, "component_secret": creds::COMPONENT_SECRET}),
+        json!({"component_appid": APPID, "component_secret": test_platform::COMPONENT_SECRET}),
     )
     .await;
     assert!(t0.elapsed() >= Duration::from_millis(400));
@@ -377,7 +377,7 @@ async fn quotas_and_faults() {
 
 #[tokio::test]
 async fn the_authorization_page_checks_the_referer_when_asked() {
-    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.referer_domain = Some("platform.example".into());
     let (sim, api) = start(settings).await;
     let ct = api.component_token().await;
@@ -440,7 +440,7 @@ async fn flaky_ingress(failures: u32) -> (String, Arc<AtomicU32>) {
 #[tokio::test]
 async fn pushes_are_retried_like_wechat_does() {
     let (url, tries) = flaky_ingress(2).await;
-    let (sim, api) = start(SimSettings::for_tests(&url)).await;
+    let (sim, api) = start(SimConfig::for_tests(&url)).await;
     let r = api.sim("/sim/push/ticket", json!({})).await;
     assert_eq!(r["outcome"]["status"], 200);
     assert_eq!(r["outcome"]["tries"], 3);
@@ -452,7 +452,7 @@ async fn pushes_are_retried_like_wechat_does() {
 
     // Never more than 3 tries.
     let (url, tries) = flaky_ingress(10).await;
-    let (sim, api) = start(SimSettings::for_tests(&url)).await;
+    let (sim, api) = start(SimConfig::for_tests(&url)).await;
     let r = api.sim("/sim/push/ticket", json!({})).await;
     assert_eq!(r["outcome"]["status"], 503);
     assert_eq!(tries.load(Ordering::SeqCst), 3);
@@ -513,7 +513,7 @@ async fn its_pushes_are_accepted_by_the_real_ingress_and_the_load_generator_repo
     let ingress = IngressHandle::start(test_config(&t.ns, vec![wxpipe_tests::amqp_url()])).await;
     assert!(ingress.wait_ready(Duration::from_secs(15)).await);
     let base = format!("http://{}", ingress.addr);
-    let (sim, api) = start(SimSettings::for_tests(&base)).await;
+    let (sim, api) = start(SimConfig::for_tests(&base)).await;
     let r = api.sim("/sim/push/ticket", json!({})).await;
     assert_eq!(r["outcome"]["status"], 200, "{r}");
     assert_eq!(r["outcome"]["body"], "success");

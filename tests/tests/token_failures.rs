@@ -8,8 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::TestNs;
 use wxpipe_tests::harness::{ADMIN_TOKEN, admin_get, eventually, spawn_scheduler, token_service};
-use wxpipe_tests::sim::{self, SimHandle, SimSettings, state::Rules};
-use wxpipe_tests::{creds, http};
+use wxpipe_tests::sim::{self, SimConfig, SimHandle, state::Rules};
+use wxpipe_tests::{http, test_platform};
 
 fn calls(sim: &SimHandle, api: &str) -> u64 {
     sim.stats()["calls"][api].as_u64().unwrap_or(0)
@@ -32,14 +32,14 @@ async fn admin_post(admin: &str, path: &str, body: Value) -> (u16, Value) {
 #[tokio::test]
 async fn a_wrong_secret_backs_off_across_replicas_and_callers() {
     let t = TestNs::new("t-fail-secret");
-    let sim = sim::start(SimSettings::for_tests("http://127.0.0.1:9"))
+    let sim = sim::start(SimConfig::for_tests("http://127.0.0.1:9"))
         .await
         .unwrap();
     let wrong = || {
         let mut svc = token_service(&t.ns, &sim.api_base(), Duration::from_secs(600));
         svc.client = common::wechat::WechatClient::new(
             &sim.api_base(),
-            creds::COMPONENT_APPID,
+            test_platform::COMPONENT_APPID,
             Some("not-the-secret".to_owned().into()),
         )
         .unwrap();
@@ -96,7 +96,7 @@ async fn a_wrong_secret_backs_off_across_replicas_and_callers() {
 #[tokio::test]
 async fn a_used_up_quota_stops_calls_until_it_is_cleared() {
     let t = TestNs::new("t-fail-quota");
-    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.rules = Rules {
         daily_quota: 2,
         ..Rules::default()
@@ -170,13 +170,15 @@ async fn a_used_up_quota_stops_calls_until_it_is_cleared() {
 #[tokio::test]
 async fn a_refused_refresh_token_is_replaced_from_the_list() {
     let t = TestNs::new("t-fail-61023");
-    let sim = sim::start(SimSettings::for_tests("http://127.0.0.1:9"))
+    let sim = sim::start(SimConfig::for_tests("http://127.0.0.1:9"))
         .await
         .unwrap();
     let appid = {
         let mut st = sim.shared.state.lock().unwrap();
         let (_, code, _) = st.authorize(None, false);
-        let r = st.query_auth(creds::COMPONENT_APPID, &code).unwrap();
+        let r = st
+            .query_auth(test_platform::COMPONENT_APPID, &code)
+            .unwrap();
         r["authorization_info"]["authorizer_appid"]
             .as_str()
             .unwrap()
@@ -232,14 +234,16 @@ async fn a_refused_refresh_token_is_replaced_from_the_list() {
 #[tokio::test]
 async fn a_refresh_in_flight_cannot_bring_a_revoked_account_back() {
     let t = TestNs::new("t-fail-revoke-race");
-    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.slow_rate = 1.0;
     settings.slow_delay = Duration::from_millis(1500);
     let sim = sim::start(settings).await.unwrap();
     let appid = {
         let mut st = sim.shared.state.lock().unwrap();
         let (_, code, _) = st.authorize(None, false);
-        let r = st.query_auth(creds::COMPONENT_APPID, &code).unwrap();
+        let r = st
+            .query_auth(test_platform::COMPONENT_APPID, &code)
+            .unwrap();
         r["authorization_info"]["authorizer_appid"]
             .as_str()
             .unwrap()

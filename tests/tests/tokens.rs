@@ -9,7 +9,7 @@ use wxpipe_tests::broker::{TestNs, delete_redis_keys};
 use wxpipe_tests::harness::{
     ADMIN_TOKEN, admin_get, eventually, free_port, spawn_pipeline, spawn_scheduler, token_service,
 };
-use wxpipe_tests::sim::{self, SimSettings, state::Rules};
+use wxpipe_tests::sim::{self, SimConfig, state::Rules};
 
 fn http() -> reqwest::Client {
     wxpipe_tests::http_builder()
@@ -21,7 +21,7 @@ fn http() -> reqwest::Client {
 
 /// A sim whose pushes go to a not-yet-started ingress on `port`.
 async fn sim_for(port: u16, rules: Rules) -> sim::SimHandle {
-    let mut s = SimSettings::for_tests(&format!("http://127.0.0.1:{port}"));
+    let mut s = SimConfig::for_tests(&format!("http://127.0.0.1:{port}"));
     s.rules = rules;
     sim::start(s).await.unwrap()
 }
@@ -425,7 +425,7 @@ async fn three_schedulers_refresh_each_token_exactly_once_per_window() {
         authorizer_token_ttl: Duration::from_secs(TTL),
         ..Rules::default()
     };
-    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.rules = rules;
     let sim = sim::start(settings).await.unwrap();
 
@@ -434,7 +434,7 @@ async fn three_schedulers_refresh_each_token_exactly_once_per_window() {
         let mut st = sim.shared.state.lock().unwrap();
         for _ in 0..N {
             let (_, code, _) = st.authorize(None, false);
-            st.query_auth(wxpipe_tests::creds::COMPONENT_APPID, &code)
+            st.query_auth(wxpipe_tests::test_platform::COMPONENT_APPID, &code)
                 .unwrap();
         }
     }
@@ -589,7 +589,7 @@ fn chromium() -> std::path::PathBuf {
 async fn the_authorization_pages_in_a_real_headless_browser() {
     let t = TestNs::new("t-tokens-browser");
     let port = free_port();
-    let mut settings = SimSettings::for_tests(&format!("http://127.0.0.1:{port}"));
+    let mut settings = SimConfig::for_tests(&format!("http://127.0.0.1:{port}"));
     // Like WeChat, the sim's page refuses visitors who do not come from the platform's domain.
     settings.referer_domain = Some("127.0.0.1".into());
     let sim = sim::start(settings).await.unwrap();

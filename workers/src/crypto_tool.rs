@@ -20,7 +20,7 @@ pub enum CryptoCommand {
     /// Read a plaintext message on stdin and print the complete encrypted passive-reply XML.
     Encrypt {
         #[command(flatten)]
-        keys: Keys,
+        keys: CryptoArgs,
         /// TimeStamp of the reply (default: now).
         #[arg(long)]
         timestamp: Option<String>,
@@ -35,7 +35,7 @@ pub enum CryptoCommand {
     /// its msg_signature and print the plaintext.
     Decrypt {
         #[command(flatten)]
-        keys: Keys,
+        keys: CryptoArgs,
         /// `timestamp` of the push's query string.
         #[arg(long)]
         timestamp: String,
@@ -48,9 +48,10 @@ pub enum CryptoCommand {
     },
 }
 
-/// The platform's crypto credentials (flags, or the same environment variables as the services).
-#[derive(clap::Args, Debug)]
-pub struct Keys {
+/// The part of the platform's credentials the crypto tools need (flags, or the same
+/// environment variables as the services). Its `Debug` redacts the Token and the key.
+#[derive(clap::Args)]
+pub struct CryptoArgs {
     /// The message-verification Token.
     #[arg(long, env = "WXPIPE_TOKEN", hide_env_values = true)]
     token: String,
@@ -66,7 +67,17 @@ pub struct Keys {
     appid: String,
 }
 
-impl Keys {
+impl std::fmt::Debug for CryptoArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CryptoArgs")
+            .field("token", &"[redacted]")
+            .field("aes_key", &"[redacted]")
+            .field("appid", &self.appid)
+            .finish()
+    }
+}
+
+impl CryptoArgs {
     fn crypt(&self) -> anyhow::Result<MsgCrypt> {
         MsgCrypt::new(
             SecretString::from(self.token.clone()),

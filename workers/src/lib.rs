@@ -10,8 +10,9 @@
 //! * [`dlq`] — inspect and replay `{ns}.dead`.
 //! * [`crypto_tool`] — offline WXBizMsgCrypt tools for support work.
 //!
-//! [`retry`] bounds transient failures; [`settings`] holds what every role is configured with.
+//! [`retry`] bounds transient failures; [`args`] holds the command-line and environment arguments every role shares.
 
+pub mod args;
 pub mod business;
 pub mod crypto_tool;
 pub mod decrypt;
@@ -20,4 +21,3 @@ pub mod retry;
 pub mod role;
 pub mod scheduler;
 pub mod serve;
-pub mod settings;

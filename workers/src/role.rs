@@ -2,9 +2,9 @@
 //! (events, replies, dead letters) and the consumer loop of [`common::amqp::consumer`] on its
 //! queue, both declaring the whole topology, both named after the role in the broker.
 
-use common::amqp::consumer::{self, ConsumerOptions, Handler};
+use common::amqp::consumer::{self, ConsumerConfig, Handler};
 use common::amqp::topology::Part;
-use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use common::amqp::{ConfirmedPublisher, PublisherConfig};
 use common::ids::Namespace;
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,7 +39,7 @@ impl Role {
 
     /// The role's confirmed publisher (connection `… publish`).
     pub fn publisher(&self, channels: usize, confirm_timeout: Duration) -> ConfirmedPublisher {
-        ConfirmedPublisher::start(PublisherOptions {
+        ConfirmedPublisher::start(PublisherConfig {
             urls: self.urls.clone(),
             namespace: self.namespace.clone(),
             connection_name: format!("{} publish", self.tag()),
@@ -56,7 +56,7 @@ impl Role {
         publisher: ConfirmedPublisher,
         shutdown: watch::Receiver<bool>,
     ) {
-        let options = ConsumerOptions {
+        let options = ConsumerConfig {
             urls: self.urls.clone(),
             namespace: self.namespace.clone(),
             queue: self.queue.clone(),

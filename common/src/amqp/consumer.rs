@@ -51,7 +51,7 @@ pub trait Handler: Send + Sync + 'static {
 
 /// Settings of a consumer.
 #[derive(Clone)]
-pub struct ConsumerOptions {
+pub struct ConsumerConfig {
     pub urls: Vec<String>,
     pub namespace: Namespace,
     pub queue: String,
@@ -64,7 +64,7 @@ pub struct ConsumerOptions {
 /// Consumes `opts.queue` until `shutdown` becomes true, reconnecting as needed. `dead_letters`
 /// publishes the dead letters (a confirmed publisher on its own connection).
 pub async fn run<H: Handler>(
-    opts: ConsumerOptions,
+    opts: ConsumerConfig,
     handler: Arc<H>,
     dead_letters: ConfirmedPublisher,
     mut shutdown: watch::Receiver<bool>,
@@ -104,7 +104,7 @@ enum Ended {
 }
 
 async fn consume_once<H: Handler>(
-    opts: &ConsumerOptions,
+    opts: &ConsumerConfig,
     start: usize,
     handler: &Arc<H>,
     dead_letters: &ConfirmedPublisher,

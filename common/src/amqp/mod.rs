@@ -7,7 +7,7 @@ pub mod publisher;
 pub mod topology;
 
 pub use connection::connect_any;
-pub use publisher::{ConfirmedPublisher, PublishError, PublisherOptions};
+pub use publisher::{ConfirmedPublisher, PublishError, PublisherConfig};
 
 /// A broker-level failure, with the context that says where it happened.
 #[derive(Debug, thiserror::Error)]

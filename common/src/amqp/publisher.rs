@@ -51,7 +51,7 @@ pub enum PublishError {
 
 /// Settings of a [`ConfirmedPublisher`].
 #[derive(Clone)]
-pub struct PublisherOptions {
+pub struct PublisherConfig {
     pub urls: Vec<String>,
     pub namespace: Namespace,
     /// Shown by the broker as the connection's name.
@@ -99,7 +99,7 @@ pub struct ConfirmedPublisher {
 impl ConfirmedPublisher {
     /// Starts the supervisor, which connects in the background: the caller does not wait for
     /// the broker (a process starts, and reports not-ready, while RabbitMQ is down).
-    pub fn start(opts: PublisherOptions) -> Self {
+    pub fn start(opts: PublisherConfig) -> Self {
         let (link, _) = watch::channel(None);
         let (shutdown, _) = watch::channel(false);
         let shared = Arc::new(Shared {
@@ -262,7 +262,7 @@ pub async fn publish_on(
     }
 }
 
-async fn supervise(shared: Arc<Shared>, opts: PublisherOptions) {
+async fn supervise(shared: Arc<Shared>, opts: PublisherConfig) {
     let mut shutdown = shared.shutdown.subscribe();
     let name = shared.connection_name.clone();
     let mut start = 0usize;
@@ -319,7 +319,7 @@ async fn supervise(shared: Arc<Shared>, opts: PublisherOptions) {
 }
 
 /// Connects, declares the topology and opens the confirm channels.
-async fn establish(opts: &PublisherOptions, start: usize) -> Result<Link, AmqpError> {
+async fn establish(opts: &PublisherConfig, start: usize) -> Result<Link, AmqpError> {
     let conn = connect_any(&opts.urls, start, &opts.connection_name).await?;
     super::topology::declare(&conn, &opts.namespace, &opts.declare).await?;
     let mut channels = Vec::with_capacity(opts.channels.max(1));

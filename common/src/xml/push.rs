@@ -39,7 +39,7 @@ impl Push {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ComponentEvent {
     /// `AppId`: the component appid.
-    pub app_id: String,
+    pub appid: String,
     pub create_time: i64,
     /// `InfoType` exactly as sent (matched case-insensitively into `kind`).
     pub info_type: String,
@@ -80,7 +80,7 @@ pub struct AuthorizationChange {
 
 impl ComponentEvent {
     pub fn from_fields(fields: Fields) -> Result<Self, XmlError> {
-        let app_id = required_str(&fields, "AppId")?.to_owned();
+        let appid = required_str(&fields, "AppId")?.to_owned();
         let create_time = required_i64(&fields, "CreateTime")?;
         let info_type = required_str(&fields, "InfoType")?.to_owned();
         let kind = match info_type.to_ascii_lowercase().as_str() {
@@ -103,7 +103,7 @@ impl ComponentEvent {
             _ => InfoType::Other,
         };
         Ok(Self {
-            app_id,
+            appid,
             create_time,
             info_type,
             kind,

@@ -229,29 +229,37 @@ async fn start(
     .into_response()
 }
 
-/// The peer address (the server, [`crate::http`], puts it on every request).
-type Peer = ConnectInfo<std::net::SocketAddr>;
+/// Who is asking (see [`client_id`]): the peer address the server ([`crate::http`]) puts on
+/// every request, or our own proxy's `X-Forwarded-For` entry.
+pub struct Client(String);
+
+impl axum::extract::FromRequestParts<SharedState> for Client {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &SharedState,
+    ) -> Result<Self, Self::Rejection> {
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|c| c.0);
+        Ok(Client(client_id(&state.auth_limits, peer, &parts.headers)))
+    }
+}
 
 /// `GET /auth/start`: PC authorization.
-pub async fn start_pc(
-    State(state): State<SharedState>,
-    peer: Peer,
-    headers: HeaderMap,
-    Query(q): Q,
-) -> Response {
-    let client = client_id(&state.auth_limits, Some(peer.0), &headers);
-    start(&state, &q, false, client).await
+pub async fn start_pc(State(state): State<SharedState>, client: Client, Query(q): Q) -> Response {
+    start(&state, &q, false, client.0).await
 }
 
 /// `GET /auth/start/mobile`: authorization inside WeChat on a phone.
 pub async fn start_mobile(
     State(state): State<SharedState>,
-    peer: Peer,
-    headers: HeaderMap,
+    client: Client,
     Query(q): Q,
 ) -> Response {
-    let client = client_id(&state.auth_limits, Some(peer.0), &headers);
-    start(&state, &q, true, client).await
+    start(&state, &q, true, client.0).await
 }
 
 /// `GET /auth/callback?auth_code=&expires_in=`: publishes the code as an event, confirmed.

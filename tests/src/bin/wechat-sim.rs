@@ -4,7 +4,7 @@ use clap::{Parser, Subcommand};
 use std::net::SocketAddr;
 use std::time::Duration;
 use wxpipe_tests::push::PushBuilder;
-use wxpipe_tests::sim::{self, SimSettings, load, state::Rules};
+use wxpipe_tests::sim::{self, SimConfig, load, state::Rules};
 
 /// A simulated WeChat that speaks the real wire format (protocol.md), so wxpipe can be run,
 /// tested and load-tested without registering a real third-party platform.
@@ -35,18 +35,18 @@ enum Mode {
 
 /// The platform's credentials; the same variables wxpipe reads.
 #[derive(clap::Args)]
-struct Creds {
+struct PlatformArgs {
     /// The platform's appid.
-    #[arg(long, env = "WXPIPE_COMPONENT_APPID", default_value = wxpipe_tests::creds::COMPONENT_APPID)]
+    #[arg(long, env = "WXPIPE_COMPONENT_APPID", default_value = wxpipe_tests::test_platform::COMPONENT_APPID)]
     component_appid: String,
     /// The AppSecret the simulated API accepts.
-    #[arg(long, env = "WXPIPE_COMPONENT_SECRET", default_value = wxpipe_tests::creds::COMPONENT_SECRET, hide_env_values = true)]
+    #[arg(long, env = "WXPIPE_COMPONENT_SECRET", default_value = wxpipe_tests::test_platform::COMPONENT_SECRET, hide_env_values = true)]
     component_secret: String,
     /// The message-verification Token.
-    #[arg(long, env = "WXPIPE_TOKEN", default_value = wxpipe_tests::creds::TOKEN, hide_env_values = true)]
+    #[arg(long, env = "WXPIPE_TOKEN", default_value = wxpipe_tests::test_platform::TOKEN, hide_env_values = true)]
     token: String,
     /// The EncodingAESKey.
-    #[arg(long, env = "WXPIPE_ENCODING_AES_KEY", default_value = wxpipe_tests::creds::ENCODING_AES_KEY, hide_env_values = true)]
+    #[arg(long, env = "WXPIPE_ENCODING_AES_KEY", default_value = wxpipe_tests::test_platform::ENCODING_AES_KEY, hide_env_values = true)]
     encoding_aes_key: String,
 }
 
@@ -57,7 +57,7 @@ fn duration(s: &str) -> Result<Duration, String> {
 #[derive(clap::Args)]
 struct ServeArgs {
     #[command(flatten)]
-    creds: Creds,
+    platform: PlatformArgs,
     /// Address of the component API (WXPIPE_WECHAT_API_BASE) and of /sim/*.
     #[arg(long, env = "WXPIPE_SIM_API_ADDR", default_value = "127.0.0.1:8090")]
     api_addr: SocketAddr,
@@ -102,7 +102,7 @@ struct ServeArgs {
 #[derive(clap::Args)]
 struct LoadArgs {
     #[command(flatten)]
-    creds: Creds,
+    platform: PlatformArgs,
     /// The ingress.
     #[arg(
         long,
@@ -159,14 +159,14 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         (0.0..=1.0).contains(&a.busy_rate) && (0.0..=1.0).contains(&a.slow_rate),
         "--busy-rate and --slow-rate are shares between 0 and 1"
     );
-    let settings = SimSettings {
+    let settings = SimConfig {
         api_addr: a.api_addr,
         page_addr: a.page_addr,
         ingress_url: a.ingress_url,
-        component_appid: a.creds.component_appid,
-        component_secret: a.creds.component_secret,
-        token: a.creds.token,
-        encoding_aes_key: a.creds.encoding_aes_key,
+        component_appid: a.platform.component_appid,
+        component_secret: a.platform.component_secret,
+        token: a.platform.token,
+        encoding_aes_key: a.platform.encoding_aes_key,
         ticket_interval: (!a.ticket_interval.is_zero()).then_some(a.ticket_interval),
         rules: Rules {
             component_token_ttl: a.component_token_ttl,
@@ -201,9 +201,9 @@ async fn load_run(a: LoadArgs) -> anyhow::Result<std::process::ExitCode> {
         authorizers: a.authorizers,
         concurrency: a.concurrency,
         builder: PushBuilder::new(
-            &a.creds.token,
-            &a.creds.encoding_aes_key,
-            &a.creds.component_appid,
+            &a.platform.token,
+            &a.platform.encoding_aes_key,
+            &a.platform.component_appid,
         ),
         progress: !a.json,
         record: false,

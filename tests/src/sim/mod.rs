@@ -28,7 +28,7 @@ use tokio::sync::watch;
 
 /// Everything the simulator is configured with.
 #[derive(Debug, Clone)]
-pub struct SimSettings {
+pub struct SimConfig {
     pub api_addr: SocketAddr,
     pub page_addr: SocketAddr,
     /// Where pushes go: the ingress's base URL (`http://127.0.0.1:8080`).
@@ -49,17 +49,17 @@ pub struct SimSettings {
     pub referer_domain: Option<String>,
 }
 
-impl SimSettings {
-    /// The test platform's credentials ([`crate::creds`]), random ports, no ticket timer.
+impl SimConfig {
+    /// The test platform's credentials ([`crate::test_platform`]), random ports, no ticket timer.
     pub fn for_tests(ingress_url: &str) -> Self {
         Self {
             api_addr: "127.0.0.1:0".parse().expect("literal"),
             page_addr: "127.0.0.1:0".parse().expect("literal"),
             ingress_url: ingress_url.to_owned(),
-            component_appid: crate::creds::COMPONENT_APPID.into(),
-            component_secret: crate::creds::COMPONENT_SECRET.into(),
-            token: crate::creds::TOKEN.into(),
-            encoding_aes_key: crate::creds::ENCODING_AES_KEY.into(),
+            component_appid: crate::test_platform::COMPONENT_APPID.into(),
+            component_secret: crate::test_platform::COMPONENT_SECRET.into(),
+            token: crate::test_platform::TOKEN.into(),
+            encoding_aes_key: crate::test_platform::ENCODING_AES_KEY.into(),
             ticket_interval: None,
             rules: Rules::default(),
             busy_rate: 0.0,
@@ -93,7 +93,7 @@ pub struct SimShared {
     pub state: Arc<Mutex<State>>,
     pub faults: Faults,
     pub pusher: pusher::Pusher,
-    pub config: SimSettings,
+    pub config: SimConfig,
 }
 
 impl SimShared {
@@ -136,7 +136,7 @@ impl SimHandle {
 }
 
 /// Binds both ports and starts serving (and the ticket timer, when configured).
-pub async fn start(config: SimSettings) -> std::io::Result<SimHandle> {
+pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     let state = Arc::new(Mutex::new(State::new(
         &config.component_appid,
         &config.component_secret,

@@ -7,11 +7,11 @@ pub mod handlers;
 pub mod registry;
 pub mod release_test;
 
+use crate::args::WorkerArgs;
 use crate::retry::{Attempt, retry};
-use crate::settings::WorkerArgs;
 use common::amqp::consumer::{Disposition, Handler};
 use common::amqp::topology::Part;
-use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use common::amqp::{ConfirmedPublisher, PublisherConfig};
 use common::config::ConfigError;
 use common::event::CloudEvent;
 use common::ids::Namespace;
@@ -51,8 +51,8 @@ impl BusinessArgs {
         }
         Ok(BusinessConfig {
             tokens: Arc::new(self.worker.token_service()?),
-            namespace: self.worker.namespace.namespace()?,
-            amqp_urls: self.worker.amqp.urls()?,
+            namespace: self.worker.service.namespace.namespace()?,
+            amqp_urls: self.worker.service.amqp.urls()?,
             prefetch: self.prefetch,
             max_attempts: self.worker.check_attempts()?,
         })
@@ -133,7 +133,7 @@ pub fn bindings() -> Vec<String> {
 pub fn default_registry(config: &BusinessConfig) -> Registry {
     let mut registry = Registry::new();
     handlers::register(&mut registry, config.tokens.clone());
-    let replies = ConfirmedPublisher::start(PublisherOptions {
+    let replies = ConfirmedPublisher::start(PublisherConfig {
         urls: config.amqp_urls.clone(),
         namespace: config.namespace.clone(),
         connection_name: format!(

@@ -5,8 +5,8 @@
 pub mod decode;
 pub mod dedup;
 
+use crate::args::WorkerArgs;
 use crate::retry::{Attempt, retry};
-use crate::settings::WorkerArgs;
 use common::amqp::ConfirmedPublisher;
 use common::amqp::consumer::{Disposition, Handler};
 use common::config::ConfigError;
@@ -73,10 +73,10 @@ impl DecryptArgs {
             });
         }
         Ok(DecryptConfig {
-            crypt: w.platform.crypt()?,
-            namespace: w.namespace.namespace()?,
-            amqp_urls: w.amqp.urls()?,
-            redis_url: w.redis.redis_url.clone(),
+            crypt: w.service.platform.crypt()?,
+            namespace: w.service.namespace.namespace()?,
+            amqp_urls: w.service.amqp.urls()?,
+            redis_url: w.service.redis.redis_url.clone(),
             prefetch: self.prefetch,
             dedup_ttl: Duration::from_secs(self.dedup_ttl_secs.max(1)),
             claim_ttl: Duration::from_secs(self.dedup_claim_secs),

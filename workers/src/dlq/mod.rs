@@ -7,7 +7,7 @@
 
 use crate::decrypt::decode::decode_parts;
 use common::amqp::topology::Part;
-use common::amqp::{ConfirmedPublisher, PublisherOptions};
+use common::amqp::{ConfirmedPublisher, PublisherConfig};
 use common::config::{AmqpArgs, NamespaceArgs, PlatformArgs};
 use common::ids::Namespace;
 use common::wire::dead::DeadLetter;
@@ -323,7 +323,7 @@ async fn replay(
         return Ok(out.trim_end().to_owned());
     }
     // Republishes are mandatory: a letter whose queue is gone stays dead instead of vanishing.
-    let publisher = ConfirmedPublisher::start(PublisherOptions {
+    let publisher = ConfirmedPublisher::start(PublisherConfig {
         urls: urls.to_vec(),
         namespace: ns.clone(),
         connection_name: format!("wxpipe-dlq {ns} replay"),

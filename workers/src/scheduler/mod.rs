@@ -17,7 +17,7 @@
 
 pub mod admin;
 
-use crate::settings::WorkerArgs;
+use crate::args::WorkerArgs;
 use common::config::ConfigError;
 use common::token::{RefreshMode, RefreshOutcome, TokenError, TokenService};
 use futures::StreamExt;

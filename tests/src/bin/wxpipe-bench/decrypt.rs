@@ -188,9 +188,9 @@ fn spawn_worker(b: &DecryptBench, t: &TestNs) -> anyhow::Result<tokio::process::
     Ok(
         tokio::process::Command::new(sibling_binary(b.workers_bin.as_ref(), "workers")?)
             .arg("decrypt")
-            .env("WXPIPE_COMPONENT_APPID", creds::COMPONENT_APPID)
-            .env("WXPIPE_TOKEN", creds::TOKEN)
-            .env("WXPIPE_ENCODING_AES_KEY", creds::ENCODING_AES_KEY)
+            .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
+            .env("WXPIPE_TOKEN", test_platform::TOKEN)
+            .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
             .env("WXPIPE_NAMESPACE", t.name())
             .env("WXPIPE_AMQP_URL", &b.amqp_url)
             .env("WXPIPE_REDIS_URL", &b.redis_url)

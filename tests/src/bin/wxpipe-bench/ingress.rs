@@ -178,9 +178,9 @@ async fn ingress_load(
         l.local_addr()?.port()
     };
     let mut child = tokio::process::Command::new(ingress_binary(b)?)
-        .env("WXPIPE_COMPONENT_APPID", creds::COMPONENT_APPID)
-        .env("WXPIPE_TOKEN", creds::TOKEN)
-        .env("WXPIPE_ENCODING_AES_KEY", creds::ENCODING_AES_KEY)
+        .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
+        .env("WXPIPE_TOKEN", test_platform::TOKEN)
+        .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
         .env("WXPIPE_NAMESPACE", t.name())
         .env("WXPIPE_AMQP_URL", &b.amqp_url)
         .env("WXPIPE_INGRESS_ADDR", format!("127.0.0.1:{port}"))

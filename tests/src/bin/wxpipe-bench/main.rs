@@ -24,9 +24,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::TestNs;
-use wxpipe_tests::creds;
 use wxpipe_tests::http1::HttpConn;
 use wxpipe_tests::push::{PushBuilder, SignedPush};
+use wxpipe_tests::test_platform;
 
 mod decrypt;
 mod ingress;

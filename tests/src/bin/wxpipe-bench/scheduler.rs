@@ -2,7 +2,7 @@
 
 use super::*;
 use procfs::{cpu_secs_of, rss_of, sibling_binary};
-use wxpipe_tests::sim::{self, SimSettings, state::Rules};
+use wxpipe_tests::sim::{self, SimConfig, state::Rules};
 
 #[derive(clap::Args)]
 pub struct SchedulerBench {
@@ -37,7 +37,7 @@ const ADMIN: &str = "bench-admin-token-0123456789";
 
 pub async fn run(b: SchedulerBench) -> anyhow::Result<()> {
     let t = TestNs::new("bench-sched");
-    let mut settings = SimSettings::for_tests("http://127.0.0.1:9");
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.rules = Rules {
         authorizer_token_ttl: Duration::from_secs(b.token_ttl),
         daily_quota: u64::MAX,
@@ -53,7 +53,7 @@ pub async fn run(b: SchedulerBench) -> anyhow::Result<()> {
         (0..b.authorizers)
             .map(|_| {
                 let (a, code, _) = st.authorize(None, false);
-                let _ = st.query_auth(creds::COMPONENT_APPID, &code);
+                let _ = st.query_auth(test_platform::COMPONENT_APPID, &code);
                 a.appid
             })
             .collect()
@@ -67,7 +67,7 @@ pub async fn run(b: SchedulerBench) -> anyhow::Result<()> {
         .issue_ticket();
     let store = common::token::TokenStore::new(
         common::redis::pool(&b.redis_url)?,
-        common::redis::Keys::new(&t.ns, creds::COMPONENT_APPID),
+        common::redis::Keys::new(&t.ns, test_platform::COMPONENT_APPID),
     );
     store.save_ticket(&ticket).await?;
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -76,10 +76,10 @@ pub async fn run(b: SchedulerBench) -> anyhow::Result<()> {
     let mut child =
         tokio::process::Command::new(sibling_binary(b.workers_bin.as_ref(), "workers")?)
             .arg("scheduler")
-            .env("WXPIPE_COMPONENT_APPID", creds::COMPONENT_APPID)
-            .env("WXPIPE_COMPONENT_SECRET", creds::COMPONENT_SECRET)
-            .env("WXPIPE_TOKEN", creds::TOKEN)
-            .env("WXPIPE_ENCODING_AES_KEY", creds::ENCODING_AES_KEY)
+            .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
+            .env("WXPIPE_COMPONENT_SECRET", test_platform::COMPONENT_SECRET)
+            .env("WXPIPE_TOKEN", test_platform::TOKEN)
+            .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
             .env("WXPIPE_NAMESPACE", t.name())
             .env("WXPIPE_REDIS_URL", &b.redis_url)
             .env("WXPIPE_WECHAT_API_BASE", sim.api_base())

@@ -1,19 +1,13 @@
-//! Settings every worker role shares.
+//! The arguments every worker role shares (flags or environment variables).
 
-use common::config::{AmqpArgs, ConfigError, NamespaceArgs, PlatformArgs, RedisArgs};
+use common::config::{ConfigError, ServiceArgs};
 use std::net::SocketAddr;
 
 /// Broker, Redis, namespace and platform credentials, as environment variables or flags.
 #[derive(clap::Args, Debug, Clone)]
 pub struct WorkerArgs {
     #[command(flatten)]
-    pub platform: PlatformArgs,
-    #[command(flatten)]
-    pub amqp: AmqpArgs,
-    #[command(flatten)]
-    pub redis: RedisArgs,
-    #[command(flatten)]
-    pub namespace: NamespaceArgs,
+    pub service: ServiceArgs,
     /// Serve `/metrics` and `/healthz` on this address (unset: no listener).
     #[arg(long, env = "WXPIPE_METRICS_ADDR")]
     pub metrics_addr: Option<SocketAddr>,
@@ -28,8 +22,8 @@ pub struct WorkerArgs {
 impl WorkerArgs {
     /// The token service of this platform (needs the AppSecret).
     pub fn token_service(&self) -> Result<common::token::TokenService, ConfigError> {
-        let appid = self.platform.component_appid()?;
-        let secret = self.platform.component_secret()?;
+        let appid = self.service.platform.component_appid()?;
+        let secret = self.service.platform.component_secret()?;
         let api_base = self.wechat.api_base()?;
         let margin = self.wechat.refresh_margin()?;
         let client = common::wechat::WechatClient::new(&api_base, appid.as_str(), Some(secret))
@@ -37,12 +31,13 @@ impl WorkerArgs {
                 var: "WXPIPE_WECHAT_API_BASE",
                 reason: e.to_string(),
             })?;
-        let pool =
-            common::redis::pool(&self.redis.redis_url).map_err(|e| ConfigError::Invalid {
+        let pool = common::redis::pool(&self.service.redis.redis_url).map_err(|e| {
+            ConfigError::Invalid {
                 var: "WXPIPE_REDIS_URL",
                 reason: e.to_string(),
-            })?;
-        let ns = self.namespace.namespace()?;
+            }
+        })?;
+        let ns = self.service.namespace.namespace()?;
         Ok(common::token::TokenService {
             store: common::token::TokenStore::new(
                 pool,

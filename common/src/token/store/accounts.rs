@@ -1,0 +1,321 @@
+//! Accounts in Redis: each authorizer's record (status, tokens, refresh token, profile), the
+//! set of known appids, the `due` schedule and its backoff — every token write fenced.
+
+use super::scripts::*;
+use super::*;
+use crate::redis::{conn, failed};
+use deadpool_redis::redis::{AsyncCommands, Script, cmd};
+
+impl TokenStore {
+    /// One account's record.
+    pub async fn authorizer(&self, appid: &str) -> Result<Option<AuthorizerRecord>, RedisError> {
+        let mut c = conn(&self.pool, "reading an authorizer").await?;
+        let h: HashMap<String, String> = c
+            .hgetall(self.keys.authorizer(appid))
+            .await
+            .map_err(failed("reading an authorizer"))?;
+        if h.is_empty() {
+            return Ok(None);
+        }
+        let int = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
+        let text = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
+        Ok(Some(AuthorizerRecord {
+            appid: appid.to_owned(),
+            status: AuthorizerStatus::parse(
+                h.get("status").map(String::as_str).unwrap_or("active"),
+            ),
+            has_refresh_token: text("refresh_token").is_some(),
+            refresh_token: text("refresh_token").map(Token::from),
+            access_token: text("access_token").map(Token::from),
+            expires_at: int("expires_at"),
+            last_refresh: int("last_refresh"),
+            last_error: text("last_error"),
+            nick_name: text("nick_name"),
+            user_name: text("user_name"),
+            authorized_at: int("authorized_at"),
+            refreshes: int("refreshes").unwrap_or(0) as u64,
+        }))
+    }
+
+    /// Every known appid, sorted.
+    pub async fn authorizer_appids(&self) -> Result<Vec<String>, RedisError> {
+        let mut c = conn(&self.pool, "listing authorizers").await?;
+        let mut v: Vec<String> = c
+            .smembers(self.keys.authorizers())
+            .await
+            .map_err(failed("listing authorizers"))?;
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Takes the appids whose refresh is due now, at most `limit`, rescheduling each after a
+    /// backoff (`retry` doubling per attempt up to `cap`) before anything is tried: see
+    /// [`TAKE_DUE`]. A success reschedules it properly.
+    pub async fn take_due(
+        &self,
+        limit: usize,
+        retry: std::time::Duration,
+        cap: std::time::Duration,
+    ) -> Result<Vec<String>, RedisError> {
+        let mut c = conn(&self.pool, "taking due refreshes").await?;
+        Script::new(TAKE_DUE)
+            .key(self.keys.due())
+            .key(self.keys.due_attempts())
+            .arg(crate::unix_now_ms())
+            .arg(limit)
+            .arg(retry.as_millis() as u64)
+            .arg(cap.as_millis() as u64)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("taking due refreshes"))
+    }
+
+    /// Attempts taken from `due` since `appid`'s last successful refresh.
+    pub async fn due_attempts(&self, appid: &str) -> Result<u64, RedisError> {
+        let mut c = conn(&self.pool, "reading refresh attempts").await?;
+        let n: Option<u64> = c
+            .hget(self.keys.due_attempts(), appid)
+            .await
+            .map_err(failed("reading refresh attempts"))?;
+        Ok(n.unwrap_or(0))
+    }
+
+    /// Forgets an appid that has no record any more (dropped from `due`).
+    pub async fn unschedule(&self, appid: &str) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "unscheduling").await?;
+        deadpool_redis::redis::pipe()
+            .zrem(self.keys.due(), appid)
+            .ignore()
+            .hdel(self.keys.due_attempts(), appid)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("unscheduling"))
+    }
+
+    /// When `appid` is due (ms), if scheduled.
+    pub async fn due_at(&self, appid: &str) -> Result<Option<i64>, RedisError> {
+        let mut c = conn(&self.pool, "reading a due time").await?;
+        let v: Option<f64> = c
+            .zscore(self.keys.due(), appid)
+            .await
+            .map_err(failed("reading a due time"))?;
+        Ok(v.map(|v| v as i64))
+    }
+
+    /// Schedules `appid` for a refresh at `due_ms` (and remembers it).
+    pub async fn schedule(&self, appid: &str, due_ms: i64) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "scheduling a refresh").await?;
+        deadpool_redis::redis::pipe()
+            .zadd(self.keys.due(), appid, due_ms)
+            .ignore()
+            .sadd(self.keys.authorizers(), appid)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("scheduling a refresh"))
+    }
+
+    /// Fenced write of fresh tokens for `appid` (see [`WRITE_AUTHORIZER_IF_HELD`]);
+    /// `refresh_token` `None` keeps the stored one; `used` is the refresh token the grant was
+    /// obtained with (`None` for a fresh authorization).
+    #[allow(clippy::too_many_arguments)]
+    pub async fn write_authorizer_tokens(
+        &self,
+        lock: &Lock,
+        appid: &str,
+        token: &StoredToken,
+        refresh_token: Option<&str>,
+        used: Option<&str>,
+        due_ms: i64,
+    ) -> Result<Written, RedisError> {
+        let mut c = conn(&self.pool, "writing authorizer tokens").await?;
+        let n: i64 = Script::new(WRITE_AUTHORIZER_IF_HELD)
+            .key(lock.key())
+            .key(self.keys.authorizer(appid))
+            .key(self.keys.due())
+            .key(self.keys.authorizers())
+            .key(self.keys.due_attempts())
+            .arg(lock.value())
+            .arg(appid)
+            .arg(token.access_token.expose())
+            .arg(token.expires_at)
+            .arg(refresh_token.unwrap_or(""))
+            .arg(crate::unix_now())
+            .arg(due_ms)
+            .arg(used.unwrap_or(""))
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("writing authorizer tokens"))?;
+        Ok(match n {
+            1 => Written::Yes,
+            0 => Written::LostLock,
+            _ => Written::Superseded,
+        })
+    }
+
+    /// Deletes `appid`'s access token only if it is still `token`.
+    pub async fn invalidate_authorizer_token(
+        &self,
+        appid: &str,
+        token: &str,
+    ) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "invalidating an authorizer token").await?;
+        let n: i64 = Script::new(INVALIDATE_AUTHORIZER_TOKEN)
+            .key(self.keys.authorizer(appid))
+            .arg(token)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("invalidating an authorizer token"))?;
+        Ok(n == 1)
+    }
+
+    /// Stores a refresh token learnt from the authorizer list unless the account already has
+    /// one, or it is the one WeChat refused (see [`RESTORE_REFRESH_TOKEN`]); returns whether it
+    /// stored it.
+    pub async fn restore_refresh_token(
+        &self,
+        appid: &str,
+        refresh_token: &str,
+    ) -> Result<bool, RedisError> {
+        let mut c = conn(&self.pool, "restoring a refresh token").await?;
+        let n: i64 = Script::new(RESTORE_REFRESH_TOKEN)
+            .key(self.keys.authorizer(appid))
+            .key(self.keys.authorizers())
+            .arg(appid)
+            .arg(refresh_token)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("restoring a refresh token"))?;
+        Ok(n == 1)
+    }
+
+    /// WeChat refused `appid`'s refresh token (61023): never retried with it. The account is
+    /// `refresh_failing` with `error`, the token is kept aside (so the list cannot restore
+    /// it), and the account leaves `due` until a new refresh token arrives (the list or a
+    /// re-authorization).
+    pub async fn refuse_refresh_token(
+        &self,
+        appid: &str,
+        refused: &str,
+        error: &str,
+    ) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "refusing a refresh token").await?;
+        Script::new(REFUSE_REFRESH_TOKEN)
+            .key(self.keys.authorizer(appid))
+            .key(self.keys.due())
+            .key(self.keys.due_attempts())
+            .arg(refused)
+            .arg(appid)
+            .arg(error)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(failed("refusing a refresh token"))
+    }
+
+    /// A newly authorized (or re-authorized) account: active, with this refresh token.
+    pub async fn authorized(
+        &self,
+        appid: &str,
+        refresh_token: Option<&str>,
+    ) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "recording an authorization").await?;
+        let key = self.keys.authorizer(appid);
+        let mut p = deadpool_redis::redis::pipe();
+        p.cmd("HSET")
+            .arg(&key)
+            .arg("appid")
+            .arg(appid)
+            .arg("status")
+            .arg("active")
+            .arg("authorized_at")
+            .arg(crate::unix_now())
+            .ignore();
+        p.cmd("HDEL").arg(&key).arg("last_error").ignore();
+        if let Some(rt) = refresh_token {
+            p.cmd("HSET")
+                .arg(&key)
+                .arg("refresh_token")
+                .arg(rt)
+                .ignore();
+        }
+        p.sadd(self.keys.authorizers(), appid).ignore();
+        p.query_async::<()>(&mut c)
+            .await
+            .map_err(failed("recording an authorization"))
+    }
+
+    /// Stores the profile from `api_get_authorizer_info`.
+    pub async fn save_profile(
+        &self,
+        appid: &str,
+        profile: &serde_json::Value,
+    ) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "storing a profile").await?;
+        let info = &profile["authorizer_info"];
+        let s = |k: &str| info[k].as_str().unwrap_or_default().to_owned();
+        cmd("HSET")
+            .arg(self.keys.authorizer(appid))
+            .arg("nick_name")
+            .arg(s("nick_name"))
+            .arg("user_name")
+            .arg(s("user_name"))
+            .arg("profile")
+            .arg(profile.to_string())
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("storing a profile"))
+    }
+
+    /// Marks an account's status with a reason (`RefreshFailing`, …) unless it is revoked;
+    /// revocation uses [`Self::revoke`].
+    pub async fn mark(
+        &self,
+        appid: &str,
+        status: AuthorizerStatus,
+        error: &str,
+    ) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "marking an authorizer").await?;
+        Script::new(MARK_UNLESS_REVOKED)
+            .key(self.keys.authorizer(appid))
+            .arg(appid)
+            .arg(status.as_str())
+            .arg(error)
+            .invoke_async::<i64>(&mut c)
+            .await
+            .map(|_| ())
+            .map_err(failed("marking an authorizer"))
+    }
+
+    /// The account removed the platform: revoked, tokens deleted, no more refreshes.
+    pub async fn revoke(&self, appid: &str) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "revoking an authorizer").await?;
+        let key = self.keys.authorizer(appid);
+        deadpool_redis::redis::pipe()
+            .cmd("HSET")
+            .arg(&key)
+            .arg("appid")
+            .arg(appid)
+            .arg("status")
+            .arg("revoked")
+            .arg("revoked_at")
+            .arg(crate::unix_now())
+            .ignore()
+            .cmd("HDEL")
+            .arg(&key)
+            .arg("access_token")
+            .arg("expires_at")
+            .arg("refresh_token")
+            .ignore()
+            .zrem(self.keys.due(), appid)
+            .ignore()
+            .hdel(self.keys.due_attempts(), appid)
+            .ignore()
+            .sadd(self.keys.authorizers(), appid)
+            .ignore()
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("revoking an authorizer"))
+    }
+}

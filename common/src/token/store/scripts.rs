@@ -1,0 +1,110 @@
+//! The Lua scripts of the token store: each check-and-write is one script, so it is atomic
+//! (and a fenced write cannot interleave with a lock's expiry).
+
+/// Writes `ARGV[2]` to `KEYS[2]` expiring at `ARGV[3]` (unix ms), if `KEYS[1]` holds `ARGV[1]`.
+pub(super) const SET_IF_HELD: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+redis.call('SET', KEYS[2], ARGV[2], 'PXAT', ARGV[3])
+return 1
+";
+
+/// Deletes `KEYS[1]` if its JSON's `access_token` is still `ARGV[1]` (compare-and-invalidate).
+pub(super) const DEL_IF_TOKEN: &str = r"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, t = pcall(cjson.decode, v)
+if ok and t['access_token'] == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+";
+
+/// Records a failure of the component token: `KEYS[1]` = failures hash; `ARGV` = now (ms),
+/// base delay (ms), cap (ms), the error (one line, no secret). Returns the next attempt time.
+pub(super) const RECORD_COMPONENT_FAILURE: &str = r"
+local n = redis.call('HINCRBY', KEYS[1], 'failures', 1)
+local delay = math.min(tonumber(ARGV[2]) * 2 ^ math.min(n - 1, 30), tonumber(ARGV[3]))
+local next_at = tonumber(ARGV[1]) + math.floor(delay)
+redis.call('HSET', KEYS[1], 'next_at_ms', next_at, 'last_error', ARGV[4], 'last_at_ms', ARGV[1])
+return next_at
+";
+
+/// Restores a refresh token learnt from the list: `KEYS` = record, known set; `ARGV` = appid,
+/// refresh token. Never replaces a working refresh token (`HSETNX`), never restores the one
+/// WeChat refused (61023); a restored account that was `refresh_failing` is active again.
+pub(super) const RESTORE_REFRESH_TOKEN: &str = r"
+redis.call('HSETNX', KEYS[1], 'appid', ARGV[1])
+redis.call('SADD', KEYS[2], ARGV[1])
+if redis.call('HGET', KEYS[1], 'refused_refresh_token') == ARGV[2] then return 0 end
+if redis.call('HSETNX', KEYS[1], 'refresh_token', ARGV[2]) == 0 then return 0 end
+if redis.call('HGET', KEYS[1], 'status') == 'refresh_failing' then
+  redis.call('HSET', KEYS[1], 'status', 'active')
+end
+redis.call('HDEL', KEYS[1], 'refused_refresh_token')
+return 1
+";
+
+/// Takes the due accounts: every appid of `KEYS[1]` (due set) due at `ARGV[1]` (now, ms), at
+/// most `ARGV[2]`, is rescheduled *before* it is refreshed, at now + `ARGV[3]` · 2^(attempts−1)
+/// capped at `ARGV[4]` (ms), counting attempts in `KEYS[2]`. Whatever the refresh then does —
+/// succeed (its fenced write sets the real due time and clears the attempts), fail, or never
+/// finish — the account has left the head of the set: a failing account cannot hold back the
+/// others, and each is taken by one replica per backoff window.
+pub(super) const TAKE_DUE: &str = r"
+local ids = redis.call('ZRANGE', KEYS[1], '-inf', ARGV[1], 'BYSCORE', 'LIMIT', 0, ARGV[2])
+for _, id in ipairs(ids) do
+  local n = redis.call('HINCRBY', KEYS[2], id, 1)
+  local delay = math.min(tonumber(ARGV[3]) * 2 ^ math.min(n - 1, 30), tonumber(ARGV[4]))
+  redis.call('ZADD', KEYS[1], tonumber(ARGV[1]) + math.floor(delay), id)
+end
+return ids
+";
+
+/// Fenced write of an authorizer's tokens: `KEYS` = lock, record, due set, known set, attempts;
+/// `ARGV` = lock value, appid, access token, expires_at, refresh token ('' keeps the old one),
+/// now, due (ms), the refresh token the grant was obtained with ('' for a fresh authorization).
+/// Returns 0 when the lock is no longer ours, -1 when the account changed under the call —
+/// revoked (its refresh token deleted), re-authorized (a new refresh token) or its token
+/// refused — so a refresh in flight can never bring a revoked account back or overwrite a
+/// newer refresh token; 1 when written.
+pub(super) const WRITE_AUTHORIZER_IF_HELD: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if ARGV[8] ~= '' and redis.call('HGET', KEYS[2], 'refresh_token') ~= ARGV[8] then return -1 end
+if redis.call('HGET', KEYS[2], 'status') == 'revoked' then return -1 end
+redis.call('HSET', KEYS[2], 'appid', ARGV[2], 'status', 'active', 'access_token', ARGV[3],
+  'expires_at', ARGV[4], 'last_refresh', ARGV[6])
+redis.call('HDEL', KEYS[2], 'last_error')
+if ARGV[5] ~= '' then redis.call('HSET', KEYS[2], 'refresh_token', ARGV[5]) end
+redis.call('HINCRBY', KEYS[2], 'refreshes', 1)
+redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
+redis.call('SADD', KEYS[4], ARGV[2])
+redis.call('HDEL', KEYS[5], ARGV[2])
+return 1
+";
+
+/// Sets an account's status and last error (`KEYS[1]` = record; `ARGV` = appid, status,
+/// error), unless it is revoked: only an authorization brings a revoked account back.
+pub(super) const MARK_UNLESS_REVOKED: &str = r"
+if redis.call('HGET', KEYS[1], 'status') == 'revoked' then return 0 end
+redis.call('HSET', KEYS[1], 'appid', ARGV[1], 'status', ARGV[2], 'last_error', ARGV[3])
+return 1
+";
+
+/// 61023 for the refresh token `ARGV[1]`: set it aside, unless the account has another one by
+/// now (`KEYS` = record, due set, attempts; `ARGV` = refused token, appid, error).
+pub(super) const REFUSE_REFRESH_TOKEN: &str = r"
+if redis.call('HGET', KEYS[1], 'refresh_token') ~= ARGV[1] then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'refresh_failing', 'last_error', ARGV[3],
+  'refused_refresh_token', ARGV[1])
+redis.call('HDEL', KEYS[1], 'refresh_token')
+redis.call('ZREM', KEYS[2], ARGV[2])
+redis.call('HDEL', KEYS[3], ARGV[2])
+return 1
+";
+
+/// Deletes the access token if it is still `ARGV[1]` (`KEYS[1]` = record).
+pub(super) const INVALIDATE_AUTHORIZER_TOKEN: &str = r"
+if redis.call('HGET', KEYS[1], 'access_token') == ARGV[1] then
+  redis.call('HDEL', KEYS[1], 'access_token', 'expires_at')
+  return 1
+end
+return 0
+";
