@@ -1,6 +1,6 @@
 //! The ingress's settings: environment variables, each also a flag (`ingress --help`).
 
-use common::config::{ConfigError, ServiceArgs, http_url};
+use common::config::{ConfigError, ServiceArgs, http_url, redact_url};
 use common::crypto::MsgCrypt;
 use common::ids::Namespace;
 use std::net::SocketAddr;
@@ -77,8 +77,8 @@ pub struct IngressArgs {
     pub trust_forwarded_for: bool,
 }
 
-/// Validated settings.
-#[derive(Debug, Clone)]
+/// Validated settings. `Debug` shows the broker and Redis URLs without their passwords.
+#[derive(Clone)]
 pub struct IngressConfig {
     pub crypt: MsgCrypt,
     pub namespace: Namespace,
@@ -102,6 +102,33 @@ pub struct IngressConfig {
     pub limits: crate::http::Limits,
     /// The authorization pages' limits.
     pub auth: crate::routes::auth::AuthLimits,
+}
+
+impl std::fmt::Debug for IngressConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let urls: Vec<String> = self.amqp_urls.iter().map(|u| redact_url(u)).collect();
+        f.debug_struct("IngressConfig")
+            .field("crypt", &self.crypt)
+            .field("namespace", &self.namespace)
+            .field("amqp_urls", &urls)
+            .field("redis_url", &redact_url(&self.redis_url))
+            .field("addr", &self.addr)
+            .field("publish_timeout", &self.publish_timeout)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("timestamp_window", &self.timestamp_window)
+            .field("publish_channels", &self.publish_channels)
+            .field("shutdown_grace", &self.shutdown_grace)
+            .field("wechat_api_base", &self.wechat_api_base)
+            .field("wechat_page_base", &self.wechat_page_base)
+            .field("public_base_url", &self.public_base_url)
+            .field("component_secret", &self.component_secret)
+            .field("refresh_margin", &self.refresh_margin)
+            .field("sync_reply_appids", &self.sync_reply_appids)
+            .field("sync_reply_timeout", &self.sync_reply_timeout)
+            .field("limits", &self.limits)
+            .field("auth", &self.auth)
+            .finish()
+    }
 }
 
 impl IngressArgs {
@@ -187,4 +214,40 @@ fn sync_reply_appids(
             }
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_validated_config_never_shows_a_secret() {
+        use clap::Parser;
+        let args = IngressArgs::parse_from([
+            "ingress",
+            "--component-appid",
+            "wx134c8103faa5a59e",
+            "--component-secret",
+            "app-secret-value",
+            "--token",
+            "msgtoken",
+            "--encoding-aes-key",
+            "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            "--amqp-url",
+            "amqp://user:broker-password@127.0.0.1:5672/%2f",
+            "--redis-url",
+            "redis://:redis-password@127.0.0.1:6379/0",
+        ]);
+        let shown = format!("{:?}", args.validate().unwrap());
+        for secret in [
+            "app-secret-value",
+            "msgtoken",
+            "AAAAAAAAAAAAAAAAAAAAAAAA",
+            "broker-password",
+            "redis-password",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+        assert!(shown.contains("127.0.0.1:5672"));
+    }
 }

@@ -27,7 +27,7 @@ use std::time::Duration;
 use tokio::sync::watch;
 
 /// Keep tokens fresh and serve them.
-#[derive(clap::Args, Debug, Clone)]
+#[derive(clap::Args, Clone)]
 pub struct SchedulerArgs {
     #[command(flatten)]
     pub worker: WorkerArgs,
@@ -43,6 +43,18 @@ pub struct SchedulerArgs {
     /// How often the account list is re-read from api_get_authorizer_list anyway.
     #[arg(long, env = "WXPIPE_LIST_SYNC_SECS", default_value_t = 3600)]
     pub list_sync_secs: u64,
+}
+
+impl std::fmt::Debug for SchedulerArgs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SchedulerArgs")
+            .field("worker", &self.worker)
+            .field("admin_addr", &self.admin_addr)
+            .field("admin_token", &self.admin_token.as_ref().map(|_| "[redacted]"))
+            .field("refresh_concurrency", &self.refresh_concurrency)
+            .field("list_sync_secs", &self.list_sync_secs)
+            .finish()
+    }
 }
 
 /// Validated settings.
@@ -199,4 +211,46 @@ pub async fn run(config: SchedulerConfig, shutdown: watch::Receiver<bool>) -> st
     ));
     run_loop(config, shutdown).await;
     admin.await.map_err(std::io::Error::other)?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        scheduler: SchedulerArgs,
+    }
+
+    #[test]
+    fn debug_never_shows_a_secret() {
+        let cli = Cli::parse_from([
+            "scheduler",
+            "--admin-token",
+            "admin-secret-0123456789",
+            "--component-secret",
+            "app-secret-value",
+            "--token",
+            "msgtoken",
+            "--encoding-aes-key",
+            "AESKEYAESKEYAESKEYAESKEYAESKEYAESKEYAESKEY1",
+            "--amqp-url",
+            "amqp://user:broker-password@127.0.0.1:5672/%2f",
+            "--redis-url",
+            "redis://:redis-password@127.0.0.1:6379/0",
+        ]);
+        let shown = format!("{:?}", cli.scheduler);
+        for secret in [
+            "admin-secret-0123456789",
+            "app-secret-value",
+            "msgtoken",
+            "AESKEYAESKEY",
+            "broker-password",
+            "redis-password",
+        ] {
+            assert!(!shown.contains(secret), "{secret} in {shown}");
+        }
+    }
 }
