@@ -34,6 +34,32 @@ impl AppId {
     }
 }
 
+/// An `AppId` reads as the `str` it is (known to be well-formed), so it goes wherever a `&str`
+/// does: a Redis key, a URL, a log field.
+impl std::ops::Deref for AppId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl serde::Serialize for AppId {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl deadpool_redis::redis::ToRedisArgs for AppId {
+    fn write_redis_args<W>(&self, out: &mut W)
+    where
+        W: ?Sized + deadpool_redis::redis::RedisWrite,
+    {
+        self.0.write_redis_args(out)
+    }
+}
+
+impl deadpool_redis::redis::ToSingleRedisArg for AppId {}
+
 impl FromStr for AppId {
     type Err = IdError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {

@@ -343,7 +343,7 @@ async fn the_whole_story_across_processes() {
         common::redis::Keys::new(&t.ns, test_platform::COMPONENT_APPID),
     );
     let refresh_token = store
-        .authorizer(&appid)
+        .authorizer(&appid.parse().unwrap())
         .await
         .unwrap()
         .unwrap()

@@ -188,7 +188,9 @@ async fn broken_accounts_do_not_stall_the_healthy_ones() {
     // in WeChat's list, so it cannot be restored).
     let past = common::unix_now_ms() - 60_000;
     for i in 0..BROKEN {
-        let appid = format!("wx{:016x}", 0xdead_0000_0000u64 + i as u64);
+        let appid: common::ids::AppId = format!("wx{:016x}", 0xdead_0000_0000u64 + i as u64)
+            .parse()
+            .unwrap();
         svc.store
             .mark(&appid, common::token::AuthorizerStatus::Active, "")
             .await
@@ -231,7 +233,9 @@ async fn broken_accounts_do_not_stall_the_healthy_ones() {
     // The broken ones were each tried about once, then backed off.
     let mut tried = 0;
     for i in 0..BROKEN {
-        let appid = format!("wx{:016x}", 0xdead_0000_0000u64 + i as u64);
+        let appid: common::ids::AppId = format!("wx{:016x}", 0xdead_0000_0000u64 + i as u64)
+            .parse()
+            .unwrap();
         let n = svc.store.due_attempts(&appid).await.unwrap();
         assert!(n <= 2, "{appid} tried {n} times");
         tried += n;

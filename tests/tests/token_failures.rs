@@ -182,7 +182,8 @@ async fn a_refused_refresh_token_is_replaced_from_the_list() {
         r["authorization_info"]["authorizer_appid"]
             .as_str()
             .unwrap()
-            .to_owned()
+            .parse::<common::ids::AppId>()
+            .unwrap()
     };
     let svc = Arc::new(token_service(
         &t.ns,
@@ -247,7 +248,8 @@ async fn a_refresh_in_flight_cannot_bring_a_revoked_account_back() {
         r["authorization_info"]["authorizer_appid"]
             .as_str()
             .unwrap()
-            .to_owned()
+            .parse::<common::ids::AppId>()
+            .unwrap()
     };
     let svc = Arc::new(token_service(
         &t.ns,

@@ -265,13 +265,14 @@ async fn a_stalled_replica_cannot_overwrite_a_newer_token() {
     .await
     .unwrap()
     .unwrap();
+    let release_appid: common::ids::AppId = "wx570bc396a51b8ff8".parse().unwrap();
     let newer = StoredToken {
         access_token: "newer".into(),
         expires_at: common::unix_now() + 7200,
     };
     assert_eq!(
         svc.store
-            .write_authorizer_tokens(&b, "wx570bc396a51b8ff8", &newer, Some("rt-b"), None, 0)
+            .write_authorizer_tokens(&b, &release_appid, &newer, Some("rt-b"), None, 0)
             .await
             .unwrap(),
         common::token::Written::Yes
@@ -283,17 +284,12 @@ async fn a_stalled_replica_cannot_overwrite_a_newer_token() {
     };
     assert_eq!(
         svc.store
-            .write_authorizer_tokens(&a, "wx570bc396a51b8ff8", &older, Some("rt-a"), None, 0)
+            .write_authorizer_tokens(&a, &release_appid, &older, Some("rt-a"), None, 0)
             .await
             .unwrap(),
         common::token::Written::LostLock
     );
-    let r = svc
-        .store
-        .authorizer("wx570bc396a51b8ff8")
-        .await
-        .unwrap()
-        .unwrap();
+    let r = svc.store.authorizer(&release_appid).await.unwrap().unwrap();
     assert_eq!(r.access_token.as_ref().map(|t| t.expose()), Some("newer"));
     assert_eq!(r.refresh_token.as_ref().map(|t| t.expose()), Some("rt-b"));
     // A's release does not free B's lock.

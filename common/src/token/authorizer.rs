@@ -4,6 +4,7 @@
 
 use super::service::{LOCK_LEASE, RefreshMode, RefreshOutcome, TokenError, TokenService};
 use super::store::{AuthorizerStatus, StoredToken, Written};
+use crate::ids::AppId;
 use crate::redis::RedisError;
 use crate::redis::lock::Lock;
 use crate::wechat::{ErrorClass, WechatError};
@@ -14,7 +15,7 @@ impl TokenService {
     /// and does nothing if the token is not due; `Force` waits up to 10 s for the lock.
     pub async fn refresh_authorizer(
         &self,
-        appid: &str,
+        appid: &AppId,
         mode: RefreshMode,
     ) -> Result<RefreshOutcome, TokenError> {
         let wait = match mode {
@@ -36,7 +37,7 @@ impl TokenService {
     async fn refresh_authorizer_locked(
         &self,
         lock: &Lock,
-        appid: &str,
+        appid: &AppId,
         mode: RefreshMode,
     ) -> Result<RefreshOutcome, TokenError> {
         let record = self.active_record(appid).await?;
@@ -67,7 +68,7 @@ impl TokenService {
             return Ok(RefreshOutcome::NotDue);
         }
         let Some(refresh_token) = record.refresh_token.clone() else {
-            return Err(TokenError::NoRefreshToken(appid.to_owned()));
+            return Err(TokenError::NoRefreshToken(appid.to_string()));
         };
         let grant = self
             .with_component_token("api_authorizer_token", |ct| {
@@ -114,14 +115,14 @@ impl TokenService {
             Written::Yes => {}
             Written::LostLock => {
                 tracing::warn!(
-                    appid,
+                    appid = %appid,
                     "authorizer token refreshed but not stored: the lock expired meanwhile"
                 );
                 return Ok(RefreshOutcome::LostLock);
             }
             Written::Superseded => {
                 tracing::info!(
-                    appid,
+                    appid = %appid,
                     "authorizer token refreshed but not stored: the account was revoked or re-authorized meanwhile"
                 );
                 return Ok(RefreshOutcome::Superseded);
@@ -138,25 +139,25 @@ impl TokenService {
     /// is retried with the scheduler's backoff (1 min doubling to 1 h).
     async fn react_to_refresh_error(
         &self,
-        appid: &str,
+        appid: &AppId,
         refresh_token: &str,
         e: &WechatError,
     ) -> Result<(), RedisError> {
         metrics::counter!("wxpipe_token_refreshes_total", "kind" => "authorizer", "outcome" => e.label()).increment(1);
         match e.class() {
             ErrorClass::NotAuthorized => {
-                tracing::warn!(appid, error = %e, "the account no longer authorizes the platform; marked revoked");
+                tracing::warn!(appid = %appid, error = %e, "the account no longer authorizes the platform; marked revoked");
                 self.store.revoke(appid).await
             }
             ErrorClass::RefreshTokenInvalid => {
-                tracing::error!(appid, error = %e, "refresh token refused; never retried with it (restored from the list when WeChat has a new one, or re-authorize)");
+                tracing::error!(appid = %appid, error = %e, "refresh token refused; never retried with it (restored from the list when WeChat has a new one, or re-authorize)");
                 self.store
                     .refuse_refresh_token(appid, refresh_token, &e.to_string())
                     .await
             }
             ErrorClass::QuotaReached => Ok(()),
             _ => {
-                tracing::warn!(appid, error = %e, "authorizer refresh failed; will try again");
+                tracing::warn!(appid = %appid, error = %e, "authorizer refresh failed; will try again");
                 self.store
                     .mark(appid, AuthorizerStatus::Active, &e.to_string())
                     .await
@@ -165,20 +166,20 @@ impl TokenService {
     }
 
     /// `appid`'s record, unless it is unknown or revoked.
-    async fn active_record(&self, appid: &str) -> Result<super::AuthorizerRecord, TokenError> {
+    async fn active_record(&self, appid: &AppId) -> Result<super::AuthorizerRecord, TokenError> {
         let record = self
             .store
             .authorizer(appid)
             .await?
-            .ok_or_else(|| TokenError::Unknown(appid.to_owned()))?;
+            .ok_or_else(|| TokenError::Unknown(appid.to_string()))?;
         if record.status == AuthorizerStatus::Revoked {
-            return Err(TokenError::Revoked(appid.to_owned()));
+            return Err(TokenError::Revoked(appid.to_string()));
         }
         Ok(record)
     }
 
     /// An authorizer token with more than [`SERVE_MARGIN_SECS`] left, refreshing it if needed.
-    pub async fn authorizer_token(&self, appid: &str) -> Result<StoredToken, TokenError> {
+    pub async fn authorizer_token(&self, appid: &AppId) -> Result<StoredToken, TokenError> {
         let record = self.active_record(appid).await?;
         if let (Some(t), Some(exp)) = (&record.access_token, record.expires_at)
             && exp - crate::unix_now() > self.serve_margin()
@@ -196,7 +197,7 @@ impl TokenService {
                     .store
                     .authorizer(appid)
                     .await?
-                    .ok_or_else(|| TokenError::Unknown(appid.to_owned()))?;
+                    .ok_or_else(|| TokenError::Unknown(appid.to_string()))?;
                 match (r.access_token, r.expires_at) {
                     (Some(t), Some(exp)) if exp - crate::unix_now() > self.serve_margin() => {
                         Ok(StoredToken {
@@ -216,7 +217,7 @@ impl TokenService {
     /// this call invalidated it, and the token to use now.
     pub async fn invalidate_authorizer_token(
         &self,
-        appid: &str,
+        appid: &AppId,
         failed: &str,
     ) -> Result<(bool, StoredToken), TokenError> {
         self.active_record(appid).await?;

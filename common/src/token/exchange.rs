@@ -4,6 +4,7 @@
 
 use super::service::{LOCK_LEASE, TokenError, TokenService};
 use super::store::StoredToken;
+use crate::ids::AppId;
 use crate::redis::RedisError;
 use crate::redis::claim::Outcome;
 use crate::redis::lock::Lock;
@@ -26,15 +27,15 @@ impl TokenService {
     pub async fn exchange_code(
         &self,
         code: &str,
-        appid_hint: Option<&str>,
-    ) -> Result<String, TokenError> {
+        appid_hint: Option<&AppId>,
+    ) -> Result<AppId, TokenError> {
         let deadline = tokio::time::Instant::now() + CODE_CLAIM + Duration::from_secs(5);
         let claim = loop {
             match self.store.take_auth_code(code, CODE_CLAIM).await? {
                 (_, Some(claim)) => break claim,
                 (Outcome::Settled(v), _) => {
-                    if let Some(appid) = v.strip_prefix(DONE_PREFIX) {
-                        return Ok(appid.to_owned());
+                    if let Some(appid) = v.strip_prefix(DONE_PREFIX).and_then(|a| a.parse().ok()) {
+                        return Ok(appid);
                     }
                 }
                 _ => {}
@@ -51,7 +52,7 @@ impl TokenService {
                     .settle(&format!("{DONE_PREFIX}{appid}"), CODE_DONE)
                     .await?
                 {
-                    tracing::warn!(appid, "code exchanged after its claim expired");
+                    tracing::warn!(appid = %appid, "code exchanged after its claim expired");
                 }
             }
             Err(_) => {
@@ -64,8 +65,8 @@ impl TokenService {
     async fn exchange_claimed(
         &self,
         code: &str,
-        appid_hint: Option<&str>,
-    ) -> Result<String, TokenError> {
+        appid_hint: Option<&AppId>,
+    ) -> Result<AppId, TokenError> {
         let info = self
             .with_component_token("api_query_auth", |ct| {
                 let client = self.client.clone();
@@ -84,16 +85,22 @@ impl TokenService {
                         .is_some_and(|r| r.has_refresh_token)
                 {
                     tracing::info!(
-                        appid,
+                        appid = %appid,
                         "auth code already used; the account has a refresh token"
                     );
-                    return Ok(appid.to_owned());
+                    return Ok(appid.clone());
                 }
                 return Err(e.into());
             }
             Err(e) => return Err(e),
         };
-        let appid = info.authorizer_appid.clone();
+        let appid: AppId =
+            info.authorizer_appid
+                .parse()
+                .map_err(|_| crate::wechat::WechatError::Protocol {
+                    api: "api_query_auth",
+                    detail: "authorizer_appid is not an appid".into(),
+                })?;
         self.store
             .authorized(
                 &appid,
@@ -144,20 +151,20 @@ impl TokenService {
         {
             Ok(profile) => self.store.save_profile(&appid, &profile).await?,
             Err(e) => {
-                tracing::warn!(appid, error = %e, "authorized, but the profile could not be fetched")
+                tracing::warn!(appid = %appid, error = %e, "authorized, but the profile could not be fetched")
             }
         }
         metrics::counter!("wxpipe_authorizations_total").increment(1);
-        tracing::info!(appid, "authorization code exchanged");
+        tracing::info!(appid = %appid, "authorization code exchanged");
         Ok(appid)
     }
 
     /// Which account a code was exchanged for, if it was.
-    pub async fn code_outcome(&self, code: &str) -> Result<Option<String>, RedisError> {
+    pub async fn code_outcome(&self, code: &str) -> Result<Option<AppId>, RedisError> {
         Ok(self
             .store
             .auth_code_state(code)
             .await?
-            .and_then(|v| v.strip_prefix(DONE_PREFIX).map(str::to_owned)))
+            .and_then(|v| v.strip_prefix(DONE_PREFIX).and_then(|a| a.parse().ok())))
     }
 }

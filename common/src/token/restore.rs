@@ -3,6 +3,7 @@
 
 use super::service::{TokenError, TokenService};
 use super::store::AuthorizerStatus;
+use crate::ids::AppId;
 
 impl TokenService {
     /// Restores refresh tokens (and the list of accounts) from `api_get_authorizer_list`, paged
@@ -22,7 +23,14 @@ impl TokenService {
                 let Some(rt) = item.refresh_token else {
                     continue;
                 };
-                let known = self.store.authorizer(&item.authorizer_appid).await?;
+                let Ok(appid) = item.authorizer_appid.parse::<AppId>() else {
+                    tracing::warn!(
+                        appid = %item.authorizer_appid,
+                        "api_get_authorizer_list returned something that is not an appid; skipped"
+                    );
+                    continue;
+                };
+                let known = self.store.authorizer(&appid).await?;
                 if known
                     .as_ref()
                     .is_some_and(|r| r.status == AuthorizerStatus::Revoked)
@@ -31,7 +39,7 @@ impl TokenService {
                 }
                 let restored_now = self
                     .store
-                    .restore_refresh_token(&item.authorizer_appid, rt.expose())
+                    .restore_refresh_token(&appid, rt.expose())
                     .await?;
                 if restored_now {
                     restored += 1;
@@ -39,7 +47,7 @@ impl TokenService {
                 if restored_now || known.as_ref().is_none_or(|r| r.access_token.is_none()) {
                     // Refresh soon, spread over a few seconds.
                     let due = crate::unix_now_ms() + (rand::random::<u32>() % 5_000) as i64;
-                    self.store.schedule(&item.authorizer_appid, due).await?;
+                    self.store.schedule(&appid, due).await?;
                 }
             }
             offset += n;

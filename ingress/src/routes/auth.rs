@@ -343,11 +343,11 @@ pub async fn done(State(state): State<SharedState>, Query(q): Q) -> Response {
             let name = r.nick_name.unwrap_or_default();
             Html(page(
                 "Authorized",
-                &format!("<h1>Authorized</h1><p id=\"status\">Thank you: <strong id=\"account\">{}</strong> ({}) has authorized this platform.</p>", escape(&name), escape(&appid)),
+                &format!("<h1>Authorized</h1><p id=\"status\">Thank you: <strong id=\"account\">{}</strong> ({}) has authorized this platform.</p>", escape(&name), escape(appid.as_str())),
                 None,
             ))
             .into_response()
         }
-        _ => Html(page("Authorization received", &format!("<h1>Authorization received</h1><p id=\"status\">{} is authorized; fetching its profile…</p>", escape(&appid)), Some(1))).into_response(),
+        _ => Html(page("Authorization received", &format!("<h1>Authorization received</h1><p id=\"status\">{} is authorized; fetching its profile…</p>", escape(appid.as_str())), Some(1))).into_response(),
     }
 }

@@ -3,6 +3,7 @@
 
 use super::registry::{EventHandler, HandlerError, Registry};
 use common::event::CloudEvent;
+use common::ids::AppId;
 use common::token::{TokenError, TokenService};
 use common::wire::auth_callback::{self, AuthCallback};
 use futures::future::BoxFuture;
@@ -17,6 +18,17 @@ fn field<'a>(event: &'a CloudEvent, name: &'static str) -> Result<&'a str, Handl
         .ok_or(HandlerError::Permanent {
             reason: "missing_field",
             detail: format!("{} has no {name}", event.event_type),
+        })
+}
+
+/// An appid field of an event, parsed: a malformed one is permanent (it never gets better).
+fn appid_field(event: &CloudEvent, name: &'static str) -> Result<AppId, HandlerError> {
+    field(event, name)?
+        .trim()
+        .parse()
+        .map_err(|e: common::ids::IdError| HandlerError::Permanent {
+            reason: "bad_appid",
+            detail: format!("{} has {name} that is not an appid: {e}", event.event_type),
         })
 }
 
@@ -69,8 +81,11 @@ impl EventHandler for Authorized {
     fn handle<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
             let code = field(event, "AuthorizationCode")?;
-            let appid = field(event, "AuthorizerAppid").ok();
-            self.0.exchange_code(code, appid).await.map_err(classify)?;
+            let appid = appid_field(event, "AuthorizerAppid").ok();
+            self.0
+                .exchange_code(code, appid.as_ref())
+                .await
+                .map_err(classify)?;
             Ok(())
         })
     }
@@ -108,13 +123,13 @@ struct Unauthorized(Arc<TokenService>);
 impl EventHandler for Unauthorized {
     fn handle<'a>(&'a self, event: &'a CloudEvent) -> BoxFuture<'a, Result<(), HandlerError>> {
         Box::pin(async move {
-            let appid = field(event, "AuthorizerAppid")?;
+            let appid = appid_field(event, "AuthorizerAppid")?;
             self.0
                 .store
-                .revoke(appid)
+                .revoke(&appid)
                 .await
                 .map_err(|e| classify(e.into()))?;
-            tracing::info!(appid, "authorization revoked; tokens deleted");
+            tracing::info!(appid = %appid, "authorization revoked; tokens deleted");
             Ok(())
         })
     }
@@ -133,8 +148,11 @@ impl EventHandler for FastRegister {
                 return Ok(());
             }
             let code = field(event, "auth_code")?;
-            let appid = field(event, "appid").ok();
-            self.0.exchange_code(code, appid).await.map_err(classify)?;
+            let appid = appid_field(event, "appid").ok();
+            self.0
+                .exchange_code(code, appid.as_ref())
+                .await
+                .map_err(classify)?;
             Ok(())
         })
     }

@@ -54,7 +54,7 @@ impl ReleaseTest {
     async fn query_auth_code(
         &self,
         event: &CloudEvent,
-        appid: &str,
+        appid: &common::ids::AppId,
         code: &str,
     ) -> Result<(), HandlerError> {
         self.reply(event, "").await?;
@@ -84,7 +84,7 @@ impl ReleaseTest {
             .await
             .map_err(transient)?;
         tracing::info!(
-            appid,
+            appid = %appid,
             "full-network test: QUERY_AUTH_CODE answered through the customer-service API"
         );
         Ok(())
@@ -101,6 +101,9 @@ impl EventHandler for ReleaseTest {
             if !common::wechat::is_release_test_appid(appid) {
                 return Ok(());
             }
+            let Ok(appid) = appid.parse::<common::ids::AppId>() else {
+                return Ok(());
+            };
             let (openid, gh) = (text(event, "FromUserName"), text(event, "ToUserName"));
             let now = common::unix_now();
             let content = text(event, "Content");
@@ -114,7 +117,7 @@ impl EventHandler for ReleaseTest {
                 }
                 "text" if content.starts_with("QUERY_AUTH_CODE:") => {
                     let code = content.trim_start_matches("QUERY_AUTH_CODE:").trim();
-                    self.query_auth_code(event, appid, code).await
+                    self.query_auth_code(event, &appid, code).await
                 }
                 "event" => {
                     let reply = format!("{}from_callback", text(event, "Event"));

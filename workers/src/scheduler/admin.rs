@@ -156,19 +156,19 @@ fn appid(raw: &str) -> Result<AppId, BadRequest> {
 
 async fn one(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Response {
     let appid = match self::appid(&appid) {
-        Ok(a) => a.to_string(),
+        Ok(a) => a,
         Err(r) => return r.into_response(),
     };
     match admin.tokens.store.authorizer(&appid).await {
         Ok(Some(r)) => Json(json!(r)).into_response(),
-        Ok(None) => error(TokenError::Unknown(appid)),
+        Ok(None) => error(TokenError::Unknown(appid.to_string())),
         Err(e) => error(e.into()),
     }
 }
 
 async fn authorizer_token(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Response {
     let appid = match self::appid(&appid) {
-        Ok(a) => a.to_string(),
+        Ok(a) => a,
         Err(r) => return r.into_response(),
     };
     match admin.tokens.authorizer_token(&appid).await {
@@ -179,7 +179,7 @@ async fn authorizer_token(State(admin): State<Arc<Admin>>, Path(appid): Path<Str
 
 async fn refresh(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Response {
     let appid = match self::appid(&appid) {
-        Ok(a) => a.to_string(),
+        Ok(a) => a,
         Err(r) => return r.into_response(),
     };
     // N callers forcing at once must not cause N refreshes (each would burn quota).
@@ -248,7 +248,7 @@ async fn invalidate(
     body: Result<Json<Refused>, JsonRejection>,
 ) -> Response {
     let appid = match self::appid(&appid) {
-        Ok(a) => a.to_string(),
+        Ok(a) => a,
         Err(r) => return r.into_response(),
     };
     let failed = match refused(body) {

@@ -50,7 +50,10 @@ impl std::fmt::Debug for SchedulerArgs {
         f.debug_struct("SchedulerArgs")
             .field("worker", &self.worker)
             .field("admin_addr", &self.admin_addr)
-            .field("admin_token", &self.admin_token.as_ref().map(|_| "[redacted]"))
+            .field(
+                "admin_token",
+                &self.admin_token.as_ref().map(|_| "[redacted]"),
+            )
             .field("refresh_concurrency", &self.refresh_concurrency)
             .field("list_sync_secs", &self.list_sync_secs)
             .finish()
@@ -165,7 +168,7 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
     while let Some((appid, r)) = results.next().await {
         match r {
             Ok(RefreshOutcome::Refreshed(_)) => {
-                tracing::debug!(appid, "authorizer token refreshed")
+                tracing::debug!(appid = %appid, "authorizer token refreshed")
             }
             Ok(_) => {}
             Err(TokenError::NoRefreshToken(_)) => {
@@ -184,7 +187,7 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
             {
                 missing_refresh_token = true;
             }
-            Err(e) => tracing::debug!(appid, error = %e, "authorizer refresh failed"),
+            Err(e) => tracing::debug!(appid = %appid, error = %e, "authorizer refresh failed"),
         }
     }
     // Accounts without a (working) refresh token may get one from the list; ask at most every

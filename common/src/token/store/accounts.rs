@@ -3,12 +3,13 @@
 
 use super::scripts::*;
 use super::*;
+use crate::ids::AppId;
 use crate::redis::{conn, failed};
 use deadpool_redis::redis::{AsyncCommands, Script, cmd};
 
 impl TokenStore {
     /// One account's record.
-    pub async fn authorizer(&self, appid: &str) -> Result<Option<AuthorizerRecord>, RedisError> {
+    pub async fn authorizer(&self, appid: &AppId) -> Result<Option<AuthorizerRecord>, RedisError> {
         let mut c = conn(&self.pool, "reading an authorizer").await?;
         let h: HashMap<String, String> = c
             .hgetall(self.keys.authorizer(appid))
@@ -20,7 +21,7 @@ impl TokenStore {
         let int = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
         let text = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
         Ok(Some(AuthorizerRecord {
-            appid: appid.to_owned(),
+            appid: appid.clone(),
             status: AuthorizerStatus::parse(
                 h.get("status").map(String::as_str).unwrap_or("active"),
             ),
@@ -38,12 +39,13 @@ impl TokenStore {
     }
 
     /// Every known appid, sorted.
-    pub async fn authorizer_appids(&self) -> Result<Vec<String>, RedisError> {
+    pub async fn authorizer_appids(&self) -> Result<Vec<AppId>, RedisError> {
         let mut c = conn(&self.pool, "listing authorizers").await?;
-        let mut v: Vec<String> = c
+        let v: Vec<String> = c
             .smembers(self.keys.authorizers())
             .await
             .map_err(failed("listing authorizers"))?;
+        let mut v = appids(v, "authorizers");
         v.sort_unstable();
         Ok(v)
     }
@@ -56,9 +58,9 @@ impl TokenStore {
         limit: usize,
         retry: std::time::Duration,
         cap: std::time::Duration,
-    ) -> Result<Vec<String>, RedisError> {
+    ) -> Result<Vec<AppId>, RedisError> {
         let mut c = conn(&self.pool, "taking due refreshes").await?;
-        Script::new(TAKE_DUE)
+        let taken: Vec<String> = Script::new(TAKE_DUE)
             .key(self.keys.due())
             .key(self.keys.due_attempts())
             .arg(crate::unix_now_ms())
@@ -67,11 +69,12 @@ impl TokenStore {
             .arg(cap.as_millis() as u64)
             .invoke_async(&mut c)
             .await
-            .map_err(failed("taking due refreshes"))
+            .map_err(failed("taking due refreshes"))?;
+        Ok(appids(taken, "due"))
     }
 
     /// Attempts taken from `due` since `appid`'s last successful refresh.
-    pub async fn due_attempts(&self, appid: &str) -> Result<u64, RedisError> {
+    pub async fn due_attempts(&self, appid: &AppId) -> Result<u64, RedisError> {
         let mut c = conn(&self.pool, "reading refresh attempts").await?;
         let n: Option<u64> = c
             .hget(self.keys.due_attempts(), appid)
@@ -81,7 +84,7 @@ impl TokenStore {
     }
 
     /// Forgets an appid that has no record any more (dropped from `due`).
-    pub async fn unschedule(&self, appid: &str) -> Result<(), RedisError> {
+    pub async fn unschedule(&self, appid: &AppId) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "unscheduling").await?;
         deadpool_redis::redis::pipe()
             .zrem(self.keys.due(), appid)
@@ -94,7 +97,7 @@ impl TokenStore {
     }
 
     /// When `appid` is due (ms), if scheduled.
-    pub async fn due_at(&self, appid: &str) -> Result<Option<i64>, RedisError> {
+    pub async fn due_at(&self, appid: &AppId) -> Result<Option<i64>, RedisError> {
         let mut c = conn(&self.pool, "reading a due time").await?;
         let v: Option<f64> = c
             .zscore(self.keys.due(), appid)
@@ -104,7 +107,7 @@ impl TokenStore {
     }
 
     /// Schedules `appid` for a refresh at `due_ms` (and remembers it).
-    pub async fn schedule(&self, appid: &str, due_ms: i64) -> Result<(), RedisError> {
+    pub async fn schedule(&self, appid: &AppId, due_ms: i64) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "scheduling a refresh").await?;
         deadpool_redis::redis::pipe()
             .zadd(self.keys.due(), appid, due_ms)
@@ -123,7 +126,7 @@ impl TokenStore {
     pub async fn write_authorizer_tokens(
         &self,
         lock: &Lock,
-        appid: &str,
+        appid: &AppId,
         token: &StoredToken,
         refresh_token: Option<&str>,
         used: Option<&str>,
@@ -157,7 +160,7 @@ impl TokenStore {
     /// Deletes `appid`'s access token only if it is still `token`.
     pub async fn invalidate_authorizer_token(
         &self,
-        appid: &str,
+        appid: &AppId,
         token: &str,
     ) -> Result<bool, RedisError> {
         let mut c = conn(&self.pool, "invalidating an authorizer token").await?;
@@ -175,7 +178,7 @@ impl TokenStore {
     /// stored it.
     pub async fn restore_refresh_token(
         &self,
-        appid: &str,
+        appid: &AppId,
         refresh_token: &str,
     ) -> Result<bool, RedisError> {
         let mut c = conn(&self.pool, "restoring a refresh token").await?;
@@ -196,7 +199,7 @@ impl TokenStore {
     /// re-authorization).
     pub async fn refuse_refresh_token(
         &self,
-        appid: &str,
+        appid: &AppId,
         refused: &str,
         error: &str,
     ) -> Result<(), RedisError> {
@@ -217,7 +220,7 @@ impl TokenStore {
     /// A newly authorized (or re-authorized) account: active, with this refresh token.
     pub async fn authorized(
         &self,
-        appid: &str,
+        appid: &AppId,
         refresh_token: Option<&str>,
     ) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "recording an authorization").await?;
@@ -249,7 +252,7 @@ impl TokenStore {
     /// Stores the profile from `api_get_authorizer_info`.
     pub async fn save_profile(
         &self,
-        appid: &str,
+        appid: &AppId,
         profile: &serde_json::Value,
     ) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "storing a profile").await?;
@@ -272,7 +275,7 @@ impl TokenStore {
     /// revocation uses [`Self::revoke`].
     pub async fn mark(
         &self,
-        appid: &str,
+        appid: &AppId,
         status: AuthorizerStatus,
         error: &str,
     ) -> Result<(), RedisError> {
@@ -289,7 +292,7 @@ impl TokenStore {
     }
 
     /// The account removed the platform: revoked, tokens deleted, no more refreshes.
-    pub async fn revoke(&self, appid: &str) -> Result<(), RedisError> {
+    pub async fn revoke(&self, appid: &AppId) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "revoking an authorizer").await?;
         let key = self.keys.authorizer(appid);
         deadpool_redis::redis::pipe()
@@ -318,4 +321,18 @@ impl TokenStore {
             .await
             .map_err(failed("revoking an authorizer"))
     }
+}
+
+/// The well-formed appids of a Redis answer; anything else is logged and counted, never used.
+fn appids(raw: Vec<String>, from: &'static str) -> Vec<AppId> {
+    raw.into_iter()
+        .filter_map(|a| match a.parse() {
+            Ok(appid) => Some(appid),
+            Err(_) => {
+                tracing::warn!(key = from, value = %a, "not an appid in Redis; ignored");
+                metrics::counter!("wxpipe_redis_bad_values_total", "key" => from).increment(1);
+                None
+            }
+        })
+        .collect()
 }

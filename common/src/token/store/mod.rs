@@ -65,7 +65,7 @@ pub struct FailureState {
 /// Everything stored about one account.
 #[derive(Debug, Clone, Serialize)]
 pub struct AuthorizerRecord {
-    pub appid: String,
+    pub appid: crate::ids::AppId,
     pub status: AuthorizerStatus,
     #[serde(skip)]
     pub refresh_token: Option<Token>,
