@@ -11,6 +11,26 @@ use serde::{Deserialize, Serialize};
 /// `content_type` of every message on `{ns}.events`.
 pub use crate::wire::event::CONTENT_TYPE;
 
+/// Every CloudEvents `type` of a platform event starts with this…
+pub const COMPONENT_TYPE_PREFIX: &str = "wechat.component.";
+/// …and of an account's message or event with this.
+pub const AUTHORIZER_TYPE_PREFIX: &str = "wechat.authorizer.";
+
+/// The CloudEvents `type` of the platform event with (lowercase) `InfoType` `info`.
+pub fn component_event_type(info: &str) -> String {
+    format!("{COMPONENT_TYPE_PREFIX}{info}")
+}
+
+/// The routing key on `{ns}.events` of the platform event with (lowercase) `InfoType` `info`.
+pub fn component_routing_key(info: &str) -> String {
+    format!("component.{info}")
+}
+
+/// The routing-key pattern of everything of one account on `{ns}.events`.
+pub fn authorizer_pattern(appid: &str) -> String {
+    format!("authorizer.{appid}.#")
+}
+
 /// `source` of the platform's own events.
 pub fn component_source(component_appid: &str) -> String {
     format!("/wechat/component/{component_appid}")
@@ -110,8 +130,8 @@ pub fn address(push: &Push, component_appid: &str, authorizer_appid: Option<&str
             }
             EventAddress {
                 id,
-                routing_key: format!("component.{info}"),
-                event_type: format!("wechat.component.{info}"),
+                routing_key: component_routing_key(&info),
+                event_type: component_event_type(&info),
                 source: component_source(component_appid),
             }
         }
@@ -144,7 +164,7 @@ pub fn address(push: &Push, component_appid: &str, authorizer_appid: Option<&str
             EventAddress {
                 id,
                 routing_key: format!("authorizer.{}.{suffix}", word(appid)),
-                event_type: format!("wechat.authorizer.{suffix}"),
+                event_type: format!("{AUTHORIZER_TYPE_PREFIX}{suffix}"),
                 source: authorizer_source(appid),
             }
         }

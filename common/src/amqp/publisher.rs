@@ -5,8 +5,9 @@
 //!   (round-robin) and awaits its own confirm, so many confirms are in flight at once.
 //! * [`ConfirmedPublisher::publish`] is *mandatory*: a message that no queue takes (a missing
 //!   queue or binding) comes back as [`PublishError::Unroutable`], never as a confirm, so a
-//!   caller never acknowledges upstream what nobody stored. [`ConfirmedPublisher::broadcast`]
-//!   is for the events exchange, where a routing key nobody subscribed to is normal.
+//!   caller never acknowledges upstream what nobody stored. [`Routing::AnyQueues`]
+//!   ([`ConfirmedPublisher::publish_routed`]) is for the events exchange, where a routing key
+//!   nobody subscribed to is normal.
 //! * When there is no connection, [`ConfirmedPublisher::publish`] fails at once with
 //!   [`PublishError::Unavailable`]; a confirm that does not arrive within the deadline is
 //!   [`PublishError::Timeout`]. Callers answer 503 on either, so nothing unconfirmed is ever
@@ -144,24 +145,14 @@ impl ConfirmedPublisher {
         body: &[u8],
         properties: BasicProperties,
     ) -> Result<(), PublishError> {
-        self.send(exchange, routing_key, body, properties, Routing::Mandatory)
+        self.publish_routed(exchange, routing_key, body, properties, Routing::Mandatory)
             .await
     }
 
-    /// Publishes one event to a topic exchange, where no subscriber for its routing key is
-    /// normal, and waits for the confirm. `Ok` means every bound queue has it.
-    pub async fn broadcast(
-        &self,
-        exchange: &str,
-        routing_key: &str,
-        body: &[u8],
-        properties: BasicProperties,
-    ) -> Result<(), PublishError> {
-        self.send(exchange, routing_key, body, properties, Routing::AnyQueues)
-            .await
-    }
-
-    async fn send(
+    /// Publishes with the given [`Routing`]: [`Routing::AnyQueues`] for events on a topic
+    /// exchange, where no subscriber for a routing key is normal (`Ok` then means every bound
+    /// queue has it).
+    pub async fn publish_routed(
         &self,
         exchange: &str,
         routing_key: &str,

@@ -13,9 +13,14 @@ use serde_json::json;
 /// `InfoType` of the event's data.
 pub const INFO_TYPE: &str = "auth_callback";
 /// The CloudEvents `type`.
-pub const EVENT_TYPE: &str = "wechat.component.auth_callback";
+pub fn event_type() -> String {
+    crate::event::component_event_type(INFO_TYPE)
+}
+
 /// Its routing key on `{ns}.events`.
-pub const ROUTING_KEY: &str = "component.auth_callback";
+pub fn routing_key() -> String {
+    crate::event::component_routing_key(INFO_TYPE)
+}
 
 /// One authorization code from the callback.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -45,7 +50,7 @@ impl AuthCallback {
             specversion: "1.0".into(),
             id: self.id(),
             source: crate::event::component_source(&self.component_appid),
-            event_type: EVENT_TYPE.into(),
+            event_type: event_type(),
             time: crate::event::rfc3339(self.at),
             datacontenttype: "application/json".into(),
             data,
@@ -57,7 +62,7 @@ impl AuthCallback {
     pub fn properties(&self) -> EventProperties {
         EventProperties {
             id: self.id(),
-            event_type: EVENT_TYPE.into(),
+            event_type: event_type(),
             received_at_ms: Some(self.at * 1000),
             reply: None,
         }
@@ -65,7 +70,7 @@ impl AuthCallback {
 
     /// Reads the callback back from its event; `None` when it is not one.
     pub fn from_event(event: &CloudEvent) -> Option<Self> {
-        if event.event_type != EVENT_TYPE {
+        if event.event_type != event_type() {
             return None;
         }
         let s = |k: &str| {
@@ -104,8 +109,7 @@ mod tests {
         assert_eq!(AuthCallback::from_event(&back), Some(cb.clone()));
         let props = EventProperties::from_properties(&cb.properties().to_properties());
         assert_eq!(props.id, event.id);
-        assert_eq!(props.event_type, EVENT_TYPE);
-        // The routing key is the one the event's type implies.
-        assert_eq!(ROUTING_KEY, EVENT_TYPE.trim_start_matches("wechat."));
+        assert_eq!(props.event_type, "wechat.component.auth_callback");
+        assert_eq!(routing_key(), "component.auth_callback");
     }
 }

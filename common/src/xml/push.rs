@@ -78,23 +78,34 @@ pub struct AuthorizationChange {
     pub pre_auth_code: Option<String>,
 }
 
+/// The `InfoType`s of protocol.md §3 that wxpipe models (lowercase, as they become event types).
+pub mod info_type {
+    pub const COMPONENT_VERIFY_TICKET: &str = "component_verify_ticket";
+    pub const AUTHORIZED: &str = "authorized";
+    pub const UPDATE_AUTHORIZED: &str = "updateauthorized";
+    pub const UNAUTHORIZED: &str = "unauthorized";
+    pub const NOTIFY_THIRD_FASTEREGISTER: &str = "notify_third_fasteregister";
+}
+
 impl ComponentEvent {
     pub fn from_fields(fields: Fields) -> Result<Self, XmlError> {
         let appid = required_str(&fields, "AppId")?.to_owned();
         let create_time = required_i64(&fields, "CreateTime")?;
         let info_type = required_str(&fields, "InfoType")?.to_owned();
         let kind = match info_type.to_ascii_lowercase().as_str() {
-            "component_verify_ticket" => InfoType::ComponentVerifyTicket {
+            info_type::COMPONENT_VERIFY_TICKET => InfoType::ComponentVerifyTicket {
                 ticket: required_str(&fields, "ComponentVerifyTicket")?.to_owned(),
             },
-            "authorized" => InfoType::Authorized(AuthorizationChange::from_fields(&fields)?),
-            "updateauthorized" => {
+            info_type::AUTHORIZED => {
+                InfoType::Authorized(AuthorizationChange::from_fields(&fields)?)
+            }
+            info_type::UPDATE_AUTHORIZED => {
                 InfoType::UpdateAuthorized(AuthorizationChange::from_fields(&fields)?)
             }
-            "unauthorized" => InfoType::Unauthorized {
+            info_type::UNAUTHORIZED => InfoType::Unauthorized {
                 authorizer_appid: required_str(&fields, "AuthorizerAppid")?.to_owned(),
             },
-            "notify_third_fasteregister" => InfoType::NotifyThirdFasteregister {
+            info_type::NOTIFY_THIRD_FASTEREGISTER => InfoType::NotifyThirdFasteregister {
                 appid: field_str(&fields, "appid").map(str::to_owned),
                 status: field_str(&fields, "status").and_then(|s| s.trim().parse().ok()),
                 auth_code: field_str(&fields, "auth_code").map(str::to_owned),

@@ -310,7 +310,7 @@ pub async fn callback(State(state): State<SharedState>, Query(q): Q) -> Response
         .publisher
         .publish(
             &state.namespace.events(),
-            auth_callback::ROUTING_KEY,
+            &auth_callback::routing_key(),
             &body,
             callback.properties().to_properties(),
         )

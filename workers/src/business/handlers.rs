@@ -2,10 +2,11 @@
 //! push or from `/auth/callback`, exchanged exactly once), revocations and fast registrations.
 
 use super::registry::{EventHandler, HandlerError, Registry};
-use common::event::CloudEvent;
+use common::event::{CloudEvent, component_event_type};
 use common::ids::AppId;
 use common::token::{TokenError, TokenService};
 use common::wire::auth_callback::{self, AuthCallback};
+use common::xml::push::info_type;
 use futures::future::BoxFuture;
 use std::sync::Arc;
 
@@ -160,28 +161,29 @@ impl EventHandler for FastRegister {
 
 /// Registers the token and authorization handlers.
 pub fn register(registry: &mut Registry, tokens: Arc<TokenService>) {
+    let on = |info: &str| component_event_type(info);
     registry.register(
-        "wechat.component.component_verify_ticket",
+        on(info_type::COMPONENT_VERIFY_TICKET),
         Arc::new(Ticket(tokens.clone())),
     );
     registry.register(
-        "wechat.component.authorized",
+        on(info_type::AUTHORIZED),
         Arc::new(Authorized(tokens.clone())),
     );
     registry.register(
-        "wechat.component.updateauthorized",
+        on(info_type::UPDATE_AUTHORIZED),
         Arc::new(Authorized(tokens.clone())),
     );
     registry.register(
-        auth_callback::EVENT_TYPE,
+        auth_callback::event_type(),
         Arc::new(AuthCallbackHandler(tokens.clone())),
     );
     registry.register(
-        "wechat.component.unauthorized",
+        on(info_type::UNAUTHORIZED),
         Arc::new(Unauthorized(tokens.clone())),
     );
     registry.register(
-        "wechat.component.notify_third_fasteregister",
+        on(info_type::NOTIFY_THIRD_FASTEREGISTER),
         Arc::new(FastRegister(tokens)),
     );
 }

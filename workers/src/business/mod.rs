@@ -124,7 +124,7 @@ impl Handler for BusinessHandler {
 pub fn bindings() -> Vec<String> {
     common::wechat::RELEASE_TEST_ACCOUNTS
         .iter()
-        .map(|(_, appid)| format!("authorizer.{appid}.#"))
+        .map(|(_, appid)| common::event::authorizer_pattern(appid))
         .collect()
 }
 
@@ -146,7 +146,7 @@ pub fn default_registry(config: &BusinessConfig) -> Registry {
         declare: Part::Nothing,
     });
     registry.register_prefix(
-        "wechat.authorizer.",
+        common::event::AUTHORIZER_TYPE_PREFIX,
         Arc::new(release_test::ReleaseTest {
             tokens: config.tokens.clone(),
             replies,

@@ -46,7 +46,13 @@ impl ReleaseTest {
         let props = lapin::BasicProperties::default().with_correlation_id(id.as_str().into());
         // A late reply finds nobody and is dropped by the broker; that is fine.
         self.replies
-            .broadcast("", reply_to, body.as_bytes(), props)
+            .publish_routed(
+                "",
+                reply_to,
+                body.as_bytes(),
+                props,
+                common::amqp::publisher::Routing::AnyQueues,
+            )
             .await
             .map_err(transient)
     }

@@ -9,6 +9,7 @@ use crate::args::WorkerArgs;
 use crate::retry::{Attempt, retry};
 use common::amqp::ConfirmedPublisher;
 use common::amqp::consumer::{Disposition, Handler};
+use common::amqp::publisher::Routing;
 use common::config::ConfigError;
 use common::crypto::MsgCrypt;
 use common::event::{self, CloudEvent};
@@ -217,11 +218,12 @@ impl DecryptHandler {
         // An event nobody subscribed to is normal on a topic exchange: not mandatory.
         if let Err(e) = self
             .publisher
-            .broadcast(
+            .publish_routed(
                 &self.events_exchange,
                 &address.routing_key,
                 body,
                 props.to_properties(),
+                Routing::AnyQueues,
             )
             .await
         {
