@@ -172,13 +172,8 @@ async fn broken_accounts_do_not_stall_the_healthy_ones() {
         ..Rules::default()
     };
     let sim = sim::start(settings).await.unwrap();
-    {
-        let mut st = sim.shared.state.lock().unwrap();
-        for _ in 0..HEALTHY {
-            let (_, code, _) = st.authorize(None, false);
-            st.query_auth(wxpipe_tests::test_platform::COMPONENT_APPID, &code)
-                .unwrap();
-        }
+    for _ in 0..HEALTHY {
+        sim.authorized_account();
     }
     let margin = Duration::from_secs(3);
     let svc = Arc::new(token_service(&t.ns, &sim.api_base(), margin));
@@ -309,12 +304,7 @@ async fn fifty_reports_of_one_refused_token_cause_one_refresh() {
     let sim = sim::start(SimConfig::for_tests("http://127.0.0.1:9"))
         .await
         .unwrap();
-    {
-        let mut st = sim.shared.state.lock().unwrap();
-        let (_, code, _) = st.authorize(None, false);
-        st.query_auth(wxpipe_tests::test_platform::COMPONENT_APPID, &code)
-            .unwrap();
-    }
+    sim.authorized_account();
     let svc = Arc::new(token_service(
         &t.ns,
         &sim.api_base(),

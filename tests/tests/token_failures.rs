@@ -173,18 +173,7 @@ async fn a_refused_refresh_token_is_replaced_from_the_list() {
     let sim = sim::start(SimConfig::for_tests("http://127.0.0.1:9"))
         .await
         .unwrap();
-    let appid = {
-        let mut st = sim.shared.state.lock().unwrap();
-        let (_, code, _) = st.authorize(None, false);
-        let r = st
-            .query_auth(test_platform::COMPONENT_APPID, &code)
-            .unwrap();
-        r["authorization_info"]["authorizer_appid"]
-            .as_str()
-            .unwrap()
-            .parse::<common::ids::AppId>()
-            .unwrap()
-    };
+    let appid: common::ids::AppId = sim.authorized_account().parse().unwrap();
     let svc = Arc::new(token_service(
         &t.ns,
         &sim.api_base(),
@@ -239,18 +228,7 @@ async fn a_refresh_in_flight_cannot_bring_a_revoked_account_back() {
     settings.slow_rate = 1.0;
     settings.slow_delay = Duration::from_millis(1500);
     let sim = sim::start(settings).await.unwrap();
-    let appid = {
-        let mut st = sim.shared.state.lock().unwrap();
-        let (_, code, _) = st.authorize(None, false);
-        let r = st
-            .query_auth(test_platform::COMPONENT_APPID, &code)
-            .unwrap();
-        r["authorization_info"]["authorizer_appid"]
-            .as_str()
-            .unwrap()
-            .parse::<common::ids::AppId>()
-            .unwrap()
-    };
+    let appid: common::ids::AppId = sim.authorized_account().parse().unwrap();
     let svc = Arc::new(token_service(
         &t.ns,
         &sim.api_base(),

@@ -112,6 +112,21 @@ pub struct SimHandle {
 }
 
 impl SimHandle {
+    /// Authorizes a new account and exchanges its code directly in the simulator's state (as
+    /// if a platform had done it before wxpipe knew the account: its refresh token is in
+    /// `api_get_authorizer_list`); returns its appid.
+    pub fn authorized_account(&self) -> String {
+        let mut st = self.shared.state.lock().expect("sim state");
+        let (_, code, _) = st.authorize(None, false);
+        let r = st
+            .query_auth(crate::test_platform::COMPONENT_APPID, &code)
+            .expect("a fresh code exchanges");
+        r["authorization_info"]["authorizer_appid"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned()
+    }
+
     /// `http://api_addr`: the value for `WXPIPE_WECHAT_API_BASE`.
     pub fn api_base(&self) -> String {
         format!("http://{}", self.api_addr)
