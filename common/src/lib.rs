@@ -23,6 +23,7 @@ pub mod amqp;
 pub mod config;
 pub mod crypto;
 pub mod event;
+pub mod i18n;
 pub mod ids;
 pub mod redis;
 pub mod secret;

@@ -71,6 +71,12 @@ pub struct IngressArgs {
     /// Authorizations all clients together may start per minute.
     #[arg(long, env = "WXPIPE_AUTH_START_PER_MINUTE", default_value_t = 120)]
     pub auth_start_per_minute: u64,
+    /// The platform's name, at the top of the authorization pages.
+    #[arg(long, env = "WXPIPE_PLATFORM_NAME", default_value = "wxpipe")]
+    pub platform_name: String,
+    /// A short line on the authorization pages saying what the platform does with the account.
+    #[arg(long, env = "WXPIPE_AUTH_PAGE_NOTE", default_value = "")]
+    pub auth_page_note: String,
     /// Identify clients by the last `X-Forwarded-For` entry (set it behind your own reverse
     /// proxy only: otherwise clients could pick their identity).
     #[arg(long, env = "WXPIPE_TRUST_FORWARDED_FOR", default_value_t = false)]
@@ -102,6 +108,8 @@ pub struct IngressConfig {
     pub limits: crate::http::Limits,
     /// The authorization pages' limits.
     pub auth: crate::routes::auth::AuthLimits,
+    /// The authorization pages' configurable texts.
+    pub auth_texts: crate::routes::auth_page::AuthTexts,
 }
 
 impl std::fmt::Debug for IngressConfig {
@@ -127,6 +135,7 @@ impl std::fmt::Debug for IngressConfig {
             .field("sync_reply_timeout", &self.sync_reply_timeout)
             .field("limits", &self.limits)
             .field("auth", &self.auth)
+            .field("auth_texts", &self.auth_texts)
             .finish()
     }
 }
@@ -187,6 +196,10 @@ impl IngressArgs {
                     self.auth_start_per_minute,
                 )?,
                 trust_forwarded_for: self.trust_forwarded_for,
+            },
+            auth_texts: crate::routes::auth_page::AuthTexts {
+                platform_name: self.platform_name.trim().chars().take(64).collect(),
+                note: self.auth_page_note.trim().chars().take(300).collect(),
             },
         })
     }

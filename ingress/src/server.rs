@@ -99,6 +99,7 @@ pub async fn serve(
         replier,
         sync_reply_timeout: config.sync_reply_timeout,
         auth_limits: config.auth,
+        auth_texts: config.auth_texts.clone(),
     });
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, namespace = %config.namespace, "ingress listening");

@@ -24,6 +24,7 @@ pub struct AppState {
     pub replier: crate::sync_reply::SyncReplier,
     pub sync_reply_timeout: Duration,
     pub auth_limits: crate::routes::auth::AuthLimits,
+    pub auth_texts: crate::routes::auth_page::AuthTexts,
 }
 
 pub type SharedState = Arc<AppState>;

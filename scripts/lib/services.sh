@@ -68,8 +68,13 @@ rabbitmq_ready() {
 # Chromium for the browser test of the authorization pages (Debian's package).
 ensure_chromium() {
   local path="${WXPIPE_CHROMIUM:-/usr/bin/chromium}"
+  # A Chinese font, so the screenshots of the Chinese pages show characters, not boxes (the
+  # pages load no font of their own: phones have theirs).
+  if command -v fc-list >/dev/null 2>&1 && ! fc-list :lang=zh 2>/dev/null | grep -q .; then
+    ( apt_install fonts-wqy-zenhei ) || say "no Chinese font could be installed: screenshots show boxes"
+  fi
   if [ -x "$path" ]; then say "Chromium is at $path"; return; fi
-  apt_install chromium
+  apt_install chromium fonts-wqy-zenhei
   [ -x "$path" ] || die "chromium installed but $path is missing: set WXPIPE_CHROMIUM to its path"
   say "Chromium is at $path"
 }

@@ -52,6 +52,10 @@ pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
             starts_per_minute: 120,
             trust_forwarded_for: false,
         },
+        auth_texts: ingress::routes::auth_page::AuthTexts {
+            platform_name: "wxpipe test platform".into(),
+            note: String::new(),
+        },
     }
 }
 

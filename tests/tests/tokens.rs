@@ -581,6 +581,49 @@ fn chromium() -> std::path::PathBuf {
     path
 }
 
+/// The pages' screenshots, kept as test artifacts.
+fn artifacts() -> std::path::PathBuf {
+    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join("..")
+        .join("test-artifacts")
+        .join("auth-pages");
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// A headless Chromium with a window of `size`.
+fn browser(size: (u32, u32)) -> anyhow::Result<headless_chrome::Browser> {
+    use headless_chrome::{Browser, LaunchOptions};
+    use std::ffi::OsStr;
+    Browser::new(
+        LaunchOptions::default_builder()
+            .path(Some(chromium()))
+            .headless(true)
+            .sandbox(false)
+            .window_size(Some(size))
+            .args(vec![
+                OsStr::new("--disable-gpu"),
+                OsStr::new("--disable-background-networking"),
+                OsStr::new("--disable-component-update"),
+                OsStr::new("--disable-sync"),
+                OsStr::new("--no-first-run"),
+                OsStr::new("--disable-quic"),
+            ])
+            .idle_browser_timeout(Duration::from_secs(60))
+            .build()?,
+    )
+}
+
+const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36";
+const WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.50";
+
+fn screenshot(tab: &headless_chrome::Tab, name: &str) -> anyhow::Result<()> {
+    use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+    let png = tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)?;
+    std::fs::write(artifacts().join(format!("{name}.png")), png)?;
+    Ok(())
+}
+
 #[tokio::test]
 async fn the_authorization_pages_in_a_real_headless_browser() {
     let t = TestNs::new("t-tokens-browser");
@@ -592,46 +635,71 @@ async fn the_authorization_pages_in_a_real_headless_browser() {
     let s = spawn_pipeline(&t.ns, &sim, port, Duration::from_secs(600)).await;
     s.ticket_and_component_token(&sim).await;
 
-    let entry = format!("{}/auth", s.base);
-    let chromium = chromium();
-    let (final_url, account) =
-        tokio::task::spawn_blocking(move || -> anyhow::Result<(String, String)> {
-            use headless_chrome::{Browser, LaunchOptions};
-            use std::ffi::OsStr;
-            let browser = Browser::new(
-                LaunchOptions::default_builder()
-                    .path(Some(chromium))
-                    .headless(true)
-                    .sandbox(false)
-                    .args(vec![
-                        OsStr::new("--disable-gpu"),
-                        OsStr::new("--disable-background-networking"),
-                        OsStr::new("--disable-component-update"),
-                        OsStr::new("--disable-sync"),
-                        OsStr::new("--no-first-run"),
-                        OsStr::new("--disable-quic"),
-                    ])
-                    .idle_browser_timeout(Duration::from_secs(60))
-                    .build()?,
-            )?;
-            let tab = browser.new_tab()?;
-            tab.navigate_to(&entry)?.wait_until_navigated()?;
-            // Entry page → click "Authorize an Official Account" → /auth/start → the sim's page
-            // (Referer checked) → /auth/callback → /auth/done, which names the account.
-            tab.wait_for_element("#pc-1")?.click()?;
-            let account = tab
-                .wait_for_element_with_custom_timeout("#account", Duration::from_secs(30))?
-                .get_inner_text()?;
-            Ok((tab.get_url(), account))
-        })
+    // The whole flow once per language, chosen by the browser's Accept-Language; screenshots
+    // of the entry and done pages on a computer and on a phone inside WeChat.
+    for (lang, accept, heading, thanks) in [
+        ("zh", "zh-CN,zh;q=0.9", "授权给第三方平台", "感谢您"),
+        (
+            "en",
+            "en-US,en;q=0.9",
+            "Authorize the platform",
+            "Thank you",
+        ),
+    ] {
+        let entry = format!("{}/auth", s.base);
+        let (final_url, account, entry_text, done_text) = tokio::task::spawn_blocking(
+            move || -> anyhow::Result<(String, String, String, String)> {
+                let desktop = browser((1280, 900))?;
+                let tab = desktop.new_tab()?;
+                tab.set_user_agent(DESKTOP_UA, Some(accept), None)?;
+                tab.navigate_to(&entry)?.wait_until_navigated()?;
+                let entry_text = tab.wait_for_element("main")?.get_inner_text()?;
+                screenshot(&tab, &format!("{lang}-desktop-entry"))?;
+                // Entry page → the Official Account button → /auth/start → the sim's page
+                // (Referer checked) → /auth/callback → /auth/done, which names the account.
+                tab.wait_for_element("#pc-1")?.click()?;
+                let account = tab
+                    .wait_for_element_with_custom_timeout("#account", Duration::from_secs(30))?
+                    .get_inner_text()?;
+                let done_text = tab.wait_for_element("#status")?.get_inner_text()?;
+                screenshot(&tab, &format!("{lang}-desktop-done"))?;
+                let done_url = tab.get_url();
+                // A phone, inside WeChat: the same pages, phone buttons first.
+                let phone = browser((390, 844))?;
+                let ptab = phone.new_tab()?;
+                ptab.set_user_agent(WECHAT_UA, Some(accept), None)?;
+                ptab.navigate_to(&entry)?.wait_until_navigated()?;
+                ptab.wait_for_element("#mobile-1")?;
+                screenshot(&ptab, &format!("{lang}-phone-entry"))?;
+                ptab.navigate_to(&done_url)?.wait_until_navigated()?;
+                ptab.wait_for_element("#account")?;
+                screenshot(&ptab, &format!("{lang}-phone-done"))?;
+                Ok((done_url, account, entry_text, done_text))
+            },
+        )
         .await
         .unwrap()
         .unwrap();
-    assert!(final_url.contains("/auth/done?code="), "{final_url}");
-    assert!(account.starts_with("Simulated account"), "{account}");
+        assert!(final_url.contains("/auth/done?code="), "{final_url}");
+        assert!(account.starts_with("Simulated account"), "{account}");
+        assert!(entry_text.contains(heading), "{lang}: {entry_text}");
+        assert!(done_text.contains(thanks), "{lang}: {done_text}");
+    }
+    for shot in ["entry", "done"] {
+        for device in ["desktop", "phone"] {
+            for lang in ["zh", "en"] {
+                let png = artifacts().join(format!("{lang}-{device}-{shot}.png"));
+                assert!(
+                    std::fs::metadata(&png).unwrap().len() > 1000,
+                    "{}",
+                    png.display()
+                );
+            }
+        }
+    }
     let stats = sim.stats();
-    assert_eq!(stats["calls"]["componentloginpage"], 1);
-    assert_eq!(stats["calls"]["api_query_auth"], 1);
+    assert_eq!(stats["calls"]["componentloginpage"], 2);
+    assert_eq!(stats["calls"]["api_query_auth"], 2);
     s.stop().await;
     sim.stop().await;
 }

@@ -15,10 +15,12 @@
 //! random bits kept in Redis rather than an HMAC: single use needs server-side state anyway.
 //! The `authorized` push, signed by WeChat, still exchanges every real code.
 
+use super::auth_page::Ui;
 use crate::state::SharedState;
 use axum::extract::{ConnectInfo, Query, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect, Response};
+use common::i18n::Text;
 use common::ids::AppId;
 use common::wire::auth_callback::{self, AuthCallback};
 use quick_xml::escape::escape;
@@ -62,73 +64,68 @@ fn client_id(
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn page(title: &str, body: &str, refresh: Option<u32>) -> String {
-    let meta = refresh
-        .map(|s| format!("<meta http-equiv=\"refresh\" content=\"{s}\">"))
-        .unwrap_or_default();
-    format!(
-        "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">{meta}<title>{title}</title>\
-<style>body{{font-family:system-ui,sans-serif;max-width:40rem;margin:3rem auto;padding:0 1rem;line-height:1.5}}\
-a.button{{display:inline-block;margin:.3rem .3rem .3rem 0;padding:.6rem 1rem;border-radius:.4rem;background:#07c160;color:#fff;text-decoration:none}}\
-a.button.secondary{{background:#576b95}}</style></head><body>{body}</body></html>",
-        title = escape(title)
-    )
-}
-
-fn problem(status: StatusCode, what: &str) -> Response {
-    metrics::counter!("wxpipe_auth_pages_total", "outcome" => "error").increment(1);
-    (
-        status,
-        Html(page(
-            "Authorization",
-            &format!(
-                "<h1>Authorization</h1><p id=\"error\">{}</p><p><a href=\"/auth\">Back</a></p>",
-                escape(what)
-            ),
-            None,
-        )),
-    )
-        .into_response()
-}
-
-/// `GET /auth`: the entry page.
-pub async fn entry() -> Html<String> {
+/// `GET /auth`: the entry page. In WeChat's browser the phone buttons come first.
+pub async fn entry(ui: Ui) -> Html<String> {
     let buttons = [
-        ("Authorize an Official Account", "auth_type=1"),
-        ("Authorize a Mini Program", "auth_type=2"),
-        ("Authorize both", "auth_type=3"),
+        (Text::OfficialAccount, "1"),
+        (Text::MiniProgram, "2"),
+        (Text::Both, "3"),
     ];
-    let mut body = String::from(
-        "<h1>Authorize this platform</h1><p>Choose what to authorize. You will be taken to WeChat, where the account's administrator scans and confirms.</p><h2>On a computer</h2>",
+    let lang = ui.lang_param();
+    let section = |mobile: bool| {
+        let (heading, path, class, id) = if mobile {
+            (
+                Text::OnPhone,
+                "/auth/start/mobile",
+                "button secondary",
+                "mobile",
+            )
+        } else {
+            (Text::OnComputer, "/auth/start", "button", "pc")
+        };
+        let mut out = format!("<section id=\"{id}\"><h2>{}</h2>", ui.t(heading));
+        for (label, t) in buttons {
+            out.push_str(&format!(
+                "<a class=\"{class}\" id=\"{id}-{t}\" href=\"{path}?auth_type={t}&amp;lang={lang}\">{}</a>",
+                ui.t(label)
+            ));
+        }
+        out.push_str("</section>");
+        out
+    };
+    let mut body = format!(
+        "<h1>{}</h1><p>{}</p>",
+        ui.t(Text::AuthTitle),
+        ui.t(Text::AuthIntro)
     );
-    for (label, q) in buttons {
-        body.push_str(&format!(
-            "<a class=\"button\" id=\"pc-{}\" href=\"/auth/start?{q}\">{label}</a>",
-            &q[10..]
-        ));
-    }
-    body.push_str("<h2>On a phone, inside WeChat</h2>");
-    for (label, q) in buttons {
-        body.push_str(&format!("<a class=\"button secondary\" id=\"mobile-{}\" href=\"/auth/start/mobile?{q}\">{label}</a>", &q[10..]));
-    }
-    body.push_str("<h2>A specific account</h2><form action=\"/auth/start\" method=\"get\"><label>AppID <input name=\"biz_appid\" pattern=\"wx[0-9a-f]{16}\" required></label> <button type=\"submit\">Authorize</button></form>");
-    Html(page("Authorize this platform", &body, None))
+    let (first, second) = if ui.in_wechat {
+        (true, false)
+    } else {
+        (false, true)
+    };
+    body.push_str(&section(first));
+    body.push_str(&section(second));
+    body.push_str(&format!(
+        "<h2>{}</h2><form action=\"/auth/start\" method=\"get\"><input type=\"hidden\" name=\"lang\" value=\"{lang}\"><label>{} <input name=\"biz_appid\" pattern=\"wx[0-9a-f]{{16}}\" required></label><button type=\"submit\">{}</button></form>",
+        ui.t(Text::SpecificAccount),
+        ui.t(Text::AppIdLabel),
+        ui.t(Text::AuthorizeButton)
+    ));
+    Html(ui.page(Text::AuthTitle, &body, None))
 }
 
 /// The query WeChat's page takes besides the code: `auth_type` or `biz_appid`.
-fn choice(q: &HashMap<String, String>) -> Result<Vec<(&'static str, String)>, String> {
+fn choice(q: &HashMap<String, String>) -> Result<Vec<(&'static str, String)>, Text> {
     let auth_type = q.get("auth_type").filter(|v| !v.is_empty());
     let biz = q.get("biz_appid").filter(|v| !v.is_empty());
     match (auth_type, biz) {
-        (Some(_), Some(_)) => Err("auth_type and biz_appid cannot be combined".into()),
+        (Some(_), Some(_)) => Err(Text::AuthTypeWithBiz),
         (Some(t), None) if matches!(t.as_str(), "1" | "2" | "3") => {
             Ok(vec![("auth_type", t.clone())])
         }
-        (Some(_), None) => {
-            Err("auth_type must be 1 (official accounts), 2 (mini programs) or 3 (both)".into())
-        }
+        (Some(_), None) => Err(Text::BadAuthType),
         (None, Some(b)) if AppId::is_valid(b) => Ok(vec![("biz_appid", b.clone())]),
-        (None, Some(_)) => Err("biz_appid must be an appid (wx + 16 hex digits)".into()),
+        (None, Some(_)) => Err(Text::BadBizAppid),
         (None, None) => Ok(vec![("auth_type", "3".into())]),
     }
 }
@@ -151,24 +148,22 @@ async fn may_start(state: &SharedState, client: &str) -> Result<bool, common::re
 
 async fn start(
     state: &SharedState,
+    ui: &Ui,
     q: &HashMap<String, String>,
     mobile: bool,
     client: String,
 ) -> Response {
     let extra = match choice(q) {
         Ok(e) => e,
-        Err(why) => return problem(StatusCode::BAD_REQUEST, &why),
+        Err(why) => return ui.problem(StatusCode::BAD_REQUEST, why),
     };
     match may_start(state, &client).await {
         Ok(true) => {}
         Ok(false) => {
             metrics::counter!("wxpipe_auth_pages_total", "outcome" => "rate_limited").increment(1);
-            return problem(
-                StatusCode::TOO_MANY_REQUESTS,
-                "Too many authorizations were started just now. Please try again in a minute.",
-            );
+            return ui.problem(StatusCode::TOO_MANY_REQUESTS, Text::TooManyStarts);
         }
-        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => return unavailable(ui, &e),
     }
     let flow = uuid::Uuid::new_v4().simple().to_string();
     if let Err(e) = state
@@ -177,7 +172,7 @@ async fn start(
         .issue_auth_state(&flow, STATE_TTL_SECS)
         .await
     {
-        return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string());
+        return unavailable(ui, &e);
     }
     let code = state
         .tokens
@@ -190,12 +185,7 @@ async fn start(
         Ok(c) => c,
         Err(e) => {
             tracing::warn!(error = %e, "cannot create a pre_auth_code");
-            return problem(
-                StatusCode::SERVICE_UNAVAILABLE,
-                &format!(
-                    "The platform cannot start an authorization right now ({e}). Try again in a minute."
-                ),
-            );
+            return ui.problem(StatusCode::SERVICE_UNAVAILABLE, Text::CannotStart);
         }
     };
     let path = if mobile {
@@ -214,7 +204,11 @@ async fn start(
         .append_pair("pre_auth_code", &pre_auth_code)
         .append_pair(
             "redirect_uri",
-            &format!("{}/auth/callback?state={flow}", state.public_base_url),
+            &format!(
+                "{}/auth/callback?state={flow}&lang={}",
+                state.public_base_url,
+                ui.lang_param()
+            ),
         );
     for (k, v) in &extra {
         query.append_pair(k, v);
@@ -249,38 +243,42 @@ impl axum::extract::FromRequestParts<SharedState> for Client {
 }
 
 /// `GET /auth/start`: PC authorization.
-pub async fn start_pc(State(state): State<SharedState>, client: Client, Query(q): Q) -> Response {
-    start(&state, &q, false, client.0).await
+pub async fn start_pc(
+    State(state): State<SharedState>,
+    ui: Ui,
+    client: Client,
+    Query(q): Q,
+) -> Response {
+    start(&state, &ui, &q, false, client.0).await
 }
 
 /// `GET /auth/start/mobile`: authorization inside WeChat on a phone.
 pub async fn start_mobile(
     State(state): State<SharedState>,
+    ui: Ui,
     client: Client,
     Query(q): Q,
 ) -> Response {
-    start(&state, &q, true, client.0).await
+    start(&state, &ui, &q, true, client.0).await
 }
 
 /// `GET /auth/callback?auth_code=&expires_in=`: publishes the code as an event, confirmed.
-pub async fn callback(State(state): State<SharedState>, Query(q): Q) -> Response {
+pub async fn callback(State(state): State<SharedState>, ui: Ui, Query(q): Q) -> Response {
     let Some(code) = q
         .get("auth_code")
         .filter(|c| !c.is_empty() && c.len() <= 512 && !c.chars().any(char::is_control))
     else {
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "auth_code is missing or malformed.",
-        );
+        return ui.problem(StatusCode::BAD_REQUEST, Text::AuthCodeMalformed);
     };
     let done = url::form_urlencoded::Serializer::new(String::new())
         .append_pair("code", code)
+        .append_pair("lang", ui.lang_param())
         .finish();
     let flow = q.get("state").map(String::as_str).unwrap_or_default();
     let ours = if flow.len() == 32 && flow.bytes().all(|b| b.is_ascii_hexdigit()) {
         match state.tokens.store.take_auth_state(flow).await {
             Ok(ours) => ours,
-            Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+            Err(e) => return unavailable(&ui, &e),
         }
     } else {
         false
@@ -291,10 +289,7 @@ pub async fn callback(State(state): State<SharedState>, Query(q): Q) -> Response
             return Redirect::to(&format!("/auth/done?{done}")).into_response();
         }
         metrics::counter!("wxpipe_auth_pages_total", "outcome" => "bad_state").increment(1);
-        return problem(
-            StatusCode::BAD_REQUEST,
-            "This authorization link was not started here, has expired or was already used. Please start again from the authorization page.",
-        );
+        return ui.problem(StatusCode::BAD_REQUEST, Text::BadLink);
     }
     let callback = AuthCallback {
         component_appid: state.crypt.appid().to_owned(),
@@ -304,7 +299,7 @@ pub async fn callback(State(state): State<SharedState>, Query(q): Q) -> Response
     };
     let body = match serde_json::to_vec(&callback.to_event()) {
         Ok(b) => b,
-        Err(e) => return problem(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+        Err(e) => return unavailable(&ui, &e),
     };
     if let Err(e) = state
         .publisher
@@ -317,37 +312,50 @@ pub async fn callback(State(state): State<SharedState>, Query(q): Q) -> Response
         .await
     {
         tracing::warn!(error = %e, "cannot hand the auth code to the pipeline");
-        return problem(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "The authorization could not be recorded right now; please open this link again.",
-        );
+        return ui.problem(StatusCode::SERVICE_UNAVAILABLE, Text::CannotRecord);
     }
     metrics::counter!("wxpipe_auth_pages_total", "outcome" => "callback").increment(1);
     Redirect::to(&format!("/auth/done?{done}")).into_response()
 }
 
 /// `GET /auth/done?code=`: names the account once its code is exchanged and its profile known.
-pub async fn done(State(state): State<SharedState>, Query(q): Q) -> Response {
+pub async fn done(State(state): State<SharedState>, ui: Ui, Query(q): Q) -> Response {
     let Some(code) = q.get("code").filter(|c| !c.is_empty() && c.len() <= 512) else {
-        return problem(StatusCode::BAD_REQUEST, "code is missing.");
+        return ui.problem(StatusCode::BAD_REQUEST, Text::CodeMissing);
     };
     let appid = match state.tokens.code_outcome(code).await {
         Ok(a) => a,
-        Err(e) => return problem(StatusCode::SERVICE_UNAVAILABLE, &e.to_string()),
+        Err(e) => return unavailable(&ui, &e),
+    };
+    let received = |status: String| {
+        let body = format!(
+            "<h1>{}</h1><p id=\"status\">{status}</p>",
+            ui.t(Text::ReceivedTitle)
+        );
+        Html(ui.page(Text::ReceivedTitle, &body, Some(1))).into_response()
     };
     let Some(appid) = appid else {
-        return Html(page("Authorization received", "<h1>Authorization received</h1><p id=\"status\">Waiting for WeChat to confirm the account…</p>", Some(1))).into_response();
+        return received(ui.t(Text::Waiting).to_owned());
     };
     match state.tokens.store.authorizer(&appid).await {
         Ok(Some(r)) if r.nick_name.is_some() => {
             let name = r.nick_name.unwrap_or_default();
-            Html(page(
-                "Authorized",
-                &format!("<h1>Authorized</h1><p id=\"status\">Thank you: <strong id=\"account\">{}</strong> ({}) has authorized this platform.</p>", escape(&name), escape(appid.as_str())),
-                None,
-            ))
-            .into_response()
+            let thanks = ui.fill(Text::Thanks, &[("appid", appid.as_str())]).replace(
+                "{name}",
+                &format!("<strong id=\"account\">{}</strong>", escape(name.as_str())),
+            );
+            let body = format!(
+                "<h1>{}</h1><p id=\"status\">{thanks}</p>",
+                ui.t(Text::AuthorizedTitle)
+            );
+            Html(ui.page(Text::AuthorizedTitle, &body, None)).into_response()
         }
-        _ => Html(page("Authorization received", &format!("<h1>Authorization received</h1><p id=\"status\">{} is authorized; fetching its profile…</p>", escape(appid.as_str())), Some(1))).into_response(),
+        _ => received(ui.fill(Text::FetchingProfile, &[("appid", appid.as_str())])),
     }
+}
+
+/// A Redis or other internal failure: logged, and a generic page for the visitor.
+fn unavailable(ui: &Ui, e: &dyn std::fmt::Display) -> Response {
+    tracing::warn!(error = %e, "authorization page unavailable");
+    ui.problem(StatusCode::SERVICE_UNAVAILABLE, Text::TryAgainLater)
 }

@@ -1,6 +1,7 @@
 //! The HTTP surface: WeChat's two push URLs, the authorization pages, health and metrics.
 
 pub mod auth;
+pub mod auth_page;
 mod health;
 mod push;
 
