@@ -122,11 +122,6 @@ impl SyncReplier {
         .await
         .map(|()| wait)
     }
-
-    /// How many requests wait for a reply.
-    pub fn waiting(&self) -> usize {
-        lock(&self.pending).len()
-    }
 }
 
 /// A request waiting for its reply; dropping it forgets the request.

@@ -228,18 +228,8 @@ impl TokenStore {
         Ok(v.is_some())
     }
 
-    /// `SET key 1 NX EX secs`: true the first time within `secs` (a cross-replica rate limit).
+    /// True the first time within `secs` (a cross-replica rate limit of one).
     pub async fn rate_limit(&self, name: &str, secs: u64) -> Result<bool, RedisError> {
-        let mut c = conn(&self.pool, "rate limiting").await?;
-        let v: Option<String> = cmd("SET")
-            .arg(self.keys.rate_limit(name))
-            .arg(1)
-            .arg("NX")
-            .arg("EX")
-            .arg(secs)
-            .query_async(&mut c)
-            .await
-            .map_err(failed("rate limiting"))?;
-        Ok(v.is_some())
+        self.within_limit(name, 1, secs).await
     }
 }
