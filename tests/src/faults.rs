@@ -396,7 +396,8 @@ impl Stack {
         )?;
         // Ready: the component token fetched, a few accounts authorized.
         crate::harness::eventually(Duration::from_secs(30), "a component token", || async {
-            let (status, _) = get_token(&http, &s.admin, "/v1/component/access_token").await;
+            let (status, _) =
+                crate::harness::admin_get(&s.admin, "/v1/component/access_token").await;
             (status == 200).then_some(())
         })
         .await;
@@ -410,7 +411,7 @@ impl Stack {
             Duration::from_secs(30),
             "3 authorized accounts",
             || async {
-                let (_, list) = get_token(&http, &s.admin, "/v1/authorizers").await;
+                let (_, list) = crate::harness::admin_get(&s.admin, "/v1/authorizers").await;
                 let with_tokens: Vec<String> = list["authorizers"]
                     .as_array()?
                     .iter()
@@ -537,7 +538,7 @@ async fn read_tokens(admin: String, sim: String, appid: String, stop: Arc<Atomic
     let http = crate::http();
     let mut used = 0;
     while !stop.load(Ordering::Relaxed) {
-        let (s1, c) = get_token(&http, &admin, "/v1/component/access_token").await;
+        let (s1, c) = crate::harness::admin_get(&admin, "/v1/component/access_token").await;
         if s1 == 200 {
             let t = c["access_token"].as_str().unwrap_or_default();
             let _ = http
@@ -551,12 +552,9 @@ async fn read_tokens(admin: String, sim: String, appid: String, stop: Arc<Atomic
                 .await;
             used += 1;
         }
-        let (s2, a) = get_token(
-            &http,
-            &admin,
-            &format!("/v1/authorizers/{appid}/access_token"),
-        )
-        .await;
+        let (s2, a) =
+            crate::harness::admin_get(&admin, &format!("/v1/authorizers/{appid}/access_token"))
+                .await;
         if s2 == 200 {
             let t = a["access_token"].as_str().unwrap_or_default();
             let _ = http
@@ -573,20 +571,6 @@ async fn read_tokens(admin: String, sim: String, appid: String, stop: Arc<Atomic
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     used
-}
-
-/// `GET` of the admin API that never panics (the API may be briefly unreachable).
-async fn get_token(http: &reqwest::Client, admin: &str, path: &str) -> (u16, serde_json::Value) {
-    let Ok(r) = http
-        .get(format!("{admin}{path}"))
-        .bearer_auth(crate::harness::ADMIN_TOKEN)
-        .send()
-        .await
-    else {
-        return (0, serde_json::Value::Null);
-    };
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or_default())
 }
 
 /// Runs the plan; returns one row per fault.

@@ -189,6 +189,19 @@ pub fn token_service(
     }
 }
 
+/// [`token_service`] with a `component_verify_ticket` the simulator issued already stored, so
+/// that the component token can be had at once.
+pub async fn token_service_with_ticket(
+    ns: &Namespace,
+    sim: &crate::sim::SimHandle,
+    margin: Duration,
+) -> std::sync::Arc<common::token::TokenService> {
+    let svc = token_service(ns, &sim.api_base(), margin);
+    let ticket = sim.shared.state.lock().expect("sim state").issue_ticket();
+    svc.store.save_ticket(&ticket).await.expect("ticket stored");
+    std::sync::Arc::new(svc)
+}
+
 /// An ingress configured for the authorization flow against a simulator.
 pub fn ingress_config_with_sim(
     ns: &Namespace,
@@ -255,14 +268,17 @@ pub async fn spawn_scheduler(
     (WorkerHandle { stop, task }, format!("http://{addr}"))
 }
 
-/// `GET {admin}{path}` with the test bearer: the status and the JSON body (null if none).
+/// `GET {admin}{path}` with the test bearer: the status and the JSON body (null if none);
+/// status 0 when the admin API cannot be reached (it may be starting or restarting).
 pub async fn admin_get(admin: &str, path: &str) -> (u16, serde_json::Value) {
-    let r = crate::http()
+    let Ok(r) = crate::http()
         .get(format!("{admin}{path}"))
         .bearer_auth(ADMIN_TOKEN)
         .send()
         .await
-        .expect("admin API reachable");
+    else {
+        return (0, serde_json::Value::Null);
+    };
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::{TestNs, delete_queues, publish_raw};
 use wxpipe_tests::harness::{
-    IngressHandle, admin_get, eventually, spawn_scheduler, test_config, token_service,
+    IngressHandle, admin_get, eventually, spawn_scheduler, test_config, token_service_with_ticket,
 };
 use wxpipe_tests::push::{PushBuilder, SignedPush, text_message};
 use wxpipe_tests::sim::{self, SimConfig, state::Rules};
@@ -176,9 +176,7 @@ async fn broken_accounts_do_not_stall_the_healthy_ones() {
         sim.authorized_account();
     }
     let margin = Duration::from_secs(3);
-    let svc = Arc::new(token_service(&t.ns, &sim.api_base(), margin));
-    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
-    svc.store.save_ticket(&ticket).await.unwrap();
+    let svc = token_service_with_ticket(&t.ns, &sim, margin).await;
     // Broken accounts, due before everyone else: known, but without a refresh token (and not
     // in WeChat's list, so it cannot be restored).
     let past = common::unix_now_ms() - 60_000;
@@ -305,13 +303,7 @@ async fn fifty_reports_of_one_refused_token_cause_one_refresh() {
         .await
         .unwrap();
     sim.authorized_account();
-    let svc = Arc::new(token_service(
-        &t.ns,
-        &sim.api_base(),
-        Duration::from_secs(600),
-    ));
-    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
-    svc.store.save_ticket(&ticket).await.unwrap();
+    let svc = token_service_with_ticket(&t.ns, &sim, Duration::from_secs(600)).await;
     let (scheduler, admin) = spawn_scheduler(svc.clone(), 4).await;
     let (appid, old) = eventually(Duration::from_secs(20), "the account's token", || {
         let admin = admin.clone();
@@ -461,9 +453,7 @@ async fn anonymous_visitors_cannot_make_the_platform_work() {
         .unwrap();
     let ingress = IngressHandle::start_on(listener, config).await;
     assert!(ingress.wait_ready(Duration::from_secs(15)).await);
-    let svc = token_service(&t.ns, &sim.api_base(), Duration::from_secs(600));
-    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
-    svc.store.save_ticket(&ticket).await.unwrap();
+    token_service_with_ticket(&t.ns, &sim, Duration::from_secs(600)).await;
     let no_redirects = wxpipe_tests::http_builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

@@ -7,7 +7,9 @@ use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::TestNs;
-use wxpipe_tests::harness::{ADMIN_TOKEN, admin_get, eventually, spawn_scheduler, token_service};
+use wxpipe_tests::harness::{
+    ADMIN_TOKEN, admin_get, eventually, spawn_scheduler, token_service, token_service_with_ticket,
+};
 use wxpipe_tests::sim::{self, SimConfig, SimHandle, state::Rules};
 use wxpipe_tests::{http, test_platform};
 
@@ -102,13 +104,7 @@ async fn a_used_up_quota_stops_calls_until_it_is_cleared() {
         ..Rules::default()
     };
     let sim = sim::start(settings).await.unwrap();
-    let svc = Arc::new(token_service(
-        &t.ns,
-        &sim.api_base(),
-        Duration::from_secs(600),
-    ));
-    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
-    svc.store.save_ticket(&ticket).await.unwrap();
+    let svc = token_service_with_ticket(&t.ns, &sim, Duration::from_secs(600)).await;
     let (scheduler, admin) = spawn_scheduler(svc.clone(), 4).await;
     let token = |admin: String| async move {
         let (status, v) = admin_get(&admin, "/v1/component/access_token").await;
@@ -174,13 +170,7 @@ async fn a_refused_refresh_token_is_replaced_from_the_list() {
         .await
         .unwrap();
     let appid: common::ids::AppId = sim.authorized_account().parse().unwrap();
-    let svc = Arc::new(token_service(
-        &t.ns,
-        &sim.api_base(),
-        Duration::from_secs(600),
-    ));
-    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
-    svc.store.save_ticket(&ticket).await.unwrap();
+    let svc = token_service_with_ticket(&t.ns, &sim, Duration::from_secs(600)).await;
     // Redis holds a stale refresh token for it (say, from a backup).
     assert!(
         svc.store
@@ -229,13 +219,7 @@ async fn a_refresh_in_flight_cannot_bring_a_revoked_account_back() {
     settings.slow_delay = Duration::from_millis(1500);
     let sim = sim::start(settings).await.unwrap();
     let appid: common::ids::AppId = sim.authorized_account().parse().unwrap();
-    let svc = Arc::new(token_service(
-        &t.ns,
-        &sim.api_base(),
-        Duration::from_secs(600),
-    ));
-    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
-    svc.store.save_ticket(&ticket).await.unwrap();
+    let svc = token_service_with_ticket(&t.ns, &sim, Duration::from_secs(600)).await;
     assert_eq!(svc.restore_from_list().await.unwrap(), 1);
     // A forced refresh starts; its WeChat call takes 1.5 s.
     let refresh = {

@@ -8,6 +8,7 @@ use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, delete_redis_keys};
 use wxpipe_tests::harness::{
     ADMIN_TOKEN, admin_get, eventually, free_port, spawn_pipeline, spawn_scheduler, token_service,
+    token_service_with_ticket,
 };
 use wxpipe_tests::sim::{self, SimConfig, state::Rules};
 
@@ -434,9 +435,7 @@ async fn three_schedulers_refresh_each_token_exactly_once_per_window() {
                 .unwrap();
         }
     }
-    let svc = token_service(&t.ns, &sim.api_base(), margin);
-    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
-    svc.store.save_ticket(&ticket).await.unwrap();
+    token_service_with_ticket(&t.ns, &sim, margin).await;
 
     let mut replicas = Vec::new();
     let mut admins = Vec::new();
