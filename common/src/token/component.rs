@@ -18,17 +18,20 @@ const FAILURE_BACKOFF: Duration = Duration::from_secs(2);
 const FAILURE_BACKOFF_CAP: Duration = Duration::from_secs(60);
 
 impl TokenService {
-    /// A component token with more than [`SERVE_MARGIN_SECS`] left, refreshing it if needed.
-    pub async fn component_token(&self) -> Result<Token, TokenError> {
+    /// The component token and its expiry, with more than [`SERVE_MARGIN_SECS`] left,
+    /// refreshing it if needed.
+    pub async fn current_component_token(&self) -> Result<StoredToken, TokenError> {
         if let Some(t) = self.store.component_token().await?
             && t.expires_at - crate::unix_now() > self.serve_margin()
         {
-            return Ok(t.access_token);
+            return Ok(t);
         }
-        Ok(self
-            .refresh_component_token(RefreshMode::IfDue)
-            .await?
-            .access_token)
+        self.refresh_component_token(RefreshMode::IfDue).await
+    }
+
+    /// [`Self::current_component_token`], the token alone.
+    pub async fn component_token(&self) -> Result<Token, TokenError> {
+        Ok(self.current_component_token().await?.access_token)
     }
 
     /// Refreshes the component token under its lock (waiting up to 10 s for it).
@@ -174,12 +177,12 @@ impl TokenService {
     pub async fn invalidate_component_token(
         &self,
         failed: &str,
-    ) -> Result<(bool, Token), TokenError> {
+    ) -> Result<(bool, StoredToken), TokenError> {
         let invalidated = self.store.invalidate_component_token(failed).await?;
         if invalidated {
             metrics::counter!("wxpipe_token_invalidations_total", "kind" => "component")
                 .increment(1);
         }
-        Ok((invalidated, self.component_token().await?))
+        Ok((invalidated, self.current_component_token().await?))
     }
 }

@@ -110,13 +110,7 @@ fn token(t: StoredToken) -> Response {
 }
 
 async fn component_token(State(admin): State<Arc<Admin>>) -> Response {
-    let svc = &admin.tokens;
-    if let Ok(Some(t)) = svc.store.component_token().await
-        && t.expires_at - common::unix_now() > svc.serve_margin()
-    {
-        return token(t);
-    }
-    match svc.refresh_component_token(RefreshMode::IfDue).await {
+    match admin.tokens.current_component_token().await {
         Ok(t) => token(t),
         Err(e) => error(e),
     }
@@ -149,16 +143,26 @@ impl IntoResponse for BadRequest {
     }
 }
 
-/// Parses the URL's appid; a malformed one is 400.
-fn appid(raw: &str) -> Result<AppId, BadRequest> {
-    raw.parse::<AppId>().map_err(|e| BadRequest(e.to_string()))
+/// The URL's `{appid}`, parsed at the edge; a malformed one is 400.
+struct PathAppId(AppId);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathAppId {
+    type Rejection = Response;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Response> {
+        let Path(raw) = Path::<String>::from_request_parts(parts, state)
+            .await
+            .map_err(IntoResponse::into_response)?;
+        raw.parse()
+            .map(PathAppId)
+            .map_err(|e: common::ids::IdError| BadRequest(e.to_string()).into_response())
+    }
 }
 
-async fn one(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Response {
-    let appid = match self::appid(&appid) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
+async fn one(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -> Response {
     match admin.tokens.store.authorizer(&appid).await {
         Ok(Some(r)) => Json(json!(r)).into_response(),
         Ok(None) => error(TokenError::Unknown(appid.to_string())),
@@ -166,22 +170,17 @@ async fn one(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Resp
     }
 }
 
-async fn authorizer_token(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Response {
-    let appid = match self::appid(&appid) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
+async fn authorizer_token(
+    State(admin): State<Arc<Admin>>,
+    PathAppId(appid): PathAppId,
+) -> Response {
     match admin.tokens.authorizer_token(&appid).await {
         Ok(t) => token(t),
         Err(e) => error(e),
     }
 }
 
-async fn refresh(State(admin): State<Arc<Admin>>, Path(appid): Path<String>) -> Response {
-    let appid = match self::appid(&appid) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
+async fn refresh(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -> Response {
     // N callers forcing at once must not cause N refreshes (each would burn quota).
     match admin
         .tokens
@@ -244,13 +243,9 @@ fn invalidated(invalidated: bool, t: StoredToken) -> Response {
 
 async fn invalidate(
     State(admin): State<Arc<Admin>>,
-    Path(appid): Path<String>,
+    PathAppId(appid): PathAppId,
     body: Result<Json<Refused>, JsonRejection>,
 ) -> Response {
-    let appid = match self::appid(&appid) {
-        Ok(a) => a,
-        Err(r) => return r.into_response(),
-    };
     let failed = match refused(body) {
         Ok(t) => t,
         Err(r) => return r.into_response(),
@@ -274,19 +269,7 @@ async fn invalidate_component(
         Err(r) => return r.into_response(),
     };
     match admin.tokens.invalidate_component_token(&failed).await {
-        Ok((done, token)) => {
-            let expires_at = match admin.tokens.store.component_token().await {
-                Ok(Some(t)) => t.expires_at,
-                _ => 0,
-            };
-            invalidated(
-                done,
-                StoredToken {
-                    access_token: token,
-                    expires_at,
-                },
-            )
-        }
+        Ok((done, t)) => invalidated(done, t),
         Err(e) => error(e),
     }
 }
