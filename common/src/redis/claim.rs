@@ -98,13 +98,24 @@ impl Drop for Claim {
     }
 }
 
+/// What one attempt at claiming a key gave.
+#[derive(Debug)]
+pub enum Taken {
+    /// We hold it now.
+    Won(Claim),
+    /// Someone settled it into this value.
+    Settled(String),
+    /// Someone else holds it.
+    Held,
+}
+
 impl Claim {
     /// One attempt at claiming `key` for `lease`.
     pub async fn take(
         pool: &deadpool_redis::Pool,
         key: &str,
         lease: Duration,
-    ) -> Result<(Outcome, Option<Claim>), RedisError> {
+    ) -> Result<Taken, RedisError> {
         let value = new_value();
         let mut pipe = deadpool_redis::redis::pipe();
         push_take(&mut pipe, key, &value, lease);
@@ -114,14 +125,16 @@ impl Claim {
             .await
             .map_err(failed("claiming a key"))?;
         let mut answers = answers.into_iter();
-        let o = outcome(answers.next(), answers.next());
-        let claim = (o == Outcome::Won).then(|| Claim {
-            pool: pool.clone(),
-            key: key.to_owned(),
-            value,
-            renewal: None,
-        });
-        Ok((o, claim))
+        Ok(match outcome(answers.next(), answers.next()) {
+            Outcome::Won => Taken::Won(Claim {
+                pool: pool.clone(),
+                key: key.to_owned(),
+                value,
+                renewal: None,
+            }),
+            Outcome::Settled(v) => Taken::Settled(v),
+            Outcome::Held => Taken::Held,
+        })
     }
 
     /// Claims `key`, waiting at most `wait` (0: one try) with jittered, growing pauses so that
@@ -135,7 +148,7 @@ impl Claim {
         let deadline = tokio::time::Instant::now() + wait;
         let mut pause = Duration::from_millis(10);
         loop {
-            if let (_, Some(claim)) = Self::take(pool, key, lease).await? {
+            if let Taken::Won(claim) = Self::take(pool, key, lease).await? {
                 return Ok(Some(claim));
             }
             if tokio::time::Instant::now() >= deadline {

@@ -6,7 +6,7 @@ use super::service::{LOCK_LEASE, TokenError, TokenService};
 use super::store::StoredToken;
 use crate::ids::AppId;
 use crate::redis::RedisError;
-use crate::redis::claim::Outcome;
+use crate::redis::claim::Taken;
 use crate::redis::lock::Lock;
 use crate::secret::Token;
 use crate::wechat::ErrorClass;
@@ -32,13 +32,13 @@ impl TokenService {
         let deadline = tokio::time::Instant::now() + CODE_CLAIM + Duration::from_secs(5);
         let claim = loop {
             match self.store.take_auth_code(code, CODE_CLAIM).await? {
-                (_, Some(claim)) => break claim,
-                (Outcome::Settled(v), _) => {
+                Taken::Won(claim) => break claim,
+                Taken::Settled(v) => {
                     if let Some(appid) = v.strip_prefix(DONE_PREFIX).and_then(|a| a.parse().ok()) {
                         return Ok(appid);
                     }
                 }
-                _ => {}
+                Taken::Held => {}
             }
             if tokio::time::Instant::now() >= deadline {
                 return Err(TokenError::Busy("an authorization code's exchange".into()));

@@ -168,7 +168,7 @@ impl TokenStore {
         &self,
         code: &str,
         lease: std::time::Duration,
-    ) -> Result<(claim::Outcome, Option<claim::Claim>), RedisError> {
+    ) -> Result<claim::Taken, RedisError> {
         claim::Claim::take(&self.pool, &self.keys.auth_code(code), lease).await
     }
 
