@@ -50,3 +50,15 @@ pub fn http_builder() -> reqwest::ClientBuilder {
 pub fn http() -> reqwest::Client {
     http_builder().build().expect("reqwest client")
 }
+
+/// `GET url` with [`http`]: the body as text, whatever the status.
+pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
+    http()
+        .get(url)
+        .send()
+        .await
+        .expect("the server answers")
+        .text()
+        .await
+        .expect("a text body")
+}

@@ -62,14 +62,7 @@ async fn chinese_first_english_by_accept_language_or_the_switch() {
         .unwrap();
     assert_eq!(bad.status(), 400);
     assert!(bad.text().await.unwrap().contains("was not started here"));
-    let bad = wxpipe_tests::http()
-        .get(ingress.url("/auth/callback?auth_code=x"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let bad = wxpipe_tests::get_text(ingress.url("/auth/callback?auth_code=x")).await;
     assert!(bad.contains("授权链接"), "{bad}");
     ingress.stop().await.unwrap();
 }

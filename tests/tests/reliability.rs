@@ -274,14 +274,7 @@ async fn unanswered_reply_waits_leave_nothing_behind() {
             .unwrap();
         assert_eq!(r.text().await.unwrap(), "success");
     }
-    let metrics = http()
-        .get(ingress.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = wxpipe_tests::get_text(ingress.url("/metrics")).await;
     assert!(
         metrics.contains("wxpipe_ingress_reply_timeouts_total 3"),
         "three waits timed out:\n{metrics}"

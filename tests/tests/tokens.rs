@@ -141,14 +141,7 @@ async fn the_whole_authorization_flow() {
         Duration::from_secs(15),
         "the account's name on /auth/done",
         || async {
-            let body = http()
-                .get(&done)
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let body = wxpipe_tests::get_text(&done).await;
             body.contains("id=\"account\"").then_some(body)
         },
     )
