@@ -18,11 +18,14 @@
 //! * [`token`] — tokens and accounts in Redis: locks, fencing, refreshes, code exchange.
 //! * [`wechat`] — the WeChat API client and its error codes.
 //! * [`telemetry`] — logging and the Prometheus recorder.
+//! * [`beacon`] — each process announces its role and counters in Redis (the console reads them).
 
 pub mod amqp;
+pub mod beacon;
 pub mod config;
 pub mod crypto;
 pub mod event;
+pub mod health;
 pub mod i18n;
 pub mod ids;
 pub mod redis;

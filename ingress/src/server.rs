@@ -105,6 +105,12 @@ pub async fn serve(
     tracing::info!(addr = ?local, namespace = %config.namespace, "ingress listening");
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    common::beacon::spawn(
+        state.redis.clone(),
+        common::redis::Keys::new(&config.namespace, config.crypt.appid()),
+        "ingress",
+        stop_rx.clone(),
+    );
     let server = crate::http::serve(listener, router(state), config.limits, async move {
         shutdown.await;
         tracing::info!("shutting down: finishing in-flight pushes");

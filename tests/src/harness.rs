@@ -237,11 +237,49 @@ pub fn spawn_business(
 /// The bearer token of test admin APIs.
 pub const ADMIN_TOKEN: &str = "test-admin-token-0123456789";
 
+/// The test platform's credentials, as the roles read them.
+pub fn test_platform_args() -> PlatformArgs {
+    PlatformArgs {
+        component_appid: Some(test_platform::COMPONENT_APPID.into()),
+        component_secret: Some(test_platform::COMPONENT_SECRET.into()),
+        token: Some(test_platform::TOKEN.into()),
+        encoding_aes_key: Some(test_platform::ENCODING_AES_KEY.into()),
+    }
+}
+
 /// Starts a scheduler replica (loop + admin API on a random port) in-process; returns the
-/// handle and the admin API's base URL.
+/// handle and the admin API's base URL. The console's namespace is the token service's.
 pub async fn spawn_scheduler(
     tokens: std::sync::Arc<common::token::TokenService>,
     concurrency: usize,
+) -> (WorkerHandle, String) {
+    let prefix = tokens.store.keys.prefix().to_owned();
+    let ns: Namespace = prefix
+        .split(':')
+        .next()
+        .and_then(|n| n.parse().ok())
+        .expect("the token service's keys start with a namespace");
+    spawn_scheduler_with(tokens, concurrency, console_config(&ns, None)).await
+}
+
+/// What a test console needs: the test broker and platform, and `public_base_url`.
+pub fn console_config(
+    ns: &Namespace,
+    public_base_url: Option<String>,
+) -> workers::scheduler::console::ConsoleConfig {
+    workers::scheduler::console::ConsoleConfig {
+        amqp_urls: vec![crate::amqp_url()],
+        namespace: ns.clone(),
+        platform: test_platform_args(),
+        public_base_url,
+    }
+}
+
+/// [`spawn_scheduler`] with the console's settings.
+pub async fn spawn_scheduler_with(
+    tokens: std::sync::Arc<common::token::TokenService>,
+    concurrency: usize,
+    console: workers::scheduler::console::ConsoleConfig,
 ) -> (WorkerHandle, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
@@ -252,16 +290,15 @@ pub async fn spawn_scheduler(
         refresh_concurrency: concurrency,
         list_sync: Duration::from_secs(3600),
         tick: Duration::from_millis(250),
+        console,
     };
     let (stop, rx) = tokio::sync::watch::channel(false);
     let admin_rx = rx.clone();
     let task = tokio::spawn(async move {
-        let admin = tokio::spawn(workers::scheduler::admin::serve(
-            listener,
-            tokens,
-            ADMIN_TOKEN.into(),
-            admin_rx,
-        ));
+        let admin_config = config.clone();
+        let admin = tokio::spawn(async move {
+            workers::scheduler::admin::serve(listener, &admin_config, admin_rx).await
+        });
         workers::scheduler::run_loop(config, rx).await;
         let _ = admin.await;
     });
@@ -342,7 +379,8 @@ pub async fn spawn_pipeline(
         "the ingress never became ready"
     );
     let tokens = std::sync::Arc::new(token_service(ns, &sim.api_base(), margin));
-    let (scheduler, admin) = spawn_scheduler(tokens.clone(), 16).await;
+    let (scheduler, admin) =
+        spawn_scheduler_with(tokens.clone(), 16, console_config(ns, Some(base.clone()))).await;
     let workers = vec![
         spawn_decrypt(decrypt_config(ns)),
         spawn_business(ns, tokens.clone()),

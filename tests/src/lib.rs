@@ -12,6 +12,7 @@
 //! * [`sim`] is `wechat-sim`, the simulated WeChat (also a binary).
 
 pub mod broker;
+pub mod browser;
 pub mod faults;
 pub mod harness;
 pub mod http1;

@@ -561,59 +561,11 @@ async fn the_full_network_release_test_passes() {
     sim.stop().await;
 }
 
-/// Chromium, as scripts/test installs it (Debian's package).
-fn chromium() -> std::path::PathBuf {
-    let path = std::env::var("WXPIPE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
-    let path = std::path::PathBuf::from(path);
-    assert!(
-        path.exists(),
-        "{} is missing: `apt-get install chromium` (./scripts/test installs it), or set WXPIPE_CHROMIUM",
-        path.display()
-    );
-    path
-}
-
-/// The pages' screenshots, kept as test artifacts.
-fn artifacts() -> std::path::PathBuf {
-    let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR"))
-        .join("..")
-        .join("test-artifacts")
-        .join("auth-pages");
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
-}
-
-/// A headless Chromium with a window of `size`.
-fn browser(size: (u32, u32)) -> anyhow::Result<headless_chrome::Browser> {
-    use headless_chrome::{Browser, LaunchOptions};
-    use std::ffi::OsStr;
-    Browser::new(
-        LaunchOptions::default_builder()
-            .path(Some(chromium()))
-            .headless(true)
-            .sandbox(false)
-            .window_size(Some(size))
-            .args(vec![
-                OsStr::new("--disable-gpu"),
-                OsStr::new("--disable-background-networking"),
-                OsStr::new("--disable-component-update"),
-                OsStr::new("--disable-sync"),
-                OsStr::new("--no-first-run"),
-                OsStr::new("--disable-quic"),
-            ])
-            .idle_browser_timeout(Duration::from_secs(60))
-            .build()?,
-    )
-}
-
 const DESKTOP_UA: &str = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/156.0 Safari/537.36";
 const WECHAT_UA: &str = "Mozilla/5.0 (iPhone; CPU iPhone OS 17_0 like Mac OS X) AppleWebKit/605.1.15 (KHTML, like Gecko) Mobile/15E148 MicroMessenger/8.0.50";
 
 fn screenshot(tab: &headless_chrome::Tab, name: &str) -> anyhow::Result<()> {
-    use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
-    let png = tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)?;
-    std::fs::write(artifacts().join(format!("{name}.png")), png)?;
-    Ok(())
+    wxpipe_tests::browser::screenshot(tab, "auth-pages", name).map(|_| ())
 }
 
 #[tokio::test]
@@ -641,7 +593,7 @@ async fn the_authorization_pages_in_a_real_headless_browser() {
         let entry = format!("{}/auth", s.base);
         let (final_url, account, entry_text, done_text) = tokio::task::spawn_blocking(
             move || -> anyhow::Result<(String, String, String, String)> {
-                let desktop = browser((1280, 900))?;
+                let desktop = wxpipe_tests::browser::launch((1280, 900))?;
                 let tab = desktop.new_tab()?;
                 tab.set_user_agent(DESKTOP_UA, Some(accept), None)?;
                 tab.navigate_to(&entry)?.wait_until_navigated()?;
@@ -657,7 +609,7 @@ async fn the_authorization_pages_in_a_real_headless_browser() {
                 screenshot(&tab, &format!("{lang}-desktop-done"))?;
                 let done_url = tab.get_url();
                 // A phone, inside WeChat: the same pages, phone buttons first.
-                let phone = browser((390, 844))?;
+                let phone = wxpipe_tests::browser::launch((390, 844))?;
                 let ptab = phone.new_tab()?;
                 ptab.set_user_agent(WECHAT_UA, Some(accept), None)?;
                 ptab.navigate_to(&entry)?.wait_until_navigated()?;
@@ -680,7 +632,8 @@ async fn the_authorization_pages_in_a_real_headless_browser() {
     for shot in ["entry", "done"] {
         for device in ["desktop", "phone"] {
             for lang in ["zh", "en"] {
-                let png = artifacts().join(format!("{lang}-{device}-{shot}.png"));
+                let png = wxpipe_tests::browser::artifacts("auth-pages")
+                    .join(format!("{lang}-{device}-{shot}.png"));
                 assert!(
                     std::fs::metadata(&png).unwrap().len() > 1000,
                     "{}",

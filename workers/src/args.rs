@@ -31,12 +31,7 @@ impl WorkerArgs {
                 var: "WXPIPE_WECHAT_API_BASE",
                 reason: e.to_string(),
             })?;
-        let pool = common::redis::pool(&self.service.redis.redis_url).map_err(|e| {
-            ConfigError::Invalid {
-                var: "WXPIPE_REDIS_URL",
-                reason: e.to_string(),
-            }
-        })?;
+        let pool = self.redis_pool()?;
         let ns = self.service.namespace.namespace()?;
         Ok(common::token::TokenService {
             store: common::token::TokenStore::new(
@@ -45,6 +40,14 @@ impl WorkerArgs {
             ),
             client,
             margin,
+        })
+    }
+
+    /// A pool for `WXPIPE_REDIS_URL` (nothing connects until used).
+    pub fn redis_pool(&self) -> Result<deadpool_redis::Pool, ConfigError> {
+        common::redis::pool(&self.service.redis.redis_url).map_err(|e| ConfigError::Invalid {
+            var: "WXPIPE_REDIS_URL",
+            reason: e.to_string(),
         })
     }
 

@@ -79,7 +79,7 @@ async fn main() -> ExitCode {
                 Err(e) => return config_error(e),
             };
             let shutdown = common::shutdown::on_signal();
-            spawn_metrics(args.worker.metrics_addr, shutdown.clone());
+            spawn_metrics(&args.worker, shutdown.clone());
             match decrypt::run(config, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail("workers decrypt", e),
@@ -91,7 +91,7 @@ async fn main() -> ExitCode {
                 Err(e) => return config_error(e),
             };
             let shutdown = common::shutdown::on_signal();
-            spawn_metrics(args.worker.metrics_addr, shutdown.clone());
+            spawn_metrics(&args.worker, shutdown.clone());
             let registry = business::default_registry(&config);
             business::run(config, registry, shutdown).await;
             ExitCode::SUCCESS
@@ -102,7 +102,7 @@ async fn main() -> ExitCode {
                 Err(e) => return config_error(e),
             };
             let shutdown = common::shutdown::on_signal();
-            spawn_metrics(args.worker.metrics_addr, shutdown.clone());
+            spawn_metrics(&args.worker, shutdown.clone());
             match scheduler::run(config, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail("workers scheduler", format!("admin API: {e}")),
@@ -130,7 +130,7 @@ async fn main() -> ExitCode {
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return config_error(e),
             };
             let shutdown = common::shutdown::on_signal();
-            spawn_metrics(worker.metrics_addr, shutdown.clone());
+            spawn_metrics(&worker, shutdown.clone());
             let registry = business::default_registry(&b);
             let business = tokio::spawn(business::run(b, registry, shutdown.clone()));
             let sched = tokio::spawn(scheduler::run(s, shutdown.clone()));
@@ -146,14 +146,15 @@ async fn main() -> ExitCode {
     }
 }
 
-fn spawn_metrics(addr: Option<std::net::SocketAddr>, shutdown: tokio::sync::watch::Receiver<bool>) {
-    if let Some(addr) = addr {
-        tokio::spawn(async move {
-            if let Err(e) = workers::serve::metrics_listener(addr, shutdown).await {
-                tracing::error!(%addr, error = %e, "cannot serve /metrics");
-            }
-        });
-    }
+fn spawn_metrics(worker: &workers::args::WorkerArgs, shutdown: tokio::sync::watch::Receiver<bool>) {
+    let (Some(addr), Ok(redis)) = (worker.metrics_addr, worker.redis_pool()) else {
+        return;
+    };
+    tokio::spawn(async move {
+        if let Err(e) = workers::serve::metrics_listener(addr, redis, shutdown).await {
+            tracing::error!(%addr, error = %e, "cannot serve /metrics");
+        }
+    });
 }
 
 fn print_result(what: &str, result: anyhow::Result<String>) -> ExitCode {

@@ -1,19 +1,44 @@
-//! The small HTTP listener of a worker process: `/metrics` and `/healthz`.
+//! The small HTTP listener of a worker process: `/metrics`, `/healthz` and `/readyz` (see
+//! [`common::health`] for what ready means).
 
 use axum::Router;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Json};
 use axum::routing::get;
 use std::net::SocketAddr;
 use tokio::sync::watch;
 
-/// Serves `/metrics` and `/healthz` on `addr` until `shutdown` turns true.
+/// `/healthz` and `/readyz`, for every listener of the workers.
+pub fn health_routes<S: Clone + Send + Sync + 'static>(redis: deadpool_redis::Pool) -> Router<S> {
+    Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let redis = redis.clone();
+                async move {
+                    let r = common::health::readiness(&redis).await;
+                    let status = if r.ready {
+                        StatusCode::OK
+                    } else {
+                        StatusCode::SERVICE_UNAVAILABLE
+                    };
+                    (status, Json(r)).into_response()
+                }
+            }),
+        )
+}
+
+/// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` turns true.
 pub async fn metrics_listener(
     addr: SocketAddr,
+    redis: deadpool_redis::Pool,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let handle = common::telemetry::metrics_handle();
     let app = Router::new()
         .route("/metrics", get(move || std::future::ready(handle.render())))
-        .route("/healthz", get(|| async { "ok\n" }));
+        .merge(health_routes(redis));
     let listener = tokio::net::TcpListener::bind(addr).await?;
     tracing::info!(%addr, "serving /metrics");
     axum::serve(listener, app)

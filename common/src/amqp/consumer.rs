@@ -72,12 +72,17 @@ pub async fn run<H: Handler>(
     let mut backoff = super::reconnect_backoff();
     let mut start = 0usize;
     let name = opts.connection_name.clone();
+    crate::health::set_connected(&name, false);
     loop {
         if *shutdown.borrow() {
+            crate::health::forget_connection(&name);
             return;
         }
         match consume_once(&opts, start, &handler, &dead_letters, &mut shutdown).await {
-            Ok(Ended::Shutdown) => return,
+            Ok(Ended::Shutdown) => {
+                crate::health::forget_connection(&name);
+                return;
+            }
             Ok(Ended::Lost) => {
                 backoff = super::reconnect_backoff();
                 tracing::warn!(consumer = %name, "consumer connection lost; reconnecting");
@@ -136,7 +141,7 @@ async fn consume_once<H: Handler>(
         )
         .await
         .map_err(AmqpError::broker(format!("consuming {}", opts.queue)))?;
-    metrics::gauge!("wxpipe_amqp_connected", "connection" => opts.connection_name.clone()).set(1.0);
+    crate::health::set_connected(&opts.connection_name, true);
     tracing::info!(queue = %opts.queue, prefetch = opts.prefetch, "consuming");
 
     let mut in_flight = JoinSet::new();
@@ -170,7 +175,7 @@ async fn consume_once<H: Handler>(
             }
         }
     };
-    metrics::gauge!("wxpipe_amqp_connected", "connection" => opts.connection_name.clone()).set(0.0);
+    crate::health::set_connected(&opts.connection_name, false);
     if matches!(ended, Ended::Shutdown) {
         // Stop new deliveries, finish the ones in hand, then close.
         let _ = ch

@@ -110,8 +110,7 @@ impl ConfirmedPublisher {
             confirm_timeout: opts.confirm_timeout,
             connection_name: opts.connection_name.clone(),
         });
-        metrics::gauge!("wxpipe_amqp_connected", "connection" => opts.connection_name.clone())
-            .set(0.0);
+        crate::health::set_connected(&opts.connection_name, false);
         let handle = tokio::spawn(supervise(shared.clone(), opts));
         Self {
             shared,
@@ -260,6 +259,7 @@ async fn supervise(shared: Arc<Shared>, opts: PublisherConfig) {
     let mut backoff = super::reconnect_backoff();
     loop {
         if *shutdown.borrow() {
+            crate::health::forget_connection(&name);
             return;
         }
         match establish(&opts, start).await {
@@ -267,10 +267,10 @@ async fn supervise(shared: Arc<Shared>, opts: PublisherConfig) {
                 backoff = super::reconnect_backoff();
                 let link = Arc::new(link);
                 shared.link.send_replace(Some(link.clone()));
-                metrics::gauge!("wxpipe_amqp_connected", "connection" => name.clone()).set(1.0);
+                crate::health::set_connected(&name, true);
                 let stopping = wait_until_broken(&shared, &link, &mut shutdown).await;
                 shared.link.send_replace(None);
-                metrics::gauge!("wxpipe_amqp_connected", "connection" => name.clone()).set(0.0);
+                crate::health::set_connected(&name, false);
                 if stopping {
                     for ch in &link.channels {
                         let _ =
@@ -283,6 +283,7 @@ async fn supervise(shared: Arc<Shared>, opts: PublisherConfig) {
                     )
                     .await;
                     tracing::info!(connection = %name, "RabbitMQ connection closed");
+                    crate::health::forget_connection(&name);
                     return;
                 }
                 tracing::warn!(connection = %name, "RabbitMQ connection lost; reconnecting");

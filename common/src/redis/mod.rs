@@ -58,6 +58,11 @@ impl Keys {
         format!("{}ticket:last", self.prefix)
     }
 
+    /// `…:ticket:at`: when the last ticket was pushed (ms since the epoch).
+    pub fn ticket_at(&self) -> String {
+        format!("{}ticket:at", self.prefix)
+    }
+
     /// `…:component_token`: `{"token","expires_at"}`, expiring with the token.
     pub fn component_token(&self) -> String {
         format!("{}component_token", self.prefix)
@@ -109,6 +114,17 @@ impl Keys {
     /// `…:authstate:{state}`: an authorization flow started on our page (single use).
     pub fn auth_state(&self, state: &str) -> String {
         format!("{}authstate:{state}", self.prefix)
+    }
+
+    /// `…:procs`: live processes by when they last announced themselves (ms), see
+    /// [`crate::beacon`].
+    pub fn procs(&self) -> String {
+        format!("{}procs", self.prefix)
+    }
+
+    /// `…:proc:{id}`: one process's last announcement (its role and counters), short-lived.
+    pub fn proc(&self, id: &str) -> String {
+        format!("{}proc:{id}", self.prefix)
     }
 
     /// `…:ratelimit:{name}`: a rate-limit marker.

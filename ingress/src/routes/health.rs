@@ -5,17 +5,17 @@ use axum::Json;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::response::IntoResponse;
-use std::time::Duration;
 
 /// Liveness: the process answers.
 pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the broker connection is up and Redis answers a PING within a second.
+/// Readiness: the publishing connection is up and Redis answers a PING within a second (the
+/// same meaning as every role's `/readyz`, see [`common::health`]).
 pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
     let broker = state.publisher.is_connected();
-    let redis = redis_ping(&state.redis).await;
+    let redis = common::health::redis_ping(&state.redis).await;
     let status = if broker && redis {
         StatusCode::OK
     } else {
@@ -24,20 +24,6 @@ pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
     (
         status,
         Json(serde_json::json!({ "ready": broker && redis, "broker": broker, "redis": redis })),
-    )
-}
-
-async fn redis_ping(pool: &deadpool_redis::Pool) -> bool {
-    let ping = async {
-        let mut conn = pool.get().await.ok()?;
-        deadpool_redis::redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .ok()
-    };
-    matches!(
-        tokio::time::timeout(Duration::from_secs(1), ping).await,
-        Ok(Some(_))
     )
 }
 

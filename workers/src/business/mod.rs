@@ -158,6 +158,13 @@ pub fn default_registry(config: &BusinessConfig) -> Registry {
 /// Runs one business worker with `registry` until `shutdown` becomes true.
 pub async fn run(config: BusinessConfig, registry: Registry, shutdown: watch::Receiver<bool>) {
     tracing::info!(handlers = ?registry.types(), "business handlers");
+    let store = &config.tokens.store;
+    common::beacon::spawn(
+        store.pool().clone(),
+        store.keys.clone(),
+        "business",
+        shutdown.clone(),
+    );
     let role = crate::role::Role {
         name: "business",
         namespace: config.namespace.clone(),

@@ -251,6 +251,7 @@ pub async fn run(
 ) -> Result<(), common::redis::RedisError> {
     let pool = common::redis::pool(&config.redis_url)?;
     let keys = common::redis::Keys::new(&config.namespace, config.crypt.appid());
+    common::beacon::spawn(pool.clone(), keys.clone(), "decrypt", shutdown.clone());
     let role = crate::role::Role {
         name: "decrypt",
         namespace: config.namespace.clone(),

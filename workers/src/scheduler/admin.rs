@@ -14,6 +14,9 @@
 //! than 30 s left (else it is refreshed first). A malformed appid is 400; unknown or revoked
 //! accounts are 404.
 
+use super::SchedulerConfig;
+use super::console::ConsoleConfig;
+use super::console::traffic::Traffic;
 use axum::Router;
 use axum::extract::{Path, Request, State, rejection::JsonRejection};
 use axum::http::{StatusCode, header};
@@ -23,21 +26,36 @@ use axum::routing::{get, post};
 use common::ids::AppId;
 use common::token::{RefreshMode, RefreshOutcome, StoredToken, TokenError, TokenService};
 use serde_json::json;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 /// A forced refresh of one account happens at most once per this, across replicas.
 pub const FORCE_EVERY_SECS: u64 = 10;
 
-struct Admin {
-    tokens: Arc<TokenService>,
+/// What the admin API and the console share.
+pub struct Admin {
+    pub tokens: Arc<TokenService>,
     bearer: String,
+    pub console: ConsoleConfig,
+    /// The console's traffic history (sampled by [`super::console::sample`]).
+    pub traffic: Mutex<Traffic>,
+}
+
+impl Admin {
+    pub fn new(config: &SchedulerConfig) -> Arc<Self> {
+        Arc::new(Self {
+            tokens: config.tokens.clone(),
+            bearer: config.admin_token.clone(),
+            console: config.console.clone(),
+            traffic: Mutex::new(Traffic::default()),
+        })
+    }
 }
 
 /// The routes (for tests that serve them themselves).
-pub fn router(tokens: Arc<TokenService>, bearer: String) -> Router {
-    let state = Arc::new(Admin { tokens, bearer });
+pub fn router(state: Arc<Admin>) -> Router {
+    let redis = state.tokens.store.pool().clone();
     Router::new()
         .route("/v1/component/access_token", get(component_token))
         .route("/v1/authorizers", get(list))
@@ -51,8 +69,10 @@ pub fn router(tokens: Arc<TokenService>, bearer: String) -> Router {
         .route("/v1/component/invalidate", post(invalidate_component))
         .route("/v1/component/status", get(component_status))
         .route("/v1/quota/clear", post(clear_quota))
+        .merge(super::console::api_routes())
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
-        .route("/healthz", get(|| async { "ok\n" }))
+        .merge(super::console::page_routes())
+        .merge(crate::serve::health_routes(redis))
         .route(
             "/metrics",
             get(|| async { common::telemetry::metrics_handle().render() }),
@@ -60,15 +80,22 @@ pub fn router(tokens: Arc<TokenService>, bearer: String) -> Router {
         .with_state(state)
 }
 
-/// Serves until `shutdown` turns true.
+/// Serves the admin API and the console until `shutdown` turns true, with the console's
+/// traffic sampler and the platform gauges ([`super::gauges`]).
 pub async fn serve(
     listener: tokio::net::TcpListener,
-    tokens: Arc<TokenService>,
-    bearer: String,
+    config: &SchedulerConfig,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
-    tracing::info!(addr = ?listener.local_addr().ok(), "admin API listening");
-    axum::serve(listener, router(tokens, bearer))
+    tracing::info!(addr = ?listener.local_addr().ok(), "admin API and console listening");
+    let state = Admin::new(config);
+    tokio::spawn(super::console::sample(state.clone(), shutdown.clone()));
+    tokio::spawn(super::gauges::run(
+        config.tokens.clone(),
+        config.console.clone(),
+        shutdown.clone(),
+    ));
+    axum::serve(listener, router(state))
         .with_graceful_shutdown(async move {
             let _ = shutdown.wait_for(|s| *s).await;
         })
@@ -96,7 +123,7 @@ async fn authenticate(State(admin): State<Arc<Admin>>, req: Request, next: Next)
     next.run(req).await
 }
 
-fn error(e: TokenError) -> Response {
+pub(super) fn error(e: TokenError) -> Response {
     let status = match &e {
         TokenError::Unknown(_) | TokenError::Revoked(_) => StatusCode::NOT_FOUND,
         TokenError::Wechat(_) => StatusCode::BAD_GATEWAY,
@@ -117,24 +144,20 @@ async fn component_token(State(admin): State<Arc<Admin>>) -> Response {
 }
 
 async fn list(State(admin): State<Arc<Admin>>) -> Response {
-    let svc = &admin.tokens;
-    let appids = match svc.store.authorizer_appids().await {
-        Ok(a) => a,
-        Err(e) => return error(e.into()),
-    };
-    let mut out = Vec::with_capacity(appids.len());
-    for appid in appids {
-        match svc.store.authorizer(&appid).await {
-            Ok(Some(r)) => out.push(r),
-            Ok(None) => {}
-            Err(e) => return error(e.into()),
-        }
+    let store = &admin.tokens.store;
+    let result = async {
+        let appids = store.authorizer_appids().await?;
+        store.authorizers(&appids).await
     }
-    Json(json!({ "total": out.len(), "authorizers": out })).into_response()
+    .await;
+    match result {
+        Ok(out) => Json(json!({ "total": out.len(), "authorizers": out })).into_response(),
+        Err(e) => error(e.into()),
+    }
 }
 
 /// A request refused at the edge: 400 with a JSON error.
-struct BadRequest(String);
+pub(super) struct BadRequest(pub String);
 
 impl IntoResponse for BadRequest {
     fn into_response(self) -> Response {
@@ -144,7 +167,7 @@ impl IntoResponse for BadRequest {
 }
 
 /// The URL's `{appid}`, parsed at the edge; a malformed one is 400.
-struct PathAppId(AppId);
+pub(super) struct PathAppId(pub AppId);
 
 impl<S: Send + Sync> axum::extract::FromRequestParts<S> for PathAppId {
     type Rejection = Response;

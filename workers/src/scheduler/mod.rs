@@ -16,6 +16,8 @@
 //!    double-check, fenced write (see [`common::token::service`]).
 
 pub mod admin;
+pub mod console;
+pub mod gauges;
 
 use crate::args::WorkerArgs;
 use common::config::ConfigError;
@@ -43,6 +45,10 @@ pub struct SchedulerArgs {
     /// How often the account list is re-read from api_get_authorizer_list anyway.
     #[arg(long, env = "WXPIPE_LIST_SYNC_SECS", default_value_t = 3600)]
     pub list_sync_secs: u64,
+    /// The ingress's public base URL: the console shows `{it}/auth`, the link to send to
+    /// account administrators, with its QR code (unset: the console says so).
+    #[arg(long, env = "WXPIPE_PUBLIC_BASE_URL")]
+    pub public_base_url: Option<String>,
 }
 
 impl std::fmt::Debug for SchedulerArgs {
@@ -56,6 +62,7 @@ impl std::fmt::Debug for SchedulerArgs {
             )
             .field("refresh_concurrency", &self.refresh_concurrency)
             .field("list_sync_secs", &self.list_sync_secs)
+            .field("public_base_url", &self.public_base_url)
             .finish()
     }
 }
@@ -69,6 +76,7 @@ pub struct SchedulerConfig {
     pub refresh_concurrency: usize,
     pub list_sync: Duration,
     pub tick: Duration,
+    pub console: console::ConsoleConfig,
 }
 
 impl SchedulerArgs {
@@ -90,6 +98,17 @@ impl SchedulerArgs {
             refresh_concurrency: self.refresh_concurrency.max(1),
             list_sync: Duration::from_secs(self.list_sync_secs.max(60)),
             tick: Duration::from_secs(1),
+            console: console::ConsoleConfig {
+                amqp_urls: self.worker.service.amqp.urls()?,
+                namespace: self.worker.service.namespace.namespace()?,
+                platform: self.worker.service.platform.clone(),
+                public_base_url: self
+                    .public_base_url
+                    .as_deref()
+                    .filter(|u| !u.trim().is_empty())
+                    .map(|u| common::config::http_url("WXPIPE_PUBLIC_BASE_URL", u))
+                    .transpose()?,
+            },
         })
     }
 }
@@ -97,6 +116,12 @@ impl SchedulerArgs {
 /// One scheduler replica's loop (without the admin API); returns when `shutdown` turns true.
 pub async fn run_loop(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
     let svc = config.tokens.clone();
+    common::beacon::spawn(
+        svc.store.pool().clone(),
+        svc.store.keys.clone(),
+        "scheduler",
+        shutdown.clone(),
+    );
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -206,12 +231,11 @@ const RETRY_AFTER_AT_MOST: Duration = Duration::from_secs(3600);
 /// The scheduler role: the loop and the admin API, until `shutdown`.
 pub async fn run(config: SchedulerConfig, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.admin_addr).await?;
-    let admin = tokio::spawn(admin::serve(
-        listener,
-        config.tokens.clone(),
-        config.admin_token.clone(),
-        shutdown.clone(),
-    ));
+    let admin = {
+        let config = config.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move { admin::serve(listener, &config, shutdown).await })
+    };
     run_loop(config, shutdown).await;
     admin.await.map_err(std::io::Error::other)?
 }

@@ -7,6 +7,30 @@ use crate::ids::AppId;
 use crate::redis::{conn, failed};
 use deadpool_redis::redis::{AsyncCommands, Script, cmd};
 
+/// An account's record from its hash (`None` for an empty hash: no such account).
+fn record(appid: &AppId, h: HashMap<String, String>) -> Option<AuthorizerRecord> {
+    if h.is_empty() {
+        return None;
+    }
+    let int = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
+    let text = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
+    Some(AuthorizerRecord {
+        appid: appid.clone(),
+        status: AuthorizerStatus::parse(h.get("status").map(String::as_str).unwrap_or("active")),
+        has_refresh_token: text("refresh_token").is_some(),
+        refresh_token: text("refresh_token").map(Token::from),
+        access_token: text("access_token").map(Token::from),
+        expires_at: int("expires_at"),
+        last_refresh: int("last_refresh"),
+        last_error: text("last_error"),
+        nick_name: text("nick_name"),
+        user_name: text("user_name"),
+        authorized_at: int("authorized_at"),
+        refreshes: int("refreshes").unwrap_or(0) as u64,
+        profile: text("profile"),
+    })
+}
+
 impl TokenStore {
     /// One account's record.
     pub async fn authorizer(&self, appid: &AppId) -> Result<Option<AuthorizerRecord>, RedisError> {
@@ -15,27 +39,61 @@ impl TokenStore {
             .hgetall(self.keys.authorizer(appid))
             .await
             .map_err(failed("reading an authorizer"))?;
-        if h.is_empty() {
-            return Ok(None);
+        Ok(record(appid, h))
+    }
+
+    /// The records of `appids` (those that have one), in order, read in pipelined batches
+    /// rather than one round trip each.
+    pub async fn authorizers(&self, appids: &[AppId]) -> Result<Vec<AuthorizerRecord>, RedisError> {
+        let mut c = conn(&self.pool, "reading authorizers").await?;
+        let mut out = Vec::with_capacity(appids.len());
+        for batch in appids.chunks(500) {
+            let mut p = deadpool_redis::redis::pipe();
+            for appid in batch {
+                p.hgetall(self.keys.authorizer(appid));
+            }
+            let hashes: Vec<HashMap<String, String>> = p
+                .query_async(&mut c)
+                .await
+                .map_err(failed("reading authorizers"))?;
+            out.extend(
+                batch
+                    .iter()
+                    .zip(hashes)
+                    .filter_map(|(appid, h)| record(appid, h)),
+            );
         }
-        let int = |k: &str| h.get(k).and_then(|v| v.parse::<i64>().ok());
-        let text = |k: &str| h.get(k).filter(|v| !v.is_empty()).cloned();
-        Ok(Some(AuthorizerRecord {
-            appid: appid.clone(),
-            status: AuthorizerStatus::parse(
-                h.get("status").map(String::as_str).unwrap_or("active"),
-            ),
-            has_refresh_token: text("refresh_token").is_some(),
-            refresh_token: text("refresh_token").map(Token::from),
-            access_token: text("access_token").map(Token::from),
-            expires_at: int("expires_at"),
-            last_refresh: int("last_refresh"),
-            last_error: text("last_error"),
-            nick_name: text("nick_name"),
-            user_name: text("user_name"),
-            authorized_at: int("authorized_at"),
-            refreshes: int("refreshes").unwrap_or(0) as u64,
-        }))
+        Ok(out)
+    }
+
+    /// The status and token expiry of each of `appids`, pipelined (for the gauges: cheaper than
+    /// whole records).
+    pub async fn statuses(
+        &self,
+        appids: &[AppId],
+    ) -> Result<Vec<(AuthorizerStatus, Option<i64>)>, RedisError> {
+        let mut c = conn(&self.pool, "reading account states").await?;
+        let mut out = Vec::with_capacity(appids.len());
+        for batch in appids.chunks(1000) {
+            let mut p = deadpool_redis::redis::pipe();
+            for appid in batch {
+                p.cmd("HMGET")
+                    .arg(self.keys.authorizer(appid))
+                    .arg("status")
+                    .arg("expires_at");
+            }
+            let rows: Vec<(Option<String>, Option<i64>)> = p
+                .query_async(&mut c)
+                .await
+                .map_err(failed("reading account states"))?;
+            out.extend(rows.into_iter().map(|(status, expires)| {
+                (
+                    AuthorizerStatus::parse(status.as_deref().unwrap_or("active")),
+                    expires,
+                )
+            }));
+        }
+        Ok(out)
     }
 
     /// Every known appid, sorted.

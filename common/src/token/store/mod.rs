@@ -35,7 +35,7 @@ pub enum AuthorizerStatus {
 }
 
 impl AuthorizerStatus {
-    fn parse(s: &str) -> Self {
+    pub fn parse(s: &str) -> Self {
         match s {
             "revoked" => Self::Revoked,
             "refresh_failing" => Self::RefreshFailing,
@@ -43,7 +43,7 @@ impl AuthorizerStatus {
         }
     }
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Self::Active => "active",
             Self::Revoked => "revoked",
@@ -79,6 +79,58 @@ pub struct AuthorizerRecord {
     pub authorized_at: Option<i64>,
     pub refreshes: u64,
     pub has_refresh_token: bool,
+    /// What `api_get_authorizer_info` answered, as stored (it holds the refresh token: never
+    /// served whole; see [`AuthorizerRecord::profile_summary`]).
+    #[serde(skip)]
+    pub profile: Option<String>,
+}
+
+/// The parts of an account's stored profile an operator sees (no token).
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct ProfileSummary {
+    /// The permission sets granted (`func_info[].funcscope_category.id`).
+    pub permissions: Vec<i64>,
+    /// `service_type_info.id`: 0/1 subscription account, 2 service account (official
+    /// accounts); 0 for mini programs.
+    pub service_type: Option<i64>,
+    /// `verify_type_info.id`: -1 unverified, 0 WeChat-verified, …
+    pub verify_type: Option<i64>,
+    pub mini_program: bool,
+    pub principal_name: Option<String>,
+    pub alias: Option<String>,
+    pub head_img: Option<String>,
+    pub qrcode_url: Option<String>,
+    pub account_status: Option<i64>,
+}
+
+impl AuthorizerRecord {
+    /// The stored profile without its tokens; `None` when none was stored.
+    pub fn profile_summary(&self) -> Option<ProfileSummary> {
+        let v: serde_json::Value = serde_json::from_str(self.profile.as_deref()?).ok()?;
+        let info = &v["authorizer_info"];
+        let text = |x: &serde_json::Value| x.as_str().filter(|s| !s.is_empty()).map(str::to_owned);
+        let mut permissions: Vec<i64> = v["authorization_info"]["func_info"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|f| f["funcscope_category"]["id"].as_i64())
+                    .collect()
+            })
+            .unwrap_or_default();
+        permissions.sort_unstable();
+        permissions.dedup();
+        Some(ProfileSummary {
+            permissions,
+            service_type: info["service_type_info"]["id"].as_i64(),
+            verify_type: info["verify_type_info"]["id"].as_i64(),
+            mini_program: info.get("MiniProgramInfo").is_some_and(|m| !m.is_null()),
+            principal_name: text(&info["principal_name"]),
+            alias: text(&info["alias"]),
+            head_img: text(&info["head_img"]),
+            qrcode_url: text(&info["qrcode_url"]),
+            account_status: info["account_status"].as_i64(),
+        })
+    }
 }
 
 /// What a fenced write of tokens did.

@@ -22,9 +22,21 @@ impl TokenStore {
             .arg(self.keys.last_ticket())
             .arg(ticket)
             .ignore()
+            .cmd("SET")
+            .arg(self.keys.ticket_at())
+            .arg(crate::unix_now_ms())
+            .ignore()
             .query_async::<()>(&mut c)
             .await
             .map_err(failed("storing the ticket"))
+    }
+
+    /// When the last ticket was pushed (ms), if known.
+    pub async fn ticket_at(&self) -> Result<Option<i64>, RedisError> {
+        let mut c = conn(&self.pool, "reading the ticket's time").await?;
+        c.get(self.keys.ticket_at())
+            .await
+            .map_err(failed("reading the ticket's time"))
     }
 
     /// The latest ticket, else the last good one.

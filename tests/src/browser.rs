@@ -1,0 +1,59 @@
+//! A real headless Chromium (Debian's package, installed by `scripts/test`) for the browser
+//! tests, and the screenshots they keep as artifacts in `target/test-artifacts/{dir}/`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Chromium's path: `WXPIPE_CHROMIUM`, else `/usr/bin/chromium`; panics with how to get it.
+pub fn chromium() -> PathBuf {
+    let path = std::env::var("WXPIPE_CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
+    let path = PathBuf::from(path);
+    assert!(
+        path.exists(),
+        "{} is missing: `apt-get install chromium` (./scripts/test installs it), or set WXPIPE_CHROMIUM",
+        path.display()
+    );
+    path
+}
+
+/// A headless Chromium with a window of `size`.
+pub fn launch(size: (u32, u32)) -> anyhow::Result<headless_chrome::Browser> {
+    use headless_chrome::{Browser, LaunchOptions};
+    use std::ffi::OsStr;
+    Browser::new(
+        LaunchOptions::default_builder()
+            .path(Some(chromium()))
+            .headless(true)
+            .sandbox(false)
+            .window_size(Some(size))
+            .args(vec![
+                OsStr::new("--disable-gpu"),
+                OsStr::new("--disable-background-networking"),
+                OsStr::new("--disable-component-update"),
+                OsStr::new("--disable-sync"),
+                OsStr::new("--no-first-run"),
+                OsStr::new("--disable-quic"),
+            ])
+            .idle_browser_timeout(Duration::from_secs(60))
+            .build()?,
+    )
+}
+
+/// `target/test-artifacts/{dir}` (created).
+pub fn artifacts(dir: &str) -> PathBuf {
+    let target = std::env::var("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target"));
+    let dir = target.join("test-artifacts").join(dir);
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
+
+/// Saves a PNG of the whole page as `target/test-artifacts/{dir}/{name}.png`.
+pub fn screenshot(tab: &headless_chrome::Tab, dir: &str, name: &str) -> anyhow::Result<PathBuf> {
+    use headless_chrome::protocol::cdp::Page::CaptureScreenshotFormatOption;
+    let png = tab.capture_screenshot(CaptureScreenshotFormatOption::Png, None, None, true)?;
+    let path = artifacts(dir).join(format!("{name}.png"));
+    std::fs::write(&path, png)?;
+    Ok(path)
+}

@@ -1,0 +1,130 @@
+//! The platform's state as Prometheus gauges, set by every scheduler replica every
+//! [`EVERY`] (alerts take the `max` or `min` over replicas): the ticket's age, the component
+//! token's headroom, accounts by status, the smallest token headroom of an active account,
+//! and the depth of the raw, business and dead queues.
+
+use super::console::ConsoleConfig;
+use common::token::{AuthorizerStatus, TokenService};
+use lapin::options::QueueDeclareOptions;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::watch;
+
+pub const EVERY: Duration = Duration::from_secs(15);
+
+/// Sets the gauges every [`EVERY`] until `shutdown`.
+pub async fn run(
+    tokens: Arc<TokenService>,
+    console: ConsoleConfig,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let mut broker: Option<lapin::Connection> = None;
+    let mut tick = tokio::time::interval(EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = shutdown.wait_for(|s| *s) => break,
+        }
+        if let Err(e) = platform(&tokens).await {
+            tracing::debug!(error = %e, "platform gauges not updated");
+        }
+        if let Err(e) = queues(&mut broker, &console).await {
+            tracing::debug!(error = %e, "queue gauges not updated");
+            broker = None;
+        }
+    }
+    if let Some(c) = broker {
+        let _ = c.close(200, "shutting down".into()).await;
+    }
+}
+
+async fn platform(tokens: &TokenService) -> Result<(), common::redis::RedisError> {
+    let store = &tokens.store;
+    let now = common::unix_now();
+    let ticket = store.ticket().await?.is_some();
+    metrics::gauge!("wxpipe_ticket_present").set(if ticket { 1.0 } else { 0.0 });
+    if let Some(at) = store.ticket_at().await? {
+        metrics::gauge!("wxpipe_ticket_age_seconds")
+            .set((common::unix_now_ms() - at).max(0) as f64 / 1000.0);
+    }
+    let component = store
+        .component_token()
+        .await?
+        .map(|t| (t.expires_at - now).max(0))
+        .unwrap_or(0);
+    metrics::gauge!("wxpipe_component_token_expires_in_seconds").set(component as f64);
+
+    let appids = store.authorizer_appids().await?;
+    let states = store.statuses(&appids).await?;
+    let mut counts = [0usize; 3];
+    let mut min_headroom: Option<i64> = None;
+    for (status, expires_at) in states {
+        let i = match status {
+            AuthorizerStatus::Active => 0,
+            AuthorizerStatus::RefreshFailing => 1,
+            AuthorizerStatus::Revoked => 2,
+        };
+        counts[i] += 1;
+        if status != AuthorizerStatus::Revoked {
+            let headroom = expires_at.map(|e| (e - now).max(0)).unwrap_or(0);
+            min_headroom = Some(min_headroom.map_or(headroom, |m| m.min(headroom)));
+        }
+    }
+    for (status, n) in [
+        AuthorizerStatus::Active,
+        AuthorizerStatus::RefreshFailing,
+        AuthorizerStatus::Revoked,
+    ]
+    .iter()
+    .zip(counts)
+    {
+        metrics::gauge!("wxpipe_authorizers", "status" => status.as_str()).set(n as f64);
+    }
+    if let Some(m) = min_headroom {
+        metrics::gauge!("wxpipe_authorizer_token_expires_in_min_seconds").set(m as f64);
+    }
+    Ok(())
+}
+
+async fn queues(
+    broker: &mut Option<lapin::Connection>,
+    console: &ConsoleConfig,
+) -> Result<(), lapin::Error> {
+    if broker.as_ref().is_none_or(|c| !c.status().connected()) {
+        let name = format!("wxpipe-scheduler {} gauges", console.namespace);
+        match common::amqp::connect_any(&console.amqp_urls, 0, &name).await {
+            Ok(c) => *broker = Some(c),
+            Err(e) => {
+                tracing::debug!(error = %e, "no broker for the queue gauges");
+                return Ok(());
+            }
+        }
+    }
+    let Some(conn) = broker.as_ref() else {
+        return Ok(());
+    };
+    let ns = &console.namespace;
+    for queue in [ns.raw(), ns.business(), ns.dead()] {
+        // A passive declare of a missing queue closes the channel: one channel per queue.
+        let ch = conn.create_channel().await?;
+        let declared = ch
+            .queue_declare(
+                queue.as_str().into(),
+                QueueDeclareOptions {
+                    passive: true,
+                    ..Default::default()
+                },
+                Default::default(),
+            )
+            .await;
+        if let Ok(q) = declared {
+            metrics::gauge!("wxpipe_queue_messages", "queue" => queue.clone())
+                .set(q.message_count() as f64);
+            metrics::gauge!("wxpipe_queue_consumers", "queue" => queue.clone())
+                .set(q.consumer_count() as f64);
+            let _ = ch.close(200, "done".into()).await;
+        }
+    }
+    Ok(())
+}
