@@ -93,3 +93,15 @@ ensure_check_jsonschema() {
   export WXPIPE_CHECK_JSONSCHEMA
   say "check-jsonschema is at $WXPIPE_CHECK_JSONSCHEMA"
 }
+
+# promtool (Debian's prometheus package), for the tests of the alerting rules and the
+# Prometheus configuration in deploy/prometheus. Only the package's files are needed: the
+# Prometheus service it may start is stopped again so it does not hold port 9090.
+ensure_promtool() {
+  if ! command -v promtool >/dev/null 2>&1; then
+    apt_install prometheus
+    if command -v systemctl >/dev/null 2>&1; then $SUDO systemctl disable --now prometheus >/dev/null 2>&1 || true; fi
+  fi
+  command -v promtool >/dev/null 2>&1 || die "prometheus installed but promtool is not on the PATH"
+  say "promtool is at $(command -v promtool)"
+}

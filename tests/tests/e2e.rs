@@ -365,6 +365,33 @@ async fn the_whole_story_across_processes() {
         "the logs were written ({} lines)",
         logs.lines().count()
     );
+    // One push can be followed from the ingress to the business worker (README, "Following one
+    // push"): the ingress's nonce is on the decrypt worker's line with the event id, which the
+    // business worker's lines carry.
+    let lines: Vec<Value> = logs
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let said = |l: &Value, m: &str| l["fields"]["message"] == m;
+    let followed = lines
+        .iter()
+        .filter(|l| said(l, "push accepted") && l["fields"]["route"] == "component")
+        .any(|accepted| {
+            lines.iter().any(|published| {
+                said(published, "event published")
+                    && published["fields"]["nonce"] == accepted["fields"]["nonce"]
+                    && lines.iter().any(|handled| {
+                        said(handled, "event handled")
+                            && handled["span"]["id"] == published["fields"]["id"]
+                            && handled["span"]["source"] == published["fields"]["source"]
+                    })
+            })
+        });
+    assert!(
+        followed,
+        "no component push could be followed through the logs in {}",
+        log_dir.display()
+    );
     for (what, value) in [
         ("the AppSecret", SECRET),
         ("the message token", TOKEN),

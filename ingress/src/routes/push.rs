@@ -164,7 +164,18 @@ async fn handle_push(
     metrics::histogram!("wxpipe_ingress_publish_seconds", "route" => r)
         .record(started.elapsed().as_secs_f64());
     match result {
-        Ok(()) => Outcome::Accepted.respond(r, "success"),
+        Ok(()) => {
+            // Follow one push: this nonce and timestamp are on the decrypt worker's
+            // "event published" line, with the event id the business worker logs.
+            tracing::debug!(
+                route = r,
+                appid = appid.unwrap_or("-"),
+                nonce = %q.nonce,
+                timestamp = %q.timestamp,
+                "push accepted"
+            );
+            Outcome::Accepted.respond(r, "success")
+        }
         Err(e) => {
             if !matches!(e, PublishError::Unavailable) {
                 tracing::warn!(route = r, error = %e, "publish not confirmed");

@@ -20,6 +20,7 @@ use registry::{HandlerError, Registry};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+use tracing::Instrument;
 
 /// Consume `{ns}.business`.
 #[derive(clap::Args, Debug, Clone)]
@@ -87,6 +88,13 @@ impl Handler for BusinessHandler {
             count(&event.event_type, "unhandled");
             return Disposition::Ack;
         };
+        // Every line a handler logs carries the event's id and source (the account's appid).
+        let span = tracing::info_span!(
+            "event",
+            id = %event.id,
+            source = %event.source,
+            event_type = %event.event_type
+        );
         let result = retry(self.max_attempts, "business", || async {
             match handler.handle(&event).await {
                 Ok(()) => Attempt::Done(Ok(())),
@@ -98,10 +106,12 @@ impl Handler for BusinessHandler {
                 }
             }
         })
+        .instrument(span.clone())
         .await;
         match result {
             Ok(Ok(())) => {
                 count(&event.event_type, "handled");
+                tracing::debug!(parent: &span, "event handled");
                 Disposition::Ack
             }
             Ok(Err((reason, detail))) => {

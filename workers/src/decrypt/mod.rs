@@ -151,13 +151,29 @@ impl Handler for DecryptHandler {
             self.deliver(&decoded, &address, &body)
         })
         .await;
+        let follow = |what: &str| {
+            tracing::debug!(
+                id = %address.id,
+                source = %address.source,
+                event_type = %address.event_type,
+                nonce = %decoded.raw.nonce,
+                timestamp = %decoded.raw.timestamp,
+                "{what}"
+            )
+        };
         match outcome {
             Ok(Delivered::Published) => {
                 count("published");
+                if let Some(at) = decoded.raw.received_at_ms {
+                    let secs = (common::unix_now_ms() - at).max(0) as f64 / 1000.0;
+                    metrics::histogram!("wxpipe_push_to_event_seconds").record(secs);
+                }
+                follow("event published");
                 Disposition::Ack
             }
             Ok(Delivered::Duplicate) => {
                 count("duplicate");
+                follow("duplicate push: its event was already published");
                 Disposition::Ack
             }
             Ok(Delivered::StillHeld) => {

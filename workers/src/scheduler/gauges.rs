@@ -1,6 +1,6 @@
 //! The platform's state as Prometheus gauges, set by every scheduler replica every
 //! [`EVERY`] (alerts take the `max` or `min` over replicas): the ticket's age, the component
-//! token's headroom, accounts by status, the smallest token headroom of an active account,
+//! token's headroom, accounts by status, the smallest token headroom of an `active` account,
 //! and the depth of the raw, business and dead queues.
 
 use super::console::ConsoleConfig;
@@ -66,7 +66,8 @@ async fn platform(tokens: &TokenService) -> Result<(), common::redis::RedisError
             AuthorizerStatus::Revoked => 2,
         };
         counts[i] += 1;
-        if status != AuthorizerStatus::Revoked {
+        // Accounts marked refresh_failing have their own alert; this one is for the healthy.
+        if status == AuthorizerStatus::Active {
             let headroom = expires_at.map(|e| (e - now).max(0)).unwrap_or(0);
             min_headroom = Some(min_headroom.map_or(headroom, |m| m.min(headroom)));
         }
