@@ -173,6 +173,9 @@ pub async fn announce(
         .ignore()
         .zadd(keys.procs(), &a.id, a.at_ms)
         .ignore()
+        // The index outlives no process by much, even if every one was killed.
+        .expire(keys.procs(), 3 * TTL.as_secs() as i64)
+        .ignore()
         .query_async::<()>(&mut c)
         .await
         .map_err(failed("announcing a process"))
