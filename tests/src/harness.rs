@@ -305,6 +305,29 @@ pub async fn spawn_scheduler_with(
     (WorkerHandle { stop, task }, format!("http://{addr}"))
 }
 
+/// Starts a gateway (`workers gateway`) in-process on a random port for `tokens`'s platform,
+/// calling `api_base` (a wechat-sim), accepting the test admin token; returns its base URL.
+pub async fn spawn_gateway(
+    tokens: std::sync::Arc<common::token::TokenService>,
+    api_base: &str,
+) -> (WorkerHandle, String) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let config = workers::gateway::GatewayConfig {
+        tokens,
+        api_base: api_base.to_owned(),
+        component_appid: test_platform::COMPONENT_APPID.into(),
+        admin_token: Some(ADMIN_TOKEN.into()),
+        max_body_bytes: 20 * 1024 * 1024,
+        timeout: Duration::from_secs(10),
+    };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        let _ = workers::gateway::serve(listener, config, rx).await;
+    });
+    (WorkerHandle { stop, task }, format!("http://{addr}"))
+}
+
 /// `GET {admin}{path}` with the test bearer: the status and the JSON body (null if none);
 /// status 0 when the admin API cannot be reached (it may be starting or restarting).
 pub async fn admin_get(admin: &str, path: &str) -> (u16, serde_json::Value) {
@@ -316,6 +339,24 @@ pub async fn admin_get(admin: &str, path: &str) -> (u16, serde_json::Value) {
     else {
         return (0, serde_json::Value::Null);
     };
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// `POST {admin}{path}` with the test bearer and a JSON body: the status and the JSON answer
+/// (null if none).
+pub async fn admin_post(
+    admin: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = crate::http()
+        .post(format!("{admin}{path}"))
+        .bearer_auth(ADMIN_TOKEN)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("the admin API does not answer {path}: {e}"));
     let status = r.status().as_u16();
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }

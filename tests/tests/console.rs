@@ -9,34 +9,10 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, bind_queue, collect, message_count};
 use wxpipe_tests::harness::{
-    ADMIN_TOKEN, Pipeline, admin_get, eventually, free_port, spawn_pipeline,
+    ADMIN_TOKEN, Pipeline, admin_get, admin_post, eventually, free_port, spawn_pipeline,
 };
 use wxpipe_tests::push::{PushBuilder, text_message};
 use wxpipe_tests::sim::{self, SimConfig, SimHandle};
-
-async fn sim_post(sim: &SimHandle, path: &str, body: Value) -> Value {
-    wxpipe_tests::http()
-        .post(format!("{}{path}", sim.api_base()))
-        .json(&body)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
-async fn admin_post(admin: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = wxpipe_tests::http()
-        .post(format!("{admin}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
-}
 
 /// A pipeline with a ticket, a component token and two accounts authorized through the
 /// simulator's pushes (an official account and a mini program), their profiles stored.
@@ -47,11 +23,13 @@ async fn platform(t: &TestNs) -> (SimHandle, Pipeline, String, String) {
         .unwrap();
     let p = spawn_pipeline(&t.ns, &sim, port, Duration::from_secs(600)).await;
     p.ticket_and_component_token(&sim).await;
-    let oa = sim_post(&sim, "/sim/authorize", json!({})).await["appid"]
+    let oa = sim.post("/sim/authorize", json!({})).await["appid"]
         .as_str()
         .unwrap()
         .to_owned();
-    let mp = sim_post(&sim, "/sim/authorize", json!({ "mini_program": true })).await["appid"]
+    let mp = sim
+        .post("/sim/authorize", json!({ "mini_program": true }))
+        .await["appid"]
         .as_str()
         .unwrap()
         .to_owned();
@@ -309,12 +287,12 @@ async fn the_console_in_a_real_headless_browser() {
         .unwrap();
     dead_push(&t, &oa, "replayed from the console").await;
     for n in 0..10 {
-        let r = sim_post(
-            &sim,
-            "/sim/push/text",
-            json!({ "appid": oa, "content": format!("m{n}") }),
-        )
-        .await;
+        let r = sim
+            .post(
+                "/sim/push/text",
+                json!({ "appid": oa, "content": format!("m{n}") }),
+            )
+            .await;
         assert_eq!(r["outcome"]["status"], 200, "{r}");
     }
     let console = format!("{}/console", p.admin);

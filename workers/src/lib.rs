@@ -17,6 +17,7 @@ pub mod business;
 pub mod crypto_tool;
 pub mod decrypt;
 pub mod dlq;
+pub mod gateway;
 pub mod retry;
 pub mod role;
 pub mod scheduler;

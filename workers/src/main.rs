@@ -25,6 +25,9 @@ enum Command {
     Scheduler(SchedulerArgs),
     /// Decrypt, business and scheduler in one process (small deployments, the local demo).
     All(AllArgs),
+    /// Serve WeChat's API to the platform's teams with tokens attached (team API keys, scopes,
+    /// rates; refused tokens refreshed once and retried).
+    Gateway(workers::gateway::GatewayArgs),
     /// Inspect and replay dead letters ({ns}.dead).
     Dlq(DlqArgs),
     /// Offline WXBizMsgCrypt tools: sign, encrypt a reply, decrypt a captured push.
@@ -106,6 +109,22 @@ async fn main() -> ExitCode {
             match scheduler::run(config, shutdown).await {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail("workers scheduler", format!("admin API: {e}")),
+            }
+        }
+        Command::Gateway(args) => {
+            let (config, addr) = match args.validate() {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let shutdown = common::shutdown::on_signal();
+            spawn_metrics(&args.worker, shutdown.clone());
+            let listener = match tokio::net::TcpListener::bind(addr).await {
+                Ok(l) => l,
+                Err(e) => return fail("workers gateway", format!("cannot listen on {addr}: {e}")),
+            };
+            match workers::gateway::serve(listener, config, shutdown).await {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => fail("workers gateway", e),
             }
         }
         Command::All(args) => {

@@ -127,6 +127,22 @@ impl Keys {
         format!("{}proc:{id}", self.prefix)
     }
 
+    /// `…:gateway:key:{sha256 of the key}`: a team's API key for the gateway (its scope).
+    pub fn gateway_key(&self, hash: &str) -> String {
+        format!("{}gateway:key:{hash}", self.prefix)
+    }
+
+    /// `…:gateway:keys`: key id → the hash its record is stored under.
+    pub fn gateway_keys(&self) -> String {
+        format!("{}gateway:keys", self.prefix)
+    }
+
+    /// `…:sync_reply:appids`: accounts whose pushes wait for a passive reply, set at run time
+    /// (`*` for every account).
+    pub fn sync_reply_appids(&self) -> String {
+        format!("{}sync_reply:appids", self.prefix)
+    }
+
     /// `…:ratelimit:{name}`: a rate-limit marker.
     pub fn rate_limit(&self, name: &str) -> String {
         format!("{}ratelimit:{name}", self.prefix)

@@ -7,8 +7,10 @@ use super::state::{ApiError, BUSY, INVALID_ARGS, State, TokenKind};
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Query, State as AxState};
+use axum::http::{HeaderMap, Method, Uri, header};
 use axum::response::Json;
-use axum::routing::post;
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
 use serde_json::{Value, json};
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -62,6 +64,14 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .route("/cgi-bin/component/clear_quota", post(clear_quota))
         .route("/cgi-bin/component/clear_quota/v2", post(clear_quota_v2))
         .route("/cgi-bin/message/custom/send", post(custom_send))
+        .route("/sns/component/jscode2session", get(jscode2session))
+        .route("/cgi-bin/media/upload", post(media_upload))
+        .route("/cgi-bin/media/get", get(media_get))
+        .route("/cgi-bin/openapi/quota/get", post(quota_get))
+        .route("/cgi-bin/openapi/rid/get", post(rid_get))
+        .route("/cgi-bin/clear_quota", post(account_clear_quota))
+        // Any other API: the token is checked and the call recorded (for the gateway's tests).
+        .fallback(generic)
 }
 
 fn err(e: &ApiError) -> Value {
@@ -101,7 +111,7 @@ async fn call(
         tokio::time::sleep(delay).await;
     }
     let mut state = sim.state.lock().expect("sim state");
-    if sim.faults.busy() {
+    if sim.faults.busy() || state.take_busy() {
         let _ = state.count_call(api);
         state.count_error(api, &BUSY);
         return Json(err(&BUSY));
@@ -280,4 +290,237 @@ async fn custom_send(AxState(sim): AxState<Arc<SimShared>>, q: Q, body: Bytes) -
         Ok(json!({ "errcode": 0, "errmsg": "ok" }))
     })
     .await
+}
+
+/// The owner of a token-bearing call (`component` for the component token), checked as WeChat
+/// does: `component_access_token=` for component APIs, `access_token=` for an account's.
+fn owner(st: &mut State, q: &HashMap<String, String>) -> Result<String, ApiError> {
+    if let Some(t) = q.get("component_access_token") {
+        st.check_token(Some(t), TokenKind::Component)?;
+        return Ok("component".into());
+    }
+    Ok(st
+        .check_token(
+            q.get("access_token").map(String::as_str),
+            TokenKind::Authorizer,
+        )?
+        .unwrap_or_default())
+}
+
+/// Answers an error the way WeChat does (HTTP 200, JSON) and counts it.
+fn refuse(st: &mut State, api: &str, e: &ApiError) -> Response {
+    st.count_error(api, e);
+    Json(err(e)).into_response()
+}
+
+/// `sns/component/jscode2session`: a mini program's login code → openid and session key
+/// (GET, everything in the query).
+async fn jscode2session(AxState(sim): AxState<Arc<SimShared>>, q: Q) -> Response {
+    let mut st = sim.state.lock().expect("sim state");
+    let api = "jscode2session";
+    let _ = st.count_call(api);
+    if st.take_busy() {
+        return refuse(&mut st, api, &BUSY);
+    }
+    if let Err(e) = owner(&mut st, &q).and_then(|o| {
+        if o == "component" {
+            Ok(())
+        } else {
+            Err(super::state::WRONG_TOKEN_TYPE)
+        }
+    }) {
+        return refuse(&mut st, api, &e);
+    }
+    let get = |k: &str| q.get(k).map(String::as_str).unwrap_or_default();
+    if get("component_appid") != st.component_appid
+        || get("grant_type") != "authorization_code"
+        || get("js_code").is_empty()
+        || !st.authorizers.contains_key(get("appid"))
+    {
+        return refuse(&mut st, api, &INVALID_ARGS);
+    }
+    let openid = format!("o-{}", &get("js_code").chars().take(16).collect::<String>());
+    Json(json!({ "openid": openid, "session_key": st.fresh("sk-") })).into_response()
+}
+
+/// `cgi-bin/media/upload?type=`: the `media` part of a multipart body is kept for `media/get`.
+async fn media_upload(
+    AxState(sim): AxState<Arc<SimShared>>,
+    q: Q,
+    mut multipart: axum::extract::Multipart,
+) -> Response {
+    let mut file: Option<(String, Vec<u8>)> = None;
+    while let Ok(Some(field)) = multipart.next_field().await {
+        if field.name() == Some("media") {
+            let kind = field
+                .content_type()
+                .unwrap_or("application/octet-stream")
+                .to_owned();
+            match field.bytes().await {
+                Ok(b) => file = Some((kind, b.to_vec())),
+                Err(_) => break,
+            }
+        }
+    }
+    let mut st = sim.state.lock().expect("sim state");
+    let api = "media_upload";
+    let _ = st.count_call(api);
+    if st.take_busy() {
+        return refuse(&mut st, api, &BUSY);
+    }
+    if let Err(e) = owner(&mut st, &q) {
+        return refuse(&mut st, api, &e);
+    }
+    let Some(file) = file else {
+        return refuse(
+            &mut st,
+            api,
+            &ApiError {
+                errcode: 41005,
+                errmsg: "media data missing",
+            },
+        );
+    };
+    let id = st.fresh("media-");
+    st.media.insert(id.clone(), file);
+    Json(json!({
+        "type": q.get("type").cloned().unwrap_or_else(|| "image".into()),
+        "media_id": id,
+        "created_at": common::unix_now(),
+    }))
+    .into_response()
+}
+
+/// `cgi-bin/media/get?media_id=`: the bytes as uploaded, or a JSON error.
+async fn media_get(AxState(sim): AxState<Arc<SimShared>>, q: Q) -> Response {
+    let mut st = sim.state.lock().expect("sim state");
+    let api = "media_get";
+    let _ = st.count_call(api);
+    if let Err(e) = owner(&mut st, &q) {
+        return refuse(&mut st, api, &e);
+    }
+    match q.get("media_id").and_then(|id| st.media.get(id)).cloned() {
+        Some((kind, bytes)) => (
+            [
+                (header::CONTENT_TYPE, kind),
+                (
+                    header::CONTENT_DISPOSITION,
+                    "attachment; filename=\"media\"".to_owned(),
+                ),
+            ],
+            bytes,
+        )
+            .into_response(),
+        None => refuse(
+            &mut st,
+            api,
+            &ApiError {
+                errcode: 40007,
+                errmsg: "invalid media_id",
+            },
+        ),
+    }
+}
+
+/// `cgi-bin/openapi/quota/get` `{cgi_path}`.
+async fn quota_get(AxState(sim): AxState<Arc<SimShared>>, q: Q, body: Bytes) -> Json<Value> {
+    call(&sim, "openapi_quota_get", &body, |st, b| {
+        owner(st, &q)?;
+        let path = s(b, "cgi_path")?;
+        let used = st
+            .stats
+            .calls
+            .get(path.trim_start_matches('/'))
+            .copied()
+            .unwrap_or(0);
+        Ok(json!({
+            "errcode": 0, "errmsg": "ok",
+            "quota": { "daily_limit": 10_000_000, "used": used, "remain": 10_000_000 - used },
+        }))
+    })
+    .await
+}
+
+/// `cgi-bin/openapi/rid/get` `{rid}`.
+async fn rid_get(AxState(sim): AxState<Arc<SimShared>>, q: Q, body: Bytes) -> Json<Value> {
+    call(&sim, "openapi_rid_get", &body, |st, b| {
+        owner(st, &q)?;
+        let rid = s(b, "rid")?;
+        Ok(json!({
+            "errcode": 0, "errmsg": "ok",
+            "request": {
+                "invoke_time": common::unix_now(), "cost_in_ms": 5,
+                "request_url": format!("rid={rid}"), "request_body": "", "response_body": "{}",
+                "client_ip": "127.0.0.1",
+            },
+        }))
+    })
+    .await
+}
+
+/// `cgi-bin/clear_quota` `{appid}` with the account's own token.
+async fn account_clear_quota(
+    AxState(sim): AxState<Arc<SimShared>>,
+    q: Q,
+    body: Bytes,
+) -> Json<Value> {
+    call(&sim, "clear_quota_account", &body, |st, b| {
+        let who = owner(st, &q)?;
+        if s(b, "appid")? != who {
+            return Err(INVALID_ARGS);
+        }
+        Ok(json!({ "errcode": 0, "errmsg": "ok" }))
+    })
+    .await
+}
+
+/// Any API the simulator has no rule for: the token is checked and the call recorded
+/// (`generic_calls` in `/sim/stats`); the answer echoes what arrived, so a test can see what the
+/// caller sent.
+async fn generic(
+    AxState(sim): AxState<Arc<SimShared>>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    q: Q,
+    body: Bytes,
+) -> Response {
+    let path = uri.path().trim_start_matches('/').to_owned();
+    if !(path.starts_with("cgi-bin/") || path.starts_with("wxa/") || path.starts_with("sns/")) {
+        return (axum::http::StatusCode::NOT_FOUND, "not a WeChat API").into_response();
+    }
+    if let Some(delay) = sim.faults.delay() {
+        tokio::time::sleep(delay).await;
+    }
+    let mut st = sim.state.lock().expect("sim state");
+    let _ = st.count_call(&path);
+    if sim.faults.busy() || st.take_busy() {
+        return refuse(&mut st, &path, &BUSY);
+    }
+    let who = match owner(&mut st, &q) {
+        Ok(w) => w,
+        Err(e) => return refuse(&mut st, &path, &e),
+    };
+    st.stats
+        .generic_calls
+        .entry(path.clone())
+        .or_default()
+        .push(who.clone());
+    let mut query: Vec<&String> = q
+        .keys()
+        .filter(|k| *k != "access_token" && *k != "component_access_token")
+        .collect();
+    query.sort();
+    Json(json!({
+        "errcode": 0,
+        "errmsg": "ok",
+        "method": method.as_str(),
+        "path": path,
+        "caller": who,
+        "query": query,
+        "content_type": headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
+        "body_bytes": body.len(),
+        "body": serde_json::from_slice::<Value>(&body).ok(),
+    }))
+    .into_response()
 }

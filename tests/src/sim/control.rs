@@ -16,6 +16,11 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .route("/sim/push/ticket", post(push_ticket))
         .route("/sim/authorize", post(authorize))
         .route("/sim/authorizers/{appid}/revoke", post(revoke))
+        .route(
+            "/sim/authorizers/{appid}/invalidate-token",
+            post(invalidate_token),
+        )
+        .route("/sim/busy", post(busy))
         .route("/sim/push/text", post(push_text))
         .route("/sim/push/event", post(push_event))
         .route("/sim/release-test", post(release_test))
@@ -61,6 +66,26 @@ async fn revoke(State(sim): State<Arc<SimShared>>, Path(appid): Path<String>) ->
     }
     let outcome = sim.pusher.unauthorized(&appid).await;
     Json(json!({ "appid": appid, "outcome": outcome }))
+}
+
+/// WeChat stops accepting the account's current token (it answers 40001 from now on).
+async fn invalidate_token(
+    State(sim): State<Arc<SimShared>>,
+    Path(appid): Path<String>,
+) -> Json<Value> {
+    let done = sim
+        .state
+        .lock()
+        .expect("sim state")
+        .invalidate_token(&appid);
+    Json(json!({ "appid": appid, "invalidated": done }))
+}
+
+/// The next `count` API calls are answered -1 (system busy). Body: `{"count"}`.
+async fn busy(State(sim): State<Arc<SimShared>>, Json(body): Json<Value>) -> Json<Value> {
+    let count = body.get("count").and_then(Value::as_u64).unwrap_or(1) as u32;
+    sim.state.lock().expect("sim state").busy_next = count;
+    Json(json!({ "busy_next": count }))
 }
 
 fn account(sim: &SimShared, body: &Value) -> Result<(String, String), Json<Value>> {

@@ -137,6 +137,19 @@ impl SimHandle {
         format!("http://{}", self.page_addr)
     }
 
+    /// `POST {api_base}{path}` with a JSON body (the `/sim/*` controls): the JSON answer.
+    pub async fn post(&self, path: &str, body: serde_json::Value) -> serde_json::Value {
+        let r = crate::http()
+            .post(format!("{}{path}", self.api_base()))
+            .json(&body)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("the simulator does not answer {path}: {e}"));
+        r.json()
+            .await
+            .unwrap_or_else(|e| panic!("{path} did not answer JSON: {e}"))
+    }
+
     /// `/sim/stats`, directly.
     pub fn stats(&self) -> serde_json::Value {
         self.shared.state.lock().expect("sim state").stats_json()
@@ -188,6 +201,8 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     };
     let api = api::routes()
         .merge(control::routes())
+        // WeChat takes media of up to 10 MB (20 MB for some): more than axum's 2 MB default.
+        .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(shared.clone());
     let pages = pages::routes().with_state(shared.clone());
     let mut tasks = vec![serve(api_listener, api), serve(page_listener, pages)];

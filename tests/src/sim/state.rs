@@ -149,6 +149,9 @@ pub struct Stats {
     pub rejected_token_calls: u64,
     pub custom_messages: Vec<Value>,
     pub pushes: BTreeMap<String, BTreeMap<String, u64>>,
+    /// Calls of APIs the simulator answers generically, by path: who called (the appid the
+    /// token belongs to, or `component`).
+    pub generic_calls: BTreeMap<String, Vec<String>>,
 }
 
 /// The simulated WeChat's memory.
@@ -166,6 +169,10 @@ pub struct State {
     quota: HashMap<String, u64>,
     quota_day: i64,
     pub stats: Stats,
+    /// Answer this many more API calls with -1 (system busy), then normally.
+    pub busy_next: u32,
+    /// Uploaded media by media_id: (content type, bytes).
+    pub media: HashMap<String, (String, Vec<u8>)>,
     serial: u64,
 }
 
@@ -192,6 +199,8 @@ impl State {
             quota: HashMap::new(),
             quota_day: common::unix_now() / 86_400,
             stats: Stats::default(),
+            busy_next: 0,
+            media: HashMap::new(),
             serial: 0,
         }
     }
@@ -606,6 +615,29 @@ impl State {
         Ok(json!({ "errcode": 0, "errmsg": "ok" }))
     }
 
+    /// WeChat stops accepting `appid`'s current token (40001) before it expires, as it does when
+    /// the token was refreshed elsewhere. `false` if the account has none.
+    pub fn invalidate_token(&mut self, appid: &str) -> bool {
+        let Some(t) = self
+            .authorizers
+            .get_mut(appid)
+            .and_then(|a| a.current_token.take())
+        else {
+            return false;
+        };
+        self.tokens.remove(&t).is_some()
+    }
+
+    /// Takes one of the calls to be answered -1, if any are left.
+    pub fn take_busy(&mut self) -> bool {
+        if self.busy_next > 0 {
+            self.busy_next -= 1;
+            true
+        } else {
+            false
+        }
+    }
+
     /// The administrator removed the platform from `appid`.
     pub fn revoke(&mut self, appid: &str) -> bool {
         let Some(a) = self.authorizers.get_mut(appid) else {
@@ -650,6 +682,7 @@ impl State {
             "authorizer_tokens_issued": self.stats.authorizer_tokens_issued,
             "rejected_token_calls": self.stats.rejected_token_calls,
             "custom_messages": self.stats.custom_messages,
+            "generic_calls": self.stats.generic_calls,
             "pushes": self.stats.pushes,
             "authorizers": self.authorizers.values().map(|a| json!({
                 "appid": a.appid, "user_name": a.user_name, "nick_name": a.nick_name, "revoked": a.revoked,

@@ -70,6 +70,7 @@ pub fn router(state: Arc<Admin>) -> Router {
         .route("/v1/component/status", get(component_status))
         .route("/v1/quota/clear", post(clear_quota))
         .merge(super::console::api_routes())
+        .merge(super::team_keys::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .merge(super::console::page_routes())
         .merge(crate::serve::health_routes(redis))

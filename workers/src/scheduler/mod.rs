@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod console;
 pub mod gauges;
+pub mod team_keys;
 
 use crate::args::WorkerArgs;
 use common::config::ConfigError;

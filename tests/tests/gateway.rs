@@ -1,0 +1,434 @@
+//! The gateway (issue 13): calls arrive at the simulated WeChat with the right token; a token
+//! WeChat stopped accepting costs one refresh however many calls hit it; -1 is retried; team
+//! keys are scoped, rate-limited and revocable; media pass through unchanged; the component's
+//! APIs get the component token and appid.
+
+use serde_json::{Value, json};
+use std::time::Duration;
+use wxpipe_tests::broker::TestNs;
+use wxpipe_tests::harness::{
+    ADMIN_TOKEN, Pipeline, admin_get, admin_post, eventually, free_port, spawn_gateway,
+    spawn_pipeline,
+};
+use wxpipe_tests::sim::{self, SimConfig, SimHandle};
+
+/// A pipeline with a ticket, a component token, one authorized official account (its token
+/// stored) and a gateway; returns them with the account's appid and the gateway's URL.
+async fn platform(
+    t: &TestNs,
+) -> (
+    SimHandle,
+    Pipeline,
+    String,
+    wxpipe_tests::harness::WorkerHandle,
+    String,
+) {
+    let port = free_port();
+    let sim = sim::start(SimConfig::for_tests(&format!("http://127.0.0.1:{port}")))
+        .await
+        .unwrap();
+    let p = spawn_pipeline(&t.ns, &sim, port, Duration::from_secs(600)).await;
+    p.ticket_and_component_token(&sim).await;
+    let appid = sim.post("/sim/authorize", json!({})).await["appid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(Duration::from_secs(20), "the account's token", || async {
+        let (s, v) = admin_get(&p.admin, &format!("/v1/authorizers/{appid}")).await;
+        (s == 200 && v["expires_at"].is_i64()).then_some(())
+    })
+    .await;
+    let (gw, base) = spawn_gateway(p.tokens.clone(), &sim.api_base()).await;
+    (sim, p, appid, gw, base)
+}
+
+/// Creates a team key through the admin API; returns the key.
+async fn key(admin: &str, scope: Value) -> String {
+    let (s, v) = admin_post(admin, "/v1/gateway/keys", scope).await;
+    assert_eq!(s, 201, "{v}");
+    v["key"].as_str().unwrap().to_owned()
+}
+
+async fn call(gw: &str, key: &str, path: &str, body: Value) -> (u16, Value) {
+    let r = wxpipe_tests::http()
+        .post(format!("{gw}{path}"))
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(Value::Null))
+}
+
+fn calls(sim: &SimHandle, api: &str) -> u64 {
+    sim.stats()["calls"][api].as_u64().unwrap_or(0)
+}
+
+#[tokio::test]
+async fn calls_carry_the_right_token_and_scopes_refuse_what_they_should() {
+    let t = TestNs::new("t-gateway-scope");
+    let (sim, p, appid, gw_handle, gw) = platform(&t).await;
+    let crm = key(
+        &p.admin,
+        json!({ "team": "crm", "appids": ["*"], "paths": ["cgi-bin/message/custom/send"], "rate_per_sec": 1000 }),
+    )
+    .await;
+
+    // A customer-service message arrives at WeChat with the account's own token.
+    let (s, v) = call(
+        &gw,
+        &crm,
+        &format!("/v1/wechat/{appid}/cgi-bin/message/custom/send"),
+        json!({ "touser": "o-user", "msgtype": "text", "text": { "content": "hi" } }),
+    )
+    .await;
+    assert_eq!((s, v["errcode"].as_i64()), (200, Some(0)), "{v}");
+    let sent = &sim.stats()["custom_messages"][0];
+    assert_eq!(sent["authorizer_appid"], appid.as_str());
+    assert_eq!(sent["text"]["content"], "hi");
+
+    // A token the caller put in the query is never forwarded: ours replaces it.
+    let (s, v) = call(
+        &gw,
+        &crm,
+        &format!("/v1/wechat/{appid}/cgi-bin/message/custom/send?access_token=forged"),
+        json!({ "touser": "o-user", "msgtype": "text", "text": { "content": "again" } }),
+    )
+    .await;
+    assert_eq!((s, v["errcode"].as_i64()), (200, Some(0)), "{v}");
+
+    // Refusals: no key, an unknown key, a path or an account outside the scope, the component.
+    let anonymous = wxpipe_tests::http()
+        .post(format!(
+            "{gw}/v1/wechat/{appid}/cgi-bin/message/custom/send"
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401);
+    let (s, _) = call(
+        &gw,
+        "wxpk_0000",
+        &format!("/v1/wechat/{appid}/cgi-bin/message/custom/send"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 401);
+    let (s, v) = call(
+        &gw,
+        &crm,
+        &format!("/v1/wechat/{appid}/cgi-bin/menu/create"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 403, "{v}");
+    let narrow = key(
+        &p.admin,
+        json!({ "team": "mini", "appids": ["wx0000000000000001"], "paths": ["*"], "rate_per_sec": 10 }),
+    )
+    .await;
+    let (s, _) = call(
+        &gw,
+        &narrow,
+        &format!("/v1/wechat/{appid}/cgi-bin/user/info"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 403);
+    let (s, _) = call(
+        &gw,
+        &crm,
+        "/v1/wechat/component/cgi-bin/component/api_get_authorizer_list",
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 403, "'*' is not the component");
+    // No raw token without the scope saying so; the component token never through here.
+    let r = wxpipe_tests::http()
+        .get(format!("{gw}/v1/tokens/{appid}"))
+        .bearer_auth(&crm)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let raw = key(
+        &p.admin,
+        json!({ "team": "ops", "appids": [appid], "paths": ["*"], "rate_per_sec": 10, "raw_tokens": true }),
+    )
+    .await;
+    let r: Value = wxpipe_tests::http()
+        .get(format!("{gw}/v1/tokens/{appid}"))
+        .bearer_auth(&raw)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (_, stored) = admin_get(&p.admin, &format!("/v1/authorizers/{appid}/access_token")).await;
+    assert_eq!(r["access_token"], stored["access_token"]);
+    let r = wxpipe_tests::http()
+        .get(format!("{gw}/v1/tokens/component"))
+        .bearer_auth(&raw)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+
+    // Keys are listed without the key and revoked at once.
+    let (_, list) = admin_get(&p.admin, "/v1/gateway/keys").await;
+    assert_eq!(list["keys"].as_array().unwrap().len(), 3, "{list}");
+    assert!(!list.to_string().contains(&crm));
+    let id = list["keys"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|k| k["team"] == "crm")
+        .unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let r = wxpipe_tests::http()
+        .delete(format!("{}/v1/gateway/keys/{id}", p.admin))
+        .bearer_auth(ADMIN_TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, _) = call(
+        &gw,
+        &crm,
+        &format!("/v1/wechat/{appid}/cgi-bin/message/custom/send"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 401, "a revoked key");
+
+    // Metrics per team, path and errcode.
+    let metrics = wxpipe_tests::get_text(format!("{gw}/metrics")).await;
+    assert!(
+        metrics.contains("wxpipe_gateway_calls_total{team=\"crm\",path=\"cgi-bin/message/custom/send\",outcome=\"ok\"}"),
+        "{metrics}"
+    );
+    gw_handle.stop().await;
+    p.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_refused_token_costs_one_refresh_for_fifty_concurrent_calls() {
+    let t = TestNs::new("t-gateway-refresh");
+    let (sim, p, appid, gw_handle, gw) = platform(&t).await;
+    let team = key(
+        &p.admin,
+        json!({ "team": "bulk", "appids": ["*"], "paths": ["cgi-bin/user/info", "cgi-bin/openapi/*"], "rate_per_sec": 1000 }),
+    )
+    .await;
+    let refreshes = calls(&sim, "api_authorizer_token");
+    // WeChat stops accepting the stored token (refreshed elsewhere, say).
+    assert_eq!(
+        sim.post(
+            &format!("/sim/authorizers/{appid}/invalidate-token"),
+            json!({})
+        )
+        .await["invalidated"],
+        true
+    );
+    let results = futures::future::join_all((0..50).map(|i| {
+        let (gw, team, appid) = (gw.clone(), team.clone(), appid.clone());
+        async move {
+            let r = wxpipe_tests::http()
+                .get(format!(
+                    "{gw}/v1/wechat/{appid}/cgi-bin/user/info?openid=o-{i}&lang=zh_CN"
+                ))
+                .bearer_auth(&team)
+                .send()
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let body: Value = r.json().await.unwrap();
+            (status, body)
+        }
+    }))
+    .await;
+    for (status, body) in &results {
+        assert_eq!(*status, 200, "{body}");
+        assert_eq!(body["errcode"], 0, "{body}");
+        assert_eq!(body["caller"], appid.as_str(), "the account's own token");
+        assert_eq!(
+            body["query"],
+            json!(["lang", "openid"]),
+            "the caller's query, no token of its own"
+        );
+    }
+    assert_eq!(
+        calls(&sim, "api_authorizer_token"),
+        refreshes + 1,
+        "one refresh for 50 callers"
+    );
+
+    // -1 (system busy) twice, then an answer: the call is retried with a backoff.
+    sim.post("/sim/busy", json!({ "count": 2 })).await;
+    let r = wxpipe_tests::http()
+        .post(format!("{gw}/v1/wechat/{appid}/cgi-bin/openapi/quota/get"))
+        .bearer_auth(&team)
+        .json(&json!({ "cgi_path": "/cgi-bin/message/custom/send" }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-wxpipe-retries"], "2");
+    let v: Value = r.json().await.unwrap();
+    assert_eq!(v["errcode"], 0, "{v}");
+    assert!(v["quota"]["daily_limit"].is_u64(), "{v}");
+    // Every other errcode is WeChat's answer, unchanged.
+    let (s, v) = call(
+        &gw,
+        &team,
+        &format!("/v1/wechat/{appid}/cgi-bin/openapi/rid/get"),
+        json!({}),
+    )
+    .await;
+    assert_eq!((s, v["errcode"].as_i64()), (200, Some(40097)), "{v}");
+    gw_handle.stop().await;
+    p.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn media_pass_through_and_a_keys_rate_holds() {
+    let t = TestNs::new("t-gateway-media");
+    let (sim, p, appid, gw_handle, gw) = platform(&t).await;
+    let media = key(
+        &p.admin,
+        json!({ "team": "media", "appids": ["*"], "paths": ["cgi-bin/media/*"], "rate_per_sec": 5 }),
+    )
+    .await;
+    // 5 MB of bytes that are not text, up as multipart and back down unchanged.
+    let file: Vec<u8> = (0..5 * 1024 * 1024u32)
+        .map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8)
+        .collect();
+    let form = reqwest::multipart::Form::new().part(
+        "media",
+        reqwest::multipart::Part::bytes(file.clone())
+            .file_name("big.jpg")
+            .mime_str("image/jpeg")
+            .unwrap(),
+    );
+    let up: Value = wxpipe_tests::http()
+        .post(format!(
+            "{gw}/v1/wechat/{appid}/cgi-bin/media/upload?type=image"
+        ))
+        .bearer_auth(&media)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let media_id = up["media_id"]
+        .as_str()
+        .unwrap_or_else(|| panic!("{up}"))
+        .to_owned();
+    let down = wxpipe_tests::http()
+        .get(format!(
+            "{gw}/v1/wechat/{appid}/cgi-bin/media/get?media_id={media_id}"
+        ))
+        .bearer_auth(&media)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(down.status(), 200);
+    assert_eq!(down.headers()["content-type"], "image/jpeg");
+    let got = down.bytes().await.unwrap();
+    assert!(
+        got == file,
+        "the download differs from the upload ({} bytes)",
+        got.len()
+    );
+
+    // 5 per second: of 12 calls at once, at most 5 (this second's rest of 3) pass.
+    let results = futures::future::join_all((0..12).map(|_| {
+        let (gw, media, appid) = (gw.clone(), media.clone(), appid.clone());
+        async move {
+            wxpipe_tests::http()
+                .get(format!(
+                    "{gw}/v1/wechat/{appid}/cgi-bin/media/get?media_id=none"
+                ))
+                .bearer_auth(&media)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    }))
+    .await;
+    let limited = results.iter().filter(|s| **s == 429).count();
+    assert!(limited >= 7, "{results:?}");
+    assert!(
+        results.iter().all(|s| *s == 200 || *s == 429),
+        "{results:?}"
+    );
+    gw_handle.stop().await;
+    p.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn the_components_apis_get_the_component_token_and_appid() {
+    let t = TestNs::new("t-gateway-component");
+    let (sim, p, appid, gw_handle, gw) = platform(&t).await;
+    // A mini-program team logs its users in: jscode2session through the component.
+    let login = key(
+        &p.admin,
+        json!({ "team": "mp-login", "appids": ["component"], "paths": ["sns/component/jscode2session"], "rate_per_sec": 100 }),
+    )
+    .await;
+    let v: Value = wxpipe_tests::http()
+        .get(format!(
+            "{gw}/v1/wechat/component/sns/component/jscode2session?appid={appid}&js_code=abc123&grant_type=authorization_code"
+        ))
+        .bearer_auth(&login)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(v["openid"], "o-abc123", "{v}");
+    assert!(v["session_key"].is_string());
+    // Platform-level calls with the admin token: an option, the component's quota.
+    let (s, v) = call(
+        &gw,
+        ADMIN_TOKEN,
+        "/v1/wechat/component/cgi-bin/component/api_get_authorizer_option",
+        json!({ "authorizer_appid": appid, "option_name": "voice_recognize" }),
+    )
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(v["option_name"], "voice_recognize", "{v}");
+    let (_, v) = call(
+        &gw,
+        ADMIN_TOKEN,
+        "/v1/wechat/component/cgi-bin/component/clear_quota",
+        json!({}),
+    )
+    .await;
+    assert_eq!(
+        v["errcode"], 0,
+        "component_appid was added to the body: {v}"
+    );
+    let (_, v) = call(
+        &gw,
+        ADMIN_TOKEN,
+        &format!("/v1/wechat/{appid}/cgi-bin/clear_quota"),
+        json!({ "appid": appid }),
+    )
+    .await;
+    assert_eq!(v["errcode"], 0, "{v}");
+    gw_handle.stop().await;
+    p.stop().await;
+    sim.stop().await;
+}

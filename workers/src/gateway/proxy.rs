@@ -1,0 +1,513 @@
+//! Forwarding one call: who is calling and may they (key, scope, rate), which token, the call
+//! to WeChat, and what to do with WeChat's answer (refused token → invalidate, refresh once,
+//! retry once; -1 → retry with a backoff; anything else → returned as WeChat sent it).
+
+use super::GatewayConfig;
+use super::keys::{KeyStore, Scope};
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::response::{IntoResponse, Json, Response};
+use common::ids::AppId;
+use common::token::{StoredToken, TokenError, TokenService};
+use serde_json::{Value, json};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use subtle::ConstantTimeEq;
+
+/// The gateway could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error("invalid WXPIPE_WECHAT_API_BASE: {0}")]
+    ApiBase(String),
+    #[error("cannot build the HTTP client: {0}")]
+    Client(String),
+}
+
+/// Errcodes that mean "this token is no longer valid" (protocol.md §6).
+const REFUSED_TOKEN: [i64; 3] = [40001, 40014, 42001];
+/// -1 (system busy) is retried this many times, waiting 200 ms, then 400 ms.
+const BUSY_RETRIES: u32 = 2;
+
+/// What the handlers share.
+pub struct Gateway {
+    tokens: Arc<TokenService>,
+    keys: KeyStore,
+    http: reqwest::Client,
+    api_base: url::Url,
+    component_appid: String,
+    admin_token: Option<String>,
+}
+
+impl Gateway {
+    pub fn new(config: GatewayConfig) -> Result<Self, GatewayError> {
+        let _ = rustls::crypto::ring::default_provider().install_default();
+        let http = reqwest::Client::builder()
+            .timeout(config.timeout)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| GatewayError::Client(e.to_string()))?;
+        let mut api_base =
+            url::Url::parse(&config.api_base).map_err(|e| GatewayError::ApiBase(e.to_string()))?;
+        if !api_base.path().ends_with('/') {
+            let path = format!("{}/", api_base.path());
+            api_base.set_path(&path);
+        }
+        let store = &config.tokens.store;
+        Ok(Self {
+            keys: KeyStore::new(store.pool().clone(), store.keys.clone()),
+            tokens: config.tokens,
+            http,
+            api_base,
+            component_appid: config.component_appid,
+            admin_token: config.admin_token,
+        })
+    }
+}
+
+/// Who is calling.
+struct Caller {
+    team: String,
+    id: String,
+    /// `None`: the admin token, every scope.
+    scope: Option<Scope>,
+}
+
+impl Caller {
+    fn allows(&self, appid: &str, path: &str) -> bool {
+        self.scope.as_ref().is_none_or(|s| s.allows(appid, path))
+    }
+}
+
+/// An answer of the gateway itself (not WeChat's): JSON with `error`, counted.
+fn refuse(status: StatusCode, team: &str, outcome: &'static str, error: String) -> Response {
+    metrics::counter!("wxpipe_gateway_calls_total", "team" => team.to_owned(), "path" => "-", "outcome" => outcome)
+        .increment(1);
+    (status, Json(json!({ "error": error }))).into_response()
+}
+
+async fn caller(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, Response> {
+    let given = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+        .trim();
+    if let Some(admin) = &gw.admin_token {
+        let ok: bool = given.as_bytes().ct_eq(admin.as_bytes()).into();
+        if ok {
+            return Ok(Caller {
+                team: "admin".into(),
+                id: "admin".into(),
+                scope: None,
+            });
+        }
+    }
+    match gw.keys.find(given).await {
+        Ok(Some(k)) => Ok(Caller {
+            team: k.scope.team.clone(),
+            id: k.id,
+            scope: Some(k.scope),
+        }),
+        Ok(None) => Err(refuse(
+            StatusCode::UNAUTHORIZED,
+            "-",
+            "unauthorized",
+            "missing or unknown API key (Authorization: Bearer wxpk_…)".into(),
+        )),
+        Err(e) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "-",
+            "redis_unavailable",
+            e.to_string(),
+        )),
+    }
+}
+
+/// The key's request rate, across replicas (the admin token is not limited).
+async fn within_rate(gw: &Gateway, caller: &Caller) -> Result<(), Response> {
+    let Some(scope) = &caller.scope else {
+        return Ok(());
+    };
+    match gw
+        .tokens
+        .store
+        .within_limit(
+            &format!("gateway:{}", caller.id),
+            u64::from(scope.rate_per_sec),
+            1,
+        )
+        .await
+    {
+        Ok(true) => Ok(()),
+        Ok(false) => {
+            let mut r = refuse(
+                StatusCode::TOO_MANY_REQUESTS,
+                &caller.team,
+                "rate_limited",
+                format!("over this key's {} requests per second", scope.rate_per_sec),
+            );
+            r.headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            Err(r)
+        }
+        Err(e) => Err(refuse(
+            StatusCode::SERVICE_UNAVAILABLE,
+            &caller.team,
+            "redis_unavailable",
+            e.to_string(),
+        )),
+    }
+}
+
+/// Whose token a call carries.
+enum Target {
+    Component,
+    Authorizer(AppId),
+}
+
+impl Target {
+    fn label(&self) -> &str {
+        match self {
+            Target::Component => "component",
+            Target::Authorizer(a) => a.as_str(),
+        }
+    }
+}
+
+fn token_error(team: &str, e: TokenError) -> Response {
+    let (status, outcome) = match &e {
+        TokenError::Unknown(_) | TokenError::Revoked(_) => {
+            (StatusCode::NOT_FOUND, "unknown_account")
+        }
+        TokenError::Wechat(_) => (StatusCode::BAD_GATEWAY, "token_unavailable"),
+        _ => (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable"),
+    };
+    refuse(status, team, outcome, e.to_string())
+}
+
+impl Gateway {
+    async fn token(&self, target: &Target) -> Result<StoredToken, TokenError> {
+        match target {
+            Target::Component => self.tokens.current_component_token().await,
+            Target::Authorizer(a) => self.tokens.authorizer_token(a).await,
+        }
+    }
+
+    /// Compare-and-invalidate `refused`; the token to retry with (one refresh, however many
+    /// callers report the same token).
+    async fn replace(
+        &self,
+        target: &Target,
+        refused: &StoredToken,
+    ) -> Result<StoredToken, TokenError> {
+        let failed = refused.access_token.expose();
+        let (_, fresh) = match target {
+            Target::Component => self.tokens.invalidate_component_token(failed).await?,
+            Target::Authorizer(a) => self.tokens.invalidate_authorizer_token(a, failed).await?,
+        };
+        Ok(fresh)
+    }
+
+    /// The URL of one call: the caller's query without any token of its own, plus ours (and
+    /// `component_appid` on `sns/component/*`).
+    fn url(
+        &self,
+        target: &Target,
+        path: &str,
+        query: Option<&str>,
+        token: &StoredToken,
+    ) -> Option<url::Url> {
+        let mut url = self.api_base.join(path).ok()?;
+        let theirs: Vec<(String, String)> =
+            url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+                .filter(|(k, _)| k != "access_token" && k != "component_access_token")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        {
+            let mut q = url.query_pairs_mut();
+            q.clear();
+            for (k, v) in &theirs {
+                q.append_pair(k, v);
+            }
+            match target {
+                Target::Component => {
+                    q.append_pair("component_access_token", token.access_token.expose());
+                    if path.starts_with("sns/component/")
+                        && !theirs.iter().any(|(k, _)| k == "component_appid")
+                    {
+                        q.append_pair("component_appid", &self.component_appid);
+                    }
+                }
+                Target::Authorizer(_) => {
+                    q.append_pair("access_token", token.access_token.expose());
+                }
+            }
+        }
+        Some(url)
+    }
+
+    /// The component APIs under `cgi-bin/component/` want `component_appid` in their JSON body.
+    fn body(&self, target: &Target, path: &str, headers: &HeaderMap, body: &Bytes) -> Bytes {
+        let json = headers
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|c| c.contains("json") || c.starts_with("text/"));
+        if matches!(target, Target::Component) && path.starts_with("cgi-bin/component/") && json {
+            if let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(body) {
+                if !o.contains_key("component_appid") {
+                    o.insert("component_appid".into(), json!(self.component_appid));
+                    return Bytes::from(serde_json::to_vec(&o).unwrap_or_default());
+                }
+            } else if body.is_empty() {
+                return Bytes::from(json!({ "component_appid": self.component_appid }).to_string());
+            }
+        }
+        body.clone()
+    }
+}
+
+/// WeChat's answer.
+struct Answer {
+    status: StatusCode,
+    content_type: Option<HeaderValue>,
+    disposition: Option<HeaderValue>,
+    body: Bytes,
+}
+
+impl Answer {
+    /// The `errcode` of a JSON answer (media downloads are not JSON).
+    fn errcode(&self) -> Option<i64> {
+        if self.body.len() > 64 * 1024 {
+            return None;
+        }
+        let text = self
+            .content_type
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .is_none_or(|c| c.contains("json") || c.starts_with("text/"));
+        if !text || self.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return None;
+        }
+        serde_json::from_slice::<Value>(&self.body)
+            .ok()?
+            .get("errcode")?
+            .as_i64()
+    }
+
+    fn into_response(self, retries: u32) -> Response {
+        let mut r = (self.status, self.body).into_response();
+        let h = r.headers_mut();
+        if let Some(v) = self.content_type {
+            h.insert(header::CONTENT_TYPE, v);
+        }
+        if let Some(v) = self.disposition {
+            h.insert(header::CONTENT_DISPOSITION, v);
+        }
+        h.insert("x-wxpipe-retries", HeaderValue::from(retries));
+        r
+    }
+}
+
+/// One call to WeChat.
+async fn send(
+    gw: &Gateway,
+    method: &Method,
+    url: url::Url,
+    content_type: Option<&HeaderValue>,
+    body: Bytes,
+) -> Result<Answer, reqwest::Error> {
+    let mut req = gw.http.request(method.clone(), url);
+    if let Some(ct) = content_type {
+        req = req.header(header::CONTENT_TYPE, ct.clone());
+    }
+    if !body.is_empty() || *method == Method::POST {
+        req = req.body(body);
+    }
+    let resp = req.send().await?;
+    let status = resp.status();
+    let content_type = resp.headers().get(header::CONTENT_TYPE).cloned();
+    let disposition = resp.headers().get(header::CONTENT_DISPOSITION).cloned();
+    let body = resp.bytes().await?;
+    Ok(Answer {
+        status,
+        content_type,
+        disposition,
+        body,
+    })
+}
+
+/// `ANY /v1/wechat/{appid}/{path…}`.
+pub async fn forward(
+    State(gw): State<Arc<Gateway>>,
+    Path((appid, path)): Path<(String, String)>,
+    method: Method,
+    uri: Uri,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Response {
+    let started = Instant::now();
+    let caller = match caller(&gw, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let path = path.trim_start_matches('/').to_owned();
+    if path.is_empty() || path.contains("..") || path.contains("//") {
+        return refuse(
+            StatusCode::BAD_REQUEST,
+            &caller.team,
+            "bad_request",
+            format!("not an API path: {path:?}"),
+        );
+    }
+    let target = if appid == "component" {
+        Target::Component
+    } else {
+        match appid.parse::<AppId>() {
+            Ok(a) => Target::Authorizer(a),
+            Err(e) => {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    &caller.team,
+                    "bad_request",
+                    e.to_string(),
+                );
+            }
+        }
+    };
+    if !caller.allows(target.label(), &path) {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &caller.team,
+            "forbidden",
+            format!("this key may not call {path} for {}", target.label()),
+        );
+    }
+    if let Err(r) = within_rate(&gw, &caller).await {
+        return r;
+    }
+    let mut token = match gw.token(&target).await {
+        Ok(t) => t,
+        Err(e) => return token_error(&caller.team, e),
+    };
+    let body = gw.body(&target, &path, &headers, &body);
+    let content_type = headers.get(header::CONTENT_TYPE);
+    let (mut retries, mut replaced, mut busy) = (0u32, false, 0u32);
+    let answer = loop {
+        let Some(url) = gw.url(&target, &path, uri.query(), &token) else {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &caller.team,
+                "bad_request",
+                format!("not an API path: {path:?}"),
+            );
+        };
+        let answer = match send(&gw, &method, url, content_type, body.clone()).await {
+            Ok(a) => a,
+            Err(e) => {
+                // reqwest's error text can hold the URL, which holds the token: never shown.
+                let what = if e.is_timeout() {
+                    "timed out"
+                } else {
+                    "unreachable"
+                };
+                tracing::warn!(team = %caller.team, appid = target.label(), path = %path, "WeChat's API {what}");
+                return refuse(
+                    StatusCode::BAD_GATEWAY,
+                    &caller.team,
+                    "upstream_unreachable",
+                    format!("WeChat's API {what}"),
+                );
+            }
+        };
+        match answer.errcode() {
+            Some(code) if REFUSED_TOKEN.contains(&code) && !replaced => {
+                replaced = true;
+                retries += 1;
+                metrics::counter!("wxpipe_gateway_retries_total", "team" => caller.team.clone(), "reason" => "refused_token").increment(1);
+                token = match gw.replace(&target, &token).await {
+                    Ok(t) => t,
+                    Err(e) => return token_error(&caller.team, e),
+                };
+            }
+            Some(-1) if busy < BUSY_RETRIES => {
+                busy += 1;
+                retries += 1;
+                metrics::counter!("wxpipe_gateway_retries_total", "team" => caller.team.clone(), "reason" => "busy").increment(1);
+                tokio::time::sleep(Duration::from_millis(200 << (busy - 1))).await;
+            }
+            _ => break answer,
+        }
+    };
+    let errcode = answer.errcode();
+    let outcome = match errcode {
+        None | Some(0) => "ok".to_owned(),
+        Some(c) => c.to_string(),
+    };
+    let elapsed = started.elapsed();
+    metrics::counter!("wxpipe_gateway_calls_total", "team" => caller.team.clone(), "path" => path.clone(), "outcome" => outcome.clone())
+        .increment(1);
+    metrics::histogram!("wxpipe_gateway_call_seconds", "team" => caller.team.clone())
+        .record(elapsed.as_secs_f64());
+    tracing::info!(
+        target: "wxpipe_gateway_access",
+        team = %caller.team,
+        key = %caller.id,
+        appid = target.label(),
+        method = %method,
+        path = %path,
+        status = answer.status.as_u16(),
+        outcome = %outcome,
+        retries,
+        ms = elapsed.as_millis() as u64,
+        "call"
+    );
+    answer.into_response(retries)
+}
+
+/// `GET /v1/tokens/{appid}`: an account's raw token, for keys whose scope says `raw_tokens`
+/// (the component token: the admin API only).
+pub async fn raw_token(
+    State(gw): State<Arc<Gateway>>,
+    Path(appid): Path<String>,
+    headers: HeaderMap,
+) -> Response {
+    let caller = match caller(&gw, &headers).await {
+        Ok(c) => c,
+        Err(r) => return r,
+    };
+    let appid: AppId = match appid.parse() {
+        Ok(a) => a,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &caller.team,
+                "bad_request",
+                format!("{e} (the component token is served by the admin API only)"),
+            );
+        }
+    };
+    let allowed = caller
+        .scope
+        .as_ref()
+        .is_none_or(|s| s.raw_tokens && s.appids.iter().any(|p| super::keys::glob(p, &appid)));
+    if !allowed {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            &caller.team,
+            "forbidden",
+            "this key may not read raw tokens of this account".into(),
+        );
+    }
+    if let Err(r) = within_rate(&gw, &caller).await {
+        return r;
+    }
+    match gw.tokens.authorizer_token(&appid).await {
+        Ok(t) => {
+            tracing::info!(target: "wxpipe_gateway_access", team = %caller.team, key = %caller.id, appid = %appid, "raw token served");
+            Json(json!({ "access_token": t.access_token.expose(), "expires_at": t.expires_at }))
+                .into_response()
+        }
+        Err(e) => token_error(&caller.team, e),
+    }
+}
