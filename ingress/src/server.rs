@@ -105,6 +105,9 @@ pub async fn serve(
     tracing::info!(addr = ?local, namespace = %config.namespace, "ingress listening");
 
     let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    state
+        .replier
+        .follow(state.tokens.store.clone(), stop_rx.clone());
     common::beacon::spawn(
         state.redis.clone(),
         common::redis::Keys::new(&config.namespace, config.crypt.appid()),

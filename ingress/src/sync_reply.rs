@@ -40,12 +40,17 @@ pub fn release_test_appids() -> HashSet<String> {
 
 const REPLY_TO: &str = "amq.rabbitmq.reply-to";
 
+/// How often the run-time set of sync-reply accounts is re-read from Redis.
+pub const FOLLOW_EVERY: Duration = Duration::from_secs(2);
+
 type Pending = Arc<Mutex<HashMap<String, oneshot::Sender<Vec<u8>>>>>;
 
 /// Publishes with a reply address and waits for replies.
 #[derive(Clone)]
 pub struct SyncReplier {
     appids: Arc<HashSet<String>>,
+    /// The run-time set (admin API, Redis), re-read every [`FOLLOW_EVERY`]; `*` for all.
+    runtime: Arc<std::sync::RwLock<HashSet<String>>>,
     channel: watch::Receiver<Option<Channel>>,
     pending: Pending,
     confirm_timeout: Duration,
@@ -65,15 +70,53 @@ impl SyncReplier {
         tokio::spawn(supervise(urls, ns, declare, tx, pending.clone()));
         Self {
             appids: Arc::new(appids),
+            runtime: Arc::default(),
             channel: rx,
             pending,
             confirm_timeout,
         }
     }
 
+    /// Follows the run-time set of sync-reply accounts in Redis (edited through the admin API)
+    /// until `shutdown`: a change is seen within [`FOLLOW_EVERY`]. When Redis cannot be read the
+    /// last set read stays in force.
+    pub fn follow(&self, store: common::token::TokenStore, mut shutdown: watch::Receiver<bool>) {
+        let runtime = self.runtime.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(FOLLOW_EVERY);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {}
+                    _ = shutdown.wait_for(|s| *s) => return,
+                }
+                match store.sync_reply_appids().await {
+                    Ok(v) => {
+                        let set: HashSet<String> = v.into_iter().collect();
+                        if let Ok(mut r) = runtime.write()
+                            && *r != set
+                        {
+                            tracing::info!(accounts = ?set, "sync-reply accounts changed");
+                            *r = set;
+                        }
+                    }
+                    Err(e) => tracing::debug!(error = %e, "sync-reply accounts not re-read"),
+                }
+            }
+        });
+    }
+
+    fn configured(&self, appid: &str) -> bool {
+        self.appids.contains(appid)
+            || self
+                .runtime
+                .read()
+                .is_ok_and(|r| r.contains(appid) || r.contains("*"))
+    }
+
     /// Whether pushes for `appid` wait for a passive reply (and the reply channel is up).
     pub fn wants(&self, appid: &str) -> bool {
-        self.appids.contains(appid)
+        self.configured(appid)
             && self
                 .channel
                 .borrow()

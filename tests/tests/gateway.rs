@@ -432,3 +432,130 @@ async fn the_components_apis_get_the_component_token_and_appid() {
     p.stop().await;
     sim.stop().await;
 }
+
+/// Answers the first event of `queue` that waits for a passive reply with a text reply.
+async fn reply_once(queue: String) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let conn = wxpipe_tests::broker::connect().await?;
+    let ch = conn.create_channel().await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.as_str().into(),
+            "replier".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await?;
+    while let Some(delivery) = consumer.next().await {
+        let d = delivery?;
+        d.ack(Default::default()).await?;
+        let event: common::event::CloudEvent = serde_json::from_slice(&d.data)?;
+        let (Some(reply_to), Some(id)) = (event.reply_to, event.correlation_id) else {
+            continue;
+        };
+        let reply = "<xml><ToUserName><![CDATA[o-user]]></ToUserName><FromUserName><![CDATA[gh_x]]></FromUserName><CreateTime>1</CreateTime><MsgType><![CDATA[text]]></MsgType><Content><![CDATA[auto reply]]></Content></xml>";
+        ch.basic_publish(
+            "".into(),
+            reply_to.as_str().into(),
+            Default::default(),
+            reply.as_bytes(),
+            lapin::BasicProperties::default().with_correlation_id(id.as_str().into()),
+        )
+        .await?;
+        break;
+    }
+    let _ = conn.close(200, "done".into()).await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn passive_replies_for_any_account_at_run_time_and_the_account_list_pages() {
+    let t = TestNs::new("t-gateway-runtime");
+    let (sim, p, appid, gw_handle, _gw) = platform(&t).await;
+    let mp = sim
+        .post("/sim/authorize", json!({ "mini_program": true }))
+        .await["appid"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    eventually(
+        Duration::from_secs(20),
+        "the second account's profile",
+        || async {
+            let (_, v) = admin_get(&p.admin, "/v1/authorizers?type=mini_program").await;
+            (v["count"] == 1).then_some(())
+        },
+    )
+    .await;
+
+    // The account list, paged with a cursor and filtered.
+    let (first, second) = if appid < mp {
+        (&appid, &mp)
+    } else {
+        (&mp, &appid)
+    };
+    let (_, page1) = admin_get(&p.admin, "/v1/authorizers?limit=1").await;
+    assert_eq!(page1["total"], 2);
+    assert_eq!(page1["authorizers"][0]["appid"], first.as_str(), "{page1}");
+    assert_eq!(page1["next_cursor"], first.as_str());
+    let (_, page2) = admin_get(&p.admin, &format!("/v1/authorizers?limit=1&cursor={first}")).await;
+    assert_eq!(page2["authorizers"][0]["appid"], second.as_str(), "{page2}");
+    assert!(page2["next_cursor"].is_null(), "{page2}");
+    let (_, mps) = admin_get(&p.admin, "/v1/authorizers?type=mini_program").await;
+    assert_eq!(mps["authorizers"][0]["appid"], mp.as_str());
+    assert_eq!(mps["authorizers"][0]["profile"]["mini_program"], true);
+    let (_, perm) = admin_get(&p.admin, "/v1/authorizers?permission=15").await;
+    assert_eq!(perm["count"], 2, "{perm}");
+    let (_, none) = admin_get(&p.admin, "/v1/authorizers?status=revoked").await;
+    assert_eq!(none["count"], 0);
+
+    // Before: a push for the account is answered `success` at once.
+    let queue = t.queue("replies");
+    wxpipe_tests::broker::bind_queue(&queue, &t.ns.events(), &[&format!("authorizer.{appid}.#")])
+        .await
+        .unwrap();
+    let before = sim
+        .post(
+            "/sim/push/text",
+            json!({ "appid": appid, "content": "hello" }),
+        )
+        .await;
+    assert_eq!(before["outcome"]["body"], "success", "{before}");
+    // The account is made a sync-reply account through the admin API, at run time.
+    let (s, v) = admin_post(&p.admin, "/v1/sync-reply/appids", json!({ "add": [appid] })).await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["appids"], json!([appid]));
+    let (s, _) = admin_post(
+        &p.admin,
+        "/v1/sync-reply/appids",
+        json!({ "add": ["not-an-appid"] }),
+    )
+    .await;
+    assert_eq!(s, 400);
+    tokio::time::sleep(ingress::sync_reply::FOLLOW_EVERY + Duration::from_millis(700)).await;
+    // Drain the first push's event, then answer the next one's.
+    let _ = wxpipe_tests::broker::collect(&queue, 1, Duration::from_secs(5)).await;
+    let replier = tokio::spawn(reply_once(queue.clone()));
+    let after = sim
+        .post(
+            "/sim/push/text",
+            json!({ "appid": appid, "content": "hello again" }),
+        )
+        .await;
+    replier.await.unwrap().unwrap();
+    let body = after["outcome"]["body"].as_str().unwrap_or_default();
+    assert!(
+        body.contains("<Encrypt>"),
+        "the passive reply, encrypted: {after}"
+    );
+    let (_, v) = admin_post(
+        &p.admin,
+        "/v1/sync-reply/appids",
+        json!({ "remove": [appid] }),
+    )
+    .await;
+    assert_eq!(v["appids"], json!([]));
+    gw_handle.stop().await;
+    p.stop().await;
+    sim.stop().await;
+}

@@ -141,22 +141,27 @@ impl TokenService {
                 .schedule(&appid, crate::unix_now_ms() + 3_600_000)
                 .await?;
         }
-        match self
+        if let Err(e) = self.refresh_profile(&appid).await {
+            tracing::warn!(appid = %appid, error = %e, "authorized, but the profile could not be fetched")
+        }
+        metrics::counter!("wxpipe_authorizations_total").increment(1);
+        tracing::info!(appid = %appid, "authorization code exchanged");
+        Ok(appid)
+    }
+
+    /// Fetches and stores `appid`'s profile (`api_get_authorizer_info`: permission sets,
+    /// service and verify types, mini-program and business info): on every authorization and
+    /// its updates, and daily (the scheduler).
+    pub async fn refresh_profile(&self, appid: &AppId) -> Result<(), TokenError> {
+        let profile = self
             .with_component_token("api_get_authorizer_info", |ct| {
                 let client = self.client.clone();
                 let appid = appid.clone();
                 async move { client.authorizer_info(ct.expose(), &appid).await }
             })
-            .await
-        {
-            Ok(profile) => self.store.save_profile(&appid, &profile).await?,
-            Err(e) => {
-                tracing::warn!(appid = %appid, error = %e, "authorized, but the profile could not be fetched")
-            }
-        }
-        metrics::counter!("wxpipe_authorizations_total").increment(1);
-        tracing::info!(appid = %appid, "authorization code exchanged");
-        Ok(appid)
+            .await?;
+        self.store.save_profile(appid, &profile).await?;
+        Ok(())
     }
 
     /// Which account a code was exchanged for, if it was.

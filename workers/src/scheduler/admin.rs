@@ -71,6 +71,7 @@ pub fn router(state: Arc<Admin>) -> Router {
         .route("/v1/quota/clear", post(clear_quota))
         .merge(super::console::api_routes())
         .merge(super::team_keys::routes())
+        .merge(super::sync_reply::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .merge(super::console::page_routes())
         .merge(crate::serve::health_routes(redis))
@@ -144,17 +145,82 @@ async fn component_token(State(admin): State<Arc<Admin>>) -> Response {
     }
 }
 
-async fn list(State(admin): State<Arc<Admin>>) -> Response {
+/// `GET /v1/authorizers?cursor=&limit=&status=&type=&permission=`: accounts by appid, after
+/// `cursor`, at most `limit` (all when neither is given), filtered by status, account type
+/// (`official_account`, `mini_program`, `unknown`) and a permission set id; records are read in
+/// pipelined batches. `next_cursor` continues the listing (null at its end).
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    status: Option<String>,
+    #[serde(rename = "type")]
+    account_type: Option<String>,
+    permission: Option<i64>,
+}
+
+async fn list(
+    State(admin): State<Arc<Admin>>,
+    axum::extract::Query(q): axum::extract::Query<ListQuery>,
+) -> Response {
     let store = &admin.tokens.store;
-    let result = async {
-        let appids = store.authorizer_appids().await?;
-        store.authorizers(&appids).await
+    let appids = match store.authorizer_appids().await {
+        Ok(a) => a,
+        Err(e) => return error(e.into()),
+    };
+    let total = appids.len();
+    let paged = q.limit.is_some() || q.cursor.is_some();
+    let limit = q
+        .limit
+        .unwrap_or(if paged { 100 } else { usize::MAX })
+        .clamp(1, usize::MAX);
+    let after = q.cursor.as_deref().unwrap_or("");
+    let rest: Vec<AppId> = appids.into_iter().filter(|a| a.as_str() > after).collect();
+    let wanted = |r: &common::token::AuthorizerRecord| {
+        q.status.as_deref().is_none_or(|s| r.status.as_str() == s)
+            && q.account_type
+                .as_deref()
+                .is_none_or(|t| r.account_type() == t)
+            && q.permission.is_none_or(|p| {
+                r.profile_summary()
+                    .is_some_and(|s| s.permissions.contains(&p))
+            })
+    };
+    let mut out = Vec::new();
+    let mut next_cursor = None;
+    'batches: for batch in rest.chunks(500) {
+        let records = match store.authorizers(batch).await {
+            Ok(r) => r,
+            Err(e) => return error(e.into()),
+        };
+        for r in records {
+            if out.len() == limit {
+                next_cursor = out
+                    .last()
+                    .map(|r: &common::token::AuthorizerRecord| r.appid.to_string());
+                break 'batches;
+            }
+            if wanted(&r) {
+                out.push(r);
+            }
+        }
     }
-    .await;
-    match result {
-        Ok(out) => Json(json!({ "total": out.len(), "authorizers": out })).into_response(),
-        Err(e) => error(e.into()),
-    }
+    let authorizers: Vec<serde_json::Value> = out
+        .iter()
+        .map(|r| {
+            let mut v = json!(r);
+            v["type"] = json!(r.account_type());
+            v["profile"] = json!(r.profile_summary());
+            v
+        })
+        .collect();
+    Json(json!({
+        "total": total,
+        "count": authorizers.len(),
+        "authorizers": authorizers,
+        "next_cursor": next_cursor,
+    }))
+    .into_response()
 }
 
 /// A request refused at the edge: 400 with a JSON error.

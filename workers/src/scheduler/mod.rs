@@ -18,6 +18,7 @@
 pub mod admin;
 pub mod console;
 pub mod gauges;
+pub mod sync_reply;
 pub mod team_keys;
 
 use crate::args::WorkerArgs;
@@ -125,6 +126,7 @@ pub async fn run_loop(config: SchedulerConfig, mut shutdown: watch::Receiver<boo
     );
     let mut tick = tokio::time::interval(config.tick);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = std::time::Instant::now();
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -133,6 +135,19 @@ pub async fn run_loop(config: SchedulerConfig, mut shutdown: watch::Receiver<boo
         if let Err(e) = once(&svc, &config).await {
             tracing::warn!(error = %e, "scheduler tick failed");
             metrics::counter!("wxpipe_scheduler_errors_total").increment(1);
+        }
+        // Profiles (permission sets, types, business info) once a day, by one replica that
+        // has run for an hour (a fleet restarting does not re-read every profile at once; each
+        // was read when its account authorized).
+        if started.elapsed() >= Duration::from_secs(3600)
+            && matches!(
+                svc.store
+                    .rate_limit("profile_sync", PROFILE_EVERY_SECS)
+                    .await,
+                Ok(true)
+            )
+        {
+            tokio::spawn(sync_profiles(svc.clone()));
         }
     }
 }
@@ -222,6 +237,40 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
         svc.restore_from_list().await?;
     }
     Ok(())
+}
+
+/// How often every account's profile is fetched again (besides on `updateauthorized`).
+const PROFILE_EVERY_SECS: u64 = 86_400;
+
+/// Fetches every active account's profile again, a few at a time.
+async fn sync_profiles(svc: Arc<TokenService>) {
+    let appids = match svc.store.authorizer_appids().await {
+        Ok(a) => a,
+        Err(e) => return tracing::warn!(error = %e, "profile sync: cannot list accounts"),
+    };
+    let states = match svc.store.statuses(&appids).await {
+        Ok(s) => s,
+        Err(e) => return tracing::warn!(error = %e, "profile sync: cannot read accounts"),
+    };
+    let active: Vec<_> = appids
+        .into_iter()
+        .zip(states)
+        .filter(|(_, (status, _))| *status == common::token::AuthorizerStatus::Active)
+        .map(|(a, _)| a)
+        .collect();
+    let (mut ok, mut failed) = (0usize, 0usize);
+    let mut results = futures::stream::iter(active)
+        .map(|appid| {
+            let svc = svc.clone();
+            async move { svc.refresh_profile(&appid).await }
+        })
+        .buffer_unordered(4);
+    while let Some(r) = results.next().await {
+        let outcome = if r.is_ok() { "ok" } else { "failed" };
+        metrics::counter!("wxpipe_profile_refreshes_total", "outcome" => outcome).increment(1);
+        if r.is_ok() { ok += 1 } else { failed += 1 }
+    }
+    tracing::info!(ok, failed, "account profiles refreshed");
 }
 
 /// A taken account is retried after this if its refresh does not reschedule it…

@@ -101,9 +101,22 @@ pub struct ProfileSummary {
     pub head_img: Option<String>,
     pub qrcode_url: Option<String>,
     pub account_status: Option<i64>,
+    /// `MiniProgramInfo` as WeChat sent it (network, categories, …), for mini programs.
+    pub mini_program_info: Option<serde_json::Value>,
+    /// `business_info` as WeChat sent it (open_pay, open_shake, …).
+    pub business_info: Option<serde_json::Value>,
 }
 
 impl AuthorizerRecord {
+    /// `official_account`, `mini_program`, or `unknown` (no profile stored yet).
+    pub fn account_type(&self) -> &'static str {
+        match self.profile_summary() {
+            Some(p) if p.mini_program => "mini_program",
+            Some(_) => "official_account",
+            None => "unknown",
+        }
+    }
+
     /// The stored profile without its tokens; `None` when none was stored.
     pub fn profile_summary(&self) -> Option<ProfileSummary> {
         let v: serde_json::Value = serde_json::from_str(self.profile.as_deref()?).ok()?;
@@ -129,6 +142,11 @@ impl AuthorizerRecord {
             head_img: text(&info["head_img"]),
             qrcode_url: text(&info["qrcode_url"]),
             account_status: info["account_status"].as_i64(),
+            mini_program_info: info
+                .get("MiniProgramInfo")
+                .filter(|m| !m.is_null())
+                .cloned(),
+            business_info: info.get("business_info").filter(|m| !m.is_null()).cloned(),
         })
     }
 }

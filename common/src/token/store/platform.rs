@@ -216,6 +216,37 @@ impl TokenStore {
         Ok(n <= limit)
     }
 
+    /// The accounts whose pushes wait for a passive reply, as set at run time (`*`: every one).
+    pub async fn sync_reply_appids(&self) -> Result<Vec<String>, RedisError> {
+        let mut c = conn(&self.pool, "reading the sync-reply accounts").await?;
+        let mut v: Vec<String> = c
+            .smembers(self.keys.sync_reply_appids())
+            .await
+            .map_err(failed("reading the sync-reply accounts"))?;
+        v.sort_unstable();
+        Ok(v)
+    }
+
+    /// Adds (`add`) or removes accounts of the run-time sync-reply set.
+    pub async fn edit_sync_reply_appids(
+        &self,
+        appids: &[String],
+        add: bool,
+    ) -> Result<(), RedisError> {
+        if appids.is_empty() {
+            return Ok(());
+        }
+        let mut c = conn(&self.pool, "editing the sync-reply accounts").await?;
+        let key = self.keys.sync_reply_appids();
+        let r: Result<i64, _> = if add {
+            c.sadd(key, appids).await
+        } else {
+            c.srem(key, appids).await
+        };
+        r.map(|_| ())
+            .map_err(failed("editing the sync-reply accounts"))
+    }
+
     /// Remembers an authorization flow's `state` for `ttl_secs`.
     pub async fn issue_auth_state(&self, state: &str, ttl_secs: u64) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "storing an authorization state").await?;

@@ -7,7 +7,7 @@
 //!    concurrent HTTP clients posting signed `--payload-bytes` pushes: accepted pushes/s,
 //!    latency p50/p99/max, RSS, and the ratio to the ceiling.
 //!
-//! `wxpipe-bench decrypt` and `wxpipe-bench scheduler`: see their modules. One module per
+//! `wxpipe-bench decrypt`, `wxpipe-bench scheduler` and `wxpipe-bench gateway`: see their modules. One module per
 //! benchmark behind this thin command line.
 //!
 //! Build everything in release mode first: `cargo build --release`, then
@@ -29,6 +29,7 @@ use wxpipe_tests::push::{PushBuilder, SignedPush};
 use wxpipe_tests::test_platform;
 
 mod decrypt;
+mod gateway;
 mod ingress;
 mod procfs;
 mod scheduler;
@@ -57,6 +58,8 @@ enum Bench {
     /// One scheduler replica keeping N authorizers' tokens fresh against wechat-sim, and
     /// token reads through its admin API.
     Scheduler(SchedulerBench),
+    /// What the gateway adds to a WeChat call (latency one at a time; calls/s of one replica).
+    Gateway(gateway::GatewayBench),
 }
 
 #[tokio::main]
@@ -66,5 +69,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Ingress(b) => ingress::run(b).await,
         Bench::Decrypt(b) => decrypt::run(b).await,
         Bench::Scheduler(b) => scheduler::run(b).await,
+        Bench::Gateway(b) => gateway::run(b).await,
     }
 }

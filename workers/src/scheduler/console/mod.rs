@@ -165,7 +165,7 @@ async fn accounts(State(admin): State<Arc<Admin>>, Query(query): Query<AccountQu
         .take(per_page)
         .map(|r| {
             let mut v = json!(r);
-            v["type"] = json!(account_type(r));
+            v["type"] = json!(r.account_type());
             v
         })
         .collect();
@@ -181,15 +181,6 @@ async fn accounts(State(admin): State<Arc<Admin>>, Query(query): Query<AccountQu
     .into_response()
 }
 
-/// `official_account`, `mini_program` or `unknown` (no profile stored).
-fn account_type(r: &common::token::AuthorizerRecord) -> &'static str {
-    match r.profile_summary() {
-        Some(p) if p.mini_program => "mini_program",
-        Some(_) => "official_account",
-        None => "unknown",
-    }
-}
-
 async fn account(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -> Response {
     let store = &admin.tokens.store;
     let result = async {
@@ -202,7 +193,7 @@ async fn account(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -
     match result {
         Ok((Some(r), due, attempts)) => Json(json!({
             "account": r,
-            "type": account_type(&r),
+            "type": r.account_type(),
             "profile": r.profile_summary(),
             "next_refresh_ms": due,
             "failed_attempts": attempts,
