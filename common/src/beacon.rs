@@ -127,7 +127,7 @@ fn roles_of(prefix: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn run(pool: deadpool_redis::Pool, keys: Keys, mut shutdown: watch::Receiver<bool>) {
+async fn run(pool: deadpool_redis::Pool, keys: Keys, shutdown: watch::Receiver<bool>) {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -137,13 +137,8 @@ async fn run(pool: deadpool_redis::Pool, keys: Keys, mut shutdown: watch::Receiv
     let id = format!("{host}:{pid}");
     let started_ms = crate::unix_now_ms();
     let handle = crate::telemetry::metrics_handle();
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => break,
-        }
+    let mut every = crate::shutdown::every(EVERY, shutdown);
+    while every.tick().await {
         let a = Announcement {
             id: id.clone(),
             role: roles_of(keys.prefix()),

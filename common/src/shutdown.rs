@@ -36,3 +36,57 @@ pub fn on_signal() -> watch::Receiver<bool> {
     });
     rx
 }
+
+/// A periodic task's clock that stops with the process: `while every.tick().await { … }` runs
+/// the body every `period` (the first time at once; late ticks are delayed, not bunched) until
+/// `shutdown` turns true.
+pub struct Every {
+    interval: tokio::time::Interval,
+    shutdown: watch::Receiver<bool>,
+}
+
+/// See [`Every`].
+pub fn every(period: std::time::Duration, shutdown: watch::Receiver<bool>) -> Every {
+    let mut interval = tokio::time::interval(period);
+    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    Every { interval, shutdown }
+}
+
+impl Every {
+    /// Waits for the next tick: true, or false once shutdown was requested.
+    pub async fn tick(&mut self) -> bool {
+        if *self.shutdown.borrow() {
+            return false;
+        }
+        let ticked = tokio::select! {
+            _ = self.interval.tick() => true,
+            _ = self.shutdown.wait_for(|s| *s) => false,
+        };
+        ticked && !*self.shutdown.borrow()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Duration;
+
+    #[tokio::test(start_paused = true)]
+    async fn every_ticks_until_shutdown() {
+        let (tx, rx) = watch::channel(false);
+        let mut every = every(Duration::from_secs(5), rx);
+        let start = tokio::time::Instant::now();
+        assert!(every.tick().await, "the first tick is at once");
+        assert!(every.tick().await);
+        assert_eq!(start.elapsed(), Duration::from_secs(5));
+        let stopper = tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            tx.send_replace(true);
+            tx
+        });
+        assert!(!every.tick().await, "shutdown ends the wait at once");
+        assert_eq!(start.elapsed(), Duration::from_secs(6));
+        let _tx = stopper.await.unwrap();
+        assert!(!every.tick().await);
+    }
+}

@@ -80,16 +80,11 @@ impl SyncReplier {
     /// Follows the run-time set of sync-reply accounts in Redis (edited through the admin API)
     /// until `shutdown`: a change is seen within [`FOLLOW_EVERY`]. When Redis cannot be read the
     /// last set read stays in force.
-    pub fn follow(&self, store: common::token::TokenStore, mut shutdown: watch::Receiver<bool>) {
+    pub fn follow(&self, store: common::token::TokenStore, shutdown: watch::Receiver<bool>) {
         let runtime = self.runtime.clone();
         tokio::spawn(async move {
-            let mut tick = tokio::time::interval(FOLLOW_EVERY);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tokio::select! {
-                    _ = tick.tick() => {}
-                    _ = shutdown.wait_for(|s| *s) => return,
-                }
+            let mut every = common::shutdown::every(FOLLOW_EVERY, shutdown);
+            while every.tick().await {
                 match store.sync_reply_appids().await {
                     Ok(v) => {
                         let set: HashSet<String> = v.into_iter().collect();

@@ -343,22 +343,30 @@ pub async fn admin_get(admin: &str, path: &str) -> (u16, serde_json::Value) {
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
-/// `POST {admin}{path}` with the test bearer and a JSON body: the status and the JSON answer
-/// (null if none).
+/// `POST {url}` with `bearer` and a JSON body: the status and the JSON answer (null if none).
+pub async fn post_json(
+    url: &str,
+    bearer: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = crate::http()
+        .post(url)
+        .bearer_auth(bearer)
+        .json(&body)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("{url} does not answer: {e}"));
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// `POST {admin}{path}` with the test bearer and a JSON body.
 pub async fn admin_post(
     admin: &str,
     path: &str,
     body: serde_json::Value,
 ) -> (u16, serde_json::Value) {
-    let r = crate::http()
-        .post(format!("{admin}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap_or_else(|e| panic!("the admin API does not answer {path}: {e}"));
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+    post_json(&format!("{admin}{path}"), ADMIN_TOKEN, body).await
 }
 
 /// A loopback port that was free a moment ago.
@@ -436,7 +444,46 @@ pub async fn spawn_pipeline(
     }
 }
 
+/// A simulator pushing to a [`Pipeline`] on `ns` (refresh margin 600 s) that has its ticket and
+/// component token.
+pub async fn pipeline_with_sim(ns: &Namespace) -> (crate::sim::SimHandle, Pipeline) {
+    let port = free_port();
+    let sim = crate::sim::start(crate::sim::SimConfig::for_tests(&format!(
+        "http://127.0.0.1:{port}"
+    )))
+    .await
+    .expect("the simulator starts");
+    let p = spawn_pipeline(ns, &sim, port, Duration::from_secs(600)).await;
+    p.ticket_and_component_token(&sim).await;
+    (sim, p)
+}
+
 impl Pipeline {
+    /// An account authorizes the platform in the simulator (its `authorized` push goes through
+    /// the pipeline); waits until its token and profile are stored; returns its appid.
+    pub async fn authorize(&self, sim: &crate::sim::SimHandle, mini_program: bool) -> String {
+        let appid = sim
+            .post(
+                "/sim/authorize",
+                serde_json::json!({ "mini_program": mini_program }),
+            )
+            .await["appid"]
+            .as_str()
+            .expect("the simulator names the account")
+            .to_owned();
+        eventually(
+            Duration::from_secs(20),
+            "the account's token and profile",
+            || async {
+                let (s, v) = admin_get(&self.admin, &format!("/v1/console/accounts/{appid}")).await;
+                (s == 200 && v["profile"].is_object() && v["account"]["expires_at"].is_i64())
+                    .then_some(())
+            },
+        )
+        .await;
+        appid
+    }
+
     /// The simulator pushes a ticket; waits until the scheduler has the component token.
     pub async fn ticket_and_component_token(&self, sim: &crate::sim::SimHandle) {
         crate::http()

@@ -63,3 +63,29 @@ pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
         .await
         .expect("a text body")
 }
+
+/// `path` when it runs (`{path} --version` succeeds); otherwise the test stops saying how to get
+/// it (`install`).
+pub fn require_tool(path: &str, install: &str) -> std::path::PathBuf {
+    let runs = std::process::Command::new(path)
+        .arg("--version")
+        .output()
+        .is_ok_and(|o| o.status.success());
+    assert!(runs, "{path} is missing: {install}");
+    std::path::PathBuf::from(path)
+}
+
+/// Runs a command to its end: whether it succeeded, and what it printed (stdout then stderr).
+pub fn run_tool(mut command: std::process::Command) -> (bool, String) {
+    let out = command
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {command:?}: {e}"));
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}

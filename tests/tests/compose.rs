@@ -18,31 +18,17 @@ fn validator() -> PathBuf {
             "check-jsonschema".into()
         }
     });
-    let ok = Command::new(&path)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{path} is missing: run ./scripts/test (it installs check-jsonschema), or set WXPIPE_CHECK_JSONSCHEMA"
-    );
-    PathBuf::from(path)
+    wxpipe_tests::require_tool(
+        &path,
+        "run ./scripts/test (it installs check-jsonschema), or set WXPIPE_CHECK_JSONSCHEMA",
+    )
 }
 
 fn validate(file: &Path) -> (bool, String) {
-    let out = Command::new(validator())
-        .args(["--builtin-schema", "vendor.compose-spec"])
-        .arg(file)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    let mut c = Command::new(validator());
+    c.args(["--builtin-schema", "vendor.compose-spec"])
+        .arg(file);
+    wxpipe_tests::run_tool(c)
 }
 
 #[test]

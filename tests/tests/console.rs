@@ -9,38 +9,17 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, bind_queue, collect, message_count};
 use wxpipe_tests::harness::{
-    ADMIN_TOKEN, Pipeline, admin_get, admin_post, eventually, free_port, spawn_pipeline,
+    ADMIN_TOKEN, Pipeline, admin_get, admin_post, eventually, pipeline_with_sim,
 };
 use wxpipe_tests::push::{PushBuilder, text_message};
-use wxpipe_tests::sim::{self, SimConfig, SimHandle};
+use wxpipe_tests::sim::SimHandle;
 
 /// A pipeline with a ticket, a component token and two accounts authorized through the
 /// simulator's pushes (an official account and a mini program), their profiles stored.
 async fn platform(t: &TestNs) -> (SimHandle, Pipeline, String, String) {
-    let port = free_port();
-    let sim = sim::start(SimConfig::for_tests(&format!("http://127.0.0.1:{port}")))
-        .await
-        .unwrap();
-    let p = spawn_pipeline(&t.ns, &sim, port, Duration::from_secs(600)).await;
-    p.ticket_and_component_token(&sim).await;
-    let oa = sim.post("/sim/authorize", json!({})).await["appid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    let mp = sim
-        .post("/sim/authorize", json!({ "mini_program": true }))
-        .await["appid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    for appid in [&oa, &mp] {
-        eventually(Duration::from_secs(20), "the account's profile", || async {
-            let (s, v) = admin_get(&p.admin, &format!("/v1/console/accounts/{appid}")).await;
-            (s == 200 && v["profile"].is_object() && v["account"]["expires_at"].is_i64())
-                .then_some(())
-        })
-        .await;
-    }
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let oa = p.authorize(&sim, false).await;
+    let mp = p.authorize(&sim, true).await;
     (sim, p, oa, mp)
 }
 

@@ -7,10 +7,9 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use wxpipe_tests::broker::TestNs;
 use wxpipe_tests::harness::{
-    ADMIN_TOKEN, Pipeline, admin_get, admin_post, eventually, free_port, spawn_gateway,
-    spawn_pipeline,
+    ADMIN_TOKEN, Pipeline, admin_get, admin_post, eventually, pipeline_with_sim, spawn_gateway,
 };
-use wxpipe_tests::sim::{self, SimConfig, SimHandle};
+use wxpipe_tests::sim::SimHandle;
 
 /// A pipeline with a ticket, a component token, one authorized official account (its token
 /// stored) and a gateway; returns them with the account's appid and the gateway's URL.
@@ -23,21 +22,8 @@ async fn platform(
     wxpipe_tests::harness::WorkerHandle,
     String,
 ) {
-    let port = free_port();
-    let sim = sim::start(SimConfig::for_tests(&format!("http://127.0.0.1:{port}")))
-        .await
-        .unwrap();
-    let p = spawn_pipeline(&t.ns, &sim, port, Duration::from_secs(600)).await;
-    p.ticket_and_component_token(&sim).await;
-    let appid = sim.post("/sim/authorize", json!({})).await["appid"]
-        .as_str()
-        .unwrap()
-        .to_owned();
-    eventually(Duration::from_secs(20), "the account's token", || async {
-        let (s, v) = admin_get(&p.admin, &format!("/v1/authorizers/{appid}")).await;
-        (s == 200 && v["expires_at"].is_i64()).then_some(())
-    })
-    .await;
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let appid = p.authorize(&sim, false).await;
     let (gw, base) = spawn_gateway(p.tokens.clone(), &sim.api_base()).await;
     (sim, p, appid, gw, base)
 }
@@ -49,16 +35,17 @@ async fn key(admin: &str, scope: Value) -> String {
     v["key"].as_str().unwrap().to_owned()
 }
 
-async fn call(gw: &str, key: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = wxpipe_tests::http()
-        .post(format!("{gw}{path}"))
-        .bearer_auth(key)
-        .json(&body)
+async fn get(url: String, bearer: &str) -> reqwest::Response {
+    wxpipe_tests::http()
+        .get(url)
+        .bearer_auth(bearer)
         .send()
         .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
+        .unwrap()
+}
+
+async fn call(gw: &str, key: &str, path: &str, body: Value) -> (u16, Value) {
+    wxpipe_tests::harness::post_json(&format!("{gw}{path}"), key, body).await
 }
 
 fn calls(sim: &SimHandle, api: &str) -> u64 {
@@ -145,35 +132,21 @@ async fn calls_carry_the_right_token_and_scopes_refuse_what_they_should() {
     .await;
     assert_eq!(s, 403, "'*' is not the component");
     // No raw token without the scope saying so; the component token never through here.
-    let r = wxpipe_tests::http()
-        .get(format!("{gw}/v1/tokens/{appid}"))
-        .bearer_auth(&crm)
-        .send()
-        .await
-        .unwrap();
+    let r = get(format!("{gw}/v1/tokens/{appid}"), &crm).await;
     assert_eq!(r.status(), 403);
     let raw = key(
         &p.admin,
         json!({ "team": "ops", "appids": [appid], "paths": ["*"], "rate_per_sec": 10, "raw_tokens": true }),
     )
     .await;
-    let r: Value = wxpipe_tests::http()
-        .get(format!("{gw}/v1/tokens/{appid}"))
-        .bearer_auth(&raw)
-        .send()
+    let r: Value = get(format!("{gw}/v1/tokens/{appid}"), &raw)
         .await
-        .unwrap()
         .json()
         .await
         .unwrap();
     let (_, stored) = admin_get(&p.admin, &format!("/v1/authorizers/{appid}/access_token")).await;
     assert_eq!(r["access_token"], stored["access_token"]);
-    let r = wxpipe_tests::http()
-        .get(format!("{gw}/v1/tokens/component"))
-        .bearer_auth(&raw)
-        .send()
-        .await
-        .unwrap();
+    let r = get(format!("{gw}/v1/tokens/component"), &raw).await;
     assert_eq!(r.status(), 400);
 
     // Keys are listed without the key and revoked at once.
@@ -238,14 +211,11 @@ async fn a_refused_token_costs_one_refresh_for_fifty_concurrent_calls() {
     let results = futures::future::join_all((0..50).map(|i| {
         let (gw, team, appid) = (gw.clone(), team.clone(), appid.clone());
         async move {
-            let r = wxpipe_tests::http()
-                .get(format!(
-                    "{gw}/v1/wechat/{appid}/cgi-bin/user/info?openid=o-{i}&lang=zh_CN"
-                ))
-                .bearer_auth(&team)
-                .send()
-                .await
-                .unwrap();
+            let r = get(
+                format!("{gw}/v1/wechat/{appid}/cgi-bin/user/info?openid=o-{i}&lang=zh_CN"),
+                &team,
+            )
+            .await;
             let status = r.status().as_u16();
             let body: Value = r.json().await.unwrap();
             (status, body)
@@ -331,14 +301,11 @@ async fn media_pass_through_and_a_keys_rate_holds() {
         .as_str()
         .unwrap_or_else(|| panic!("{up}"))
         .to_owned();
-    let down = wxpipe_tests::http()
-        .get(format!(
-            "{gw}/v1/wechat/{appid}/cgi-bin/media/get?media_id={media_id}"
-        ))
-        .bearer_auth(&media)
-        .send()
-        .await
-        .unwrap();
+    let down = get(
+        format!("{gw}/v1/wechat/{appid}/cgi-bin/media/get?media_id={media_id}"),
+        &media,
+    )
+    .await;
     assert_eq!(down.status(), 200);
     assert_eq!(down.headers()["content-type"], "image/jpeg");
     let got = down.bytes().await.unwrap();
@@ -352,16 +319,13 @@ async fn media_pass_through_and_a_keys_rate_holds() {
     let results = futures::future::join_all((0..12).map(|_| {
         let (gw, media, appid) = (gw.clone(), media.clone(), appid.clone());
         async move {
-            wxpipe_tests::http()
-                .get(format!(
-                    "{gw}/v1/wechat/{appid}/cgi-bin/media/get?media_id=none"
-                ))
-                .bearer_auth(&media)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
+            get(
+                format!("{gw}/v1/wechat/{appid}/cgi-bin/media/get?media_id=none"),
+                &media,
+            )
+            .await
+            .status()
+            .as_u16()
         }
     }))
     .await;
@@ -386,14 +350,9 @@ async fn the_components_apis_get_the_component_token_and_appid() {
         json!({ "team": "mp-login", "appids": ["component"], "paths": ["sns/component/jscode2session"], "rate_per_sec": 100 }),
     )
     .await;
-    let v: Value = wxpipe_tests::http()
-        .get(format!(
+    let v: Value = get(format!(
             "{gw}/v1/wechat/component/sns/component/jscode2session?appid={appid}&js_code=abc123&grant_type=authorization_code"
-        ))
-        .bearer_auth(&login)
-        .send()
-        .await
-        .unwrap()
+        ), &login).await
         .json()
         .await
         .unwrap();

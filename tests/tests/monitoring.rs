@@ -15,40 +15,24 @@ fn root() -> PathBuf {
 /// `./scripts/test` installs).
 fn promtool() -> Command {
     let path = std::env::var("WXPIPE_PROMTOOL").unwrap_or_else(|_| "promtool".into());
-    let ok = Command::new(&path)
-        .arg("--version")
-        .output()
-        .is_ok_and(|o| o.status.success());
-    assert!(
-        ok,
-        "{path} is missing: `apt-get install prometheus` (./scripts/test installs it), or set WXPIPE_PROMTOOL"
+    let path = wxpipe_tests::require_tool(
+        &path,
+        "`apt-get install prometheus` (./scripts/test installs it), or set WXPIPE_PROMTOOL",
     );
     let mut c = Command::new(path);
     c.current_dir(root().join("deploy/prometheus"));
     c
 }
 
-fn run(mut c: Command) -> (bool, String) {
-    let out = c.output().unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
-}
-
 #[test]
 fn the_alerting_rules_pass_promtool_and_their_unit_tests() {
     let mut check = promtool();
     check.args(["check", "rules", "wxpipe.rules.yml"]);
-    let (ok, out) = run(check);
+    let (ok, out) = wxpipe_tests::run_tool(check);
     assert!(ok, "{out}");
     let mut test = promtool();
     test.args(["test", "rules", "wxpipe.rules.test.yml"]);
-    let (ok, out) = run(test);
+    let (ok, out) = wxpipe_tests::run_tool(test);
     assert!(ok, "{out}");
 
     // The unit tests can fail: an alert expected before its `for` has elapsed is refused.
@@ -63,7 +47,7 @@ fn the_alerting_rules_pass_promtool_and_their_unit_tests() {
     .unwrap();
     let mut test = promtool();
     test.arg("test").arg("rules").arg(&wrong);
-    let (ok, out) = run(test);
+    let (ok, out) = wxpipe_tests::run_tool(test);
     let _ = std::fs::remove_file(&wrong);
     assert!(!ok, "a wrong expectation passed: {out}");
 }
@@ -72,7 +56,7 @@ fn the_alerting_rules_pass_promtool_and_their_unit_tests() {
 fn the_compose_prometheus_configuration_is_valid() {
     let mut check = promtool();
     check.args(["check", "config", "prometheus.yml"]);
-    let (ok, out) = run(check);
+    let (ok, out) = wxpipe_tests::run_tool(check);
     assert!(ok, "{out}");
     let config = std::fs::read_to_string(root().join("deploy/prometheus/prometheus.yml")).unwrap();
     for job in [

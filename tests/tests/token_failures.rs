@@ -3,30 +3,18 @@
 //! a used-up daily quota stops calls until it is cleared, and a refused refresh token is never
 //! used again but replaced from WeChat's list.
 
-use serde_json::{Value, json};
+use serde_json::json;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::TestNs;
 use wxpipe_tests::harness::{
-    ADMIN_TOKEN, admin_get, eventually, spawn_scheduler, token_service, token_service_with_ticket,
+    admin_get, admin_post, eventually, spawn_scheduler, token_service, token_service_with_ticket,
 };
 use wxpipe_tests::sim::{self, SimConfig, SimHandle, state::Rules};
-use wxpipe_tests::{http, test_platform};
+use wxpipe_tests::test_platform;
 
 fn calls(sim: &SimHandle, api: &str) -> u64 {
     sim.stats()["calls"][api].as_u64().unwrap_or(0)
-}
-
-async fn admin_post(admin: &str, path: &str, body: Value) -> (u16, Value) {
-    let r = http()
-        .post(format!("{admin}{path}"))
-        .bearer_auth(ADMIN_TOKEN)
-        .json(&body)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    (status, r.json().await.unwrap_or(Value::Null))
 }
 
 /// Before: a wrong secret made every replica ask for the component token every tick, and

@@ -364,27 +364,34 @@ async fn invalidate_component(
     }
 }
 
-async fn component_status(State(admin): State<Arc<Admin>>) -> Response {
-    let store = &admin.tokens.store;
-    let result: Result<serde_json::Value, common::redis::RedisError> = async {
-        let ticket = store.ticket().await?.is_some();
-        let token = store.component_token().await?;
-        let failures = store.component_failures().await?;
-        let mut quotas = serde_json::Map::new();
-        for api in common::token::service::QUOTA_APIS {
-            if let Some(until) = store.quota_closed_until(api).await? {
-                quotas.insert(api.into(), json!({ "closed_until_ms": until }));
-            }
+/// The platform's state: the ticket and its age, the component token's expiry, its
+/// consecutive failures and backoff, and the daily quotas known to be used up (45009) — for
+/// `GET /v1/component/status` and the console.
+pub(super) async fn platform_status(
+    store: &common::token::TokenStore,
+) -> Result<serde_json::Value, common::redis::RedisError> {
+    let ticket = store.ticket().await?.is_some();
+    let ticket_at = store.ticket_at().await?;
+    let token = store.component_token().await?;
+    let failures = store.component_failures().await?;
+    let mut quotas = serde_json::Map::new();
+    for api in common::token::service::QUOTA_APIS {
+        if let Some(until) = store.quota_closed_until(api).await? {
+            quotas.insert(api.into(), json!({ "closed_until_ms": until }));
         }
-        Ok(json!({
-            "ticket": ticket,
-            "component_token_expires_at": token.map(|t| t.expires_at),
-            "failures": failures,
-            "quota_exhausted": quotas,
-        }))
     }
-    .await;
-    match result {
+    Ok(json!({
+        "ticket": ticket,
+        "ticket_age_secs": ticket_at.map(|at| (common::unix_now_ms() - at) / 1000),
+        "component_token_expires_at": token.as_ref().map(|t| t.expires_at),
+        "component_token_expires_in_secs": token.as_ref().map(|t| t.expires_at - common::unix_now()),
+        "failures": failures,
+        "quota_exhausted": quotas,
+    }))
+}
+
+async fn component_status(State(admin): State<Arc<Admin>>) -> Response {
+    match platform_status(&admin.tokens.store).await {
         Ok(v) => Json(v).into_response(),
         Err(e) => error(e.into()),
     }

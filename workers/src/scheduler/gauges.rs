@@ -16,16 +16,11 @@ pub const EVERY: Duration = Duration::from_secs(15);
 pub async fn run(
     tokens: Arc<TokenService>,
     console: ConsoleConfig,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let mut broker: Option<lapin::Connection> = None;
-    let mut tick = tokio::time::interval(EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => break,
-        }
+    let mut every = common::shutdown::every(EVERY, shutdown);
+    while every.tick().await {
         if let Err(e) = platform(&tokens).await {
             tracing::debug!(error = %e, "platform gauges not updated");
         }

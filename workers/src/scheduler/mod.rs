@@ -116,7 +116,7 @@ impl SchedulerArgs {
 }
 
 /// One scheduler replica's loop (without the admin API); returns when `shutdown` turns true.
-pub async fn run_loop(config: SchedulerConfig, mut shutdown: watch::Receiver<bool>) {
+pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) {
     let svc = config.tokens.clone();
     common::beacon::spawn(
         svc.store.pool().clone(),
@@ -124,14 +124,9 @@ pub async fn run_loop(config: SchedulerConfig, mut shutdown: watch::Receiver<boo
         "scheduler",
         shutdown.clone(),
     );
-    let mut tick = tokio::time::interval(config.tick);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = std::time::Instant::now();
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
+    let mut every = common::shutdown::every(config.tick, shutdown);
+    while every.tick().await {
         if let Err(e) = once(&svc, &config).await {
             tracing::warn!(error = %e, "scheduler tick failed");
             metrics::counter!("wxpipe_scheduler_errors_total").increment(1);

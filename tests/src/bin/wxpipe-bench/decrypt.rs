@@ -345,11 +345,7 @@ async fn half_load_latency(
     }
     let mut lat = collector.await?;
     lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        lat.get(((lat.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| percentile(&lat, p);
     let _ = conn.close(200, "latency done".into()).await;
     Ok((
         pct(0.5),

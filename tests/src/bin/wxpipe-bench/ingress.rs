@@ -272,13 +272,7 @@ async fn ingress_load(
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     all.sort_unstable();
-    let pct = |p: f64| -> f64 {
-        if all.is_empty() {
-            return 0.0;
-        }
-        let i = ((all.len() as f64 * p).ceil() as usize).clamp(1, all.len()) - 1;
-        all[i] as f64 / 1000.0
-    };
+    let pct = |p: f64| percentile(&all, p) / 1000.0;
     Ok(LoadReport {
         rate: all.len() as f64 / elapsed.as_secs_f64(),
         p50_ms: pct(0.50),

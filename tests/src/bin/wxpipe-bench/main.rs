@@ -62,6 +62,15 @@ enum Bench {
     Gateway(gateway::GatewayBench),
 }
 
+/// The `p`-quantile (nearest rank) of ascending `sorted` values; 0 when there are none.
+pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
+    if sorted.is_empty() {
+        return 0.0;
+    }
+    let rank = ((sorted.len() as f64 * p).ceil() as usize).clamp(1, sorted.len());
+    sorted[rank - 1].into()
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();

@@ -219,11 +219,7 @@ async fn read_load(
         all.extend(t.await?);
     }
     all.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| {
-        all.get(((all.len() as f64 * p).ceil() as usize).saturating_sub(1))
-            .copied()
-            .unwrap_or(0.0)
-    };
+    let pct = |p: f64| percentile(&all, p);
     Ok((
         all.len(),
         all.len() as f64 / start.elapsed().as_secs_f64(),

@@ -93,15 +93,10 @@ pub fn api_routes() -> Router<Arc<Admin>> {
 }
 
 /// Samples the processes' counters into the admin's traffic history until `shutdown`.
-pub async fn sample(admin: Arc<Admin>, mut shutdown: watch::Receiver<bool>) {
+pub async fn sample(admin: Arc<Admin>, shutdown: watch::Receiver<bool>) {
     let store = &admin.tokens.store;
-    let mut tick = tokio::time::interval(traffic::SAMPLE_EVERY);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        tokio::select! {
-            _ = tick.tick() => {}
-            _ = shutdown.wait_for(|s| *s) => return,
-        }
+    let mut every = common::shutdown::every(traffic::SAMPLE_EVERY, shutdown);
+    while every.tick().await {
         match common::beacon::read_all(store.pool(), &store.keys).await {
             Ok(a) => {
                 if let Ok(mut t) = admin.traffic.lock() {
@@ -231,39 +226,19 @@ async fn invalidate(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId
 
 async fn platform(State(admin): State<Arc<Admin>>) -> Response {
     let store = &admin.tokens.store;
-    let result: Result<serde_json::Value, common::redis::RedisError> = async {
-        let now = common::unix_now();
-        let ticket = store.ticket().await?.is_some();
-        let ticket_at = store.ticket_at().await?;
-        let token = store.component_token().await?;
-        let failures = store.component_failures().await?;
-        let mut quotas = serde_json::Map::new();
-        for api in common::token::service::QUOTA_APIS {
-            if let Some(until) = store.quota_closed_until(api).await? {
-                quotas.insert(api.into(), json!({ "closed_until_ms": until }));
-            }
-        }
-        let wechat_errors = admin
+    let mut v = match super::admin::platform_status(store).await {
+        Ok(v) => v,
+        Err(e) => return error(e.into()),
+    };
+    v["component_appid"] = json!(store.keys.prefix().trim_end_matches(':').rsplit(':').next());
+    v["wechat_errors_15m"] = json!(
+        admin
             .traffic
             .lock()
             .map(|t| t.view(common::unix_now_ms()).wechat_errors)
-            .unwrap_or_default();
-        Ok(json!({
-            "component_appid": store.keys.prefix().trim_end_matches(':').rsplit(':').next(),
-            "ticket": ticket,
-            "ticket_age_secs": ticket_at.map(|at| (common::unix_now_ms() - at) / 1000),
-            "component_token_expires_at": token.as_ref().map(|t| t.expires_at),
-            "component_token_expires_in_secs": token.as_ref().map(|t| t.expires_at - now),
-            "failures": failures,
-            "quota_exhausted": quotas,
-            "wechat_errors_15m": wechat_errors,
-        }))
-    }
-    .await;
-    match result {
-        Ok(v) => Json(v).into_response(),
-        Err(e) => error(e.into()),
-    }
+            .unwrap_or_default()
+    );
+    Json(v).into_response()
 }
 
 async fn auth_link(State(admin): State<Arc<Admin>>) -> Response {
