@@ -43,7 +43,7 @@ const KEY_ENGINE: GeneralPurpose = GeneralPurpose::new(
 const PAYLOAD_ENGINE: GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
 type Aes256CbcEnc = cbc::Encryptor<Aes256>;
-type Aes256CbcDec = cbc::Decryptor<Aes256>;
+type Aes256CbcDec = cbc::Decryptor<aes::Aes256Dec>;
 
 /// Everything that can go wrong verifying or decrypting a push. No variant carries a secret.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -101,19 +101,45 @@ impl fmt::Debug for AesKey {
 
 /// SHA-1 over the byte-wise sorted, concatenated parts, in lowercase hex.
 pub fn sha1_sorted(parts: &[&str]) -> String {
-    let mut sorted: Vec<&str> = parts.to_vec();
-    sorted.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-    let mut hasher = Sha1::new();
-    for part in sorted {
-        hasher.update(part.as_bytes());
-    }
-    hex::encode(hasher.finalize())
+    hex::encode(sha1_sorted_digest(parts))
 }
 
-/// Compares a received signature with the expected one in constant time (case-insensitive hex).
-fn signatures_equal(expected: &str, received: &str) -> bool {
-    let received = received.trim().to_ascii_lowercase();
-    expected.as_bytes().ct_eq(received.as_bytes()).into()
+/// [`sha1_sorted`] as the 20 bytes of the digest (no allocation for up to 8 parts).
+fn sha1_sorted_digest(parts: &[&str]) -> [u8; 20] {
+    let mut on_stack = [""; 8];
+    let mut on_heap;
+    let sorted: &mut [&str] = if parts.len() <= on_stack.len() {
+        on_stack[..parts.len()].copy_from_slice(parts);
+        &mut on_stack[..parts.len()]
+    } else {
+        on_heap = parts.to_vec();
+        &mut on_heap
+    };
+    sorted.sort_unstable_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
+    let mut hasher = Sha1::new();
+    for part in sorted.iter() {
+        hasher.update(part.as_bytes());
+    }
+    hasher.finalize().into()
+}
+
+/// Compares a received signature (hex, either case, surrounding spaces ignored) with the
+/// expected digest in constant time, without allocating.
+fn signature_matches(expected: &[u8; 20], received: &str) -> bool {
+    let mut hex_expected = [0u8; 40];
+    // Cannot fail: 20 bytes are 40 hex digits.
+    if hex::encode_to_slice(expected, &mut hex_expected).is_err() {
+        return false;
+    }
+    let received = received.trim().as_bytes();
+    if received.len() != hex_expected.len() {
+        return false;
+    }
+    let mut lower = [0u8; 40];
+    for (l, r) in lower.iter_mut().zip(received) {
+        *l = r.to_ascii_lowercase();
+    }
+    hex_expected.ct_eq(&lower).into()
 }
 
 /// One platform's WXBizMsgCrypt: its Token, its AES key and the component appid that every
@@ -122,6 +148,8 @@ fn signatures_equal(expected: &str, received: &str) -> bool {
 pub struct MsgCrypt {
     token: SecretString,
     key: AesKey,
+    /// The decryption key schedule, expanded once (not per push).
+    decrypt_key: aes::Aes256Dec,
     appid: String,
 }
 
@@ -141,9 +169,13 @@ impl MsgCrypt {
         encoding_aes_key: &str,
         appid: impl Into<String>,
     ) -> Result<Self, CryptoError> {
+        let key = AesKey::from_encoding_aes_key(encoding_aes_key)?;
+        let decrypt_key = <aes::Aes256Dec as aes::cipher::KeyInit>::new_from_slice(&key.0)
+            .map_err(|_| CryptoError::KeyBase64)?;
         Ok(Self {
             token,
-            key: AesKey::from_encoding_aes_key(encoding_aes_key)?,
+            key,
+            decrypt_key,
             appid: appid.into(),
         })
     }
@@ -174,7 +206,8 @@ impl MsgCrypt {
             ("nonce", nonce),
             ("signature", signature),
         ])?;
-        if signatures_equal(&self.signature(timestamp, nonce), signature) {
+        let expected = sha1_sorted_digest(&[self.token.expose_secret(), timestamp, nonce]);
+        if signature_matches(&expected, signature) {
             Ok(())
         } else {
             Err(CryptoError::BadSignature)
@@ -195,10 +228,8 @@ impl MsgCrypt {
             ("Encrypt", encrypt),
             ("msg_signature", msg_signature),
         ])?;
-        if signatures_equal(
-            &self.msg_signature(timestamp, nonce, encrypt),
-            msg_signature,
-        ) {
+        let expected = sha1_sorted_digest(&[self.token.expose_secret(), timestamp, nonce, encrypt]);
+        if signature_matches(&expected, msg_signature) {
             Ok(())
         } else {
             Err(CryptoError::BadSignature)
@@ -219,19 +250,30 @@ impl MsgCrypt {
 
     /// Strict decrypt of an `Encrypt` value; the trailing appid must be ours.
     pub fn decrypt(&self, encrypt: &str) -> Result<String, CryptoError> {
-        let (msg, appid) = self.decrypt_unchecked_appid(encrypt)?;
-        if appid != self.appid {
-            return Err(CryptoError::AppIdMismatch {
-                expected: self.appid.clone(),
-                found: printable_prefix(&appid),
-            });
-        }
-        Ok(msg)
+        self.open(encrypt, |msg, appid| {
+            if appid != self.appid {
+                return Err(CryptoError::AppIdMismatch {
+                    expected: self.appid.clone(),
+                    found: printable_prefix(appid),
+                });
+            }
+            Ok(msg.to_owned())
+        })
     }
 
     /// Decrypts and returns `(message, trailing appid)` without comparing the appid: for support
     /// tools that need to show what a push was encrypted for. Every other check still applies.
     pub fn decrypt_unchecked_appid(&self, encrypt: &str) -> Result<(String, String), CryptoError> {
+        self.open(encrypt, |msg, appid| Ok((msg.to_owned(), appid.to_owned())))
+    }
+
+    /// Decodes, decrypts and splits an `Encrypt` value, then hands `(message, trailing appid)`
+    /// to `take` while they are still borrowed from the one buffer.
+    fn open<T>(
+        &self,
+        encrypt: &str,
+        take: impl FnOnce(&str, &str) -> Result<T, CryptoError>,
+    ) -> Result<T, CryptoError> {
         let mut buf = PAYLOAD_ENGINE
             .decode(encrypt.trim().as_bytes())
             .map_err(|_| CryptoError::BadBase64)?;
@@ -239,10 +281,13 @@ impl MsgCrypt {
             return Err(CryptoError::BadLength(buf.len()));
         }
         let len = buf.len();
-        let plain = Aes256CbcDec::new_from_slices(&self.key.0, self.key.iv())
-            .map_err(|_| CryptoError::KeyBase64)?
-            .decrypt_padded_mut::<NoPadding>(&mut buf)
-            .map_err(|_| CryptoError::BadLength(len))?;
+        let plain = <Aes256CbcDec as aes::cipher::InnerIvInit>::inner_iv_slice_init(
+            self.decrypt_key.clone(),
+            self.key.iv(),
+        )
+        .map_err(|_| CryptoError::KeyBase64)?
+        .decrypt_padded_mut::<NoPadding>(&mut buf)
+        .map_err(|_| CryptoError::BadLength(len))?;
         let unpadded = strip_pkcs7(plain)?;
         if unpadded.len() < RANDOM_LEN + 4 {
             return Err(CryptoError::BadMessageLength);
@@ -257,7 +302,7 @@ impl MsgCrypt {
         let (msg, appid) = body.split_at(msg_len);
         let msg = std::str::from_utf8(msg).map_err(|_| CryptoError::NotUtf8)?;
         let appid = std::str::from_utf8(appid).map_err(|_| CryptoError::NotUtf8)?;
-        Ok((msg.to_owned(), appid.to_owned()))
+        take(msg, appid)
     }
 
     /// Encrypts `msg` with a fresh random prefix (16 alphanumeric characters, as the SDKs do).

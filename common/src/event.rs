@@ -115,6 +115,18 @@ const SELF_NAMING_EVENTS: [&str; 2] = ["subscribe", "unsubscribe"];
 /// `{digest}` is the first 16 hex digits of the SHA-1 of the fields as JSON.
 /// `authorizer_appid` is the `{appid}` of the message URL the push arrived on.
 pub fn address(push: &Push, component_appid: &str, authorizer_appid: Option<&str>) -> EventAddress {
+    address_with(push, component_appid, authorizer_appid, || {
+        digest(push.fields())
+    })
+}
+
+/// [`address`] with the digest of the fields given (computed only when the id needs one).
+fn address_with(
+    push: &Push,
+    component_appid: &str,
+    authorizer_appid: Option<&str>,
+    digest: impl FnOnce() -> String,
+) -> EventAddress {
     match push {
         Push::Component(e) => {
             let info = word(&e.info_type);
@@ -126,7 +138,7 @@ pub fn address(push: &Push, component_appid: &str, authorizer_appid: Option<&str
             };
             let mut id = format!("component:{info}:{subject}:{}", e.create_time);
             if !natural {
-                id = format!("{id}:{}", digest(&e.fields));
+                id = format!("{id}:{}", digest());
             }
             EventAddress {
                 id,
@@ -154,8 +166,8 @@ pub fn address(push: &Push, component_appid: &str, authorizer_appid: Option<&str
                 (None, Some(msg_id)) => format!("authorizer:{appid}:msg:{msg_id}"),
                 (Some(ev), _) if SELF_NAMING_EVENTS.contains(&ev) => format!("{head}:{ev}"),
                 (Some(ev), Some(msg_id)) => format!("{head}:{ev}:msg:{msg_id}"),
-                (Some(ev), None) => format!("{head}:{ev}:{}", digest(&m.fields)),
-                (None, None) => format!("{head}:{}", digest(&m.fields)),
+                (Some(ev), None) => format!("{head}:{ev}:{}", digest()),
+                (None, None) => format!("{head}:{}", digest()),
             };
             let suffix = match event {
                 Some(ev) => format!("{msg_type}.{}", word(ev)),
@@ -174,10 +186,13 @@ pub fn address(push: &Push, component_appid: &str, authorizer_appid: Option<&str
 /// The first 16 hex digits of the SHA-1 of `fields` as JSON: equal for WeChat's retries of one
 /// push (same plaintext), different for two distinct pushes.
 fn digest(fields: &Fields) -> String {
+    digest_of_json(&serde_json::to_vec(fields).unwrap_or_default())
+}
+
+/// [`digest`] of fields already serialized (compact JSON, as `serde_json` writes it).
+fn digest_of_json(json: &[u8]) -> String {
     use sha1::Digest;
-    let json = serde_json::to_vec(fields).unwrap_or_default();
-    let sum = sha1::Sha1::digest(&json);
-    hex::encode(&sum[..8])
+    hex::encode(&sha1::Sha1::digest(json)[..8])
 }
 
 /// The subject of a component push, and whether subject + `CreateTime` name one push.
@@ -223,6 +238,57 @@ impl CloudEvent {
     }
 }
 
+/// A [`CloudEvent`] on its way out: the same JSON, but borrowing the push's fields and the
+/// address instead of copying them (the decrypt worker serializes one per push).
+#[derive(Debug, Serialize)]
+struct OutgoingEvent<'a> {
+    specversion: &'static str,
+    id: &'a str,
+    source: &'a str,
+    #[serde(rename = "type")]
+    event_type: &'a str,
+    time: String,
+    datacontenttype: &'static str,
+    data: &'a serde_json::value::RawValue,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reply_to: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    correlation_id: Option<&'a str>,
+}
+
+/// The address and the CloudEvent JSON of `push` (awaiting a passive reply at `reply`, if one
+/// waits): the decrypt worker's path. The fields are serialized once, for both the id's digest
+/// and the event's `data`; the JSON is the same as a [`CloudEvent`]'s.
+pub fn encode(
+    push: &Push,
+    component_appid: &str,
+    authorizer_appid: Option<&str>,
+    reply: Option<(&str, &str)>,
+) -> Result<(EventAddress, Vec<u8>), serde_json::Error> {
+    let data = serde_json::value::to_raw_value(push.fields())?;
+    let address = address_with(push, component_appid, authorizer_appid, || {
+        digest_of_json(data.get().as_bytes())
+    });
+    let create_time = match push {
+        Push::Component(e) => e.create_time,
+        Push::Authorizer(m) => m.create_time,
+    };
+    let event = OutgoingEvent {
+        specversion: "1.0",
+        id: &address.id,
+        source: &address.source,
+        event_type: &address.event_type,
+        time: rfc3339(create_time),
+        datacontenttype: "application/json",
+        data: &data,
+        reply_to: reply.map(|r| r.0),
+        correlation_id: reply.map(|r| r.1),
+    };
+    let mut out = Vec::with_capacity(256 + data.get().len());
+    serde_json::to_writer(&mut out, &event)?;
+    Ok((address, out))
+}
+
 /// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`); out-of-range values clamp.
 pub fn rfc3339(unix: i64) -> String {
     let secs = unix.clamp(0, 253_402_300_799) as u64;
@@ -233,6 +299,30 @@ pub fn rfc3339(unix: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_encoded_event_is_the_json_of_a_cloud_event_with_the_same_address() {
+        let p = parse(
+            "<xml><ToUserName>gh_1</ToUserName><FromUserName>o1</FromUserName><CreateTime>1700000000</CreateTime><MsgType>event</MsgType><Event>CLICK</Event><EventKey>k \"q\" &lt;</EventKey><Nested><A>1</A></Nested></xml>",
+        );
+        let a = address(&p, "wxc", Some("wxa"));
+        let mut owned = CloudEvent::new(&p, &a);
+        let (a2, out) = encode(&p, "wxc", Some("wxa"), None).unwrap();
+        assert_eq!(a2, a, "the digest of the fields is the same either way");
+        assert_eq!(out, serde_json::to_vec(&owned).unwrap());
+        owned.reply_to = Some("amq.rabbitmq.reply-to.x".into());
+        owned.correlation_id = Some("c1".into());
+        let (_, out) = encode(
+            &p,
+            "wxc",
+            Some("wxa"),
+            Some(("amq.rabbitmq.reply-to.x", "c1")),
+        )
+        .unwrap();
+        assert_eq!(out, serde_json::to_vec(&owned).unwrap());
+        let back: CloudEvent = serde_json::from_slice(&out).unwrap();
+        assert_eq!(back, owned);
+    }
 
     fn parse(xml: &str) -> Push {
         Push::parse(xml).unwrap()

@@ -6,7 +6,7 @@
 //! Written by the decrypt workers and by the ingress (`/auth/callback`), read by the business
 //! workers and downstream teams.
 
-use super::{headers_of, int_header, set_int};
+use super::{header_table, int_header, set_int};
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 
@@ -67,7 +67,7 @@ impl EventProperties {
         Self {
             id: s(props.message_id()),
             event_type: s(props.kind()),
-            received_at_ms: int_header(&headers_of(props), H_RECEIVED_AT),
+            received_at_ms: int_header(header_table(props), H_RECEIVED_AT),
             reply: reply_address(props),
         }
     }

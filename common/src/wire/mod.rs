@@ -26,7 +26,10 @@ pub fn text_header(headers: &FieldTable, name: &str) -> Option<String> {
 /// A text value of a header table or array.
 pub fn text_value(v: &AMQPValue) -> Option<String> {
     match v {
-        AMQPValue::LongString(s) => Some(String::from_utf8_lossy(s.as_bytes()).into_owned()),
+        AMQPValue::LongString(s) => Some(match std::str::from_utf8(s.as_bytes()) {
+            Ok(text) => text.to_owned(),
+            Err(_) => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        }),
         AMQPValue::ShortString(s) => Some(s.to_string()),
         _ => None,
     }
@@ -58,6 +61,12 @@ pub fn set_int(headers: &mut FieldTable, name: &str, value: i64) {
 }
 
 /// The header table of `props` (empty when it has none).
+/// The headers of `props` to read (borrowed; an empty table when there are none).
+pub fn header_table(props: &lapin::BasicProperties) -> &FieldTable {
+    static EMPTY: std::sync::LazyLock<FieldTable> = std::sync::LazyLock::new(FieldTable::default);
+    props.headers().as_ref().unwrap_or(&EMPTY)
+}
+
 pub fn headers_of(props: &lapin::BasicProperties) -> FieldTable {
     props.headers().clone().unwrap_or_default()
 }

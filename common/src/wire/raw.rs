@@ -5,7 +5,7 @@
 //! show` read it with [`RawPush::from_properties`] and verify the push exactly as the ingress
 //! did.
 
-use super::{headers_of, int_header, set_int, set_text, text_header};
+use super::{header_table, int_header, set_int, set_text, text_header};
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 
@@ -114,10 +114,10 @@ impl RawPush {
     ) -> Result<Self, RawHeaderError> {
         let route = RawRoute::from_routing_key(routing_key)
             .ok_or_else(|| RawHeaderError::UnknownRoute(routing_key.to_owned()))?;
-        let h = headers_of(props);
+        let h = header_table(props);
         let required =
-            |name: &'static str| text_header(&h, name).ok_or(RawHeaderError::Missing(name));
-        let appid = text_header(&h, H_APPID);
+            |name: &'static str| text_header(h, name).ok_or(RawHeaderError::Missing(name));
+        let appid = text_header(h, H_APPID);
         if route == RawRoute::Authorizer && appid.is_none() {
             return Err(RawHeaderError::Missing(H_APPID));
         }
@@ -126,11 +126,11 @@ impl RawPush {
             timestamp: required(H_TIMESTAMP)?,
             nonce: required(H_NONCE)?,
             msg_signature: required(H_MSG_SIGNATURE)?,
-            signature: text_header(&h, H_SIGNATURE),
-            encrypt_type: text_header(&h, H_ENCRYPT_TYPE),
-            openid: text_header(&h, H_OPENID),
+            signature: text_header(h, H_SIGNATURE),
+            encrypt_type: text_header(h, H_ENCRYPT_TYPE),
+            openid: text_header(h, H_OPENID),
             appid,
-            received_at_ms: int_header(&h, H_RECEIVED_AT),
+            received_at_ms: int_header(h, H_RECEIVED_AT),
         })
     }
 }
@@ -180,7 +180,7 @@ mod tests {
             Err(RawHeaderError::UnknownRoute(_))
         ));
         raw.received_at_ms = None;
-        let mut h = headers_of(&raw.to_properties()).inner().clone();
+        let mut h = crate::wire::headers_of(&raw.to_properties()).inner().clone();
         h.remove(H_NONCE);
         let props = BasicProperties::default().with_headers(h.into());
         assert_eq!(

@@ -3,6 +3,7 @@
 //! the same bytes fail the same way on every try — so each is a dead-letter reason.
 
 use common::crypto::{CryptoError, MsgCrypt};
+use common::event::EventAddress;
 use common::wire::event::{ReplyAddress, reply_address};
 use common::wire::raw::{RawHeaderError, RawPush};
 use common::xml::envelope::Envelope;
@@ -49,6 +50,21 @@ impl Poison {
             Poison::Unparseable(_) => "unparseable",
         }
     }
+}
+
+/// The event of a decoded push: its address (id, routing key, type) and its CloudEvent JSON.
+pub fn event(decoded: &Decoded, component_appid: &str) -> Result<(EventAddress, Vec<u8>), Poison> {
+    let reply = decoded
+        .reply
+        .as_ref()
+        .map(|r| (r.reply_to.as_str(), r.correlation_id.as_str()));
+    common::event::encode(
+        &decoded.push,
+        component_appid,
+        decoded.raw.appid.as_deref(),
+        reply,
+    )
+    .map_err(|e| Poison::Unparseable(e.to_string()))
 }
 
 /// Verifies and decrypts one raw message.

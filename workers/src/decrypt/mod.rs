@@ -12,7 +12,7 @@ use common::amqp::consumer::{Disposition, Handler};
 use common::amqp::publisher::Routing;
 use common::config::ConfigError;
 use common::crypto::MsgCrypt;
-use common::event::{self, CloudEvent};
+use common::event;
 use common::ids::Namespace;
 use common::wire::event::EventProperties;
 use decode::{Decoded, decode};
@@ -127,23 +127,13 @@ impl Handler for DecryptHandler {
         {
             panic!("fault injection: a push containing the WXPIPE_FAULT_PANIC_ON marker");
         }
-        let address = event::address(
-            &decoded.push,
-            self.crypt.appid(),
-            decoded.raw.appid.as_deref(),
-        );
-        let mut cloud_event = CloudEvent::new(&decoded.push, &address);
-        if let Some(reply) = &decoded.reply {
-            cloud_event.reply_to = Some(reply.reply_to.clone());
-            cloud_event.correlation_id = Some(reply.correlation_id.clone());
-        }
-        let body = match serde_json::to_vec(&cloud_event) {
-            Ok(b) => b,
-            Err(e) => {
+        let (address, body) = match decode::event(&decoded, self.crypt.appid()) {
+            Ok(e) => e,
+            Err(poison) => {
                 count("dead");
                 return Disposition::DeadLetter {
-                    reason: "unparseable",
-                    detail: e.to_string(),
+                    reason: poison.reason(),
+                    detail: poison.to_string(),
                 };
             }
         };

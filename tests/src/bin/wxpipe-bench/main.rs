@@ -28,6 +28,11 @@ use wxpipe_tests::http1::HttpConn;
 use wxpipe_tests::push::{PushBuilder, SignedPush};
 use wxpipe_tests::test_platform;
 
+/// The allocator of the worker and ingress binaries, so the figures are theirs.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+mod codec;
 mod decrypt;
 mod gateway;
 mod ingress;
@@ -60,6 +65,8 @@ enum Bench {
     Scheduler(SchedulerBench),
     /// What the gateway adds to a WeChat call (latency one at a time; calls/s of one replica).
     Gateway(gateway::GatewayBench),
+    /// The decrypt worker's CPU path per push on one thread (the shared vector), and each stage.
+    Codec(codec::CodecBench),
 }
 
 /// The `p`-quantile (nearest rank) of ascending `sorted` values; 0 when there are none.
@@ -79,5 +86,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Decrypt(b) => decrypt::run(b).await,
         Bench::Scheduler(b) => scheduler::run(b).await,
         Bench::Gateway(b) => gateway::run(b).await,
+        Bench::Codec(b) => codec::run(b).await,
     }
 }
