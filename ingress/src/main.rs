@@ -1,11 +1,6 @@
 use clap::Parser;
 use ingress::IngressArgs;
 
-/// mimalloc instead of the system allocator: the decrypt path allocates per field, and glibc's
-/// malloc/free were a fifth of its CPU (README, Performance).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = IngressArgs::parse();

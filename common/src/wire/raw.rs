@@ -180,7 +180,9 @@ mod tests {
             Err(RawHeaderError::UnknownRoute(_))
         ));
         raw.received_at_ms = None;
-        let mut h = crate::wire::headers_of(&raw.to_properties()).inner().clone();
+        let mut h = crate::wire::headers_of(&raw.to_properties())
+            .inner()
+            .clone();
         h.remove(H_NONCE);
         let props = BasicProperties::default().with_headers(h.into());
         assert_eq!(

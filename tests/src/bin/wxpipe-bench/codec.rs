@@ -86,6 +86,7 @@ pub async fn run(b: CodecBench) -> anyhow::Result<()> {
         "whole path, one thread: {whole:.0} pushes/s ({:.2} µs each)",
         1e6 / whole
     );
+    println!("figures: codec_rate={whole:.0}");
     let stage = b.seconds / 3.0;
     let plaintext = s("plaintext");
     let envelope = Envelope::parse(&body)?;

@@ -254,6 +254,11 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         "push-to-event latency at {target:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
         latency.0, latency.1, latency.2, latency.3
     );
+    println!(
+        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={:.3} decrypt_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1}",
+        rate / ceiling,
+        latency.1
+    );
     let _ = tokio::process::Command::new("kill")
         .arg(pid.to_string())
         .status()

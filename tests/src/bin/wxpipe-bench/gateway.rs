@@ -122,10 +122,10 @@ pub async fn run(b: GatewayBench) -> anyhow::Result<()> {
     println!(
         "  through the gateway:     {n2} calls, p50 {p50g:.3} ms, p99 {p99g:.3} ms, {e2} errors"
     );
+    let added = (p50g - p50d, p99g - p99d);
     println!(
         "  added by the gateway:    p50 {:.3} ms, p99 {:.3} ms",
-        p50g - p50d,
-        p99g - p99d
+        added.0, added.1
     );
     println!("{} calls in flight, {} s each:", b.concurrency, b.duration);
     let (_, rd, p50d, p99d, e1) = load(direct, None, b.concurrency, d).await;
@@ -135,6 +135,10 @@ pub async fn run(b: GatewayBench) -> anyhow::Result<()> {
     );
     println!(
         "  through the gateway:     {rg:.0} calls/s, p50 {p50g:.2} ms, p99 {p99g:.2} ms, {e2} errors"
+    );
+    println!(
+        "figures: gateway_added_p50_ms={:.3} gateway_added_p99_ms={:.3} gateway_rate={rg:.0}",
+        added.0, added.1
     );
     println!(
         "  (the gateway, the simulator and the load share this process and {} cores)",

@@ -34,6 +34,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 mod codec;
 mod decrypt;
+mod e2e;
 mod gateway;
 mod ingress;
 mod procfs;
@@ -67,6 +68,9 @@ enum Bench {
     Gateway(gateway::GatewayBench),
     /// The decrypt worker's CPU path per push on one thread (the shared vector), and each stage.
     Codec(codec::CodecBench),
+    /// The whole pipeline (ingress + decrypt binaries) vs a bare lapin pipeline doing the same
+    /// broker work, and push-to-event latency at half load.
+    E2e(e2e::E2eBench),
 }
 
 /// The `p`-quantile (nearest rank) of ascending `sorted` values; 0 when there are none.
@@ -87,5 +91,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Scheduler(b) => scheduler::run(b).await,
         Bench::Gateway(b) => gateway::run(b).await,
         Bench::Codec(b) => codec::run(b).await,
+        Bench::E2e(b) => e2e::run(b).await,
     }
 }

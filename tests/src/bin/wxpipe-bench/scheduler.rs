@@ -157,6 +157,12 @@ pub async fn run(b: SchedulerBench) -> anyhow::Result<()> {
         "admin API token reads: {} at {:.0}/s, p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, errors {}; tokens refused by the sim: {rejected}",
         reads.0, reads.1, reads.2, reads.3, reads.4, reads.5
     );
+    println!(
+        "figures: scheduler_cpu_pct={:.1} scheduler_rss_mb={hwm:.1} scheduler_read_p99_ms={:.2} scheduler_refreshes_per_account_window={:.2}",
+        cpu / elapsed * 100.0,
+        reads.3,
+        calls as f64 * window / elapsed / b.authorizers as f64
+    );
     let _ = tokio::process::Command::new("kill")
         .arg(pid.to_string())
         .status()

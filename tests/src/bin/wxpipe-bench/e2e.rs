@@ -1,0 +1,415 @@
+//! `wxpipe-bench e2e`: the whole pipeline — the real `ingress` and `workers decrypt` binaries —
+//! under signed pushes from `--concurrency` HTTP connections, events counted on a downstream
+//! quorum queue bound to `{ns}.events`; beside it, in the same run, a bare lapin pipeline doing
+//! the same broker work (the ingress's message confirmed into a raw quorum queue, consumed and
+//! republished with a confirm to the topic exchange, consumed downstream) as the ceiling. Then
+//! push-to-event latency (the ingress's `received_at` to the downstream consumer) at half the
+//! measured throughput.
+
+use super::*;
+use futures::StreamExt;
+use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+use lapin::types::{AMQPValue, FieldTable};
+use procfs::sibling_binary;
+use wxpipe_tests::broker::bind_queue;
+
+#[derive(clap::Args)]
+pub struct E2eBench {
+    /// HTTP connections (pushes in flight) at saturation, and publishes in flight in the ceiling.
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Seconds measured at saturation (after the warm-up).
+    #[arg(long, default_value_t = 10)]
+    duration: u64,
+    #[arg(long, default_value_t = 3)]
+    warmup: u64,
+    /// Seconds of the half-load latency phase.
+    #[arg(long, default_value_t = 10)]
+    latency_secs: u64,
+    /// The directory of the `ingress` and `workers` binaries (default: beside this one).
+    #[arg(long)]
+    bin_dir: Option<PathBuf>,
+    #[arg(
+        long,
+        env = "WXPIPE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    amqp_url: String,
+    #[arg(
+        long,
+        env = "WXPIPE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    redis_url: String,
+}
+
+const AUTHORIZER: &str = "wxba5fad812f8e6fb9";
+const GH: &str = "gh_97417a04a28d";
+
+/// `n` distinct signed text pushes (their own MsgIds), as (path and query, body).
+fn pushes(n: usize, first_msg_id: u64) -> Vec<(String, bytes::Bytes)> {
+    let b = PushBuilder::test_platform();
+    let now = common::unix_now();
+    (0..n)
+        .map(|i| {
+            let plain = wxpipe_tests::push::text_message(
+                GH,
+                "o-bench",
+                now,
+                &"x".repeat(100),
+                first_msg_id + i as u64,
+            );
+            let p = b.authorizer(GH, "o-bench", &plain, now, "424242");
+            (
+                format!("/wechat/authorizers/{AUTHORIZER}?{}", p.query),
+                bytes::Bytes::from(p.body),
+            )
+        })
+        .collect()
+}
+
+/// Counts (and acks) what arrives on `queue`; with `latencies`, also records now − the
+/// `received_at` header of each message, in ms.
+fn downstream(
+    ch: lapin::Channel,
+    queue: String,
+    count: Arc<AtomicU64>,
+    latencies: Option<Arc<std::sync::Mutex<Vec<f64>>>>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = ch.basic_qos(1000, BasicQosOptions::default()).await;
+        let Ok(mut consumer) = ch
+            .basic_consume(
+                queue.as_str().into(),
+                "bench-downstream".into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+        else {
+            return;
+        };
+        while let Some(Ok(d)) = consumer.next().await {
+            if let Some(lat) = &latencies {
+                let sent = d.properties.headers().as_ref().and_then(|h| {
+                    match h.inner().get("received_at") {
+                        Some(AMQPValue::LongLongInt(v)) => Some(*v),
+                        _ => None,
+                    }
+                });
+                if let (Some(sent), Ok(mut l)) = (sent, lat.lock()) {
+                    l.push((common::unix_now_ms() - sent) as f64);
+                }
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            let _ = d.ack(BasicAckOptions::default()).await;
+        }
+    })
+}
+
+/// The rate of `count` over `duration` after `warmup`.
+async fn measure(count: &AtomicU64, warmup: u64, duration: u64) -> f64 {
+    tokio::time::sleep(Duration::from_secs(warmup)).await;
+    let (n0, t0) = (count.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(duration)).await;
+    (count.load(Ordering::Relaxed) - n0) as f64 / t0.elapsed().as_secs_f64()
+}
+
+fn spawn(
+    b: &E2eBench,
+    t: &TestNs,
+    bin: &str,
+    args: &[&str],
+    port: u16,
+) -> anyhow::Result<tokio::process::Child> {
+    let path = match &b.bin_dir {
+        Some(d) => d.join(bin),
+        None => sibling_binary(None, bin)?,
+    };
+    Ok(tokio::process::Command::new(path)
+        .args(args)
+        .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
+        .env("WXPIPE_TOKEN", test_platform::TOKEN)
+        .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
+        .env("WXPIPE_NAMESPACE", t.name())
+        .env("WXPIPE_AMQP_URL", &b.amqp_url)
+        .env("WXPIPE_REDIS_URL", &b.redis_url)
+        .env("WXPIPE_INGRESS_ADDR", format!("127.0.0.1:{port}"))
+        .env("RUST_LOG", "warn")
+        .kill_on_drop(true)
+        .spawn()?)
+}
+
+pub async fn run(b: E2eBench) -> anyhow::Result<()> {
+    println!(
+        "# wxpipe-bench e2e: {} pushes in flight, {} s measured after {} s warm-up, {} cores",
+        b.concurrency,
+        b.duration,
+        b.warmup,
+        std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(0)
+    );
+    let ceiling = ceiling(&b).await?;
+    println!(
+        "ceiling (bare lapin: confirmed publish → raw quorum queue → consume, confirmed republish → downstream): {ceiling:.0} msg/s"
+    );
+
+    let t = TestNs::new("bench-e2e");
+    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    declare(&conn, &t.ns, &Part::everything()).await?;
+    let sink = t.queue("downstream");
+    bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let mut ingress = spawn(&b, &t, "ingress", &[], port)?;
+    let mut worker = spawn(&b, &t, "workers", &["decrypt"], port)?;
+    let client = wxpipe_tests::http();
+    let ready = async {
+        while !client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(20), ready)
+        .await
+        .context("the ingress did not become ready")?;
+
+    // Saturation.
+    let total = (b.warmup + b.duration + 2) as usize * 12_000;
+    let all = Arc::new(pushes(total, 1));
+    let next = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let events = Arc::new(AtomicU64::new(0));
+    let counter = downstream(
+        conn.create_channel().await?,
+        sink.clone(),
+        events.clone(),
+        None,
+    );
+    let mut senders = Vec::new();
+    for _ in 0..b.concurrency {
+        let mut http = HttpConn::open(("127.0.0.1", port)).await?;
+        let (all, next, stop) = (all.clone(), next.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some((path, body)) = all.get(i) else {
+                    break;
+                };
+                if !http.post(path, body.clone()).await {
+                    match HttpConn::open(("127.0.0.1", port)).await {
+                        Ok(c) => http = c,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
+            }
+        }));
+    }
+    let rate = measure(&events, b.warmup, b.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for s in senders {
+        let _ = s.await;
+    }
+    let sent = next.load(Ordering::Relaxed).min(total as u64);
+    // Let the pipeline drain before the latency phase.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while events.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    counter.abort();
+    println!(
+        "pipeline at saturation: {rate:.0} events/s; {} pushes sent, {} events ({:.2} of the ceiling)",
+        sent,
+        events.load(Ordering::Relaxed),
+        rate / ceiling
+    );
+
+    // Half load: an open loop at half the rate, latency from the ingress's received_at.
+    let half = (rate / 2.0).max(1.0);
+    let n = (half * b.latency_secs as f64) as usize;
+    let pushes = pushes(n, 10_000_000);
+    let lat = Arc::new(std::sync::Mutex::new(Vec::with_capacity(n)));
+    let got = Arc::new(AtomicU64::new(0));
+    let counter = downstream(
+        conn.create_channel().await?,
+        sink.clone(),
+        got.clone(),
+        Some(lat.clone()),
+    );
+    let mut conns = Vec::new();
+    for _ in 0..16 {
+        conns.push(Arc::new(tokio::sync::Mutex::new(
+            HttpConn::open(("127.0.0.1", port)).await?,
+        )));
+    }
+    let start = Instant::now();
+    let mut inflight = Vec::with_capacity(n);
+    for (i, (path, body)) in pushes.into_iter().enumerate() {
+        tokio::time::sleep_until((start + Duration::from_secs_f64(i as f64 / half)).into()).await;
+        let c = conns[i % conns.len()].clone();
+        inflight.push(tokio::spawn(async move {
+            c.lock().await.post(&path, body).await
+        }));
+    }
+    for f in inflight {
+        let _ = f.await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while got.load(Ordering::Relaxed) < n as u64 && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    counter.abort();
+    let mut l = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    l.sort_by(|a, b| a.total_cmp(b));
+    println!(
+        "push-to-event at half load ({half:.0}/s, {} events): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+        l.len(),
+        percentile(&l, 0.5),
+        percentile(&l, 0.99),
+        l.last().copied().unwrap_or(0.0)
+    );
+    println!(
+        "figures: e2e_rate={rate:.0} e2e_ceiling={ceiling:.0} e2e_ratio={:.3} e2e_half_p50_ms={:.2} e2e_half_p99_ms={:.2}",
+        rate / ceiling,
+        percentile(&l, 0.5),
+        percentile(&l, 0.99)
+    );
+    for child in [&mut ingress, &mut worker] {
+        if let Some(pid) = child.id() {
+            let _ = tokio::process::Command::new("kill")
+                .arg(pid.to_string())
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+    }
+    let _ = conn.close(200, "bench done".into()).await;
+    Ok(())
+}
+
+/// The bare pipeline: the same broker work with nothing else.
+async fn ceiling(b: &E2eBench) -> anyhow::Result<f64> {
+    let t = TestNs::new("bench-e2e-ceiling");
+    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    declare(&conn, &t.ns, &Part::everything()).await?;
+    let sink = t.queue("downstream");
+    bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
+    let push = pushes(1, 1).remove(0);
+    let signed = wxpipe_tests::push::SignedPush {
+        query: push
+            .0
+            .split_once('?')
+            .map(|(_, q)| q.to_owned())
+            .unwrap_or_default(),
+        body: String::from_utf8_lossy(&push.1).into_owned(),
+    };
+    let (body, mut props) = super::ingress::raw_message(&signed);
+    if let Some(h) = props.headers().clone() {
+        let mut h = h;
+        h.insert("appid".into(), AMQPValue::LongString(AUTHORIZER.into()));
+        props = props.with_headers(h);
+    }
+    // An event of the size the worker publishes, with its kind of headers.
+    let event = vec![b'x'; 460];
+    let event_props = common::wire::event::EventProperties {
+        id: "authorizer:wxba5fad812f8e6fb9:msg:1".into(),
+        event_type: "wechat.authorizer.text".into(),
+        received_at_ms: Some(common::unix_now_ms()),
+        reply: None,
+    }
+    .to_properties();
+    let events = Arc::new(AtomicU64::new(0));
+    let counter = downstream(conn.create_channel().await?, sink, events.clone(), None);
+    // The worker: consume raw, republish with a confirm, ack.
+    let consume = conn.create_channel().await?;
+    consume.basic_qos(256, BasicQosOptions::default()).await?;
+    let republish = conn.create_channel().await?;
+    republish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = consume
+        .basic_consume(
+            t.ns.raw().as_str().into(),
+            "bench-worker".into(),
+            BasicConsumeOptions::default(),
+            FieldTable::default(),
+        )
+        .await?;
+    let exchange = t.ns.events();
+    let worker = tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let (republish, exchange, event, props) = (
+                republish.clone(),
+                exchange.clone(),
+                event.clone(),
+                event_props.clone(),
+            );
+            tokio::spawn(async move {
+                if let Ok(c) = republish
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "authorizer.wxba5fad812f8e6fb9.text".into(),
+                        BasicPublishOptions::default(),
+                        &event,
+                        props,
+                    )
+                    .await
+                    && c.await.is_ok()
+                {
+                    let _ = d.ack(BasicAckOptions::default()).await;
+                }
+            });
+        }
+    });
+    // The ingress: confirmed, mandatory publishes of its message, `concurrency` in flight.
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut publishers = Vec::new();
+    for _ in 0..b.concurrency {
+        let (publish, exchange, body, props, stop) = (
+            publish.clone(),
+            t.ns.raw(),
+            body.clone(),
+            props.clone(),
+            stop.clone(),
+        );
+        publishers.push(tokio::spawn(async move {
+            while !stop.load(Ordering::Relaxed) {
+                let Ok(c) = publish
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        "authorizer".into(),
+                        BasicPublishOptions {
+                            mandatory: true,
+                            ..Default::default()
+                        },
+                        &body,
+                        props.clone(),
+                    )
+                    .await
+                else {
+                    break;
+                };
+                let _ = c.await;
+            }
+        }));
+    }
+    let rate = measure(&events, b.warmup, b.duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for p in publishers {
+        let _ = p.await;
+    }
+    worker.abort();
+    counter.abort();
+    let _ = conn.close(200, "ceiling done".into()).await;
+    Ok(rate)
+}
