@@ -31,7 +31,7 @@ impl Role {
     }
 
     /// The whole topology, with the business queue bound to what its handlers need.
-    fn declare() -> Part {
+    pub(crate) fn declare() -> Part {
         Part::All {
             business_patterns: crate::business::bindings(),
         }

@@ -90,7 +90,17 @@ async fn queues(
     if broker.as_ref().is_none_or(|c| !c.status().connected()) {
         let name = format!("wxpipe-scheduler {} gauges", console.namespace);
         match common::amqp::connect_any(&console.amqp_urls, 0, &name).await {
-            Ok(c) => *broker = Some(c),
+            Ok(c) => {
+                // Whoever connects declares the topology (ARCHITECTURE, invariants): the queues
+                // read below then exist, and a passive declare never closes a channel.
+                let part = crate::role::Role::declare();
+                if let Err(e) = common::amqp::topology::declare(&c, &console.namespace, &part).await
+                {
+                    tracing::debug!(error = %e, "topology not declared for the queue gauges");
+                    return Ok(());
+                }
+                *broker = Some(c)
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "no broker for the queue gauges");
                 return Ok(());

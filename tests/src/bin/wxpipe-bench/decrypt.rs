@@ -15,6 +15,9 @@ pub struct DecryptBench {
     /// Prefetch of the worker and of the bare ceiling consumer.
     #[arg(long, default_value_t = 256)]
     prefetch: u16,
+    /// `workers decrypt` processes draining the queue together (cost growth: 1 → 4).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
     /// Seconds of the half-load latency phase.
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
@@ -230,19 +233,38 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     ch.queue_purge(sink.as_str().into(), Default::default())
         .await?;
 
-    // 2. one workers decrypt process, on a full queue
+    // 2. `replicas` workers decrypt processes, on a full queue
     let msgs = raw_messages(b.messages, 10_000_000);
     fill(&ch, &t, &msgs).await?;
+    let mut extra = Vec::new();
+    for _ in 1..b.replicas.max(1) {
+        extra.push(spawn_worker(&b, &t)?);
+    }
     let mut worker = spawn_worker(&b, &t)?;
     let pid = worker.id().unwrap_or(0);
-    let cpu_before = cpu_secs_of(pid);
+    let pids: Vec<u32> = std::iter::once(pid)
+        .chain(extra.iter().filter_map(|w| w.id()))
+        .collect();
+    let cpu_before: f64 = pids.iter().map(|p| cpu_secs_of(*p)).sum();
     let started = Instant::now();
     let rate = rate_until(&ch, &sink, n).await?;
-    let cpu = (cpu_secs_of(pid) - cpu_before) / started.elapsed().as_secs_f64() * 100.0;
-    let (_, hwm) = rss_of(pid);
+    let cpu = (pids.iter().map(|p| cpu_secs_of(*p)).sum::<f64>() - cpu_before)
+        / started.elapsed().as_secs_f64()
+        * 100.0;
+    let hwm: f64 = pids.iter().map(|p| rss_of(*p).1).sum();
     println!(
-        "workers decrypt: {rate:.0} pushes/s raw → events (confirmed, deduped), worker CPU {cpu:.0}%, peak RSS {hwm:.1} MB"
+        "workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {cpu:.0}% in all, peak RSS {hwm:.1} MB in all",
+        pids.len()
     );
+    for mut w in extra {
+        if let Some(p) = w.id() {
+            let _ = tokio::process::Command::new("kill")
+                .arg(p.to_string())
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.wait()).await;
+    }
     println!("decrypt / ceiling: {:.2}", rate / ceiling);
     ch.queue_purge(sink.as_str().into(), Default::default())
         .await?;
@@ -255,7 +277,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         latency.0, latency.1, latency.2, latency.3
     );
     println!(
-        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={:.3} decrypt_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1}",
+        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={:.3} decrypt_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_pct={cpu:.0}",
         rate / ceiling,
         latency.1
     );
