@@ -24,29 +24,29 @@ pub struct DecryptBench {
     /// The workers binary (default: `workers` beside this one).
     #[arg(long)]
     workers_bin: Option<PathBuf>,
-    /// RabbitMQ URL.
-    #[arg(
-        long,
-        env = "WXPIPE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    /// Redis URL.
-    #[arg(
-        long,
-        env = "WXPIPE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    services: Services,
 }
-
-const AUTHORIZER: &str = "wxba5fad812f8e6fb9";
-const GH: &str = "gh_97417a04a28d";
 
 /// A raw message as the ingress stores it: body and headers.
 struct Raw {
     body: Vec<u8>,
     headers: FieldTable,
+}
+
+impl Raw {
+    /// Its properties, received now.
+    fn properties(&self) -> BasicProperties {
+        let mut headers = self.headers.clone();
+        common::wire::set_int(
+            &mut headers,
+            common::wire::raw::H_RECEIVED_AT,
+            common::unix_now_ms(),
+        );
+        BasicProperties::default()
+            .with_delivery_mode(2)
+            .with_headers(headers)
+    }
 }
 
 fn raw_messages(n: u64, first_msg_id: u64) -> Vec<Raw> {
@@ -81,20 +81,13 @@ async fn fill(ch: &lapin::Channel, t: &TestNs, msgs: &[Raw]) -> anyhow::Result<(
     for chunk in msgs.chunks(256) {
         let mut confirms = Vec::with_capacity(chunk.len());
         for m in chunk {
-            let mut headers = m.headers.clone();
-            headers.insert(
-                "received_at".into(),
-                AMQPValue::LongLongInt(common::unix_now_ms()),
-            );
             confirms.push(
                 ch.basic_publish(
                     exchange.as_str().into(),
                     "authorizer".into(),
                     BasicPublishOptions::default(),
                     &m.body,
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_headers(headers),
+                    m.properties(),
                 )
                 .await?,
             );
@@ -141,7 +134,7 @@ async fn rate_until(ch: &lapin::Channel, sink: &str, target: u32) -> anyhow::Res
 /// The bare ceiling: consume `{ns}.raw`, republish each body to `{ns}.events` with a
 /// confirm, then ack — what the worker does minus verify, decrypt, parse, dedup and JSON.
 async fn bare_ceiling(b: &DecryptBench, t: &TestNs, sink: &str, n: u32) -> anyhow::Result<f64> {
-    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
     let consume = conn.create_channel().await?;
     let publish = conn.create_channel().await?;
     publish
@@ -195,8 +188,8 @@ fn spawn_worker(b: &DecryptBench, t: &TestNs) -> anyhow::Result<tokio::process::
             .env("WXPIPE_TOKEN", test_platform::TOKEN)
             .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
             .env("WXPIPE_NAMESPACE", t.name())
-            .env("WXPIPE_AMQP_URL", &b.amqp_url)
-            .env("WXPIPE_REDIS_URL", &b.redis_url)
+            .env("WXPIPE_AMQP_URL", &b.services.amqp_url)
+            .env("WXPIPE_REDIS_URL", &b.services.redis_url)
             .env("WXPIPE_DECRYPT_PREFETCH", b.prefetch.to_string())
             .env("RUST_LOG", "warn")
             .kill_on_drop(true)
@@ -207,7 +200,7 @@ fn spawn_worker(b: &DecryptBench, t: &TestNs) -> anyhow::Result<tokio::process::
 pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     let t = TestNs::new("bench-decrypt");
     let sink = t.queue("sink");
-    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
     declare(&conn, &t.ns, &Part::everything()).await?;
     let ch = conn.create_channel().await?;
     bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
@@ -299,7 +292,7 @@ async fn half_load_latency(
 ) -> anyhow::Result<(f64, f64, f64, usize)> {
     let total = (rate * b.latency_secs as f64) as u64;
     let msgs = raw_messages(total, 20_000_000);
-    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
     let consume = conn.create_channel().await?;
     let mut consumer = consume
         .basic_consume(
@@ -320,15 +313,7 @@ async fn half_load_latency(
             else {
                 break;
             };
-            let sent = d
-                .properties
-                .headers()
-                .as_ref()
-                .and_then(|h| match h.inner().get("received_at") {
-                    Some(AMQPValue::LongLongInt(v)) => Some(*v),
-                    _ => None,
-                })
-                .unwrap_or(0);
+            let sent = received_at(&d.properties).unwrap_or(0);
             lat.push((common::unix_now_ms() - sent) as f64);
         }
         lat
@@ -343,11 +328,6 @@ async fn half_load_latency(
     for (i, m) in msgs.iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let mut headers = m.headers.clone();
-        headers.insert(
-            "received_at".into(),
-            AMQPValue::LongLongInt(common::unix_now_ms()),
-        );
         confirms.push(
             publish
                 .basic_publish(
@@ -355,9 +335,7 @@ async fn half_load_latency(
                     "authorizer".into(),
                     BasicPublishOptions::default(),
                     &m.body,
-                    BasicProperties::default()
-                        .with_delivery_mode(2)
-                        .with_headers(headers),
+                    m.properties(),
                 )
                 .await?,
         );

@@ -29,22 +29,9 @@ pub struct E2eBench {
     /// The directory of the `ingress` and `workers` binaries (default: beside this one).
     #[arg(long)]
     bin_dir: Option<PathBuf>,
-    #[arg(
-        long,
-        env = "WXPIPE_AMQP_URL",
-        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
-    )]
-    amqp_url: String,
-    #[arg(
-        long,
-        env = "WXPIPE_REDIS_URL",
-        default_value = "redis://127.0.0.1:6379/0"
-    )]
-    redis_url: String,
+    #[command(flatten)]
+    services: Services,
 }
-
-const AUTHORIZER: &str = "wxba5fad812f8e6fb9";
-const GH: &str = "gh_97417a04a28d";
 
 /// `n` distinct signed text pushes (their own MsgIds), as (path and query, body).
 fn pushes(n: usize, first_msg_id: u64) -> Vec<(String, bytes::Bytes)> {
@@ -90,16 +77,10 @@ fn downstream(
             return;
         };
         while let Some(Ok(d)) = consumer.next().await {
-            if let Some(lat) = &latencies {
-                let sent = d.properties.headers().as_ref().and_then(|h| {
-                    match h.inner().get("received_at") {
-                        Some(AMQPValue::LongLongInt(v)) => Some(*v),
-                        _ => None,
-                    }
-                });
-                if let (Some(sent), Ok(mut l)) = (sent, lat.lock()) {
-                    l.push((common::unix_now_ms() - sent) as f64);
-                }
+            if let Some(lat) = &latencies
+                && let (Some(sent), Ok(mut l)) = (received_at(&d.properties), lat.lock())
+            {
+                l.push((common::unix_now_ms() - sent) as f64);
             }
             count.fetch_add(1, Ordering::Relaxed);
             let _ = d.ack(BasicAckOptions::default()).await;
@@ -132,8 +113,8 @@ fn spawn(
         .env("WXPIPE_TOKEN", test_platform::TOKEN)
         .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
         .env("WXPIPE_NAMESPACE", t.name())
-        .env("WXPIPE_AMQP_URL", &b.amqp_url)
-        .env("WXPIPE_REDIS_URL", &b.redis_url)
+        .env("WXPIPE_AMQP_URL", &b.services.amqp_url)
+        .env("WXPIPE_REDIS_URL", &b.services.redis_url)
         .env("WXPIPE_INGRESS_ADDR", format!("127.0.0.1:{port}"))
         .env("RUST_LOG", "warn")
         .kill_on_drop(true)
@@ -156,7 +137,7 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
     );
 
     let t = TestNs::new("bench-e2e");
-    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
     declare(&conn, &t.ns, &Part::everything()).await?;
     let sink = t.queue("downstream");
     bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
@@ -296,7 +277,7 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
 /// The bare pipeline: the same broker work with nothing else.
 async fn ceiling(b: &E2eBench) -> anyhow::Result<f64> {
     let t = TestNs::new("bench-e2e-ceiling");
-    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
     declare(&conn, &t.ns, &Part::everything()).await?;
     let sink = t.queue("downstream");
     bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;

@@ -73,6 +73,38 @@ enum Bench {
     E2e(e2e::E2eBench),
 }
 
+/// The account of the shared vector `official-message-push-component`, which the decrypt and
+/// e2e benchmarks push for.
+pub const AUTHORIZER: &str = "wxba5fad812f8e6fb9";
+pub const GH: &str = "gh_97417a04a28d";
+
+/// The broker and Redis the benchmarks that need both talk to.
+#[derive(clap::Args)]
+pub struct Services {
+    /// RabbitMQ URL.
+    #[arg(
+        long,
+        env = "WXPIPE_AMQP_URL",
+        default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
+    )]
+    pub amqp_url: String,
+    /// Redis URL.
+    #[arg(
+        long,
+        env = "WXPIPE_REDIS_URL",
+        default_value = "redis://127.0.0.1:6379/0"
+    )]
+    pub redis_url: String,
+}
+
+/// The `received_at` (ms) a raw message or an event carries: the wire type's header.
+pub fn received_at(props: &BasicProperties) -> Option<i64> {
+    common::wire::int_header(
+        common::wire::header_table(props),
+        common::wire::raw::H_RECEIVED_AT,
+    )
+}
+
 /// The `p`-quantile (nearest rank) of ascending `sorted` values; 0 when there are none.
 pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
     if sorted.is_empty() {
