@@ -19,6 +19,18 @@ pub struct WorkerArgs {
     pub wechat: common::config::WechatArgs,
 }
 
+/// A given `WXPIPE_ADMIN_TOKEN` (trimmed): at least 16 characters.
+pub fn admin_token(given: &str) -> Result<String, ConfigError> {
+    if given.len() >= 16 {
+        Ok(given.to_owned())
+    } else {
+        Err(ConfigError::Invalid {
+            var: "WXPIPE_ADMIN_TOKEN",
+            reason: "use at least 16 characters".into(),
+        })
+    }
+}
+
 impl WorkerArgs {
     /// The token service of this platform (needs the AppSecret).
     pub fn token_service(&self) -> Result<common::token::TokenService, ConfigError> {

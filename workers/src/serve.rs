@@ -8,6 +8,22 @@ use axum::routing::get;
 use std::net::SocketAddr;
 use tokio::sync::watch;
 
+/// The token of an `Authorization: Bearer …` header, as sent ("" when there is none).
+pub fn bearer(headers: &axum::http::HeaderMap) -> &str {
+    headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or("")
+}
+
+/// Whether `given` is the admin token, compared in constant time (the comparison does not
+/// reveal how much of it was right).
+pub fn is_admin_token(given: &str, admin: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    given.as_bytes().ct_eq(admin.as_bytes()).into()
+}
+
 /// `/healthz` and `/readyz`, for every listener of the workers.
 pub fn health_routes<S: Clone + Send + Sync + 'static>(redis: deadpool_redis::Pool) -> Router<S> {
     Router::new()

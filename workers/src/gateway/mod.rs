@@ -67,14 +67,8 @@ pub struct GatewayConfig {
 impl GatewayArgs {
     pub fn validate(&self) -> Result<(GatewayConfig, SocketAddr), ConfigError> {
         let admin_token = match self.admin_token.as_deref().map(str::trim) {
-            Some(t) if t.len() >= 16 => Some(t.to_owned()),
             Some("") | None => None,
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    var: "WXPIPE_ADMIN_TOKEN",
-                    reason: "use at least 16 characters".into(),
-                });
-            }
+            Some(t) => Some(crate::args::admin_token(t)?),
         };
         if self.max_body_bytes < 1024 {
             return Err(ConfigError::Invalid {

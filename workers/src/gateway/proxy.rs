@@ -13,7 +13,6 @@ use common::token::{StoredToken, TokenError, TokenService};
 use serde_json::{Value, json};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use subtle::ConstantTimeEq;
 
 /// The gateway could not be built.
 #[derive(Debug, thiserror::Error)]
@@ -87,22 +86,17 @@ fn refuse(status: StatusCode, team: &str, outcome: &'static str, error: String) 
 }
 
 async fn caller(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, Response> {
-    let given = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("")
-        .trim();
-    if let Some(admin) = &gw.admin_token {
-        let ok: bool = given.as_bytes().ct_eq(admin.as_bytes()).into();
-        if ok {
-            return Ok(Caller {
-                team: "admin".into(),
-                id: "admin".into(),
-                scope: None,
-            });
-        }
+    let given = crate::serve::bearer(headers).trim();
+    if let Some(admin) = &gw.admin_token
+        && crate::serve::is_admin_token(given, admin)
+    {
+        return Ok(Caller {
+            team: "admin".into(),
+            id: "admin".into(),
+            scope: None,
+        });
     }
+
     match gw.keys.find(given).await {
         Ok(Some(k)) => Ok(Caller {
             team: k.scope.team.clone(),
@@ -249,10 +243,7 @@ impl Gateway {
 
     /// The component APIs under `cgi-bin/component/` want `component_appid` in their JSON body.
     fn body(&self, target: &Target, path: &str, headers: &HeaderMap, body: &Bytes) -> Bytes {
-        let json = headers
-            .get(header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|c| c.contains("json") || c.starts_with("text/"));
+        let json = may_be_json(headers.get(header::CONTENT_TYPE));
         if matches!(target, Target::Component) && path.starts_with("cgi-bin/component/") && json {
             if let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(body) {
                 if !o.contains_key("component_appid") {
@@ -265,6 +256,14 @@ impl Gateway {
         }
         body.clone()
     }
+}
+
+/// A body with this content type may be JSON: none, `…json…`, or `text/…` (WeChat answers JSON
+/// as `text/plain` too).
+fn may_be_json(content_type: Option<&HeaderValue>) -> bool {
+    content_type
+        .and_then(|v| v.to_str().ok())
+        .is_none_or(|c| c.contains("json") || c.starts_with("text/"))
 }
 
 /// WeChat's answer.
@@ -281,12 +280,9 @@ impl Answer {
         if self.body.len() > 64 * 1024 {
             return None;
         }
-        let text = self
-            .content_type
-            .as_ref()
-            .and_then(|v| v.to_str().ok())
-            .is_none_or(|c| c.contains("json") || c.starts_with("text/"));
-        if !text || self.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        if !may_be_json(self.content_type.as_ref())
+            || self.body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{')
+        {
             return None;
         }
         serde_json::from_slice::<Value>(&self.body)
@@ -393,7 +389,7 @@ pub async fn forward(
     let body = gw.body(&target, &path, &headers, &body);
     let content_type = headers.get(header::CONTENT_TYPE);
     let (mut retries, mut replaced, mut busy) = (0u32, false, 0u32);
-    let answer = loop {
+    let (answer, errcode) = loop {
         let Some(url) = gw.url(&target, &path, uri.query(), &token) else {
             return refuse(
                 StatusCode::BAD_REQUEST,
@@ -420,7 +416,8 @@ pub async fn forward(
                 );
             }
         };
-        match answer.errcode() {
+        let errcode = answer.errcode();
+        match errcode {
             Some(code) if REFUSED_TOKEN.contains(&code) && !replaced => {
                 replaced = true;
                 retries += 1;
@@ -436,10 +433,9 @@ pub async fn forward(
                 metrics::counter!("wxpipe_gateway_retries_total", "team" => caller.team.clone(), "reason" => "busy").increment(1);
                 tokio::time::sleep(Duration::from_millis(200 << (busy - 1))).await;
             }
-            _ => break answer,
+            _ => break (answer, errcode),
         }
     };
-    let errcode = answer.errcode();
     let outcome = match errcode {
         None | Some(0) => "ok".to_owned(),
         Some(c) => c.to_string(),

@@ -27,7 +27,6 @@ use common::ids::AppId;
 use common::token::{RefreshMode, RefreshOutcome, StoredToken, TokenError, TokenService};
 use serde_json::json;
 use std::sync::{Arc, Mutex};
-use subtle::ConstantTimeEq;
 use tokio::sync::watch;
 
 /// A forced refresh of one account happens at most once per this, across replicas.
@@ -105,15 +104,7 @@ pub async fn serve(
 }
 
 async fn authenticate(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {
-    let given = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or("");
-    // Constant time: the comparison does not reveal how much of the token was right.
-    let ok: bool = given.as_bytes().ct_eq(admin.bearer.as_bytes()).into();
-    if !ok {
+    if !crate::serve::is_admin_token(crate::serve::bearer(req.headers()), &admin.bearer) {
         metrics::counter!("wxpipe_admin_requests_total", "outcome" => "unauthorized").increment(1);
         return (
             StatusCode::UNAUTHORIZED,

@@ -84,13 +84,7 @@ pub struct SchedulerConfig {
 impl SchedulerArgs {
     pub fn validate(&self) -> Result<SchedulerConfig, ConfigError> {
         let admin_token = match self.admin_token.as_deref().map(str::trim) {
-            Some(t) if t.len() >= 16 => t.to_owned(),
-            Some(_) => {
-                return Err(ConfigError::Invalid {
-                    var: "WXPIPE_ADMIN_TOKEN",
-                    reason: "use at least 16 characters".into(),
-                });
-            }
+            Some(t) => crate::args::admin_token(t)?,
             None => return Err(ConfigError::Missing("WXPIPE_ADMIN_TOKEN")),
         };
         Ok(SchedulerConfig {
