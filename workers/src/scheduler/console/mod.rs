@@ -235,7 +235,7 @@ async fn platform(State(admin): State<Arc<Admin>>) -> Response {
         admin
             .traffic
             .lock()
-            .map(|t| t.view(common::unix_now_ms()).wechat_errors)
+            .map(|t| t.wechat_errors())
             .unwrap_or_default()
     );
     Json(v).into_response()

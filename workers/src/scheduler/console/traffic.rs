@@ -39,12 +39,20 @@ impl Point {
             .fold(0.0, |sum, (_, v)| sum + v)
     }
 
-    /// Increases of `name` grouped by `label`.
-    fn by(&self, name: &str, label: &str, into: &mut BTreeMap<String, f64>) {
+    /// Increases of `name` grouped by `label`, for the series whose `label` passes `pick`.
+    fn by(
+        &self,
+        name: &str,
+        label: &str,
+        pick: impl Fn(Option<&str>) -> bool,
+        into: &mut BTreeMap<String, f64>,
+    ) {
         for (s, v) in self.increases.values() {
-            if s.name == name && *v > 0.0 {
-                let l = s.labels.get(label).cloned().unwrap_or_default();
-                *into.entry(l).or_default() += v;
+            let value = s.labels.get(label).map(String::as_str);
+            if s.name == name && *v > 0.0 && pick(value) {
+                *into
+                    .entry(value.unwrap_or_default().to_owned())
+                    .or_default() += v;
             }
         }
     }
@@ -190,6 +198,20 @@ impl Traffic {
         }
     }
 
+    /// WeChat API errors by errcode (the calls' outcome) over the whole history.
+    pub fn wechat_errors(&self) -> BTreeMap<String, f64> {
+        let mut wechat = BTreeMap::new();
+        for p in &self.points {
+            p.by(
+                "wxpipe_wechat_calls_total",
+                "outcome",
+                |o| o.is_some_and(|o| o != "ok"),
+                &mut wechat,
+            );
+        }
+        wechat
+    }
+
     pub fn view(&self, now_ms: i64) -> TrafficView {
         let accepted = |l: &BTreeMap<String, String>| {
             l.get("outcome")
@@ -203,27 +225,17 @@ impl Traffic {
             |l: &BTreeMap<String, String>| l.get("outcome").is_some_and(|o| o == "published");
         let mut refusals = BTreeMap::new();
         let mut dead = BTreeMap::new();
-        let mut wechat = BTreeMap::new();
         let points = self
             .points
             .iter()
             .map(|p| {
-                for (s, v) in p.increases.values() {
-                    if s.name == "wxpipe_ingress_pushes_total" && refused(&s.labels) && *v > 0.0 {
-                        let o = s.labels.get("outcome").cloned().unwrap_or_default();
-                        *refusals.entry(o).or_default() += v;
-                    }
-                }
-                p.by("wxpipe_dead_letters_total", "reason", &mut dead);
-                for (s, v) in p.increases.values() {
-                    if s.name == "wxpipe_wechat_calls_total"
-                        && s.labels.get("outcome").is_some_and(|o| o != "ok")
-                        && *v > 0.0
-                    {
-                        let o = s.labels.get("outcome").cloned().unwrap_or_default();
-                        *wechat.entry(o).or_default() += v;
-                    }
-                }
+                p.by(
+                    "wxpipe_ingress_pushes_total",
+                    "outcome",
+                    |o| o.is_some_and(|o| !ACCEPTED.contains(&o)),
+                    &mut refusals,
+                );
+                p.by("wxpipe_dead_letters_total", "reason", |_| true, &mut dead);
                 let ms = |q| {
                     p.quantile("wxpipe_ingress_publish_seconds", q)
                         .map(|s| (s * 1e5).round() / 100.0)
@@ -263,7 +275,7 @@ impl Traffic {
             points,
             refusals_by_reason: refusals,
             dead_letters_by_reason: dead,
-            wechat_errors: wechat,
+            wechat_errors: self.wechat_errors(),
             pushes_total: total("wxpipe_ingress_pushes_total", &accepted),
             events_total: total("wxpipe_decrypt_messages_total", &published),
         }
