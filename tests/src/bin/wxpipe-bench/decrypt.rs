@@ -2,7 +2,7 @@
 
 use super::*;
 use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions, QueueDeclareOptions};
+use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use procfs::{cpu_secs_of, rss_of, sibling_binary};
 use wxpipe_tests::broker::bind_queue;
@@ -135,44 +135,7 @@ async fn rate_until(ch: &lapin::Channel, sink: &str, target: u32) -> anyhow::Res
 /// confirm, then ack — what the worker does minus verify, decrypt, parse, dedup and JSON.
 async fn bare_ceiling(b: &DecryptBench, t: &TestNs, sink: &str, n: u32) -> anyhow::Result<f64> {
     let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    let consume = conn.create_channel().await?;
-    let publish = conn.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    consume
-        .basic_qos(b.prefetch, BasicQosOptions::default())
-        .await?;
-    let mut consumer = consume
-        .basic_consume(
-            t.ns.raw().as_str().into(),
-            "bench-ceiling".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let events = t.ns.events();
-    let task = tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
-            let (publish, events) = (publish.clone(), events.clone());
-            tokio::spawn(async move {
-                let confirm = publish
-                    .basic_publish(
-                        events.as_str().into(),
-                        "authorizer.wxba5fad812f8e6fb9.text".into(),
-                        BasicPublishOptions::default(),
-                        &d.data,
-                        BasicProperties::default().with_delivery_mode(2),
-                    )
-                    .await;
-                if let Ok(c) = confirm
-                    && c.await.is_ok()
-                {
-                    let _ = d.ack(BasicAckOptions::default()).await;
-                }
-            });
-        }
-    });
+    let task = bare_worker(&conn, &t.ns, b.prefetch, None).await?;
     let counter = conn.create_channel().await?;
     let rate = rate_until(&counter, sink, n).await?;
     task.abort();

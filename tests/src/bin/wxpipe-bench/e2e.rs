@@ -308,46 +308,7 @@ async fn ceiling(b: &E2eBench) -> anyhow::Result<f64> {
     let events = Arc::new(AtomicU64::new(0));
     let counter = downstream(conn.create_channel().await?, sink, events.clone(), None);
     // The worker: consume raw, republish with a confirm, ack.
-    let consume = conn.create_channel().await?;
-    consume.basic_qos(256, BasicQosOptions::default()).await?;
-    let republish = conn.create_channel().await?;
-    republish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
-    let mut consumer = consume
-        .basic_consume(
-            t.ns.raw().as_str().into(),
-            "bench-worker".into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await?;
-    let exchange = t.ns.events();
-    let worker = tokio::spawn(async move {
-        while let Some(Ok(d)) = consumer.next().await {
-            let (republish, exchange, event, props) = (
-                republish.clone(),
-                exchange.clone(),
-                event.clone(),
-                event_props.clone(),
-            );
-            tokio::spawn(async move {
-                if let Ok(c) = republish
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        "authorizer.wxba5fad812f8e6fb9.text".into(),
-                        BasicPublishOptions::default(),
-                        &event,
-                        props,
-                    )
-                    .await
-                    && c.await.is_ok()
-                {
-                    let _ = d.ack(BasicAckOptions::default()).await;
-                }
-            });
-        }
-    });
+    let worker = bare_worker(&conn, &t.ns, 256, Some((event, event_props))).await?;
     // The ingress: confirmed, mandatory publishes of its message, `concurrency` in flight.
     let publish = conn.create_channel().await?;
     publish

@@ -105,6 +105,69 @@ pub fn received_at(props: &BasicProperties) -> Option<i64> {
     )
 }
 
+/// A bare decrypt worker, the ceiling of the decrypt and e2e benchmarks: consumes `{ns}.raw`
+/// with `prefetch`, republishes each message to `{ns}.events` with a confirm — as `event` when
+/// given, else its own body (persistent) — then acks; nothing else.
+pub async fn bare_worker(
+    conn: &Connection,
+    ns: &common::ids::Namespace,
+    prefetch: u16,
+    event: Option<(Vec<u8>, BasicProperties)>,
+) -> anyhow::Result<tokio::task::JoinHandle<()>> {
+    use futures::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    let consume = conn.create_channel().await?;
+    consume
+        .basic_qos(prefetch, BasicQosOptions::default())
+        .await?;
+    let publish = conn.create_channel().await?;
+    publish
+        .confirm_select(ConfirmSelectOptions::default())
+        .await?;
+    let mut consumer = consume
+        .basic_consume(
+            ns.raw().as_str().into(),
+            "bench-bare-worker".into(),
+            BasicConsumeOptions::default(),
+            lapin::types::FieldTable::default(),
+        )
+        .await?;
+    let (exchange, key) = (ns.events(), format!("authorizer.{AUTHORIZER}.text"));
+    let event = event.map(Arc::new);
+    Ok(tokio::spawn(async move {
+        while let Some(Ok(d)) = consumer.next().await {
+            let (publish, exchange, key, event) = (
+                publish.clone(),
+                exchange.clone(),
+                key.clone(),
+                event.clone(),
+            );
+            tokio::spawn(async move {
+                let (body, props) = match event.as_deref() {
+                    Some((body, props)) => (body.as_slice(), props.clone()),
+                    None => (
+                        d.data.as_slice(),
+                        BasicProperties::default().with_delivery_mode(2),
+                    ),
+                };
+                if let Ok(c) = publish
+                    .basic_publish(
+                        exchange.as_str().into(),
+                        key.as_str().into(),
+                        BasicPublishOptions::default(),
+                        body,
+                        props,
+                    )
+                    .await
+                    && c.await.is_ok()
+                {
+                    let _ = d.ack(BasicAckOptions::default()).await;
+                }
+            });
+        }
+    }))
+}
+
 /// The `p`-quantile (nearest rank) of ascending `sorted` values; 0 when there are none.
 pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
     if sorted.is_empty() {
