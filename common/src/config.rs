@@ -185,6 +185,11 @@ pub struct NamespaceArgs {
     /// Prefix of every exchange, queue and Redis key.
     #[arg(long, env = "WXPIPE_NAMESPACE", default_value = "wxpipe")]
     pub namespace: String,
+    /// Quorum queues the intake is split into: 1 keeps the one queue `{ns}.raw`; K > 1 makes
+    /// `{ns}.raw` a consistent-hash exchange over `{ns}.raw.0 … {ns}.raw.{K-1}` by appid (needs
+    /// the broker's rabbitmq_consistent_hash_exchange plugin). Every role must agree.
+    #[arg(long, env = "WXPIPE_RAW_SHARDS", default_value_t = 1)]
+    pub raw_shards: u16,
 }
 
 impl NamespaceArgs {
@@ -195,6 +200,13 @@ impl NamespaceArgs {
                 var: "WXPIPE_NAMESPACE",
                 reason: e.to_string(),
             })
+    }
+
+    pub fn raw_shards(&self) -> Result<crate::amqp::RawShards, ConfigError> {
+        crate::amqp::RawShards::new(self.raw_shards).map_err(|e| ConfigError::Invalid {
+            var: "WXPIPE_RAW_SHARDS",
+            reason: e.to_string(),
+        })
     }
 }
 

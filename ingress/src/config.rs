@@ -88,6 +88,8 @@ pub struct IngressArgs {
 pub struct IngressConfig {
     pub crypt: MsgCrypt,
     pub namespace: Namespace,
+    /// `WXPIPE_RAW_SHARDS`.
+    pub raw_shards: common::amqp::RawShards,
     pub amqp_urls: Vec<String>,
     pub redis_url: String,
     pub addr: SocketAddr,
@@ -118,6 +120,7 @@ impl std::fmt::Debug for IngressConfig {
         f.debug_struct("IngressConfig")
             .field("crypt", &self.crypt)
             .field("namespace", &self.namespace)
+            .field("raw_shards", &self.raw_shards)
             .field("amqp_urls", &urls)
             .field("redis_url", &redact_url(&self.redis_url))
             .field("addr", &self.addr)
@@ -155,6 +158,7 @@ impl IngressArgs {
         Ok(IngressConfig {
             crypt: self.service.platform.crypt()?,
             namespace: self.service.namespace.namespace()?,
+            raw_shards: self.service.namespace.raw_shards()?,
             amqp_urls: self.service.amqp.urls()?,
             redis_url: self.service.redis.redis_url.clone(),
             addr: self.addr,

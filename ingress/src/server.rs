@@ -64,7 +64,7 @@ pub async fn serve(
     };
     // Raw pushes, and the events exchange with the business queue for /auth/callback (the
     // business workers add their own bindings).
-    let declare = Part::everything();
+    let declare = Part::everything(config.raw_shards);
     let replier = crate::sync_reply::SyncReplier::start(
         config.amqp_urls.clone(),
         config.namespace.clone(),

@@ -155,7 +155,8 @@ fn delete_namespace(ns: &str) {
             .await
             .unwrap();
         let ns: common::ids::Namespace = ns.parse().unwrap();
-        let (exchanges, queues) = common::amqp::topology::all_names(&ns);
+        let (exchanges, queues) =
+            common::amqp::topology::all_names(&ns, common::amqp::RawShards::ONE);
         for q in queues {
             let ch = conn.create_channel().await.unwrap();
             let _ = ch.queue_delete(q.as_str().into(), Default::default()).await;

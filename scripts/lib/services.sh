@@ -55,6 +55,17 @@ ensure_rabbitmq() {
   say "RabbitMQ is running on 127.0.0.1:5672"
 }
 
+# The sharded intake (WXPIPE_RAW_SHARDS > 1) needs the consistent-hash exchange; enabling an
+# enabled plugin is a no-op.
+ensure_rabbitmq_plugins() {
+  command -v rabbitmq-plugins >/dev/null 2>&1 || { say "rabbitmq-plugins not found: the sharded-intake tests will say what is missing"; return 0; }
+  local plugins="rabbitmq-plugins"
+  [ "$(id -u)" -eq 0 ] || plugins="sudo -n rabbitmq-plugins"
+  $plugins enable rabbitmq_consistent_hash_exchange >/dev/null 2>&1 \
+    || die "could not enable rabbitmq_consistent_hash_exchange (rabbitmq-plugins enable rabbitmq_consistent_hash_exchange)"
+  say "RabbitMQ's consistent-hash exchange is enabled"
+}
+
 # rabbitmqctl needs the Erlang cookie: root, or sudo for other users.
 rabbitmqctl_cmd() {
   if [ "$(id -u)" -eq 0 ]; then rabbitmqctl "$@"; else sudo -n rabbitmqctl "$@"; fi

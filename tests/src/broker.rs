@@ -11,11 +11,19 @@ use std::time::Duration;
 pub struct TestNs {
     pub ns: Namespace,
     extra_queues: std::sync::Mutex<Vec<String>>,
+    /// The broker the namespace lives on.
+    amqp_url: String,
 }
 
 impl TestNs {
-    /// `prefix` + 8 random hex digits, e.g. `t-ingress-1a2b3c4d`.
+    /// `prefix` + 8 random hex digits, e.g. `t-ingress-1a2b3c4d`, on the test broker.
     pub fn new(prefix: &str) -> Self {
+        Self::on(prefix, &crate::amqp_url())
+    }
+
+    /// [`TestNs::new`] on the broker at `amqp_url` (a cluster's nodes, comma-separated: the
+    /// first one that answers cleans up).
+    pub fn on(prefix: &str, amqp_url: &str) -> Self {
         let id = uuid::Uuid::new_v4().simple().to_string();
         let ns = format!("{prefix}-{}", &id[..8])
             .parse()
@@ -23,6 +31,7 @@ impl TestNs {
         Self {
             ns,
             extra_queues: Default::default(),
+            amqp_url: amqp_url.to_owned(),
         }
     }
 
@@ -43,6 +52,7 @@ impl TestNs {
 impl Drop for TestNs {
     fn drop(&mut self) {
         let ns = self.ns.clone();
+        let url = self.amqp_url.clone();
         let extra = self
             .extra_queues
             .lock()
@@ -57,12 +67,17 @@ impl Drop for TestNs {
                 return;
             };
             rt.block_on(async move {
-                if let Err(e) = delete_queues(&extra).await {
+                let Some(conn) = connect_any(&url).await else {
+                    eprintln!("cleanup of namespace {ns}: no broker node answers");
+                    return;
+                };
+                if let Err(e) = delete_queues_on(&conn, &extra).await {
                     eprintln!("cleanup of the test queues of {ns} failed: {e}");
                 }
-                if let Err(e) = delete_namespace(&ns).await {
+                if let Err(e) = delete_namespace_on(&conn, &ns).await {
                     eprintln!("cleanup of namespace {ns} failed: {e}");
                 }
+                let _ = conn.close(200, "cleanup done".into()).await;
                 if let Err(e) = delete_redis_keys(&format!("{ns}:")).await {
                     eprintln!("cleanup of the Redis keys of {ns} failed: {e}");
                 }
@@ -72,10 +87,31 @@ impl Drop for TestNs {
     }
 }
 
-/// Deletes every exchange and queue of `ns`.
+/// The most intake shards a test declares ([`delete_namespace`] removes that many).
+pub const TEST_MAX_SHARDS: u16 = 4;
+
+/// Deletes every exchange and queue of `ns` (with up to [`TEST_MAX_SHARDS`] intake shards).
 pub async fn delete_namespace(ns: &Namespace) -> Result<(), lapin::Error> {
     let conn = connect().await?;
-    let (exchanges, queues) = common::amqp::topology::all_names(ns);
+    let done = delete_namespace_on(&conn, ns).await;
+    let _ = conn.close(200, "cleanup done".into()).await;
+    done
+}
+
+/// The first node of a comma-separated list that accepts a connection.
+async fn connect_any(urls: &str) -> Option<Connection> {
+    for url in urls.split(',').map(str::trim) {
+        if let Ok(c) = Connection::connect(url, ConnectionProperties::default()).await {
+            return Some(c);
+        }
+    }
+    None
+}
+
+async fn delete_namespace_on(conn: &Connection, ns: &Namespace) -> Result<(), lapin::Error> {
+    let shards = common::amqp::RawShards::new(TEST_MAX_SHARDS).expect("a valid count");
+    let (exchanges, mut queues) = common::amqp::topology::all_names(ns, shards);
+    queues.push(ns.raw());
     for q in queues {
         // A fresh channel each time: deleting something absent is fine, but an error closes
         // the channel.
@@ -90,7 +126,6 @@ pub async fn delete_namespace(ns: &Namespace) -> Result<(), lapin::Error> {
             .exchange_delete(x.as_str().into(), ExchangeDeleteOptions::default())
             .await;
     }
-    let _ = conn.close(200, "cleanup done".into()).await;
     Ok(())
 }
 
@@ -100,13 +135,18 @@ pub async fn delete_queues(queues: &[String]) -> Result<(), lapin::Error> {
         return Ok(());
     }
     let conn = connect().await?;
+    let done = delete_queues_on(&conn, queues).await;
+    let _ = conn.close(200, "cleanup done".into()).await;
+    done
+}
+
+async fn delete_queues_on(conn: &Connection, queues: &[String]) -> Result<(), lapin::Error> {
     for q in queues {
         let ch = conn.create_channel().await?;
         let _ = ch
             .queue_delete(q.as_str().into(), QueueDeleteOptions::default())
             .await;
     }
-    let _ = conn.close(200, "cleanup done".into()).await;
     Ok(())
 }
 
@@ -145,7 +185,28 @@ pub async fn bind_queue(
     exchange: &str,
     patterns: &[&str],
 ) -> Result<(), lapin::Error> {
-    let conn = connect().await?;
+    bind(&crate::amqp_url(), queue, exchange, patterns, false).await
+}
+
+/// [`bind_queue`] on the broker at `url`, as a quorum queue (so that a cluster keeps it whole
+/// when a node dies).
+pub async fn bind_quorum_queue_at(
+    url: &str,
+    queue: &str,
+    exchange: &str,
+    patterns: &[&str],
+) -> Result<(), lapin::Error> {
+    bind(url, queue, exchange, patterns, true).await
+}
+
+async fn bind(
+    url: &str,
+    queue: &str,
+    exchange: &str,
+    patterns: &[&str],
+    quorum: bool,
+) -> Result<(), lapin::Error> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     ch.exchange_declare(
         exchange.into(),
@@ -157,13 +218,20 @@ pub async fn bind_queue(
         Default::default(),
     )
     .await?;
+    let mut args = lapin::types::FieldTable::default();
+    if quorum {
+        args.insert(
+            "x-queue-type".into(),
+            lapin::types::AMQPValue::LongString("quorum".into()),
+        );
+    }
     ch.queue_declare(
         queue.into(),
         lapin::options::QueueDeclareOptions {
             durable: true,
             ..Default::default()
         },
-        Default::default(),
+        args,
     )
     .await?;
     for p in patterns {
@@ -205,12 +273,16 @@ pub async fn publish_raw(
     headers: &[(&str, &str)],
 ) -> Result<(), lapin::Error> {
     let conn = connect().await?;
-    common::amqp::topology::declare(&conn, ns, &common::amqp::topology::Part::Raw)
-        .await
-        .map_err(|e| match e {
-            common::amqp::AmqpError::Broker { source, .. } => source,
-            other => panic!("{other}"),
-        })?;
+    common::amqp::topology::declare(
+        &conn,
+        ns,
+        &common::amqp::topology::Part::Raw(common::amqp::RawShards::ONE),
+    )
+    .await
+    .map_err(|e| match e {
+        common::amqp::AmqpError::Broker { source, .. } => source,
+        other => panic!("{other}"),
+    })?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(Default::default()).await?;
     let mut table = lapin::types::FieldTable::default();
@@ -252,7 +324,16 @@ pub struct Taken {
 /// Takes (and acknowledges) every message in `queue`, waiting up to `settle` after the last one
 /// for stragglers.
 pub async fn drain(queue: &str, settle: Duration) -> Result<Vec<Taken>, lapin::Error> {
-    let conn = connect().await?;
+    drain_at(&crate::amqp_url(), queue, settle).await
+}
+
+/// [`drain`] on the broker at `url`.
+pub async fn drain_at(
+    url: &str,
+    queue: &str,
+    settle: Duration,
+) -> Result<Vec<Taken>, lapin::Error> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
     let mut out = Vec::new();
     let mut idle_since = tokio::time::Instant::now();

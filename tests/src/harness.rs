@@ -27,6 +27,7 @@ pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
     IngressConfig {
         crypt: platform.crypt().expect("test credentials are valid"),
         namespace: ns.clone(),
+        raw_shards: common::amqp::RawShards::ONE,
         amqp_urls,
         redis_url: crate::redis_url(),
         addr: "127.0.0.1:0".parse().expect("literal address"),
@@ -130,6 +131,8 @@ pub fn decrypt_config(ns: &Namespace) -> workers::decrypt::DecryptConfig {
     workers::decrypt::DecryptConfig {
         crypt: ingress.crypt,
         namespace: ns.clone(),
+        raw_shards: common::amqp::RawShards::ONE,
+        shards: vec![0],
         amqp_urls: vec![crate::amqp_url()],
         redis_url: crate::redis_url(),
         prefetch: 64,
@@ -224,6 +227,7 @@ pub fn spawn_business(
     let config = workers::business::BusinessConfig {
         tokens,
         namespace: ns.clone(),
+        raw_shards: common::amqp::RawShards::ONE,
         amqp_urls: vec![crate::amqp_url()],
         prefetch: 32,
         max_attempts: 12,
@@ -270,6 +274,7 @@ pub fn console_config(
     workers::scheduler::console::ConsoleConfig {
         amqp_urls: vec![crate::amqp_url()],
         namespace: ns.clone(),
+        raw_shards: common::amqp::RawShards::ONE,
         platform: test_platform_args(),
         public_base_url,
     }

@@ -8,14 +8,18 @@
 //!   reads messages back, and closes a named connection from the broker side.
 //! * [`proxy`] is a TCP proxy that can sever every connection and refuse new ones, to take the
 //!   broker away from one process without disturbing the others.
+//! * [`intake`] sends numbered pushes per account and reads the intake's shards back.
+//! * [`cluster`] finds the local clusters of `scripts/cluster` and kills or restarts their nodes.
 //! * [`harness`] starts a real ingress (and workers) in-process on a random port.
 //! * [`sim`] is `wechat-sim`, the simulated WeChat (also a binary).
 
 pub mod broker;
 pub mod browser;
+pub mod cluster;
 pub mod faults;
 pub mod harness;
 pub mod http1;
+pub mod intake;
 pub mod proxy;
 pub mod push;
 pub mod sim;

@@ -414,9 +414,13 @@ async fn a_worker_killed_mid_burst_loses_nothing() {
     const N: u64 = 3000;
     // The burst is already queued when the worker starts.
     let conn = wxpipe_tests::broker::connect().await.unwrap();
-    common::amqp::topology::declare(&conn, &t.ns, &common::amqp::topology::Part::everything())
-        .await
-        .unwrap();
+    common::amqp::topology::declare(
+        &conn,
+        &t.ns,
+        &common::amqp::topology::Part::everything(common::amqp::RawShards::ONE),
+    )
+    .await
+    .unwrap();
     let ch = conn.create_channel().await.unwrap();
     ch.confirm_select(Default::default()).await.unwrap();
     for n in 0..N {

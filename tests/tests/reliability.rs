@@ -87,7 +87,7 @@ async fn a_slow_delivery_does_not_stall_the_prefetch_window() {
         connection_name: format!("{} dead letters", t.name()),
         channels: 1,
         confirm_timeout: Duration::from_secs(2),
-        declare: Part::Raw,
+        declare: Part::Raw(common::amqp::RawShards::ONE),
     });
     let handler = Arc::new(SlowOne {
         quick: AtomicUsize::new(0),
@@ -97,10 +97,10 @@ async fn a_slow_delivery_does_not_stall_the_prefetch_window() {
         ConsumerConfig {
             urls: vec![amqp_url()],
             namespace: t.ns.clone(),
-            queue: t.ns.raw(),
+            queues: vec![t.ns.raw()],
             connection_name: format!("{} consume", t.name()),
             prefetch: 4,
-            declare: Part::Raw,
+            declare: Part::Raw(common::amqp::RawShards::ONE),
         },
         handler.clone(),
         publisher.clone(),

@@ -139,6 +139,7 @@ async fn main() -> ExitCode {
                 prefetch: args.decrypt_prefetch,
                 dedup_ttl_secs: args.dedup_ttl_secs,
                 dedup_claim_secs: args.dedup_claim_secs,
+                shards: "*".into(),
                 fault_panic_on: None,
             };
             let business_args = BusinessArgs {

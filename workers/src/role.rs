@@ -1,10 +1,10 @@
 //! What every consuming role sets up the same way: a confirmed publisher on its own connection
 //! (events, replies, dead letters) and the consumer loop of [`common::amqp::consumer`] on its
-//! queue, both declaring the whole topology, both named after the role in the broker.
+//! queues, both declaring the whole topology, both named after the role in the broker.
 
 use common::amqp::consumer::{self, ConsumerConfig, Handler};
 use common::amqp::topology::Part;
-use common::amqp::{ConfirmedPublisher, PublisherConfig};
+use common::amqp::{ConfirmedPublisher, PublisherConfig, RawShards};
 use common::ids::Namespace;
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,8 +15,11 @@ pub struct Role {
     /// `decrypt`, `business`, …
     pub name: &'static str,
     pub namespace: Namespace,
+    /// `WXPIPE_RAW_SHARDS`, for the declared topology.
+    pub raw_shards: RawShards,
     pub urls: Vec<String>,
-    pub queue: String,
+    /// The queues consumed (the decrypt role's shards; the business queue).
+    pub queues: Vec<String>,
     pub prefetch: u16,
 }
 
@@ -31,8 +34,9 @@ impl Role {
     }
 
     /// The whole topology, with the business queue bound to what its handlers need.
-    pub(crate) fn declare() -> Part {
+    pub(crate) fn declare(raw_shards: RawShards) -> Part {
         Part::All {
+            raw: raw_shards,
             business_patterns: crate::business::bindings(),
         }
     }
@@ -45,7 +49,7 @@ impl Role {
             connection_name: format!("{} publish", self.tag()),
             channels,
             confirm_timeout,
-            declare: Self::declare(),
+            declare: Self::declare(self.raw_shards),
         })
     }
 
@@ -59,10 +63,10 @@ impl Role {
         let options = ConsumerConfig {
             urls: self.urls.clone(),
             namespace: self.namespace.clone(),
-            queue: self.queue.clone(),
+            queues: self.queues.clone(),
             connection_name: format!("{} consume", self.tag()),
             prefetch: self.prefetch,
-            declare: Self::declare(),
+            declare: Self::declare(self.raw_shards),
         };
         consumer::run(options, handler, publisher.clone(), shutdown).await;
         publisher.close().await;

@@ -14,6 +14,9 @@
 //! * `Requeue` — nacked back to the queue (the quorum queue's delivery limit dead-letters a
 //!   message that keeps coming back).
 //!
+//! A role may consume several queues (the shards of a sharded intake) on one connection: one
+//! channel per queue, each with its own prefetch, their deliveries merged into one loop.
+//!
 //! A lost connection is noticed by the delivery stream ending; unacked deliveries go back to the
 //! queue on the broker's side, and the loop reconnects once every in-flight handler has
 //! finished (so no handler of the old connection runs beside the new one's). On shutdown the
@@ -54,7 +57,8 @@ pub trait Handler: Send + Sync + 'static {
 pub struct ConsumerConfig {
     pub urls: Vec<String>,
     pub namespace: Namespace,
-    pub queue: String,
+    /// The queues consumed (one channel each); never empty.
+    pub queues: Vec<String>,
     pub connection_name: String,
     pub prefetch: u16,
     /// What to declare on every (re)connect.
@@ -125,24 +129,33 @@ async fn consume_once<H: Handler>(
     }
     let conn = connect_any(&opts.urls, start, &opts.connection_name).await?;
     super::topology::declare(&conn, &opts.namespace, &opts.declare).await?;
-    let ch = conn
-        .create_channel()
-        .await
-        .map_err(AmqpError::broker("opening a channel"))?;
-    ch.basic_qos(opts.prefetch, BasicQosOptions::default())
-        .await
-        .map_err(AmqpError::broker("setting the prefetch"))?;
-    let mut consumer = ch
-        .basic_consume(
-            opts.queue.as_str().into(),
-            opts.connection_name.as_str().into(),
-            BasicConsumeOptions::default(),
-            FieldTable::default(),
-        )
-        .await
-        .map_err(AmqpError::broker(format!("consuming {}", opts.queue)))?;
+    let mut channels = Vec::with_capacity(opts.queues.len());
+    let mut streams = Vec::with_capacity(opts.queues.len());
+    for (i, queue) in opts.queues.iter().enumerate() {
+        let ch = conn
+            .create_channel()
+            .await
+            .map_err(AmqpError::broker("opening a channel"))?;
+        ch.basic_qos(opts.prefetch, BasicQosOptions::default())
+            .await
+            .map_err(AmqpError::broker("setting the prefetch"))?;
+        let consumer = ch
+            .basic_consume(
+                queue.as_str().into(),
+                opts.connection_name.as_str().into(),
+                BasicConsumeOptions::default(),
+                FieldTable::default(),
+            )
+            .await
+            .map_err(AmqpError::broker(format!("consuming {queue}")))?;
+        channels.push(ch);
+        // Each stream says when it ends, so that one closed channel is noticed.
+        let ended = futures::stream::once(async move { (i, None) });
+        streams.push(consumer.map(move |d| (i, Some(d))).chain(ended).boxed());
+    }
+    let mut deliveries = futures::stream::select_all(streams);
     crate::health::set_connected(&opts.connection_name, true);
-    tracing::info!(queue = %opts.queue, prefetch = opts.prefetch, "consuming");
+    tracing::info!(queues = ?opts.queues, prefetch = opts.prefetch, "consuming");
 
     let mut in_flight = JoinSet::new();
     let mut running = std::collections::HashMap::new();
@@ -153,37 +166,46 @@ async fn consume_once<H: Handler>(
                     break Ended::Shutdown;
                 }
             }
-            next = consumer.next() => match next {
-                Some(Ok(delivery)) => {
-                    let (handler, dead, queue) = (handler.clone(), dead_letters.clone(), opts.queue.clone());
+            // Any queue's stream failing or ending means the connection is no longer whole:
+            // start over (in-flight handlers finish first).
+            next = deliveries.next() => match next {
+                Some((i, Some(Ok(delivery)))) => {
+                    let (handler, dead) = (handler.clone(), dead_letters.clone());
+                    let queue = opts.queues[i].clone();
                     let dlx = opts.namespace.dlx();
                     let tag = delivery.delivery_tag;
                     let task = in_flight.spawn(async move {
                         let disposition = handler.handle(&delivery).await;
                         settle(delivery, disposition, &dead, &queue, &dlx).await
                     });
-                    running.insert(task.id(), tag);
+                    running.insert(task.id(), (i, tag));
                 }
-                Some(Err(e)) => {
-                    tracing::warn!(error = %e, "delivery stream error");
+                Some((i, Some(Err(e)))) => {
+                    tracing::warn!(queue = %opts.queues[i], error = %e, "delivery stream error");
+                    break Ended::Lost;
+                }
+                Some((i, None)) => {
+                    tracing::warn!(queue = %opts.queues[i], "delivery stream ended");
                     break Ended::Lost;
                 }
                 None => break Ended::Lost,
             },
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                finished(done, &mut running, &ch).await;
+                finished(done, &mut running, &channels).await;
             }
         }
     };
     crate::health::set_connected(&opts.connection_name, false);
     if matches!(ended, Ended::Shutdown) {
         // Stop new deliveries, finish the ones in hand, then close.
-        let _ = ch
-            .basic_cancel(opts.connection_name.as_str().into(), Default::default())
-            .await;
+        for ch in &channels {
+            let _ = ch
+                .basic_cancel(opts.connection_name.as_str().into(), Default::default())
+                .await;
+        }
     }
     while let Some(done) = in_flight.join_next_with_id().await {
-        finished(done, &mut running, &ch).await;
+        finished(done, &mut running, &channels).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
     Ok(ended)
@@ -193,20 +215,20 @@ async fn consume_once<H: Handler>(
 /// hold it forever.
 async fn finished(
     done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
-    running: &mut std::collections::HashMap<tokio::task::Id, u64>,
-    ch: &lapin::Channel,
+    running: &mut std::collections::HashMap<tokio::task::Id, (usize, u64)>,
+    channels: &[lapin::Channel],
 ) {
     let (task, panicked) = match done {
         Ok((task, ())) => (task, false),
         Err(e) => (e.id(), true),
     };
-    let Some(tag) = running.remove(&task) else {
+    let Some((channel, tag)) = running.remove(&task) else {
         return;
     };
     if panicked {
         tracing::error!(tag, "a handler panicked; requeueing its delivery");
         metrics::counter!("wxpipe_handler_panics_total").increment(1);
-        let _ = ch
+        let _ = channels[channel]
             .basic_nack(
                 tag,
                 BasicNackOptions {

@@ -4,10 +4,12 @@
 pub mod connection;
 pub mod consumer;
 pub mod publisher;
+pub mod shards;
 pub mod topology;
 
 pub use connection::connect_any;
 pub use publisher::{ConfirmedPublisher, PublishError, PublisherConfig};
+pub use shards::RawShards;
 
 /// A broker-level failure, with the context that says where it happened.
 #[derive(Debug, thiserror::Error)]

@@ -16,6 +16,7 @@
 //! redeclaring.
 
 use super::AmqpError;
+use super::shards::RawShards;
 use crate::ids::Namespace;
 use crate::wire::raw::RawRoute;
 use lapin::options::{ExchangeDeclareOptions, QueueBindOptions, QueueDeclareOptions};
@@ -38,21 +39,28 @@ pub const COMPONENT_EVENTS: &str = "component.#";
 pub enum Part {
     /// Nothing (a connection that only answers on direct reply-to).
     Nothing,
-    /// `{ns}.raw` and the dead letters: all the ingress's pushes need.
-    Raw,
+    /// `{ns}.raw` (in this many shards) and the dead letters: all the ingress's pushes need.
+    Raw(RawShards),
     /// Everything: raw, events, business (bound to [`COMPONENT_EVENTS`] and these extra
     /// patterns) and dead letters.
-    All { business_patterns: Vec<String> },
+    All {
+        raw: RawShards,
+        business_patterns: Vec<String>,
+    },
 }
 
 impl Part {
     /// Everything, with no bindings of `{ns}.business` beyond [`COMPONENT_EVENTS`].
-    pub fn everything() -> Self {
+    pub fn everything(raw: RawShards) -> Self {
         Part::All {
+            raw,
             business_patterns: Vec::new(),
         }
     }
 }
+
+/// The exchange type of a sharded `{ns}.raw` (the `rabbitmq_consistent_hash_exchange` plugin).
+pub const CONSISTENT_HASH: &str = "x-consistent-hash";
 
 /// Declares `part` of `ns` on `conn`, on channels of its own.
 pub async fn declare(conn: &Connection, ns: &Namespace, part: &Part) -> Result<(), AmqpError> {
@@ -61,8 +69,15 @@ pub async fn declare(conn: &Connection, ns: &Namespace, part: &Part) -> Result<(
     }
     let mut d = Declarer::open(conn).await?;
     d.dead_letters(ns).await?;
-    d.raw(ns).await?;
-    if let Part::All { business_patterns } = part {
+    let shards = match part {
+        Part::Raw(shards) | Part::All { raw: shards, .. } => *shards,
+        Part::Nothing => RawShards::ONE,
+    };
+    d.raw(ns, shards).await?;
+    if let Part::All {
+        business_patterns, ..
+    } = part
+    {
         d.exchange(&ns.events(), ExchangeKind::Topic).await?;
         d.consumed_queue(&ns.business(), ns).await?;
         d.bind(&ns.business(), &ns.events(), COMPONENT_EVENTS)
@@ -75,12 +90,12 @@ pub async fn declare(conn: &Connection, ns: &Namespace, part: &Part) -> Result<(
     Ok(())
 }
 
-/// Every exchange and queue name a namespace may own, for tools that remove a namespace.
-pub fn all_names(ns: &Namespace) -> (Vec<String>, Vec<String>) {
-    (
-        vec![ns.raw(), ns.events(), ns.dlx()],
-        vec![ns.raw(), ns.business(), ns.dead()],
-    )
+/// Every exchange and queue name a namespace may own with `shards`, for tools that remove a
+/// namespace.
+pub fn all_names(ns: &Namespace, shards: RawShards) -> (Vec<String>, Vec<String>) {
+    let mut queues = shards.queues(ns);
+    queues.extend([ns.business(), ns.dead()]);
+    (vec![ns.raw(), ns.events(), ns.dlx()], queues)
 }
 
 /// The arguments of a consumed quorum queue.
@@ -113,6 +128,11 @@ fn is_precondition_failed(e: &lapin::Error) -> bool {
     matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 406)
 }
 
+/// 503 COMMAND_INVALID: what the broker answers for an unknown exchange type.
+fn is_command_invalid(e: &lapin::Error) -> bool {
+    matches!(e.kind(), lapin::ErrorKind::ProtocolError(a) if a.get_id() == 503)
+}
+
 /// Declarations on one channel, replaced when the broker closes it over a legacy queue.
 struct Declarer<'a> {
     conn: &'a Connection,
@@ -142,13 +162,69 @@ impl<'a> Declarer<'a> {
         self.bind(&ns.dead(), &ns.dlx(), "").await
     }
 
-    async fn raw(&mut self, ns: &Namespace) -> Result<(), AmqpError> {
-        self.exchange(&ns.raw(), ExchangeKind::Direct).await?;
-        self.consumed_queue(&ns.raw(), ns).await?;
-        for route in RawRoute::ALL {
-            self.bind(&ns.raw(), &ns.raw(), route.routing_key()).await?;
+    async fn raw(&mut self, ns: &Namespace, shards: RawShards) -> Result<(), AmqpError> {
+        if !shards.is_sharded() {
+            self.exchange(&ns.raw(), ExchangeKind::Direct).await?;
+            self.consumed_queue(&ns.raw(), ns).await?;
+            for route in RawRoute::ALL {
+                self.bind(&ns.raw(), &ns.raw(), route.routing_key()).await?;
+            }
+            return Ok(());
+        }
+        self.sharded_exchange(&ns.raw(), shards).await?;
+        for queue in shards.queues(ns) {
+            let mut args = consumed_queue_arguments(ns);
+            args.insert(
+                "x-queue-leader-locator".into(),
+                AMQPValue::LongString("balanced".into()),
+            );
+            self.queue(&queue, args).await?;
+            // The binding key of a consistent-hash exchange is the queue's weight.
+            self.bind(&queue, &ns.raw(), "1").await?;
         }
         Ok(())
+    }
+
+    /// `{ns}.raw` as a consistent-hash exchange on the shard header, with the two mistakes an
+    /// operator can make named: the plugin not enabled, or a K = 1 exchange still in place.
+    async fn sharded_exchange(&self, name: &str, shards: RawShards) -> Result<(), AmqpError> {
+        let mut args = FieldTable::default();
+        args.insert(
+            "hash-header".into(),
+            AMQPValue::LongString(crate::wire::raw::H_SHARD.into()),
+        );
+        let declared = self
+            .ch
+            .exchange_declare(
+                name.into(),
+                ExchangeKind::Custom(CONSISTENT_HASH.into()),
+                ExchangeDeclareOptions {
+                    durable: true,
+                    ..Default::default()
+                },
+                args,
+            )
+            .await;
+        match declared {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                let what = if is_precondition_failed(&e) {
+                    format!(
+                        "WXPIPE_RAW_SHARDS={shards}: exchange {name} exists with another type or \
+                         arguments (a deployment with another shard count); drain it and delete \
+                         it first (README, 'Scaling out')"
+                    )
+                } else if is_command_invalid(&e) {
+                    format!(
+                        "WXPIPE_RAW_SHARDS={shards} needs the broker's consistent-hash exchange: \
+                         rabbitmq-plugins enable rabbitmq_consistent_hash_exchange"
+                    )
+                } else {
+                    format!("declaring exchange {name}")
+                };
+                Err(AmqpError::Broker { what, source: e })
+            }
+        }
     }
 
     async fn consumed_queue(&mut self, name: &str, ns: &Namespace) -> Result<(), AmqpError> {

@@ -23,6 +23,11 @@ pub const H_ENCRYPT_TYPE: &str = "encrypt_type";
 pub const H_OPENID: &str = "openid";
 /// Header: the message URL's `{appid}` (authorizer pushes only).
 pub const H_APPID: &str = "appid";
+/// Header: what a sharded `{ns}.raw` hashes (crate::amqp::shards): the appid of an authorizer's
+/// push, [`COMPONENT_SHARD_KEY`] for the platform's own.
+pub const H_SHARD: &str = "shard";
+/// The shard key of every component push (the platform has one component appid: one key).
+pub const COMPONENT_SHARD_KEY: &str = "component";
 /// Header: when the ingress received the push, ms since the epoch.
 pub const H_RECEIVED_AT: &str = "received_at";
 /// `content_type` of a raw push.
@@ -97,6 +102,7 @@ impl RawPush {
                 set_text(&mut h, name, v);
             }
         }
+        set_text(&mut h, H_SHARD, self.shard_key());
         let mut props = BasicProperties::default()
             .with_delivery_mode(2)
             .with_content_type(CONTENT_TYPE.into());
@@ -105,6 +111,14 @@ impl RawPush {
             props = props.with_timestamp((ms / 1000).max(0) as u64);
         }
         props.with_headers(h)
+    }
+
+    /// What a sharded intake hashes: the authorizer's appid, or [`COMPONENT_SHARD_KEY`].
+    pub fn shard_key(&self) -> &str {
+        match (self.route, &self.appid) {
+            (RawRoute::Authorizer, Some(appid)) => appid,
+            _ => COMPONENT_SHARD_KEY,
+        }
     }
 
     /// Reads the headers of a raw push that arrived with `routing_key`.

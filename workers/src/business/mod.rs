@@ -37,6 +37,7 @@ pub struct BusinessArgs {
 pub struct BusinessConfig {
     pub tokens: Arc<common::token::TokenService>,
     pub namespace: Namespace,
+    pub raw_shards: common::amqp::RawShards,
     pub amqp_urls: Vec<String>,
     pub prefetch: u16,
     pub max_attempts: u32,
@@ -53,6 +54,7 @@ impl BusinessArgs {
         Ok(BusinessConfig {
             tokens: Arc::new(self.worker.token_service()?),
             namespace: self.worker.service.namespace.namespace()?,
+            raw_shards: self.worker.service.namespace.raw_shards()?,
             amqp_urls: self.worker.service.amqp.urls()?,
             prefetch: self.prefetch,
             max_attempts: self.worker.check_attempts()?,
@@ -178,8 +180,9 @@ pub async fn run(config: BusinessConfig, registry: Registry, shutdown: watch::Re
     let role = crate::role::Role {
         name: "business",
         namespace: config.namespace.clone(),
+        raw_shards: config.raw_shards,
         urls: config.amqp_urls.clone(),
-        queue: config.namespace.business(),
+        queues: vec![config.namespace.business()],
         prefetch: config.prefetch,
     };
     let publisher = role.publisher(1, Duration::from_secs(2));

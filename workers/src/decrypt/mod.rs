@@ -36,6 +36,10 @@ pub struct DecryptArgs {
     /// Lease of a worker's claim on a push; a dead worker's claim expires after it.
     #[arg(long, env = "WXPIPE_DEDUP_CLAIM_SECS", default_value_t = 30)]
     pub dedup_claim_secs: u64,
+    /// The intake shards this worker consumes when `WXPIPE_RAW_SHARDS` > 1: `*` (every one)
+    /// or a comma-separated list such as `0,2`.
+    #[arg(long, env = "WXPIPE_DECRYPT_SHARDS", default_value = "*")]
+    pub shards: String,
     /// Fault injection for `scripts/faults` only: a push whose text `Content` contains this
     /// makes its handler panic (a consumer that crashes on one message, every time).
     #[arg(long, env = "WXPIPE_FAULT_PANIC_ON", hide = true)]
@@ -47,6 +51,9 @@ pub struct DecryptArgs {
 pub struct DecryptConfig {
     pub crypt: MsgCrypt,
     pub namespace: Namespace,
+    pub raw_shards: common::amqp::RawShards,
+    /// The shards consumed (indexes below `raw_shards`).
+    pub shards: Vec<u16>,
     pub amqp_urls: Vec<String>,
     pub redis_url: String,
     pub prefetch: u16,
@@ -73,9 +80,18 @@ impl DecryptArgs {
                 reason: "must be at least 5 (longer than a publish confirm can take)".into(),
             });
         }
+        let raw_shards = w.service.namespace.raw_shards()?;
+        let shards = raw_shards
+            .select(Some(&self.shards))
+            .map_err(|e| ConfigError::Invalid {
+                var: "WXPIPE_DECRYPT_SHARDS",
+                reason: e.to_string(),
+            })?;
         Ok(DecryptConfig {
             crypt: w.service.platform.crypt()?,
             namespace: w.service.namespace.namespace()?,
+            raw_shards,
+            shards,
             amqp_urls: w.service.amqp.urls()?,
             redis_url: w.service.redis.redis_url.clone(),
             prefetch: self.prefetch,
@@ -261,8 +277,13 @@ pub async fn run(
     let role = crate::role::Role {
         name: "decrypt",
         namespace: config.namespace.clone(),
+        raw_shards: config.raw_shards,
         urls: config.amqp_urls.clone(),
-        queue: config.namespace.raw(),
+        queues: config
+            .shards
+            .iter()
+            .map(|i| config.raw_shards.queue(&config.namespace, *i))
+            .collect(),
         prefetch: config.prefetch,
     };
     let publisher = role.publisher(2, config.confirm_timeout);

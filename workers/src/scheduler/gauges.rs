@@ -93,7 +93,7 @@ async fn queues(
             Ok(c) => {
                 // Whoever connects declares the topology (ARCHITECTURE, invariants): the queues
                 // read below then exist, and a passive declare never closes a channel.
-                let part = crate::role::Role::declare();
+                let part = crate::role::Role::declare(console.raw_shards);
                 if let Err(e) = common::amqp::topology::declare(&c, &console.namespace, &part).await
                 {
                     tracing::debug!(error = %e, "topology not declared for the queue gauges");
@@ -111,7 +111,9 @@ async fn queues(
         return Ok(());
     };
     let ns = &console.namespace;
-    for queue in [ns.raw(), ns.business(), ns.dead()] {
+    let mut watched = console.raw_shards.queues(ns);
+    watched.extend([ns.business(), ns.dead()]);
+    for queue in watched {
         // A passive declare of a missing queue closes the channel: one channel per queue.
         let ch = conn.create_channel().await?;
         let declared = ch

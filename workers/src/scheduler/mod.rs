@@ -97,6 +97,7 @@ impl SchedulerArgs {
             console: console::ConsoleConfig {
                 amqp_urls: self.worker.service.amqp.urls()?,
                 namespace: self.worker.service.namespace.namespace()?,
+                raw_shards: self.worker.service.namespace.raw_shards()?,
                 platform: self.worker.service.platform.clone(),
                 public_base_url: self
                     .public_base_url

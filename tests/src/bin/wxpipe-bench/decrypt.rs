@@ -164,7 +164,12 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     let t = TestNs::new("bench-decrypt");
     let sink = t.queue("sink");
     let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    declare(&conn, &t.ns, &Part::everything()).await?;
+    declare(
+        &conn,
+        &t.ns,
+        &Part::everything(common::amqp::RawShards::ONE),
+    )
+    .await?;
     let ch = conn.create_channel().await?;
     bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;

@@ -138,7 +138,12 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
 
     let t = TestNs::new("bench-e2e");
     let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    declare(&conn, &t.ns, &Part::everything()).await?;
+    declare(
+        &conn,
+        &t.ns,
+        &Part::everything(common::amqp::RawShards::ONE),
+    )
+    .await?;
     let sink = t.queue("downstream");
     bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
@@ -278,7 +283,12 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
 async fn ceiling(b: &E2eBench) -> anyhow::Result<f64> {
     let t = TestNs::new("bench-e2e-ceiling");
     let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    declare(&conn, &t.ns, &Part::everything()).await?;
+    declare(
+        &conn,
+        &t.ns,
+        &Part::everything(common::amqp::RawShards::ONE),
+    )
+    .await?;
     let sink = t.queue("downstream");
     bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
     let push = pushes(1, 1).remove(0);

@@ -129,7 +129,7 @@ pub fn raw_message(push: &SignedPush) -> (Vec<u8>, BasicProperties) {
 async fn broker_ceiling(b: &IngressBench, t: &TestNs, push: &SignedPush) -> anyhow::Result<f64> {
     let (body, props) = raw_message(push);
     let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
-    declare(&conn, &t.ns, &Part::Raw).await?;
+    declare(&conn, &t.ns, &Part::Raw(common::amqp::RawShards::ONE)).await?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     let exchange = t.ns.raw();

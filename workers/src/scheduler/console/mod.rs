@@ -37,6 +37,8 @@ use tokio::sync::watch;
 pub struct ConsoleConfig {
     pub amqp_urls: Vec<String>,
     pub namespace: common::ids::Namespace,
+    /// `WXPIPE_RAW_SHARDS`: the topology declared, the intake queues watched.
+    pub raw_shards: common::amqp::RawShards,
     /// To show dead raw pushes decrypted.
     pub platform: common::config::PlatformArgs,
     /// `WXPIPE_PUBLIC_BASE_URL`: where the authorization page is (`{base}/auth`).

@@ -1,0 +1,101 @@
+//! The local clusters `scripts/cluster up` starts (a 3-node RabbitMQ cluster, a Redis Cluster,
+//! Redis with Sentinel), as the scale tests find them: through `target/cluster/env` (or
+//! `$WXPIPE_CLUSTER_DIR/env`). Without it a cluster test is skipped, saying why — unless
+//! `WXPIPE_REQUIRE_CLUSTERS=1` (set by `scripts/test` once it has started them), when a missing
+//! cluster fails the test.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::Command;
+
+/// The clusters' addresses.
+#[derive(Debug, Clone)]
+pub struct Clusters {
+    /// The three RabbitMQ nodes, comma-separated, as `WXPIPE_AMQP_URL` takes them.
+    pub amqp_url: String,
+    /// The Redis Cluster's seed nodes, as `WXPIPE_REDIS_URL` takes them.
+    pub redis_cluster_url: String,
+    /// The Sentinels and the master name, as `WXPIPE_REDIS_URL` takes them.
+    pub sentinel_url: String,
+    pub dir: PathBuf,
+}
+
+fn workspace() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
+impl Clusters {
+    /// The clusters if `scripts/cluster up` ran; otherwise `None` after printing why the caller
+    /// skips (or a panic when `WXPIPE_REQUIRE_CLUSTERS=1`).
+    pub fn find(test: &str) -> Option<Self> {
+        let dir = std::env::var_os("WXPIPE_CLUSTER_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| workspace().join("target/cluster"));
+        let file = dir.join("env");
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            let why = format!(
+                "{test}: skipped, no local clusters ({} is missing; `scripts/cluster up` starts them)",
+                file.display()
+            );
+            assert!(
+                std::env::var("WXPIPE_REQUIRE_CLUSTERS").as_deref() != Ok("1"),
+                "{why}, but WXPIPE_REQUIRE_CLUSTERS=1"
+            );
+            eprintln!("{why}");
+            return None;
+        };
+        let vars: HashMap<&str, &str> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(k, v)| (k.trim(), v.trim()))
+            .collect();
+        let get = |k: &str| {
+            vars.get(k)
+                .map(|v| v.to_string())
+                .unwrap_or_else(|| panic!("{} has no {k}", file.display()))
+        };
+        Some(Self {
+            amqp_url: get("WXPIPE_CLUSTER_AMQP_URL"),
+            redis_cluster_url: get("WXPIPE_CLUSTER_REDIS_URL"),
+            sentinel_url: get("WXPIPE_SENTINEL_REDIS_URL"),
+            dir,
+        })
+    }
+
+    /// The RabbitMQ nodes' URLs.
+    pub fn amqp_urls(&self) -> Vec<String> {
+        self.amqp_url.split(',').map(str::to_owned).collect()
+    }
+
+    fn script(&self, args: &[&str]) {
+        let (ok, out) = crate::run_tool({
+            let mut c = Command::new(workspace().join("scripts/cluster"));
+            c.args(args).env("WXPIPE_CLUSTER_DIR", &self.dir);
+            c
+        });
+        assert!(ok, "scripts/cluster {args:?} failed: {out}");
+    }
+
+    /// SIGKILLs RabbitMQ node `n` (1-3).
+    pub fn kill_rabbit(&self, n: u8) {
+        self.script(&["kill-rabbit", &n.to_string()]);
+    }
+
+    /// Starts RabbitMQ node `n` again and waits until it runs (it rejoins the cluster).
+    pub fn start_rabbit(&self, n: u8) {
+        self.script(&["start-rabbit", &n.to_string()]);
+    }
+
+    /// `rabbitmqctl` on node `n` of the cluster, with the cluster's cookie.
+    pub fn rabbitmqctl(&self, n: u8, args: &[&str]) -> (bool, String) {
+        let home = self.dir.join(format!("rabbit-{n}"));
+        let mut c = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
+        c.env("HOME", &home)
+            .args(["-n", &format!("wxpipe-c{n}@localhost")])
+            .args(args);
+        crate::run_tool(c)
+    }
+}
