@@ -97,7 +97,7 @@ static ROLES: Mutex<BTreeMap<String, BTreeSet<&'static str>>> = Mutex::new(BTree
 /// Announces this process's `role` under `keys` every [`EVERY`] until `shutdown`, then
 /// withdraws it. A second role of the same process joins the first one's announcement.
 pub fn spawn(
-    pool: deadpool_redis::Pool,
+    pool: crate::redis::Pool,
     keys: Keys,
     role: &'static str,
     shutdown: watch::Receiver<bool>,
@@ -127,7 +127,7 @@ fn roles_of(prefix: &str) -> String {
         .unwrap_or_default()
 }
 
-async fn run(pool: deadpool_redis::Pool, keys: Keys, shutdown: watch::Receiver<bool>) {
+async fn run(pool: crate::redis::Pool, keys: Keys, shutdown: watch::Receiver<bool>) {
     let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_owned())
         .ok()
@@ -157,7 +157,7 @@ async fn run(pool: deadpool_redis::Pool, keys: Keys, shutdown: watch::Receiver<b
 
 /// Writes one announcement.
 pub async fn announce(
-    pool: &deadpool_redis::Pool,
+    pool: &crate::redis::Pool,
     keys: &Keys,
     a: &Announcement,
 ) -> Result<(), RedisError> {
@@ -176,7 +176,7 @@ pub async fn announce(
         .map_err(failed("announcing a process"))
 }
 
-async fn withdraw(pool: &deadpool_redis::Pool, keys: &Keys, id: &str) -> Result<(), RedisError> {
+async fn withdraw(pool: &crate::redis::Pool, keys: &Keys, id: &str) -> Result<(), RedisError> {
     let mut c = conn(pool, "withdrawing a process").await?;
     deadpool_redis::redis::pipe()
         .del(keys.proc(id))
@@ -191,7 +191,7 @@ async fn withdraw(pool: &deadpool_redis::Pool, keys: &Keys, id: &str) -> Result<
 /// Every live process's latest announcement, sorted by id; forgets the ones gone for longer
 /// than [`TTL`].
 pub async fn read_all(
-    pool: &deadpool_redis::Pool,
+    pool: &crate::redis::Pool,
     keys: &Keys,
 ) -> Result<Vec<Announcement>, RedisError> {
     let mut c = conn(pool, "reading processes").await?;

@@ -38,7 +38,7 @@ pub struct Readiness {
 }
 
 /// Checks the process's RabbitMQ connections and `redis`.
-pub async fn readiness(redis: &deadpool_redis::Pool) -> Readiness {
+pub async fn readiness(redis: &crate::redis::Pool) -> Readiness {
     let broker = CONNECTIONS.lock().map(|c| c.clone()).unwrap_or_default();
     let redis = redis_ping(redis).await;
     Readiness {
@@ -49,7 +49,7 @@ pub async fn readiness(redis: &deadpool_redis::Pool) -> Readiness {
 }
 
 /// Redis answers a PING within a second.
-pub async fn redis_ping(pool: &deadpool_redis::Pool) -> bool {
+pub async fn redis_ping(pool: &crate::redis::Pool) -> bool {
     let ping = async {
         let mut conn = pool.get().await.ok()?;
         deadpool_redis::redis::cmd("PING")

@@ -14,7 +14,7 @@ pub struct AppState {
     pub raw_exchange: String,
     pub max_body_bytes: usize,
     pub timestamp_window: Duration,
-    pub redis: deadpool_redis::Pool,
+    pub redis: common::redis::Pool,
     pub metrics: PrometheusHandle,
     /// Tokens and authorization codes (the authorization pages).
     pub tokens: common::token::TokenService,

@@ -89,6 +89,100 @@ impl Clusters {
         self.script(&["start-rabbit", &n.to_string()]);
     }
 
+    /// SIGKILLs the Redis process on `port`.
+    pub fn kill_redis(&self, port: u16) {
+        self.script(&["kill-redis", &port.to_string()]);
+    }
+
+    /// Starts the Redis process on `port` again (a cluster node rejoins as a replica).
+    pub fn start_redis(&self, port: u16) {
+        self.script(&["start-redis", &port.to_string()]);
+    }
+
+    /// The Redis Cluster's data nodes.
+    pub const REDIS_CLUSTER_PORTS: [u16; 6] = [7001, 7002, 7003, 7004, 7005, 7006];
+
+    /// The ports of the Redis Cluster's current masters, asked of any node that answers.
+    pub async fn redis_masters(&self) -> Vec<u16> {
+        for port in Self::REDIS_CLUSTER_PORTS {
+            let Ok(client) =
+                deadpool_redis::redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            else {
+                continue;
+            };
+            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            let Ok(nodes) = deadpool_redis::redis::cmd("CLUSTER")
+                .arg("NODES")
+                .query_async::<String>(&mut c)
+                .await
+            else {
+                continue;
+            };
+            return nodes
+                .lines()
+                .filter(|l| {
+                    let flags = l.split_whitespace().nth(2).unwrap_or_default();
+                    flags.contains("master") && !flags.contains("fail")
+                })
+                .filter_map(|l| l.split_whitespace().nth(1))
+                .filter_map(|addr| addr.split('@').next()?.rsplit(':').next()?.parse().ok())
+                .collect();
+        }
+        Vec::new()
+    }
+
+    /// Deletes every key starting with `prefix` from the Redis Cluster (each node scanned,
+    /// each key deleted where it lives).
+    pub async fn delete_cluster_keys(&self, prefix: &str) {
+        let mut keys: Vec<String> = Vec::new();
+        for port in Self::REDIS_CLUSTER_PORTS {
+            let Ok(client) =
+                deadpool_redis::redis::Client::open(format!("redis://127.0.0.1:{port}"))
+            else {
+                continue;
+            };
+            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+                continue;
+            };
+            let mut cursor: u64 = 0;
+            loop {
+                let Ok((next, batch)) = deadpool_redis::redis::cmd("SCAN")
+                    .arg(cursor)
+                    .arg("MATCH")
+                    .arg(format!("{prefix}*"))
+                    .arg("COUNT")
+                    .arg(1000)
+                    .query_async::<(u64, Vec<String>)>(&mut c)
+                    .await
+                else {
+                    break;
+                };
+                keys.extend(batch);
+                if next == 0 {
+                    break;
+                }
+                cursor = next;
+            }
+        }
+        keys.sort_unstable();
+        keys.dedup();
+        let Ok(pool) = common::redis::pool(&self.redis_cluster_url) else {
+            return;
+        };
+        let Ok(mut c) = pool.get().await else {
+            return;
+        };
+        for batch in keys.chunks(500) {
+            let mut p = deadpool_redis::redis::pipe();
+            for k in batch {
+                p.cmd("DEL").arg(k).ignore();
+            }
+            let _ = p.query_async::<()>(&mut c).await;
+        }
+    }
+
     /// `rabbitmqctl` on node `n` of the cluster, with the cluster's cookie.
     pub fn rabbitmqctl(&self, n: u8, args: &[&str]) -> (bool, String) {
         let home = self.dir.join(format!("rabbit-{n}"));

@@ -123,6 +123,12 @@ impl WorkerHandle {
         self.stop.send_replace(true);
         let _ = self.task.await;
     }
+
+    /// As a crash: the role's task is dropped where it stands (no graceful steps, no releases).
+    pub async fn kill(self) {
+        self.task.abort();
+        let _ = self.task.await;
+    }
 }
 
 /// The decrypt configuration of the test platform on `ns`.
@@ -295,6 +301,7 @@ pub async fn spawn_scheduler_with(
         refresh_concurrency: concurrency,
         list_sync: Duration::from_secs(3600),
         tick: Duration::from_millis(250),
+        lease: Duration::from_secs(3),
         console,
     };
     let (stop, rx) = tokio::sync::watch::channel(false);

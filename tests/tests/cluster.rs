@@ -1,5 +1,6 @@
 //! wxpipe on the local clusters of `scripts/cluster` (skipped, saying why, when they are not up):
-//! the whole pipeline on a 3-node RabbitMQ cluster with a 3-shard intake while a node is
+//! the whole pipeline on a 3-node RabbitMQ cluster with a 3-shard intake, and its Redis on the
+//! Redis Cluster (the decrypt workers' dedup, the ingress's readiness), while a RabbitMQ node is
 //! SIGKILLed and restarted.
 
 use common::amqp::RawShards;
@@ -28,12 +29,14 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
     // Every role is given all three nodes and tries them in order: all start on node 1.
     let mut config = test_config(&t.ns, urls.clone());
     config.raw_shards = shards;
+    config.redis_url = c.redis_cluster_url.clone();
     let ingress = IngressHandle::start(config).await;
     assert!(ingress.wait_ready(Duration::from_secs(30)).await);
     let decrypters: Vec<_> = (0..2)
         .map(|_| {
             let mut d = decrypt_config(&t.ns);
             d.amqp_urls = urls.clone();
+            d.redis_url = c.redis_cluster_url.clone();
             d.raw_shards = shards;
             d.shards = vec![0, 1, 2];
             spawn_decrypt(d)
@@ -132,4 +135,5 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
     let held = intake::drain_shards(&urls[1], &t.ns, shards).await;
     held.assert_in_order(&accounts, M);
     ingress.stop().await.unwrap();
+    c.delete_cluster_keys(&format!("{}:", t.ns)).await;
 }

@@ -233,7 +233,7 @@ async fn a_stalled_replica_cannot_overwrite_a_newer_token() {
     use common::token::StoredToken;
     let t = TestNs::new("t-tokens-fence");
     let svc = token_service(&t.ns, "http://127.0.0.1:9", Duration::from_secs(600));
-    let lock_key = svc.store.keys.lock("authorizer:wx570bc396a51b8ff8");
+    let lock_key = svc.store.keys.authorizer_lock("wx570bc396a51b8ff8");
     let pool = svc.store.pool().clone();
 
     // Replica A takes the lock with a short lease, then stalls past it.
@@ -291,7 +291,7 @@ async fn a_stalled_replica_cannot_overwrite_a_newer_token() {
     assert!(b.still_held().await.unwrap());
 
     // The same for the component token.
-    let ck = svc.store.keys.lock("component_token");
+    let ck = svc.store.keys.component_lock();
     let a = Lock::acquire(&pool, &ck, Duration::from_millis(200), Duration::ZERO)
         .await
         .unwrap()
@@ -647,4 +647,114 @@ async fn the_authorization_pages_in_a_real_headless_browser() {
     assert_eq!(stats["calls"]["api_query_auth"], 2);
     s.stop().await;
     sim.stop().await;
+}
+
+#[tokio::test]
+async fn an_older_redis_layout_is_moved_to_buckets_without_losing_a_token() {
+    let t = TestNs::new("t-tokens-migrate");
+    let svc = token_service(&t.ns, "http://127.0.0.1:9", Duration::from_secs(600));
+    let p = svc.store.keys.prefix().to_owned();
+    let (a, b) = ("wx570bc396a51b8ff8", "wxba5fad812f8e6fb9");
+    let expires = common::unix_now() + 3600;
+    let pool = svc.store.pool().clone();
+    let mut c = pool.get().await.unwrap();
+    // The layout before buckets: one set, one schedule, untagged records and component token.
+    deadpool_redis::redis::pipe()
+        .cmd("SADD")
+        .arg(format!("{p}authorizers"))
+        .arg(a)
+        .arg(b)
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{p}authorizer:{a}"))
+        .arg("appid")
+        .arg(a)
+        .arg("status")
+        .arg("active")
+        .arg("refresh_token")
+        .arg("rt-a")
+        .arg("access_token")
+        .arg("at-a")
+        .arg("expires_at")
+        .arg(expires)
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{p}authorizer:{b}"))
+        .arg("appid")
+        .arg(b)
+        .arg("refresh_token")
+        .arg("rt-b-old")
+        .arg("nick_name")
+        .arg("B")
+        .ignore()
+        .cmd("ZADD")
+        .arg(format!("{p}due"))
+        .arg(expires * 1000 - 600_000)
+        .arg(a)
+        .ignore()
+        .cmd("HSET")
+        .arg(format!("{p}due:attempts"))
+        .arg(a)
+        .arg(3)
+        .ignore()
+        .cmd("SET")
+        .arg(format!("{p}component_token"))
+        .arg(json!({"access_token": "ct", "expires_at": expires}).to_string())
+        .ignore()
+        .query_async::<()>(&mut c)
+        .await
+        .unwrap();
+    // A role upgraded first already wrote B in the new layout: its fields win.
+    let b_id: common::ids::AppId = b.parse().unwrap();
+    svc.store.authorized(&b_id, Some("rt-b-new")).await.unwrap();
+
+    let moved = common::redis::migrate::run(&pool, &svc.store.keys)
+        .await
+        .unwrap();
+    assert_eq!(moved, 2);
+    let a_id: common::ids::AppId = a.parse().unwrap();
+    let ra = svc.store.authorizer(&a_id).await.unwrap().expect("A kept");
+    assert_eq!(ra.access_token.as_ref().map(|t| t.expose()), Some("at-a"));
+    assert_eq!(ra.refresh_token.as_ref().map(|t| t.expose()), Some("rt-a"));
+    assert_eq!(ra.expires_at, Some(expires));
+    assert_eq!(
+        svc.store.due_at(&a_id).await.unwrap(),
+        Some(expires * 1000 - 600_000)
+    );
+    assert_eq!(svc.store.due_attempts(&a_id).await.unwrap(), 3);
+    let rb = svc.store.authorizer(&b_id).await.unwrap().expect("B kept");
+    assert_eq!(
+        rb.refresh_token.as_ref().map(|t| t.expose()),
+        Some("rt-b-new")
+    );
+    assert_eq!(
+        rb.nick_name.as_deref(),
+        Some("B"),
+        "the old record fills in what is missing"
+    );
+    assert_eq!(
+        svc.store.authorizer_appids().await.unwrap(),
+        vec![a_id, b_id]
+    );
+    let ct = svc
+        .store
+        .component_token()
+        .await
+        .unwrap()
+        .expect("component token kept");
+    assert_eq!(ct.access_token.expose(), "ct");
+    for old in ["authorizers", "due", "due:attempts", "component_token"] {
+        let n: u32 = deadpool_redis::redis::cmd("EXISTS")
+            .arg(format!("{p}{old}"))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        assert_eq!(n, 0, "{old} left behind");
+    }
+    assert_eq!(
+        common::redis::migrate::run(&pool, &svc.store.keys)
+            .await
+            .unwrap(),
+        0
+    );
 }

@@ -56,7 +56,7 @@ impl WorkerArgs {
     }
 
     /// A pool for `WXPIPE_REDIS_URL` (nothing connects until used).
-    pub fn redis_pool(&self) -> Result<deadpool_redis::Pool, ConfigError> {
+    pub fn redis_pool(&self) -> Result<common::redis::Pool, ConfigError> {
         common::redis::pool(&self.service.redis.redis_url).map_err(|e| ConfigError::Invalid {
             var: "WXPIPE_REDIS_URL",
             reason: e.to_string(),

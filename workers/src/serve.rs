@@ -25,7 +25,7 @@ pub fn is_admin_token(given: &str, admin: &str) -> bool {
 }
 
 /// `/healthz` and `/readyz`, for every listener of the workers.
-pub fn health_routes<S: Clone + Send + Sync + 'static>(redis: deadpool_redis::Pool) -> Router<S> {
+pub fn health_routes<S: Clone + Send + Sync + 'static>(redis: common::redis::Pool) -> Router<S> {
     Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
         .route(
@@ -48,7 +48,7 @@ pub fn health_routes<S: Clone + Send + Sync + 'static>(redis: deadpool_redis::Po
 /// Serves `/metrics`, `/healthz` and `/readyz` on `addr` until `shutdown` turns true.
 pub async fn metrics_listener(
     addr: SocketAddr,
-    redis: deadpool_redis::Pool,
+    redis: common::redis::Pool,
     mut shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let handle = common::telemetry::metrics_handle();

@@ -83,7 +83,7 @@ pub fn new_value() -> String {
 /// A claim we hold. Dropping it without settling or releasing lets the lease expire.
 #[derive(Debug)]
 pub struct Claim {
-    pool: deadpool_redis::Pool,
+    pool: crate::redis::Pool,
     key: String,
     value: String,
     /// The task extending the lease while we work, if [`Claim::keep_alive`] started one.
@@ -112,11 +112,31 @@ pub enum Taken {
 impl Claim {
     /// One attempt at claiming `key` for `lease`.
     pub async fn take(
-        pool: &deadpool_redis::Pool,
+        pool: &crate::redis::Pool,
         key: &str,
         lease: Duration,
     ) -> Result<Taken, RedisError> {
-        let value = new_value();
+        Self::take_value(pool, key, lease, new_value()).await
+    }
+
+    /// [`Claim::take`] with a value that names its holder (`claim:{holder}:{random}`), for
+    /// claims an operator or a test wants to attribute (the scheduler's bucket leases).
+    pub async fn take_as(
+        pool: &crate::redis::Pool,
+        key: &str,
+        lease: Duration,
+        holder: &str,
+    ) -> Result<Taken, RedisError> {
+        let value = format!("claim:{holder}:{}", &new_value()["claim:".len()..]);
+        Self::take_value(pool, key, lease, value).await
+    }
+
+    async fn take_value(
+        pool: &crate::redis::Pool,
+        key: &str,
+        lease: Duration,
+        value: String,
+    ) -> Result<Taken, RedisError> {
         let mut pipe = deadpool_redis::redis::pipe();
         push_take(&mut pipe, key, &value, lease);
         let mut c = conn(pool, "claiming a key").await?;
@@ -125,7 +145,14 @@ impl Claim {
             .await
             .map_err(failed("claiming a key"))?;
         let mut answers = answers.into_iter();
-        Ok(match outcome(answers.next(), answers.next()) {
+        let won = outcome(answers.next(), answers.next());
+        // A claim that a failover could forget is no claim: with replicas, it counts once a
+        // replica has it (else it is let go, and the caller finds it held).
+        if won == Outcome::Won && c.replicated("taking a claim").await.is_err() {
+            let _ = release(pool, key, &value).await;
+            return Ok(Taken::Held);
+        }
+        Ok(match won {
             Outcome::Won => Taken::Won(Claim {
                 pool: pool.clone(),
                 key: key.to_owned(),
@@ -140,7 +167,7 @@ impl Claim {
     /// Claims `key`, waiting at most `wait` (0: one try) with jittered, growing pauses so that
     /// waiters do not stampede. `None`: it stayed held or settled all along.
     pub async fn acquire(
-        pool: &deadpool_redis::Pool,
+        pool: &crate::redis::Pool,
         key: &str,
         lease: Duration,
         wait: Duration,
@@ -170,24 +197,18 @@ impl Claim {
         self.renewal = Some(tokio::spawn(async move {
             loop {
                 tokio::time::sleep(every).await;
-                let extended: Result<i64, RedisError> = async {
-                    let mut c = conn(&pool, "extending a claim").await?;
-                    Script::new(EXTEND)
-                        .key(&key)
-                        .arg(&value)
-                        .arg(lease.as_millis() as u64)
-                        .invoke_async(&mut c)
-                        .await
-                        .map_err(failed("extending a claim"))
-                }
-                .await;
-                match extended {
-                    Ok(1) => {}
-                    Ok(_) => return, // no longer ours
+                match extend(&pool, &key, &value, lease).await {
+                    Ok(true) => {}
+                    Ok(false) => return, // no longer ours
                     Err(e) => tracing::debug!(error = %e, "could not extend a claim"),
                 }
             }
         }));
+    }
+
+    /// Extends the lease to `lease` once, if we still hold the claim; returns whether we do.
+    pub async fn extend(&self, lease: Duration) -> Result<bool, RedisError> {
+        extend(&self.pool, &self.key, &self.value, lease).await
     }
 
     pub fn key(&self) -> &str {
@@ -236,9 +257,27 @@ impl Claim {
     }
 }
 
+/// Extends `key`'s lease to `lease` if it still holds `value`.
+async fn extend(
+    pool: &crate::redis::Pool,
+    key: &str,
+    value: &str,
+    lease: Duration,
+) -> Result<bool, RedisError> {
+    let mut c = conn(pool, "extending a claim").await?;
+    let n: i64 = Script::new(EXTEND)
+        .key(key)
+        .arg(value)
+        .arg(lease.as_millis() as u64)
+        .invoke_async(&mut c)
+        .await
+        .map_err(failed("extending a claim"))?;
+    Ok(n == 1)
+}
+
 /// Deletes `key` if it still holds `value` (for claims held by value, like the dedup's).
 pub async fn release(
-    pool: &deadpool_redis::Pool,
+    pool: &crate::redis::Pool,
     key: &str,
     value: &str,
 ) -> Result<bool, RedisError> {

@@ -1,5 +1,15 @@
 //! Redis: the connection pool and the key layout. Every key lives under
 //! `{ns}:{component_appid}:` so that platforms, environments and tests never collide.
+//!
+//! # Slots (Redis Cluster)
+//!
+//! A Lua script's keys must share a slot, and no slot should hold every account. So the
+//! accounts are spread over [`BUCKETS`] buckets by [`bucket`] of their appid, and every key of
+//! one bucket carries the hash tag `{aNN}`: the account's record, its token lock, and the
+//! bucket's share of the account set, the `due` schedule and its attempts
+//! (`…:{a07}:authorizer:wx…`, `…:{a07}:due`). The component token and its lock carry `{p}`.
+//! Other keys are used one at a time and carry no tag. On a single server the tags change
+//! nothing but the names ([`migrate`] moves an older layout's keys).
 
 use crate::ids::Namespace;
 
@@ -12,12 +22,30 @@ pub enum RedisError {
     Unavailable { what: &'static str, detail: String },
 }
 
-/// A pool of multiplexed connections. Nothing connects until the first use, so a process starts
-/// while Redis is down.
-pub fn pool(url: &str) -> Result<deadpool_redis::Pool, RedisError> {
-    deadpool_redis::Config::from_url(url)
-        .create_pool(Some(deadpool_redis::Runtime::Tokio1))
-        .map_err(|e| RedisError::Config(e.to_string()))
+pub mod pool;
+pub use pool::{Connection, Pool};
+
+/// A pool for `WXPIPE_REDIS_URL` (one server, a Redis Cluster or Sentinel: [`pool`]). Nothing
+/// connects until the first use, so a process starts while Redis is down.
+pub fn pool(url: &str) -> Result<Pool, RedisError> {
+    Pool::new(url)
+}
+
+pub mod migrate;
+
+/// How many buckets the accounts are spread over (fixed: it is part of every account key's
+/// name, and the unit the scheduler replicas divide among themselves).
+pub const BUCKETS: u16 = 64;
+
+/// The bucket of an appid: FNV-1a (32-bit) of its bytes, modulo [`BUCKETS`]. Stable forever
+/// (stored names depend on it).
+pub fn bucket(appid: &str) -> u16 {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in appid.as_bytes() {
+        h ^= u32::from(*b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    (h % u32::from(BUCKETS)) as u16
 }
 
 /// The key layout of one platform.
@@ -63,30 +91,58 @@ impl Keys {
         format!("{}ticket:at", self.prefix)
     }
 
-    /// `…:component_token`: `{"token","expires_at"}`, expiring with the token.
+    /// `…:{p}:component_token`: `{"token","expires_at"}`, expiring with the token.
     pub fn component_token(&self) -> String {
-        format!("{}component_token", self.prefix)
+        format!("{}{{p}}:component_token", self.prefix)
     }
 
-    /// `…:authorizer:{appid}`: a hash with the account's status, tokens and profile.
+    /// `…:{p}:lock:component_token`: the lock of the component token's refresh (in the token's
+    /// slot: the fenced write checks it).
+    pub fn component_lock(&self) -> String {
+        format!("{}{{p}}:lock:component_token", self.prefix)
+    }
+
+    /// `…:{aNN}:` — the prefix of bucket `b`'s keys (one slot).
+    fn in_bucket(&self, b: u16) -> String {
+        format!("{}{{a{b:02}}}:", self.prefix)
+    }
+
+    /// `…:{aNN}:authorizer:{appid}`: a hash with the account's status, tokens and profile.
     pub fn authorizer(&self, appid: &str) -> String {
-        format!("{}authorizer:{appid}", self.prefix)
+        format!("{}authorizer:{appid}", self.in_bucket(bucket(appid)))
     }
 
-    /// `…:authorizers`: the set of every known authorizer appid.
-    pub fn authorizers(&self) -> String {
-        format!("{}authorizers", self.prefix)
+    /// `…:{aNN}:lock:authorizer:{appid}`: the lock of the account's token refresh (in its
+    /// record's slot: the fenced write checks it).
+    pub fn authorizer_lock(&self, appid: &str) -> String {
+        format!("{}lock:authorizer:{appid}", self.in_bucket(bucket(appid)))
     }
 
-    /// `…:due`: authorizer appids by the time (ms) their token should be refreshed.
-    pub fn due(&self) -> String {
-        format!("{}due", self.prefix)
+    /// `…:{aNN}:authorizers`: bucket `b`'s share of the set of known authorizer appids.
+    pub fn authorizers(&self, b: u16) -> String {
+        format!("{}authorizers", self.in_bucket(b))
     }
 
-    /// `…:due:attempts`: a hash of appid → refresh attempts taken from `due` since the last
-    /// success (the backoff of a failing account).
-    pub fn due_attempts(&self) -> String {
-        format!("{}due:attempts", self.prefix)
+    /// `…:{aNN}:due`: bucket `b`'s appids by the time (ms) their token should be refreshed.
+    pub fn due(&self, b: u16) -> String {
+        format!("{}due", self.in_bucket(b))
+    }
+
+    /// `…:{aNN}:due:attempts`: bucket `b`'s appid → refresh attempts taken from `due` since
+    /// the last success (the backoff of a failing account).
+    pub fn due_attempts(&self, b: u16) -> String {
+        format!("{}due:attempts", self.in_bucket(b))
+    }
+
+    /// `…:schedulers`: the live scheduler replicas by when they last announced themselves (ms).
+    pub fn schedulers(&self) -> String {
+        format!("{}schedulers", self.prefix)
+    }
+
+    /// `…:{aNN}:lease`: which scheduler replica holds bucket `b` (see the scheduler's
+    /// partitioning).
+    pub fn bucket_lease(&self, b: u16) -> String {
+        format!("{}{{a{b:02}}}:lease", self.prefix)
     }
 
     /// `…:quota:{api}`: WeChat's daily quota of `api` is used up (45009) until this expires
@@ -151,15 +207,12 @@ impl Keys {
 
 /// Gets a pooled connection within 2 s.
 pub async fn conn(
-    pool: &deadpool_redis::Pool,
+    pool: &crate::redis::Pool,
     what: &'static str,
-) -> Result<deadpool_redis::Connection, RedisError> {
+) -> Result<crate::redis::Connection, RedisError> {
     match tokio::time::timeout(std::time::Duration::from_secs(2), pool.get()).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(RedisError::Unavailable {
-            what,
-            detail: e.to_string(),
-        }),
+        Ok(Err(detail)) => Err(RedisError::Unavailable { what, detail }),
         Err(_) => Err(RedisError::Unavailable {
             what,
             detail: "no connection within 2 s".into(),
@@ -172,5 +225,55 @@ pub fn failed(what: &'static str) -> impl FnOnce(deadpool_redis::redis::RedisErr
     move |e| RedisError::Unavailable {
         what,
         detail: e.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_are_stable_and_spread() {
+        // Stored key names depend on these values: they must never change.
+        assert_eq!(bucket("wx0123456789abcdef"), bucket("wx0123456789abcdef"));
+        let fixed: Vec<u16> = [
+            "wx0000000000000000",
+            "wx570bc396a51b8ff8",
+            "wxba5fad812f8e6fb9",
+        ]
+        .iter()
+        .map(|a| bucket(a))
+        .collect();
+        assert_eq!(fixed, [FIXED[0], FIXED[1], FIXED[2]]);
+        let mut counts = vec![0u32; BUCKETS as usize];
+        for i in 0..64_000u64 {
+            counts[bucket(&format!("wx{:016x}", i * 7_919)) as usize] += 1;
+        }
+        let (lo, hi) = (counts.iter().min().unwrap(), counts.iter().max().unwrap());
+        assert!(*lo > 800 && *hi < 1200, "{lo}..{hi}");
+    }
+
+    // FNV-1a 32 mod 64, computed independently (Python) when the layout was made.
+    const FIXED: [u16; 3] = [10, 60, 52];
+
+    #[test]
+    fn account_keys_share_their_bucket_tag() {
+        let keys = Keys::new(&"wxpipe".parse().unwrap(), "wx134c8103faa5a59e");
+        let appid = "wx570bc396a51b8ff8";
+        let tag = format!("{{a{:02}}}", bucket(appid));
+        let b = bucket(appid);
+        for k in [
+            keys.authorizer(appid),
+            keys.authorizer_lock(appid),
+            keys.due(b),
+            keys.due_attempts(b),
+            keys.authorizers(b),
+            keys.bucket_lease(b),
+        ] {
+            assert!(k.starts_with("wxpipe:wx134c8103faa5a59e:"), "{k}");
+            assert!(k.contains(&tag), "{k}");
+        }
+        assert!(keys.component_token().contains("{p}"));
+        assert!(keys.component_lock().contains("{p}"));
     }
 }

@@ -22,7 +22,7 @@ impl TokenService {
             RefreshMode::IfDue | RefreshMode::Taken(_) => Duration::ZERO,
             RefreshMode::IfStale | RefreshMode::Force => Duration::from_secs(10),
         };
-        let name = self.store.keys.lock(&format!("authorizer:{appid}"));
+        let name = self.store.keys.authorizer_lock(appid.as_str());
         let Some(mut lock) = Lock::acquire(self.store.pool(), &name, LOCK_LEASE, wait).await?
         else {
             return Ok(RefreshOutcome::Skipped);

@@ -39,7 +39,7 @@ impl TokenService {
         &self,
         mode: RefreshMode,
     ) -> Result<StoredToken, TokenError> {
-        let name = self.store.keys.lock("component_token");
+        let name = self.store.keys.component_lock();
         let Some(mut lock) = Lock::acquire(
             self.store.pool(),
             &name,

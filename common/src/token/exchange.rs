@@ -108,7 +108,7 @@ impl TokenService {
             )
             .await?;
         if let Some(token) = info.authorizer_access_token {
-            let lock_name = self.store.keys.lock(&format!("authorizer:{appid}"));
+            let lock_name = self.store.keys.authorizer_lock(appid.as_str());
             if let Some(lock) = Lock::acquire(
                 self.store.pool(),
                 &lock_name,

@@ -75,7 +75,7 @@ pub struct DedupError(pub String);
 /// The dedup store of one platform.
 #[derive(Clone)]
 pub struct Dedup {
-    pool: deadpool_redis::Pool,
+    pool: common::redis::Pool,
     keys: Keys,
     /// This worker's claim value, so that only the owner releases its claim.
     token: String,
@@ -98,7 +98,7 @@ const DONE: &str = "done";
 impl Dedup {
     /// Creates the store and starts its batching task (on the current Tokio runtime).
     pub fn new(
-        pool: deadpool_redis::Pool,
+        pool: common::redis::Pool,
         keys: Keys,
         claim_ttl: Duration,
         dedup_ttl: Duration,
@@ -172,7 +172,7 @@ impl Dedup {
     }
 }
 
-async fn get_conn(pool: &deadpool_redis::Pool) -> Result<deadpool_redis::Connection, DedupError> {
+async fn get_conn(pool: &common::redis::Pool) -> Result<common::redis::Connection, DedupError> {
     tokio::time::timeout(Duration::from_secs(2), pool.get())
         .await
         .map_err(|_| DedupError("no Redis connection within 2 s".into()))?
@@ -181,7 +181,7 @@ async fn get_conn(pool: &deadpool_redis::Pool) -> Result<deadpool_redis::Connect
 
 /// Sends waiting operations as pipelines until every sender is gone.
 async fn run_batches(
-    pool: deadpool_redis::Pool,
+    pool: common::redis::Pool,
     token: String,
     claim_ttl: Duration,
     dedup_ttl: Duration,

@@ -121,12 +121,12 @@ fn hash(key: &str) -> String {
 /// The keys of one platform in Redis.
 #[derive(Clone)]
 pub struct KeyStore {
-    pool: deadpool_redis::Pool,
+    pool: common::redis::Pool,
     keys: Keys,
 }
 
 impl KeyStore {
-    pub fn new(pool: deadpool_redis::Pool, keys: Keys) -> Self {
+    pub fn new(pool: common::redis::Pool, keys: Keys) -> Self {
         Self { pool, keys }
     }
 

@@ -7,8 +7,9 @@
 //! 2. restores accounts and refresh tokens from `api_get_authorizer_list` when Redis lost them
 //!    (no known account, or an account without a refresh token), and anyway every
 //!    `WXPIPE_LIST_SYNC_SECS`;
-//! 3. takes the accounts whose due time has come (`{p}due`, a sorted set), a bounded number
-//!    at once, and refreshes them. Taking an account reschedules it after a backoff first
+//! 3. takes the accounts whose due time has come in the buckets it holds (`…:{aNN}:due`, sorted
+//!    sets; the replicas divide the buckets with leases, [`partition`]), a bounded number at
+//!    once, and refreshes them. Taking an account reschedules it after a backoff first
 //!    (1 minute doubling to 1 hour per failed attempt), so every outcome — success, failure,
 //!    an account without a refresh token, a crash — moves it off the head of the set: broken
 //!    accounts never stall the healthy ones. Due times carry jitter so that thousands of
@@ -18,6 +19,7 @@
 pub mod admin;
 pub mod console;
 pub mod gauges;
+pub mod partition;
 pub mod sync_reply;
 pub mod team_keys;
 
@@ -47,6 +49,10 @@ pub struct SchedulerArgs {
     /// How often the account list is re-read from api_get_authorizer_list anyway.
     #[arg(long, env = "WXPIPE_LIST_SYNC_SECS", default_value_t = 3600)]
     pub list_sync_secs: u64,
+    /// Lease of a replica's buckets of accounts: a dead replica's buckets are taken over by
+    /// the others within it.
+    #[arg(long, env = "WXPIPE_SCHEDULER_LEASE_SECS", default_value_t = 10)]
+    pub lease_secs: u64,
     /// The ingress's public base URL: the console shows `{it}/auth`, the link to send to
     /// account administrators, with its QR code (unset: the console says so).
     #[arg(long, env = "WXPIPE_PUBLIC_BASE_URL")]
@@ -64,6 +70,7 @@ impl std::fmt::Debug for SchedulerArgs {
             )
             .field("refresh_concurrency", &self.refresh_concurrency)
             .field("list_sync_secs", &self.list_sync_secs)
+            .field("lease_secs", &self.lease_secs)
             .field("public_base_url", &self.public_base_url)
             .finish()
     }
@@ -78,6 +85,8 @@ pub struct SchedulerConfig {
     pub refresh_concurrency: usize,
     pub list_sync: Duration,
     pub tick: Duration,
+    /// See [`SchedulerArgs::lease_secs`].
+    pub lease: Duration,
     pub console: console::ConsoleConfig,
 }
 
@@ -94,6 +103,15 @@ impl SchedulerArgs {
             refresh_concurrency: self.refresh_concurrency.max(1),
             list_sync: Duration::from_secs(self.list_sync_secs.max(60)),
             tick: Duration::from_secs(1),
+            lease: {
+                if !(3..=300).contains(&self.lease_secs) {
+                    return Err(ConfigError::Invalid {
+                        var: "WXPIPE_SCHEDULER_LEASE_SECS",
+                        reason: "must be between 3 and 300".into(),
+                    });
+                }
+                Duration::from_secs(self.lease_secs)
+            },
             console: console::ConsoleConfig {
                 amqp_urls: self.worker.service.amqp.urls()?,
                 namespace: self.worker.service.namespace.namespace()?,
@@ -120,9 +138,32 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
         shutdown.clone(),
     );
     let started = std::time::Instant::now();
+    let mut partition = partition::Partition::new(
+        svc.store.pool().clone(),
+        svc.store.keys.clone(),
+        config.lease,
+    );
+    tracing::info!(replica = partition.id(), "scheduler started");
+    let mut migrated = false;
     let mut every = common::shutdown::every(config.tick, shutdown);
     while every.tick().await {
-        if let Err(e) = once(&svc, &config).await {
+        if !migrated {
+            match common::redis::migrate::run(svc.store.pool(), &svc.store.keys).await {
+                Ok(_) => migrated = true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot check for an older Redis layout");
+                    continue;
+                }
+            }
+        }
+        let buckets = match partition.tick().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew this replica's buckets");
+                partition.held()
+            }
+        };
+        if let Err(e) = once(&svc, &config, &buckets).await {
             tracing::warn!(error = %e, "scheduler tick failed");
             metrics::counter!("wxpipe_scheduler_errors_total").increment(1);
         }
@@ -140,10 +181,15 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
             tokio::spawn(sync_profiles(svc.clone()));
         }
     }
+    partition.leave().await;
 }
 
-/// One tick.
-pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), TokenError> {
+/// One tick, refreshing the due accounts of `buckets`.
+pub async fn once(
+    svc: &TokenService,
+    config: &SchedulerConfig,
+    buckets: &[u16],
+) -> Result<(), TokenError> {
     // 1. the component token
     let margin = svc.margin.as_secs() as i64;
     let component_due = svc
@@ -167,8 +213,7 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
     }
 
     // 2. restore what Redis lost, and re-sync now and then
-    let known = svc.store.authorizer_appids().await?;
-    let lost = known.is_empty();
+    let lost = svc.store.known_count().await? == 0;
     let sync_window = if lost { 60 } else { config.list_sync.as_secs() };
     if svc.store.rate_limit("list_sync", sync_window).await? {
         match svc.restore_from_list().await {
@@ -182,6 +227,7 @@ pub async fn once(svc: &TokenService, config: &SchedulerConfig) -> Result<(), To
     let due = svc
         .store
         .take_due(
+            buckets,
             config.refresh_concurrency * 16,
             RETRY_AFTER,
             RETRY_AFTER_AT_MOST,

@@ -1,10 +1,12 @@
 //! Accounts in Redis: each authorizer's record (status, tokens, refresh token, profile), the
-//! set of known appids, the `due` schedule and its backoff — every token write fenced.
+//! set of known appids, the `due` schedule and its backoff — every token write fenced. The set,
+//! the schedule and the backoff are split into [`BUCKETS`] buckets (one slot each on a Redis
+//! Cluster, [`crate::redis`]); an account's keys all live in its bucket.
 
 use super::scripts::*;
 use super::*;
 use crate::ids::AppId;
-use crate::redis::{conn, failed};
+use crate::redis::{BUCKETS, bucket, conn, failed};
 use deadpool_redis::redis::{AsyncCommands, Script, cmd};
 
 /// An account's record from its hash (`None` for an empty hash: no such account).
@@ -98,44 +100,93 @@ impl TokenStore {
 
     /// Every known appid, sorted.
     pub async fn authorizer_appids(&self) -> Result<Vec<AppId>, RedisError> {
+        let all: Vec<u16> = (0..BUCKETS).collect();
+        self.authorizer_appids_in(&all).await
+    }
+
+    /// The known appids of `buckets`, sorted (one pipeline: on a cluster, one round trip per
+    /// node).
+    pub async fn authorizer_appids_in(&self, buckets: &[u16]) -> Result<Vec<AppId>, RedisError> {
         let mut c = conn(&self.pool, "listing authorizers").await?;
-        let v: Vec<String> = c
-            .smembers(self.keys.authorizers())
+        let mut p = deadpool_redis::redis::pipe();
+        for b in buckets {
+            p.smembers(self.keys.authorizers(*b));
+        }
+        let sets: Vec<Vec<String>> = p
+            .query_async(&mut c)
             .await
             .map_err(failed("listing authorizers"))?;
-        let mut v = appids(v, "authorizers");
+        let mut v = appids(sets.into_iter().flatten().collect(), "authorizers");
         v.sort_unstable();
         Ok(v)
     }
 
-    /// Takes the appids whose refresh is due now, at most `limit`, rescheduling each after a
-    /// backoff (`retry` doubling per attempt up to `cap`) before anything is tried: see
-    /// [`TAKE_DUE`]. A success reschedules it properly.
+    /// Takes the appids of `buckets` whose refresh is due now, at most `limit` in all,
+    /// rescheduling each after a backoff (`retry` doubling per attempt up to `cap`) before
+    /// anything is tried: see [`TAKE_DUE`]. A success reschedules it properly. Buckets are
+    /// visited from a rotating start, so a large bucket cannot starve the others.
     pub async fn take_due(
         &self,
+        buckets: &[u16],
         limit: usize,
         retry: std::time::Duration,
         cap: std::time::Duration,
     ) -> Result<Vec<AppId>, RedisError> {
         let mut c = conn(&self.pool, "taking due refreshes").await?;
-        let taken: Vec<String> = Script::new(TAKE_DUE)
-            .key(self.keys.due())
-            .key(self.keys.due_attempts())
-            .arg(crate::unix_now_ms())
-            .arg(limit)
-            .arg(retry.as_millis() as u64)
-            .arg(cap.as_millis() as u64)
-            .invoke_async(&mut c)
+        let mut out = Vec::new();
+        let now = crate::unix_now_ms();
+        let start = (now / 1000) as usize;
+        for i in 0..buckets.len() {
+            if out.len() >= limit {
+                break;
+            }
+            let b = buckets[(start + i) % buckets.len()];
+            let taken: Vec<String> = Script::new(TAKE_DUE)
+                .key(self.keys.due(b))
+                .key(self.keys.due_attempts(b))
+                .arg(now)
+                .arg(limit - out.len())
+                .arg(retry.as_millis() as u64)
+                .arg(cap.as_millis() as u64)
+                .invoke_async(&mut c)
+                .await
+                .map_err(failed("taking due refreshes"))?;
+            out.extend(appids(taken, "due"));
+        }
+        Ok(out)
+    }
+
+    /// How many accounts are known (one `SCARD` per bucket, pipelined).
+    pub async fn known_count(&self) -> Result<u64, RedisError> {
+        let mut c = conn(&self.pool, "counting authorizers").await?;
+        let mut p = deadpool_redis::redis::pipe();
+        for b in 0..BUCKETS {
+            p.scard(self.keys.authorizers(b));
+        }
+        let counts: Vec<u64> = p
+            .query_async(&mut c)
             .await
-            .map_err(failed("taking due refreshes"))?;
-        Ok(appids(taken, "due"))
+            .map_err(failed("counting authorizers"))?;
+        Ok(counts.iter().sum())
+    }
+
+    /// How many accounts each of `buckets` schedules (for the partitioning's gauges and tests).
+    pub async fn scheduled_in(&self, buckets: &[u16]) -> Result<Vec<u64>, RedisError> {
+        let mut c = conn(&self.pool, "counting scheduled accounts").await?;
+        let mut p = deadpool_redis::redis::pipe();
+        for b in buckets {
+            p.zcard(self.keys.due(*b));
+        }
+        p.query_async(&mut c)
+            .await
+            .map_err(failed("counting scheduled accounts"))
     }
 
     /// Attempts taken from `due` since `appid`'s last successful refresh.
     pub async fn due_attempts(&self, appid: &AppId) -> Result<u64, RedisError> {
         let mut c = conn(&self.pool, "reading refresh attempts").await?;
         let n: Option<u64> = c
-            .hget(self.keys.due_attempts(), appid)
+            .hget(self.keys.due_attempts(bucket(appid.as_str())), appid)
             .await
             .map_err(failed("reading refresh attempts"))?;
         Ok(n.unwrap_or(0))
@@ -144,10 +195,11 @@ impl TokenStore {
     /// Forgets an appid that has no record any more (dropped from `due`).
     pub async fn unschedule(&self, appid: &AppId) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "unscheduling").await?;
+        let b = bucket(appid.as_str());
         deadpool_redis::redis::pipe()
-            .zrem(self.keys.due(), appid)
+            .zrem(self.keys.due(b), appid)
             .ignore()
-            .hdel(self.keys.due_attempts(), appid)
+            .hdel(self.keys.due_attempts(b), appid)
             .ignore()
             .query_async::<()>(&mut c)
             .await
@@ -158,7 +210,7 @@ impl TokenStore {
     pub async fn due_at(&self, appid: &AppId) -> Result<Option<i64>, RedisError> {
         let mut c = conn(&self.pool, "reading a due time").await?;
         let v: Option<f64> = c
-            .zscore(self.keys.due(), appid)
+            .zscore(self.keys.due(bucket(appid.as_str())), appid)
             .await
             .map_err(failed("reading a due time"))?;
         Ok(v.map(|v| v as i64))
@@ -167,10 +219,11 @@ impl TokenStore {
     /// Schedules `appid` for a refresh at `due_ms` (and remembers it).
     pub async fn schedule(&self, appid: &AppId, due_ms: i64) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "scheduling a refresh").await?;
+        let b = bucket(appid.as_str());
         deadpool_redis::redis::pipe()
-            .zadd(self.keys.due(), appid, due_ms)
+            .zadd(self.keys.due(b), appid, due_ms)
             .ignore()
-            .sadd(self.keys.authorizers(), appid)
+            .sadd(self.keys.authorizers(b), appid)
             .ignore()
             .query_async::<()>(&mut c)
             .await
@@ -190,24 +243,34 @@ impl TokenStore {
         used: Option<&str>,
         due_ms: i64,
     ) -> Result<Written, RedisError> {
-        let mut c = conn(&self.pool, "writing authorizer tokens").await?;
-        let n: i64 = Script::new(WRITE_AUTHORIZER_IF_HELD)
-            .key(lock.key())
-            .key(self.keys.authorizer(appid))
-            .key(self.keys.due())
-            .key(self.keys.authorizers())
-            .key(self.keys.due_attempts())
-            .arg(lock.value())
-            .arg(appid)
-            .arg(token.access_token.expose())
-            .arg(token.expires_at)
-            .arg(refresh_token.unwrap_or(""))
-            .arg(crate::unix_now())
-            .arg(due_ms)
-            .arg(used.unwrap_or(""))
-            .invoke_async(&mut c)
-            .await
-            .map_err(failed("writing authorizer tokens"))?;
+        const WHAT: &str = "writing authorizer tokens";
+        let b = bucket(appid.as_str());
+        let n: i64 = self
+            .until_stored(WHAT, || async {
+                let mut c = conn(&self.pool, WHAT).await?;
+                let n: i64 = Script::new(WRITE_AUTHORIZER_IF_HELD)
+                    .key(lock.key())
+                    .key(self.keys.authorizer(appid))
+                    .key(self.keys.due(b))
+                    .key(self.keys.authorizers(b))
+                    .key(self.keys.due_attempts(b))
+                    .arg(lock.value())
+                    .arg(appid)
+                    .arg(token.access_token.expose())
+                    .arg(token.expires_at)
+                    .arg(refresh_token.unwrap_or(""))
+                    .arg(crate::unix_now())
+                    .arg(due_ms)
+                    .arg(used.unwrap_or(""))
+                    .invoke_async(&mut c)
+                    .await
+                    .map_err(failed(WHAT))?;
+                if n == 1 {
+                    self.replicated(&mut c, WHAT).await?;
+                }
+                Ok(n)
+            })
+            .await?;
         Ok(match n {
             1 => Written::Yes,
             0 => Written::LostLock,
@@ -242,12 +305,15 @@ impl TokenStore {
         let mut c = conn(&self.pool, "restoring a refresh token").await?;
         let n: i64 = Script::new(RESTORE_REFRESH_TOKEN)
             .key(self.keys.authorizer(appid))
-            .key(self.keys.authorizers())
+            .key(self.keys.authorizers(bucket(appid.as_str())))
             .arg(appid)
             .arg(refresh_token)
             .invoke_async(&mut c)
             .await
             .map_err(failed("restoring a refresh token"))?;
+        if n == 1 {
+            self.replicated(&mut c, "restoring a refresh token").await?;
+        }
         Ok(n == 1)
     }
 
@@ -262,10 +328,11 @@ impl TokenStore {
         error: &str,
     ) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "refusing a refresh token").await?;
+        let b = bucket(appid.as_str());
         Script::new(REFUSE_REFRESH_TOKEN)
             .key(self.keys.authorizer(appid))
-            .key(self.keys.due())
-            .key(self.keys.due_attempts())
+            .key(self.keys.due(b))
+            .key(self.keys.due_attempts(b))
             .arg(refused)
             .arg(appid)
             .arg(error)
@@ -301,10 +368,12 @@ impl TokenStore {
                 .arg(rt)
                 .ignore();
         }
-        p.sadd(self.keys.authorizers(), appid).ignore();
+        p.sadd(self.keys.authorizers(bucket(appid.as_str())), appid)
+            .ignore();
         p.query_async::<()>(&mut c)
             .await
-            .map_err(failed("recording an authorization"))
+            .map_err(failed("recording an authorization"))?;
+        self.replicated(&mut c, "recording an authorization").await
     }
 
     /// Stores the profile from `api_get_authorizer_info`.
@@ -353,6 +422,7 @@ impl TokenStore {
     pub async fn revoke(&self, appid: &AppId) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "revoking an authorizer").await?;
         let key = self.keys.authorizer(appid);
+        let b = bucket(appid.as_str());
         deadpool_redis::redis::pipe()
             .cmd("HSET")
             .arg(&key)
@@ -369,11 +439,11 @@ impl TokenStore {
             .arg("expires_at")
             .arg("refresh_token")
             .ignore()
-            .zrem(self.keys.due(), appid)
+            .zrem(self.keys.due(b), appid)
             .ignore()
-            .hdel(self.keys.due_attempts(), appid)
+            .hdel(self.keys.due_attempts(b), appid)
             .ignore()
-            .sadd(self.keys.authorizers(), appid)
+            .sadd(self.keys.authorizers(b), appid)
             .ignore()
             .query_async::<()>(&mut c)
             .await

@@ -165,16 +165,61 @@ pub enum Written {
 /// The Redis side of tokens and accounts of one platform.
 #[derive(Clone)]
 pub struct TokenStore {
-    pool: deadpool_redis::Pool,
+    pool: crate::redis::Pool,
     pub keys: Keys,
 }
 
 impl TokenStore {
-    pub fn new(pool: deadpool_redis::Pool, keys: Keys) -> Self {
+    pub fn new(pool: crate::redis::Pool, keys: Keys) -> Self {
         Self { pool, keys }
     }
 
-    pub fn pool(&self) -> &deadpool_redis::Pool {
+    pub fn pool(&self) -> &crate::redis::Pool {
         &self.pool
+    }
+
+    /// Runs `write` again while Redis is unavailable, for up to 15 s (a failover takes a few
+    /// seconds): a token just obtained from WeChat exists only in this process until it is
+    /// stored and replicated, and obtaining another would cost a refresh. `write` must be
+    /// idempotent (the fenced token writes are).
+    pub(crate) async fn until_stored<T, F, Fut>(
+        &self,
+        what: &'static str,
+        write: F,
+    ) -> Result<T, RedisError>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, RedisError>>,
+    {
+        use backon::Retryable;
+        let backoff = backon::ExponentialBuilder::default()
+            .with_min_delay(std::time::Duration::from_millis(200))
+            .with_max_delay(std::time::Duration::from_secs(2))
+            .with_total_delay(Some(std::time::Duration::from_secs(15)))
+            .without_max_times()
+            .with_jitter();
+        write
+            .retry(backoff)
+            .when(|e| matches!(e, RedisError::Unavailable { .. }))
+            .notify(|e, after| {
+                tracing::warn!(what, error = %e, retry_in = ?after, "a write did not reach Redis; writing again");
+                metrics::counter!("wxpipe_redis_write_retries_total", "what" => what).increment(1);
+            })
+            .await
+    }
+
+    /// After a write that must survive a failover (a token, a refresh token): with replicas
+    /// (Redis Cluster, Sentinel), waits until one replica has it, so a master killed afterwards
+    /// loses nothing ([`crate::redis::Connection::replicated`]). An error (the master gone
+    /// meanwhile) is returned: the write may be lost, and the caller writes again.
+    pub(crate) async fn replicated(
+        &self,
+        c: &mut crate::redis::Connection,
+        what: &'static str,
+    ) -> Result<(), RedisError> {
+        c.replicated(what)
+            .await
+            .map(|_| ())
+            .map_err(crate::redis::failed(what))
     }
 }

@@ -64,9 +64,11 @@ return ids
 /// Returns 0 when the lock is no longer ours, -1 when the account changed under the call —
 /// revoked (its refresh token deleted), re-authorized (a new refresh token) or its token
 /// refused — so a refresh in flight can never bring a revoked account back or overwrite a
-/// newer refresh token; 1 when written.
+/// newer refresh token; 1 when written, or when this very token is stored already (a write
+/// repeated after a lost answer counts once).
 pub(super) const WRITE_AUTHORIZER_IF_HELD: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
+if redis.call('HGET', KEYS[2], 'access_token') == ARGV[3] then return 1 end
 if ARGV[8] ~= '' and redis.call('HGET', KEYS[2], 'refresh_token') ~= ARGV[8] then return -1 end
 if redis.call('HGET', KEYS[2], 'status') == 'revoked' then return -1 end
 redis.call('HSET', KEYS[2], 'appid', ARGV[2], 'status', 'active', 'access_token', ARGV[3],

@@ -39,6 +39,7 @@ mod gateway;
 mod ingress;
 mod procfs;
 mod scheduler;
+mod shards;
 
 use decrypt::DecryptBench;
 use ingress::IngressBench;
@@ -71,6 +72,9 @@ enum Bench {
     /// The whole pipeline (ingress + decrypt binaries) vs a bare lapin pipeline doing the same
     /// broker work, and push-to-event latency at half load.
     E2e(e2e::E2eBench),
+    /// Confirmed publishes into a sharded intake with K = 1, 2, 3… (on a cluster: through every
+    /// node), and how evenly the shards fill.
+    Shards(shards::ShardsBench),
 }
 
 /// The account of the shared vector `official-message-push-component`, which the decrypt and
@@ -187,5 +191,6 @@ async fn main() -> anyhow::Result<()> {
         Bench::Gateway(b) => gateway::run(b).await,
         Bench::Codec(b) => codec::run(b).await,
         Bench::E2e(b) => e2e::run(b).await,
+        Bench::Shards(b) => shards::run(b).await,
     }
 }

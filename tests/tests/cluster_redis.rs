@@ -1,0 +1,462 @@
+//! Token schedulers on the local Redis Cluster of `scripts/cluster` (skipped, saying why, when it
+//! is not up): three replicas share 10,000 accounts by buckets; one replica dies mid-run and a
+//! Redis master is killed; every token is still refreshed exactly once per window, no served
+//! token is ever refused, and the dead replica's buckets are taken over.
+
+use common::redis::{BUCKETS, Keys};
+use common::token::{TokenService, TokenStore};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use wxpipe_tests::broker::TestNs;
+use wxpipe_tests::cluster::Clusters;
+use wxpipe_tests::harness::{ADMIN_TOKEN, spawn_scheduler};
+use wxpipe_tests::sim::{self, SimConfig, SimHandle, state::Rules};
+use wxpipe_tests::{http, test_platform};
+
+const N: usize = 10_000;
+/// Tokens live 60 s and are refreshed 10 s (plus up to 5 s of jitter) before they expire: one
+/// refresh wave every 45–50 s, with quiet time between waves.
+const TTL: u64 = 60;
+const MARGIN: Duration = Duration::from_secs(10);
+
+fn service(c: &Clusters, keys: &Keys, sim: &SimHandle) -> TokenService {
+    TokenService {
+        store: TokenStore::new(
+            common::redis::pool(&c.redis_cluster_url).expect("the cluster's URL"),
+            keys.clone(),
+        ),
+        client: common::wechat::WechatClient::new(
+            &sim.api_base(),
+            test_platform::COMPONENT_APPID,
+            Some(test_platform::COMPONENT_SECRET.to_owned().into()),
+        )
+        .expect("a WeChat client"),
+        margin: MARGIN,
+    }
+}
+
+/// How many accounts the simulator has issued at least `n` tokens to.
+fn issued_at_least(sim: &SimHandle, n: usize) -> usize {
+    let st = sim.shared.state.lock().expect("sim state");
+    st.stats
+        .authorizer_token_times
+        .values()
+        .filter(|t| t.len() >= n)
+        .count()
+}
+
+/// Waits until `count()` reaches `target`, printing the progress every 10 s.
+async fn wait_for(
+    what: &str,
+    within: Duration,
+    target: usize,
+    count: impl Fn() -> usize,
+) -> Duration {
+    let started = Instant::now();
+    let mut shown = Instant::now();
+    loop {
+        let n = count();
+        if n >= target {
+            return started.elapsed();
+        }
+        assert!(
+            started.elapsed() < within,
+            "{what}: {n} of {target} after {within:?}"
+        );
+        if shown.elapsed() >= Duration::from_secs(10) {
+            eprintln!("cluster scheduler: {what}: {n} of {target}");
+            shown = Instant::now();
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// Prints what a few accounts that have fewer than `n` tokens look like in Redis.
+async fn explain_stuck(sim: &SimHandle, svc: &TokenService, n: usize) {
+    let stuck: Vec<String> = {
+        let st = sim.shared.state.lock().unwrap();
+        st.stats
+            .authorizer_token_times
+            .iter()
+            .filter(|(_, t)| t.len() < n)
+            .map(|(a, _)| a.clone())
+            .take(5)
+            .collect()
+    };
+    for appid in &stuck {
+        let id: common::ids::AppId = appid.parse().unwrap();
+        let record = svc.store.authorizer(&id).await;
+        let due = svc.store.due_at(&id).await;
+        let attempts = svc.store.due_attempts(&id).await;
+        eprintln!(
+            "stuck {appid}: bucket {} record {:?} due {due:?} (now {}) attempts {attempts:?}",
+            common::redis::bucket(appid),
+            record.map(|r| r.map(|r| (r.status, r.has_refresh_token, r.expires_at, r.last_error))),
+            common::unix_now_ms()
+        );
+    }
+}
+
+/// The holder of each bucket's lease (the replica id inside the claim value).
+async fn lease_holders(svc: &TokenService) -> BTreeMap<u16, String> {
+    let mut out = BTreeMap::new();
+    let Ok(mut c) = svc.store.pool().get().await else {
+        return out;
+    };
+    for b in 0..BUCKETS {
+        let v: Option<String> = deadpool_redis::redis::cmd("GET")
+            .arg(svc.store.keys.bucket_lease(b))
+            .query_async(&mut c)
+            .await
+            .unwrap_or(None);
+        if let Some(v) = v
+            && let Some(rest) = v.strip_prefix("claim:")
+            && let Some((holder, _)) = rest.rsplit_once(':')
+        {
+            out.insert(b, holder.to_owned());
+        }
+    }
+    out
+}
+
+fn count_by_holder(holders: &BTreeMap<u16, String>) -> BTreeMap<String, usize> {
+    let mut n = BTreeMap::new();
+    for h in holders.values() {
+        *n.entry(h.clone()).or_default() += 1;
+    }
+    n
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_schedulers_share_ten_thousand_accounts_through_a_replica_and_a_master_dying() {
+    let Some(c) = Clusters::find(
+        "three_schedulers_share_ten_thousand_accounts_through_a_replica_and_a_master_dying",
+    ) else {
+        return;
+    };
+    let t = TestNs::new("t-rcluster");
+    let keys = Keys::new(&t.ns, test_platform::COMPONENT_APPID);
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
+    settings.rules = Rules {
+        authorizer_token_ttl: Duration::from_secs(TTL),
+        // Four waves of 10,000 refreshes: more than the simulator's default daily quota.
+        daily_quota: 1_000_000,
+        ..Rules::default()
+    };
+    let sim = sim::start(settings).await.unwrap();
+    let appids: Vec<String> = {
+        let mut st = sim.shared.state.lock().unwrap();
+        (0..N)
+            .map(|_| {
+                let (account, code, _) = st.authorize(None, false);
+                st.query_auth(test_platform::COMPONENT_APPID, &code)
+                    .unwrap();
+                account.appid
+            })
+            .collect()
+    };
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    let first = service(&c, &keys, &sim);
+    first.store.save_ticket(&ticket).await.unwrap();
+
+    let mut replicas = Vec::new();
+    let mut admins = Vec::new();
+    for _ in 0..3 {
+        let (h, admin) = spawn_scheduler(Arc::new(service(&c, &keys, &sim)), 32).await;
+        replicas.push(Some(h));
+        admins.push(admin);
+    }
+
+    // Wave 1: every account restored from the list and given a token (the authorization
+    // issued the first one, which wxpipe never saw).
+    let wave1 = tokio::time::timeout(
+        Duration::from_secs(240),
+        wait_for("first refreshes", Duration::from_secs(3600), N, || {
+            issued_at_least(&sim, 2)
+        }),
+    )
+    .await;
+    let Ok(took) = wave1 else {
+        explain_stuck(&sim, &first, 2).await;
+        panic!("the first refresh of every account did not happen within 240 s");
+    };
+    eprintln!("cluster scheduler: {N} accounts refreshed once in {took:?}");
+    let holders = lease_holders(&first).await;
+    let shares = count_by_holder(&holders);
+    assert_eq!(
+        holders.len(),
+        BUCKETS as usize,
+        "every bucket held: {shares:?}"
+    );
+    assert_eq!(
+        shares.len(),
+        3,
+        "three replicas share the buckets: {shares:?}"
+    );
+    assert!(shares.values().all(|n| (20..=23).contains(n)), "{shares:?}");
+
+    // From now on a team keeps reading tokens from the two surviving replicas and using them.
+    let stop_reading = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (admins, api, appids, stop) = (
+            admins[1..].to_vec(),
+            sim.api_base(),
+            appids.clone(),
+            stop_reading.clone(),
+        );
+        tokio::spawn(async move {
+            let client = http();
+            let mut used = 0u64;
+            let mut i = 0usize;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                i += 1;
+                let appid = &appids[(i * 7919) % appids.len()];
+                let Ok(r) = client
+                    .get(format!(
+                        "{}/v1/authorizers/{appid}/access_token",
+                        admins[i % admins.len()]
+                    ))
+                    .bearer_auth(ADMIN_TOKEN)
+                    .send()
+                    .await
+                else {
+                    continue;
+                };
+                if r.status() != 200 {
+                    continue;
+                }
+                let tok: Value = r.json().await.unwrap_or_default();
+                let token = tok["access_token"].as_str().unwrap_or_default().to_owned();
+                let answer: Value = client
+                    .post(format!(
+                        "{api}/cgi-bin/component/get_authorizer_option?access_token={token}"
+                    ))
+                    .json(&json!({"option_name": "voice_recognize"}))
+                    .send()
+                    .await
+                    .unwrap()
+                    .json()
+                    .await
+                    .unwrap();
+                assert!(
+                    answer["errcode"].is_null() || answer["errcode"] == 0,
+                    "a served token was refused: {answer}"
+                );
+                used += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            used
+        })
+    };
+
+    // Wave 2: one replica dies (no graceful step) once the wave is under way; the others take
+    // its buckets over within a lease, and every account is refreshed again.
+    wait_for("wave 2 starting", Duration::from_secs(120), N / 10, || {
+        issued_at_least(&sim, 3)
+    })
+    .await;
+    let dead = replicas[0].take().unwrap();
+    dead.kill().await;
+    let took = wait_for("wave 2", Duration::from_secs(180), N, || {
+        issued_at_least(&sim, 3)
+    })
+    .await;
+    eprintln!("cluster scheduler: wave 2 finished {took:?} after a replica died");
+    let shares = count_by_holder(&lease_holders(&first).await);
+    assert_eq!(
+        shares.len(),
+        2,
+        "the survivors hold every bucket: {shares:?}"
+    );
+    assert_eq!(
+        shares.values().sum::<usize>(),
+        BUCKETS as usize,
+        "{shares:?}"
+    );
+
+    // Between waves a Redis master is SIGKILLed: its replica takes over, and wave 3 finds every
+    // token, refresh token and due time it needs. (A write in flight at the very instant of a
+    // kill could still be lost with Redis's asynchronous replication; token writes wait for a
+    // replica's acknowledgement to make that window as small as Redis allows — README.)
+    let masters = c.redis_masters().await;
+    assert_eq!(masters.len(), 3, "{masters:?}");
+    let victim = masters[1];
+    c.kill_redis(victim);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let now = c.redis_masters().await;
+        if !now.contains(&victim) && now.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no failover of {victim}: {now:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    c.start_redis(victim);
+    let took = wait_for("wave 3", Duration::from_secs(240), N, || {
+        issued_at_least(&sim, 4)
+    })
+    .await;
+    eprintln!("cluster scheduler: wave 3 finished {took:?} after the master of {victim} died");
+
+    stop_reading.store(true, std::sync::atomic::Ordering::Relaxed);
+    let used = reader.await.unwrap();
+    for r in replicas.into_iter().flatten() {
+        r.stop().await;
+    }
+    let stats = sim.shared.state.lock().unwrap().stats.clone();
+    assert!(used > 100, "the reader used {used} tokens");
+    assert_eq!(
+        stats.rejected_token_calls, 0,
+        "a served token was expired or invalidated"
+    );
+    assert_eq!(
+        stats.component_tokens_issued, 1,
+        "one component token for three replicas"
+    );
+    // Exactly one refresh per token per window: consecutive issuances are never closer than
+    // the shortest legitimate window (TTL − margin − the largest jitter − 1 s − one tick).
+    let min_gap_ms =
+        ((TTL - MARGIN.as_secs()) * 1000) as i64 - (MARGIN.as_millis() as i64 / 2) - 1250;
+    for (appid, times) in &stats.authorizer_token_times {
+        for pair in times[1..].windows(2) {
+            assert!(
+                pair[1] - pair[0] >= min_gap_ms,
+                "{appid} refreshed twice within a window: {times:?}"
+            );
+        }
+    }
+    c.delete_cluster_keys(keys.prefix()).await;
+}
+
+/// The port of the master Sentinel names now.
+async fn sentinel_master() -> Option<u16> {
+    for port in [26391, 26392, 26393] {
+        let Ok(client) = deadpool_redis::redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        else {
+            continue;
+        };
+        let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+            continue;
+        };
+        let addr: Result<Vec<String>, _> = deadpool_redis::redis::cmd("SENTINEL")
+            .arg("get-master-addr-by-name")
+            .arg("wxpipe")
+            .query_async(&mut c)
+            .await;
+        if let Ok(addr) = addr {
+            return addr.get(1).and_then(|p| p.parse().ok());
+        }
+    }
+    None
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_scheduler_on_sentinel_rides_out_a_master_failover() {
+    let Some(c) = Clusters::find("a_scheduler_on_sentinel_rides_out_a_master_failover") else {
+        return;
+    };
+    const ACCOUNTS: usize = 50;
+    const SHORT_TTL: u64 = 16;
+    let t = TestNs::new("t-sentinel");
+    let keys = Keys::new(&t.ns, test_platform::COMPONENT_APPID);
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
+    settings.rules = Rules {
+        authorizer_token_ttl: Duration::from_secs(SHORT_TTL),
+        ..Rules::default()
+    };
+    let sim = sim::start(settings).await.unwrap();
+    {
+        let mut st = sim.shared.state.lock().unwrap();
+        for _ in 0..ACCOUNTS {
+            let (_, code, _) = st.authorize(None, false);
+            st.query_auth(test_platform::COMPONENT_APPID, &code)
+                .unwrap();
+        }
+    }
+    let svc = |sim: &SimHandle| TokenService {
+        store: TokenStore::new(
+            common::redis::pool(&c.sentinel_url).expect("the Sentinel URL"),
+            keys.clone(),
+        ),
+        client: common::wechat::WechatClient::new(
+            &sim.api_base(),
+            test_platform::COMPONENT_APPID,
+            Some(test_platform::COMPONENT_SECRET.to_owned().into()),
+        )
+        .expect("a WeChat client"),
+        margin: Duration::from_secs(4),
+    };
+    let first = svc(&sim);
+    let ticket = sim.shared.state.lock().unwrap().issue_ticket();
+    first.store.save_ticket(&ticket).await.unwrap();
+    let (scheduler, _admin) = spawn_scheduler(Arc::new(svc(&sim)), 8).await;
+    wait_for(
+        "first refreshes on Sentinel",
+        Duration::from_secs(60),
+        ACCOUNTS,
+        || issued_at_least(&sim, 2),
+    )
+    .await;
+
+    let master = sentinel_master().await.expect("Sentinel names a master");
+    c.kill_redis(master);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while sentinel_master().await == Some(master) {
+        assert!(
+            Instant::now() < deadline,
+            "Sentinel did not fail over from {master}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    c.start_redis(master);
+    // The promoted replica has every account, and refreshing goes on against it.
+    let appids = first.store.authorizer_appids().await.unwrap();
+    assert_eq!(appids.len(), ACCOUNTS, "no account lost in the failover");
+    // An account whose refresh fell into the failover waits out its retry backoff (1 minute;
+    // production margins are 10 minutes), then is refreshed like the others.
+    let after = tokio::time::timeout(
+        Duration::from_secs(120),
+        wait_for(
+            "refreshes after the failover",
+            Duration::from_secs(3600),
+            ACCOUNTS,
+            || issued_at_least(&sim, 4),
+        ),
+    )
+    .await;
+    if after.is_err() {
+        explain_stuck(&sim, &first, 4).await;
+        panic!("refreshing did not go on after the failover");
+    }
+    scheduler.stop().await;
+    let stats = sim.shared.state.lock().unwrap().stats.clone();
+    assert_eq!(stats.rejected_token_calls, 0);
+    let min_gap_ms = ((SHORT_TTL - 4) * 1000) as i64 - 2000 - 1250;
+    for (appid, times) in &stats.authorizer_token_times {
+        for pair in times[1..].windows(2) {
+            assert!(
+                pair[1] - pair[0] >= min_gap_ms,
+                "{appid} refreshed twice within a window: {times:?}"
+            );
+        }
+    }
+    // Nothing of this namespace is left on Sentinel's master.
+    if let Ok(mut conn) = first.store.pool().get().await {
+        let left: Vec<String> = deadpool_redis::redis::cmd("KEYS")
+            .arg(format!("{}*", keys.prefix()))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or_default();
+        if !left.is_empty() {
+            let _ = deadpool_redis::redis::cmd("DEL")
+                .arg(&left)
+                .query_async::<()>(&mut conn)
+                .await;
+        }
+    }
+}
