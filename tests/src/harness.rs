@@ -301,7 +301,7 @@ pub async fn spawn_scheduler_with(
         refresh_concurrency: concurrency,
         list_sync: Duration::from_secs(3600),
         tick: Duration::from_millis(250),
-        lease: Duration::from_secs(5),
+        lease: Duration::from_secs(10),
         console,
     };
     let (stop, rx) = tokio::sync::watch::channel(false);

@@ -138,15 +138,12 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
         shutdown.clone(),
     );
     let started = std::time::Instant::now();
-    let partition = partition::Partition::new(
+    let mut partition = partition::Partition::new(
         svc.store.pool().clone(),
         svc.store.keys.clone(),
         config.lease,
     );
     tracing::info!(replica = partition.id(), "scheduler started");
-    // The buckets are renewed on their own ticker: a slow round of refreshes (WeChat timing
-    // out) must not let this replica's leases lapse while it is alive.
-    let (held, partitioning) = partition::keep(partition, config.tick, shutdown.clone());
     let mut migrated = false;
     let mut every = common::shutdown::every(config.tick, shutdown);
     while every.tick().await {
@@ -159,7 +156,13 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
                 }
             }
         }
-        let buckets = held.borrow().clone();
+        let buckets = match partition.tick().await {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot renew this replica's buckets");
+                partition.held()
+            }
+        };
         if let Err(e) = once(&svc, &config, &buckets).await {
             tracing::warn!(error = %e, "scheduler tick failed");
             metrics::counter!("wxpipe_scheduler_errors_total").increment(1);
@@ -178,7 +181,7 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
             tokio::spawn(sync_profiles(svc.clone()));
         }
     }
-    partitioning.finished().await;
+    partition.leave().await;
 }
 
 /// One tick, refreshing the due accounts of `buckets`.

@@ -135,50 +135,6 @@ impl Partition {
     }
 }
 
-/// The task of [`keep`]: awaiting it waits for the graceful leave; dropping it (the scheduler's
-/// own task dropped, as in a crash) stops the rounds at once, leaving the leases to run out.
-pub struct Keeping(Option<tokio::task::JoinHandle<()>>);
-
-impl Keeping {
-    /// Waits until the rounds end (after `shutdown`) and the buckets were given back.
-    pub async fn finished(mut self) {
-        if let Some(task) = self.0.take() {
-            let _ = task.await;
-        }
-    }
-}
-
-impl Drop for Keeping {
-    fn drop(&mut self) {
-        if let Some(task) = self.0.take() {
-            task.abort();
-        }
-    }
-}
-
-/// Runs `partition`'s rounds every `tick` on a task of its own until `shutdown`, then leaves;
-/// the buckets held after each round are published on the returned channel.
-pub fn keep(
-    mut partition: Partition,
-    tick: Duration,
-    shutdown: tokio::sync::watch::Receiver<bool>,
-) -> (tokio::sync::watch::Receiver<Vec<u16>>, Keeping) {
-    let (tx, rx) = tokio::sync::watch::channel(Vec::new());
-    let task = tokio::spawn(async move {
-        let mut every = common::shutdown::every(tick, shutdown);
-        while every.tick().await {
-            match partition.tick().await {
-                Ok(held) => {
-                    tx.send_replace(held);
-                }
-                Err(e) => tracing::warn!(error = %e, "cannot renew this replica's buckets"),
-            }
-        }
-        partition.leave().await;
-    });
-    (rx, Keeping(Some(task)))
-}
-
 /// The buckets of the replica `me` among the sorted live ids: those `b` with
 /// `b mod N == rank(me)`. Empty when `me` is not (yet) among them.
 pub fn share(live: &[String], me: &str) -> Vec<u16> {
