@@ -21,10 +21,11 @@ const N: usize = 10_000;
 const TTL: u64 = 60;
 const MARGIN: Duration = Duration::from_secs(10);
 
-fn service(c: &Clusters, keys: &Keys, sim: &SimHandle) -> TokenService {
+/// A token service on the Redis at `redis_url` talking to `sim`.
+fn service(redis_url: &str, keys: &Keys, sim: &SimHandle, margin: Duration) -> TokenService {
     TokenService {
         store: TokenStore::new(
-            common::redis::pool(&c.redis_cluster_url).expect("the cluster's URL"),
+            common::redis::pool(redis_url).expect("the clusters' Redis URL"),
             keys.clone(),
         ),
         client: common::wechat::WechatClient::new(
@@ -33,7 +34,7 @@ fn service(c: &Clusters, keys: &Keys, sim: &SimHandle) -> TokenService {
             Some(test_platform::COMPONENT_SECRET.to_owned().into()),
         )
         .expect("a WeChat client"),
-        margin: MARGIN,
+        margin,
     }
 }
 
@@ -158,13 +159,17 @@ async fn three_schedulers_share_ten_thousand_accounts_through_a_replica_and_a_ma
             .collect()
     };
     let ticket = sim.shared.state.lock().unwrap().issue_ticket();
-    let first = service(&c, &keys, &sim);
+    let first = service(&c.redis_cluster_url, &keys, &sim, MARGIN);
     first.store.save_ticket(&ticket).await.unwrap();
 
     let mut replicas = Vec::new();
     let mut admins = Vec::new();
     for _ in 0..3 {
-        let (h, admin) = spawn_scheduler(Arc::new(service(&c, &keys, &sim)), 32).await;
+        let (h, admin) = spawn_scheduler(
+            Arc::new(service(&c.redis_cluster_url, &keys, &sim, MARGIN)),
+            32,
+        )
+        .await;
         replicas.push(Some(h));
         admins.push(admin);
     }
@@ -378,19 +383,7 @@ async fn a_scheduler_on_sentinel_rides_out_a_master_failover() {
                 .unwrap();
         }
     }
-    let svc = |sim: &SimHandle| TokenService {
-        store: TokenStore::new(
-            common::redis::pool(&c.sentinel_url).expect("the Sentinel URL"),
-            keys.clone(),
-        ),
-        client: common::wechat::WechatClient::new(
-            &sim.api_base(),
-            test_platform::COMPONENT_APPID,
-            Some(test_platform::COMPONENT_SECRET.to_owned().into()),
-        )
-        .expect("a WeChat client"),
-        margin: Duration::from_secs(4),
-    };
+    let svc = |sim: &SimHandle| service(&c.sentinel_url, &keys, sim, Duration::from_secs(4));
     let first = svc(&sim);
     let ticket = sim.shared.state.lock().unwrap().issue_ticket();
     first.store.save_ticket(&ticket).await.unwrap();

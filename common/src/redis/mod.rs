@@ -142,7 +142,7 @@ impl Keys {
     /// `…:{aNN}:lease`: which scheduler replica holds bucket `b` (see the scheduler's
     /// partitioning).
     pub fn bucket_lease(&self, b: u16) -> String {
-        format!("{}{{a{b:02}}}:lease", self.prefix)
+        format!("{}lease", self.in_bucket(b))
     }
 
     /// `…:quota:{api}`: WeChat's daily quota of `api` is used up (45009) until this expires

@@ -245,11 +245,9 @@ impl TokenStore {
     ) -> Result<Written, RedisError> {
         const WHAT: &str = "writing authorizer tokens";
         let b = bucket(appid.as_str());
-        let n: i64 = self
-            .until_stored(WHAT, || async {
-                let mut c = conn(&self.pool, WHAT).await?;
-                let n: i64 = Script::new(WRITE_AUTHORIZER_IF_HELD)
-                    .key(lock.key())
+        let n = self
+            .durable_script(WHAT, WRITE_AUTHORIZER_IF_HELD, |s| {
+                s.key(lock.key())
                     .key(self.keys.authorizer(appid))
                     .key(self.keys.due(b))
                     .key(self.keys.authorizers(b))
@@ -261,14 +259,7 @@ impl TokenStore {
                     .arg(refresh_token.unwrap_or(""))
                     .arg(crate::unix_now())
                     .arg(due_ms)
-                    .arg(used.unwrap_or(""))
-                    .invoke_async(&mut c)
-                    .await
-                    .map_err(failed(WHAT))?;
-                if n == 1 {
-                    self.replicated(&mut c, WHAT).await?;
-                }
-                Ok(n)
+                    .arg(used.unwrap_or(""));
             })
             .await?;
         Ok(match n {

@@ -208,6 +208,32 @@ impl TokenStore {
             .await
     }
 
+    /// Runs a fenced write script (`script`, its keys and arguments given by `prepare`) until it
+    /// is stored ([`Self::until_stored`]); when it answers 1 (written), waits for a replica
+    /// ([`Self::replicated`]). Returns the script's answer.
+    pub(crate) async fn durable_script(
+        &self,
+        what: &'static str,
+        script: &str,
+        prepare: impl Fn(&mut deadpool_redis::redis::ScriptInvocation<'_>),
+    ) -> Result<i64, RedisError> {
+        let script = deadpool_redis::redis::Script::new(script);
+        self.until_stored(what, || async {
+            let mut c = crate::redis::conn(&self.pool, what).await?;
+            let mut invocation = script.prepare_invoke();
+            prepare(&mut invocation);
+            let n: i64 = invocation
+                .invoke_async(&mut c)
+                .await
+                .map_err(crate::redis::failed(what))?;
+            if n == 1 {
+                self.replicated(&mut c, what).await?;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
     /// After a write that must survive a failover (a token, a refresh token): with replicas
     /// (Redis Cluster, Sentinel), waits until one replica has it, so a master killed afterwards
     /// loses nothing ([`crate::redis::Connection::replicated`]). An error (the master gone

@@ -70,22 +70,13 @@ impl TokenStore {
     ) -> Result<bool, RedisError> {
         const WHAT: &str = "writing the component token";
         let json = serde_json::to_string(token).unwrap_or_default();
-        let n: i64 = self
-            .until_stored(WHAT, || async {
-                let mut c = conn(&self.pool, WHAT).await?;
-                let n: i64 = Script::new(SET_IF_HELD)
-                    .key(lock.key())
+        let n = self
+            .durable_script(WHAT, SET_IF_HELD, |s| {
+                s.key(lock.key())
                     .key(self.keys.component_token())
                     .arg(lock.value())
                     .arg(&json)
-                    .arg(token.expires_at * 1000)
-                    .invoke_async(&mut c)
-                    .await
-                    .map_err(failed(WHAT))?;
-                if n == 1 {
-                    self.replicated(&mut c, WHAT).await?;
-                }
-                Ok(n)
+                    .arg(token.expires_at * 1000);
             })
             .await?;
         Ok(n == 1)
