@@ -145,8 +145,22 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
     );
     tracing::info!(replica = partition.id(), "scheduler started");
     let mut migrated = false;
+    let restoring = ListRestore::default();
+    let stop = shutdown.clone();
     let mut every = common::shutdown::every(config.tick, shutdown);
-    while every.tick().await {
+    // A round that took a full batch of due accounts is followed by the next one at once
+    // (a restore of 100,000 accounts waited a tick between batches of 512).
+    let mut more = false;
+    loop {
+        let go_on = if more {
+            tokio::task::yield_now().await;
+            !*stop.borrow()
+        } else {
+            every.tick().await
+        };
+        if !go_on {
+            break;
+        }
         if !migrated {
             match common::redis::migrate::run(svc.store.pool(), &svc.store.keys).await {
                 Ok(_) => migrated = true,
@@ -163,10 +177,14 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
                 partition.held()
             }
         };
-        if let Err(e) = once(&svc, &config, &buckets).await {
-            tracing::warn!(error = %e, "scheduler tick failed");
-            metrics::counter!("wxpipe_scheduler_errors_total").increment(1);
-        }
+        more = match once(&svc, &config, &buckets, &restoring).await {
+            Ok(more) => more,
+            Err(e) => {
+                tracing::warn!(error = %e, "scheduler tick failed");
+                metrics::counter!("wxpipe_scheduler_errors_total").increment(1);
+                false
+            }
+        };
         // Profiles (permission sets, types, business info) once a day, by one replica that
         // has run for an hour (a fleet restarting does not re-read every profile at once; each
         // was read when its account authorized).
@@ -184,12 +202,14 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
     partition.leave().await;
 }
 
-/// One tick, refreshing the due accounts of `buckets`.
+/// One tick, refreshing the due accounts of `buckets`; true when it took as many as one round
+/// takes (more are probably due).
 pub async fn once(
-    svc: &TokenService,
+    svc: &Arc<TokenService>,
     config: &SchedulerConfig,
     buckets: &[u16],
-) -> Result<(), TokenError> {
+    restoring: &ListRestore,
+) -> Result<bool, TokenError> {
     // 1. the component token
     let margin = svc.margin.as_secs() as i64;
     let component_due = svc
@@ -202,7 +222,7 @@ pub async fn once(
             Ok(_) | Err(TokenError::Busy(_)) => {}
             Err(TokenError::NoTicket) => {
                 tracing::info!("waiting for a component_verify_ticket");
-                return Ok(());
+                return Ok(false);
             }
             // Already logged once when it failed; shown by GET /v1/component/status.
             Err(e @ (TokenError::BackingOff { .. } | TokenError::QuotaExhausted { .. })) => {
@@ -212,27 +232,23 @@ pub async fn once(
         }
     }
 
-    // 2. restore what Redis lost, and re-sync now and then
+    // 2. restore what Redis lost, and re-sync now and then — on a task of its own, so that
+    //    reading a list of 100,000 accounts neither holds back the refreshes of the accounts
+    //    already known nor lets this replica's bucket leases lapse.
     let lost = svc.store.known_count().await? == 0;
     let sync_window = if lost { 60 } else { config.list_sync.as_secs() };
-    if svc.store.rate_limit("list_sync", sync_window).await? {
-        match svc.restore_from_list().await {
-            Ok(_) => {}
-            Err(e) => tracing::warn!(error = %e, "api_get_authorizer_list failed"),
-        }
+    if !restoring.running() && svc.store.rate_limit("list_sync", sync_window).await? {
+        restoring.start(svc);
     }
 
     // 3. due refreshes
     let taken_at = common::unix_now_ms();
+    let round = config.refresh_concurrency * 16;
     let due = svc
         .store
-        .take_due(
-            buckets,
-            config.refresh_concurrency * 16,
-            RETRY_AFTER,
-            RETRY_AFTER_AT_MOST,
-        )
+        .take_due(buckets, round, RETRY_AFTER, RETRY_AFTER_AT_MOST)
         .await?;
+    let full = due.len() >= round;
     let mut missing_refresh_token = false;
     let mut results = futures::stream::iter(due)
         .map(|appid| async move {
@@ -269,10 +285,49 @@ pub async fn once(
     }
     // Accounts without a (working) refresh token may get one from the list; ask at most every
     // 5 minutes (they are retried with their own backoff meanwhile).
-    if missing_refresh_token && svc.store.rate_limit("list_sync_missing", 300).await? {
-        svc.restore_from_list().await?;
+    if missing_refresh_token
+        && !restoring.running()
+        && svc.store.rate_limit("list_sync_missing", 300).await?
+    {
+        restoring.start(svc);
     }
-    Ok(())
+    Ok(full)
+}
+
+/// The list restore of one replica: at most one at a time, on its own task.
+#[derive(Clone, Default)]
+pub struct ListRestore(Arc<std::sync::atomic::AtomicBool>);
+
+impl ListRestore {
+    fn running(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    fn start(&self, svc: &Arc<TokenService>) {
+        if self.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        // Cleared however the task ends (a panic included), so the next tick may start one.
+        struct Done(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let (done, svc) = (Done(self.0.clone()), svc.clone());
+        tokio::spawn(async move {
+            let _done = done;
+            let started = std::time::Instant::now();
+            match svc.restore_from_list().await {
+                Ok(restored) => tracing::debug!(
+                    restored,
+                    secs = started.elapsed().as_secs_f64(),
+                    "api_get_authorizer_list read"
+                ),
+                Err(e) => tracing::warn!(error = %e, "api_get_authorizer_list failed"),
+            }
+        });
+    }
 }
 
 /// How often every account's profile is fetched again (besides on `updateauthorized`).

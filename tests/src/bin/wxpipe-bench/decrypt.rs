@@ -131,11 +131,19 @@ async fn rate_until(ch: &lapin::Channel, sink: &str, target: u32) -> anyhow::Res
     }
 }
 
-/// The bare ceiling: consume `{ns}.raw`, republish each body to `{ns}.events` with a
-/// confirm, then ack — what the worker does minus verify, decrypt, parse, dedup and JSON.
-async fn bare_ceiling(b: &DecryptBench, t: &TestNs, sink: &str, n: u32) -> anyhow::Result<f64> {
+/// The bare ceiling: consume `{ns}.raw`, republish to `{ns}.events` with a confirm the event
+/// the worker makes of the first message (same body, same properties), then ack — what the
+/// worker does minus verify, decrypt, parse, dedup and JSON.
+async fn bare_ceiling(
+    b: &DecryptBench,
+    t: &TestNs,
+    sink: &str,
+    first: &Raw,
+    n: u32,
+) -> anyhow::Result<f64> {
     let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    let task = bare_worker(&conn, &t.ns, b.prefetch, None).await?;
+    let event = super::worker_event(&first.body, &first.properties())?;
+    let task = bare_worker(&conn, &t.ns, b.prefetch, Some(event)).await?;
     let counter = conn.create_channel().await?;
     let rate = rate_until(&counter, sink, n).await?;
     task.abort();
@@ -186,7 +194,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     // 1. the bare ceiling
     let msgs = raw_messages(b.messages, 1);
     fill(&ch, &t, &msgs).await?;
-    let ceiling = bare_ceiling(&b, &t, &sink, n).await?;
+    let ceiling = bare_ceiling(&b, &t, &sink, &msgs[0], n).await?;
     println!(
         "bare consume-and-republish ceiling (prefetch {}): {ceiling:.0} msg/s",
         b.prefetch
@@ -237,16 +245,35 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         "push-to-event latency at {target:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
         latency.0, latency.1, latency.2, latency.3
     );
-    println!(
-        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={:.3} decrypt_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_pct={cpu:.0}",
-        rate / ceiling,
-        latency.1
-    );
     let _ = tokio::process::Command::new("kill")
         .arg(pid.to_string())
         .status()
         .await;
     let _ = tokio::time::timeout(Duration::from_secs(10), worker.wait()).await;
+    ch.queue_purge(sink.as_str().into(), Default::default())
+        .await?;
+
+    // 4. the same half load through the bare worker: the broker's own share of that latency
+    let bare_conn =
+        Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
+    let event = super::worker_event(&msgs[0].body, &msgs[0].properties())?;
+    let bare = bare_worker(&bare_conn, &t.ns, b.prefetch, Some(event)).await?;
+    let bare_latency = half_load_latency(&b, &t, &sink, target).await?;
+    bare.abort();
+    let _ = bare_conn.close(200, "bare latency done".into()).await;
+    println!(
+        "the same through the bare worker (the broker's share): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
+        bare_latency.0, bare_latency.1, bare_latency.2
+    );
+    println!(
+        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={:.3} decrypt_half_p50_ms={:.2} decrypt_half_p99_ms={:.2} decrypt_bare_half_p50_ms={:.2} decrypt_bare_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_pct={cpu:.0} decrypt_cpu_us_per_push={:.0}",
+        rate / ceiling,
+        latency.0,
+        latency.1,
+        bare_latency.0,
+        bare_latency.1,
+        cpu * 1e4 / rate
+    );
     let _ = conn.close(200, "bench done".into()).await;
     Ok(())
 }

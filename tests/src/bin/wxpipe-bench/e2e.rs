@@ -306,19 +306,12 @@ async fn ceiling(b: &E2eBench) -> anyhow::Result<f64> {
         h.insert("appid".into(), AMQPValue::LongString(AUTHORIZER.into()));
         props = props.with_headers(h);
     }
-    // An event of the size the worker publishes, with its kind of headers.
-    let event = vec![b'x'; 460];
-    let event_props = common::wire::event::EventProperties {
-        id: "authorizer:wxba5fad812f8e6fb9:msg:1".into(),
-        event_type: "wechat.authorizer.text".into(),
-        received_at_ms: Some(common::unix_now_ms()),
-        reply: None,
-    }
-    .to_properties();
+    // The event the worker makes of this push, with its properties.
+    let event = super::worker_event(&body, &props)?;
     let events = Arc::new(AtomicU64::new(0));
     let counter = downstream(conn.create_channel().await?, sink, events.clone(), None);
     // The worker: consume raw, republish with a confirm, ack.
-    let worker = bare_worker(&conn, &t.ns, 256, Some((event, event_props))).await?;
+    let worker = bare_worker(&conn, &t.ns, 256, Some(event)).await?;
     // The ingress: confirmed, mandatory publishes of its message, `concurrency` in flight.
     let publish = conn.create_channel().await?;
     publish

@@ -109,6 +109,33 @@ pub fn received_at(props: &BasicProperties) -> Option<i64> {
     )
 }
 
+/// The event the decrypt worker publishes for the raw message `(body, props)` — its CloudEvent
+/// JSON and its properties, made by the worker's own functions — so that a ceiling republishes
+/// exactly what the worker would and the broker does the same work in both.
+pub fn worker_event(
+    body: &[u8],
+    props: &BasicProperties,
+) -> anyhow::Result<(Vec<u8>, BasicProperties)> {
+    let crypt = PushBuilder::test_platform().crypt().clone();
+    let decoded = workers::decrypt::decode::decode_parts(
+        &crypt,
+        common::wire::raw::RawRoute::Authorizer.routing_key(),
+        props,
+        body,
+    )
+    .map_err(|e| anyhow::anyhow!("the bench's raw message does not decode: {e}"))?;
+    let (address, json) = workers::decrypt::decode::event(&decoded, crypt.appid())
+        .map_err(|e| anyhow::anyhow!("the bench's push makes no event: {e}"))?;
+    let props = common::wire::event::EventProperties {
+        id: address.id,
+        event_type: address.event_type,
+        received_at_ms: decoded.raw.received_at_ms,
+        reply: None,
+    }
+    .to_properties();
+    Ok((json, props))
+}
+
 /// A bare decrypt worker, the ceiling of the decrypt and e2e benchmarks: consumes `{ns}.raw`
 /// with `prefetch`, republishes each message to `{ns}.events` with a confirm — as `event` when
 /// given, else its own body (persistent) — then acks; nothing else.
@@ -148,7 +175,10 @@ pub async fn bare_worker(
             );
             tokio::spawn(async move {
                 let (body, props) = match event.as_deref() {
-                    Some((body, props)) => (body.as_slice(), props.clone()),
+                    // The event carries the raw message's reception time, as the worker's does.
+                    Some((body, props)) => {
+                        (body.as_slice(), with_received_at(props, &d.properties))
+                    }
                     None => (
                         d.data.as_slice(),
                         BasicProperties::default().with_delivery_mode(2),
@@ -170,6 +200,16 @@ pub async fn bare_worker(
             });
         }
     }))
+}
+
+/// `props` with the `received_at` header of `from` (when it has one).
+fn with_received_at(props: &BasicProperties, from: &BasicProperties) -> BasicProperties {
+    let Some(at) = received_at(from) else {
+        return props.clone();
+    };
+    let mut headers = props.headers().clone().unwrap_or_default();
+    common::wire::set_int(&mut headers, common::wire::raw::H_RECEIVED_AT, at);
+    props.clone().with_headers(headers)
 }
 
 /// The `p`-quantile (nearest rank) of ascending `sorted` values; 0 when there are none.
