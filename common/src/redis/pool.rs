@@ -188,11 +188,23 @@ impl Pool {
         let runtime = Some(deadpool_redis::Runtime::Tokio1);
         let failed = |e: &dyn std::fmt::Display| RedisError::Config(e.to_string());
         Ok(match Target::parse(url)? {
-            Target::Single(url) => Pool::Single(
-                deadpool_redis::Config::from_url(url)
-                    .create_pool(runtime)
-                    .map_err(|e| failed(&e))?,
-            ),
+            Target::Single(url) => {
+                // `TCP_NODELAY`, which redis-rs leaves off: with Nagle on, a request written
+                // while an earlier one is unanswered waits for the server's delayed ACK
+                // (up to 40 ms on Linux) — the decrypt worker's claims and done marks, and
+                // every read of a busy scheduler, are exactly that.
+                let info =
+                    redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| failed(&e))?;
+                let tcp = info.tcp_settings().clone().set_nodelay(true);
+                let manager = deadpool_redis::Manager::new(info.set_tcp_settings(tcp))
+                    .map_err(|e| failed(&e))?;
+                Pool::Single(
+                    deadpool_redis::Pool::builder(manager)
+                        .runtime(deadpool_redis::Runtime::Tokio1)
+                        .build()
+                        .map_err(|e| failed(&e))?,
+                )
+            }
             Target::Cluster(seeds) => Pool::Cluster(
                 deadpool_redis::cluster::Config::from_urls(seeds)
                     .create_pool(runtime)
