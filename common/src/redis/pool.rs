@@ -189,10 +189,10 @@ impl Pool {
         let failed = |e: &dyn std::fmt::Display| RedisError::Config(e.to_string());
         Ok(match Target::parse(url)? {
             Target::Single(url) => {
-                // `TCP_NODELAY`, which redis-rs leaves off: with Nagle on, a request written
-                // while an earlier one is unanswered waits for the server's delayed ACK
-                // (up to 40 ms on Linux) — the decrypt worker's claims and done marks, and
-                // every read of a busy scheduler, are exactly that.
+                // `TCP_NODELAY`, which redis-rs leaves off: with Nagle on, a small request
+                // written while earlier bytes are unacknowledged can wait for the server's
+                // delayed ACK (up to 40 ms on Linux), and a multiplexed connection shared by
+                // many tasks writes exactly like that.
                 let info =
                     redis::IntoConnectionInfo::into_connection_info(url).map_err(|e| failed(&e))?;
                 let tcp = info.tcp_settings().clone().set_nodelay(true);
