@@ -70,8 +70,8 @@ impl Role {
         };
         // The loop runs as a task on the runtime's worker threads, not on the caller's thread
         // (`main`'s `block_on`): the handler task it spawns per delivery then goes to that
-        // worker's own run queue instead of the shared injection queue, which woke another
-        // thread for every delivery (issue 11: context switches were a sixth of the worker's CPU).
+        // worker's own run queue instead of the shared injection queue, which can wake another
+        // thread for every delivery.
         let run = tokio::spawn(consumer::run(options, handler, publisher.clone(), shutdown));
         if let Err(e) = run.await {
             tracing::error!(role = self.name, error = %e, "the consumer loop ended abnormally");

@@ -185,7 +185,7 @@ fn is_read_only(e: &redis::RedisError) -> bool {
 impl Pool {
     /// A pool for `url` (see the module's table).
     pub fn new(url: &str) -> Result<Self, RedisError> {
-        let runtime = Some(deadpool_redis::Runtime::Tokio1);
+        let runtime = deadpool_redis::Runtime::Tokio1;
         let failed = |e: &dyn std::fmt::Display| RedisError::Config(e.to_string());
         Ok(match Target::parse(url)? {
             Target::Single(url) => {
@@ -200,14 +200,14 @@ impl Pool {
                     .map_err(|e| failed(&e))?;
                 Pool::Single(
                     deadpool_redis::Pool::builder(manager)
-                        .runtime(deadpool_redis::Runtime::Tokio1)
+                        .runtime(runtime)
                         .build()
                         .map_err(|e| failed(&e))?,
                 )
             }
             Target::Cluster(seeds) => Pool::Cluster(
                 deadpool_redis::cluster::Config::from_urls(seeds)
-                    .create_pool(runtime)
+                    .create_pool(Some(runtime))
                     .map_err(|e| failed(&e))?,
             ),
             Target::Sentinel {
@@ -233,7 +233,7 @@ impl Pool {
                         deadpool_redis::sentinel::SentinelServerType::Master,
                     )
                     .with_node_connection_info(Some(node))
-                    .create_pool(runtime)
+                    .create_pool(Some(runtime))
                     .map_err(|e| failed(&e))?,
                 )
             }

@@ -189,8 +189,7 @@ async fn run_batches(
 ) {
     let mut batch = Vec::with_capacity(MAX_BATCH);
     // One connection kept from batch to batch (and dropped on any error): taking it from the
-    // pool for every batch cost a recycle check (`PING`) per batch — a round trip and a third
-    // of the commands Redis saw.
+    // pool for every batch costs deadpool's recycle check (a `PING` round trip) per batch.
     let mut held: Option<common::redis::Connection> = None;
     while rx.recv_many(&mut batch, MAX_BATCH).await > 0 {
         let mut pipe = redis::pipe();

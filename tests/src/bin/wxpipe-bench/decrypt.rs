@@ -131,9 +131,21 @@ async fn rate_until(ch: &lapin::Channel, sink: &str, target: u32) -> anyhow::Res
     }
 }
 
-/// The bare ceiling: consume `{ns}.raw`, republish to `{ns}.events` with a confirm the event
-/// the worker makes of the first message (same body, same properties), then ack — what the
-/// worker does minus verify, decrypt, parse, dedup and JSON.
+/// Starts the bare worker on its own connection: it consumes `{ns}.raw` and republishes to
+/// `{ns}.events`, with a confirm, the event the worker makes of `first` (same body, same
+/// properties), then acks — what the worker does minus verify, decrypt, parse, dedup and JSON.
+async fn start_bare(
+    b: &DecryptBench,
+    t: &TestNs,
+    first: &Raw,
+) -> anyhow::Result<(Connection, tokio::task::JoinHandle<()>)> {
+    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
+    let event = super::worker_event(&first.body, &first.properties())?;
+    let task = bare_worker(&conn, &t.ns, b.prefetch, Some(event)).await?;
+    Ok((conn, task))
+}
+
+/// The bare ceiling: the rate at which the bare worker drains `n` queued messages into `sink`.
 async fn bare_ceiling(
     b: &DecryptBench,
     t: &TestNs,
@@ -141,9 +153,7 @@ async fn bare_ceiling(
     first: &Raw,
     n: u32,
 ) -> anyhow::Result<f64> {
-    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    let event = super::worker_event(&first.body, &first.properties())?;
-    let task = bare_worker(&conn, &t.ns, b.prefetch, Some(event)).await?;
+    let (conn, task) = start_bare(b, t, first).await?;
     let counter = conn.create_channel().await?;
     let rate = rate_until(&counter, sink, n).await?;
     task.abort();
@@ -254,10 +264,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         .await?;
 
     // 4. the same half load through the bare worker: the broker's own share of that latency
-    let bare_conn =
-        Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    let event = super::worker_event(&msgs[0].body, &msgs[0].properties())?;
-    let bare = bare_worker(&bare_conn, &t.ns, b.prefetch, Some(event)).await?;
+    let (bare_conn, bare) = start_bare(&b, &t, &msgs[0]).await?;
     let bare_latency = half_load_latency(&b, &t, &sink, target).await?;
     bare.abort();
     let _ = bare_conn.close(200, "bare latency done".into()).await;
