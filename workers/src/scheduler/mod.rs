@@ -243,7 +243,9 @@ pub async fn once(
 
     // 3. due refreshes
     let taken_at = common::unix_now_ms();
-    let round = config.refresh_concurrency * 16;
+    // Rounds short enough to end well within a bucket lease (leases are renewed between
+    // rounds); full rounds follow each other at once, so a short round costs no throughput.
+    let round = config.refresh_concurrency * 4;
     let due = svc
         .store
         .take_due(buckets, round, RETRY_AFTER, RETRY_AFTER_AT_MOST)
