@@ -160,16 +160,13 @@ async fn a_refused_refresh_token_is_replaced_from_the_list() {
     let appid: common::ids::AppId = sim.authorized_account().parse().unwrap();
     let svc = token_service_with_ticket(&t.ns, &sim, Duration::from_secs(600)).await;
     // Redis holds a stale refresh token for it (say, from a backup).
+    // (Restoring it schedules its refresh: it has no access token.)
     assert!(
         svc.store
-            .restore_refresh_token(&appid, "stale-refresh-token")
+            .restore_account(&appid, "stale-refresh-token", common::unix_now_ms())
             .await
             .unwrap()
     );
-    svc.store
-        .schedule(&appid, common::unix_now_ms())
-        .await
-        .unwrap();
     let (scheduler, admin) = spawn_scheduler(svc.clone(), 4).await;
     eventually(
         Duration::from_secs(20),
@@ -189,7 +186,7 @@ async fn a_refused_refresh_token_is_replaced_from_the_list() {
     // The refused token can never be restored again.
     assert!(
         !svc.store
-            .restore_refresh_token(&appid, "stale-refresh-token")
+            .restore_account(&appid, "stale-refresh-token", common::unix_now_ms())
             .await
             .unwrap()
     );
@@ -267,4 +264,81 @@ async fn a_lock_is_renewed_while_its_holder_works() {
             .is_some()
     );
     let _ = wxpipe_tests::broker::delete_redis_keys(&format!("{}:", t.name())).await;
+}
+
+/// Before: a list restore read an account, and scheduled it "soon" if it had no access token —
+/// two steps. A refresh landing between them had its due time pulled back to now, and the
+/// token was refreshed twice in one window (the Redis Cluster test caught it, 16 s apart).
+/// Now the decision is taken in Redis with the scheduling: an account with a token keeps its
+/// due time, one in backoff keeps its backoff, a revoked one stays out of the schedule.
+#[tokio::test]
+async fn a_list_restore_never_pulls_back_a_refreshed_account() {
+    let t = TestNs::new("t-fail-restore");
+    let sim = sim::start(SimConfig::for_tests("http://127.0.0.1:9"))
+        .await
+        .unwrap();
+    let svc = token_service_with_ticket(&t.ns, &sim, Duration::from_secs(600)).await;
+    let now = common::unix_now_ms();
+    let soon = now + 1_000;
+
+    // An account with a token, its next refresh an hour away (what a code exchange leaves).
+    let code = {
+        let mut st = sim.shared.state.lock().unwrap();
+        st.authorize(None, false).1
+    };
+    let refreshed = svc.exchange_code(&code, None).await.unwrap();
+    let record = svc.store.authorizer(&refreshed).await.unwrap().unwrap();
+    assert!(record.access_token.is_some());
+    let due = svc.store.due_at(&refreshed).await.unwrap().unwrap();
+    assert!(due > now + 60_000, "scheduled ahead: {due}");
+    let rt = record.refresh_token.unwrap();
+    assert!(
+        !svc.store
+            .restore_account(&refreshed, rt.expose(), soon)
+            .await
+            .unwrap(),
+        "its refresh token is kept"
+    );
+    assert_eq!(svc.store.due_at(&refreshed).await.unwrap(), Some(due));
+
+    // An account without a token, new to Redis: scheduled soon.
+    let fresh: common::ids::AppId = sim.authorized_account().parse().unwrap();
+    assert!(
+        svc.store
+            .restore_account(&fresh, "listed-refresh-token", soon)
+            .await
+            .unwrap()
+    );
+    assert_eq!(svc.store.due_at(&fresh).await.unwrap(), Some(soon));
+    // Still without a token, in backoff: a later restore leaves the backoff alone.
+    let backoff = now + 3_600_000;
+    svc.store.schedule(&fresh, backoff).await.unwrap();
+    assert!(
+        !svc.store
+            .restore_account(&fresh, "listed-refresh-token", soon)
+            .await
+            .unwrap()
+    );
+    assert_eq!(svc.store.due_at(&fresh).await.unwrap(), Some(backoff));
+
+    // A revoked account is neither given a refresh token nor scheduled.
+    let revoked: common::ids::AppId = sim.authorized_account().parse().unwrap();
+    assert!(
+        svc.store
+            .restore_account(&revoked, "listed-refresh-token", soon)
+            .await
+            .unwrap()
+    );
+    svc.store.revoke(&revoked).await.unwrap();
+    assert_eq!(svc.store.due_at(&revoked).await.unwrap(), None);
+    assert!(
+        !svc.store
+            .restore_account(&revoked, "another-refresh-token", soon)
+            .await
+            .unwrap()
+    );
+    assert_eq!(svc.store.due_at(&revoked).await.unwrap(), None);
+    let r = svc.store.authorizer(&revoked).await.unwrap().unwrap();
+    assert!(!r.has_refresh_token);
+    sim.stop().await;
 }

@@ -2,7 +2,6 @@
 //! (design.md: refresh tokens are the one thing that cannot be recomputed).
 
 use super::service::{TokenError, TokenService};
-use super::store::AuthorizerStatus;
 use crate::ids::AppId;
 use futures::StreamExt;
 
@@ -48,7 +47,7 @@ impl TokenService {
     }
 
     /// Restores one listed account: its refresh token if Redis has none (a revoked account
-    /// stays revoked), and a refresh soon if it has no token yet. Whether a refresh token was
+    /// stays revoked), and a refresh soon if it needs one. Whether a refresh token was
     /// restored.
     async fn restore_one(&self, item: crate::wechat::ListedAuthorizer) -> Result<bool, TokenError> {
         let Some(rt) = item.refresh_token else {
@@ -61,22 +60,10 @@ impl TokenService {
             );
             return Ok(false);
         };
-        let known = self.store.authorizer(&appid).await?;
-        if known
-            .as_ref()
-            .is_some_and(|r| r.status == AuthorizerStatus::Revoked)
-        {
-            return Ok(false);
-        }
-        let restored_now = self
-            .store
-            .restore_refresh_token(&appid, rt.expose())
-            .await?;
-        if restored_now || known.as_ref().is_none_or(|r| r.access_token.is_none()) {
-            // Refresh soon, spread over a few seconds.
-            let due = crate::unix_now_ms() + (rand::random::<u32>() % 5_000) as i64;
-            self.store.schedule(&appid, due).await?;
-        }
+        // Refresh soon, spread over a few seconds, if it needs one (decided in Redis, in
+        // one step with the scheduling: see the script).
+        let due = crate::unix_now_ms() + (rand::random::<u32>() % 5_000) as i64;
+        let restored_now = self.store.restore_account(&appid, rt.expose(), due).await?;
         Ok(restored_now)
     }
 }

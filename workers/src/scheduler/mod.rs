@@ -238,7 +238,7 @@ pub async fn once(
     let lost = svc.store.known_count().await? == 0;
     let sync_window = if lost { 60 } else { config.list_sync.as_secs() };
     if !restoring.running() && svc.store.rate_limit("list_sync", sync_window).await? {
-        restoring.start(svc);
+        restoring.start(svc, config.list_sync);
     }
 
     // 3. due refreshes
@@ -291,7 +291,7 @@ pub async fn once(
         && !restoring.running()
         && svc.store.rate_limit("list_sync_missing", 300).await?
     {
-        restoring.start(svc);
+        restoring.start(svc, config.list_sync);
     }
     Ok(full)
 }
@@ -305,7 +305,10 @@ impl ListRestore {
         self.0.load(std::sync::atomic::Ordering::Acquire)
     }
 
-    fn start(&self, svc: &Arc<TokenService>) {
+    /// Starts a read of the whole list unless one runs; once it succeeds, the next periodic
+    /// re-sync is `list_sync` away (a restore started under the 60 s window of a Redis that
+    /// lost its accounts was otherwise followed by a second full read a minute later).
+    fn start(&self, svc: &Arc<TokenService>, list_sync: Duration) {
         if self.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
             return;
         }
@@ -321,11 +324,20 @@ impl ListRestore {
             let _done = done;
             let started = std::time::Instant::now();
             match svc.restore_from_list().await {
-                Ok(restored) => tracing::debug!(
-                    restored,
-                    secs = started.elapsed().as_secs_f64(),
-                    "api_get_authorizer_list read"
-                ),
+                Ok(restored) => {
+                    tracing::debug!(
+                        restored,
+                        secs = started.elapsed().as_secs_f64(),
+                        "api_get_authorizer_list read"
+                    );
+                    if let Err(e) = svc
+                        .store
+                        .hold_rate_limit("list_sync", list_sync.as_secs())
+                        .await
+                    {
+                        tracing::warn!(error = %e, "cannot postpone the next list re-sync");
+                    }
+                }
                 Err(e) => tracing::warn!(error = %e, "api_get_authorizer_list failed"),
             }
         });

@@ -285,25 +285,29 @@ impl TokenStore {
         Ok(n == 1)
     }
 
-    /// Stores a refresh token learnt from the authorizer list unless the account already has
-    /// one, or it is the one WeChat refused (see [`RESTORE_REFRESH_TOKEN`]); returns whether it
-    /// stored it.
-    pub async fn restore_refresh_token(
+    /// Restores `appid` as the authorizer list shows it, with `refresh_token`, scheduling a
+    /// refresh at `due_ms` when one is needed (see [`RESTORE_ACCOUNT`]); returns whether it
+    /// stored the refresh token.
+    pub async fn restore_account(
         &self,
         appid: &AppId,
         refresh_token: &str,
+        due_ms: i64,
     ) -> Result<bool, RedisError> {
-        let mut c = conn(&self.pool, "restoring a refresh token").await?;
-        let n: i64 = Script::new(RESTORE_REFRESH_TOKEN)
+        let mut c = conn(&self.pool, "restoring an account").await?;
+        let b = bucket(appid.as_str());
+        let n: i64 = Script::new(RESTORE_ACCOUNT)
             .key(self.keys.authorizer(appid))
-            .key(self.keys.authorizers(bucket(appid.as_str())))
+            .key(self.keys.authorizers(b))
+            .key(self.keys.due(b))
             .arg(appid)
             .arg(refresh_token)
+            .arg(due_ms)
             .invoke_async(&mut c)
             .await
-            .map_err(failed("restoring a refresh token"))?;
+            .map_err(failed("restoring an account"))?;
         if n == 1 {
-            self.replicated(&mut c, "restoring a refresh token").await?;
+            self.replicated(&mut c, "restoring an account").await?;
         }
         Ok(n == 1)
     }

@@ -271,6 +271,20 @@ impl TokenStore {
         Ok(v.is_some())
     }
 
+    /// Starts `name`'s rate-limit window of one anew, for `secs` from now: a job that just ran
+    /// postpones its next run by a full window, whatever window it was started under.
+    pub async fn hold_rate_limit(&self, name: &str, secs: u64) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "holding a rate limit").await?;
+        cmd("SET")
+            .arg(self.keys.rate_limit(name))
+            .arg(1)
+            .arg("EX")
+            .arg(secs.max(1))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("holding a rate limit"))
+    }
+
     /// True the first time within `secs` (a cross-replica rate limit of one).
     pub async fn rate_limit(&self, name: &str, secs: u64) -> Result<bool, RedisError> {
         self.within_limit(name, 1, secs).await

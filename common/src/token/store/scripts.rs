@@ -27,19 +27,38 @@ redis.call('HSET', KEYS[1], 'next_at_ms', next_at, 'last_error', ARGV[4], 'last_
 return next_at
 ";
 
-/// Restores a refresh token learnt from the list: `KEYS` = record, known set; `ARGV` = appid,
-/// refresh token. Never replaces a working refresh token (`HSETNX`), never restores the one
-/// WeChat refused (61023); a restored account that was `refresh_failing` is active again.
-pub(super) const RESTORE_REFRESH_TOKEN: &str = r"
+/// Restores an account learnt from the list: `KEYS` = record, known set, due set; `ARGV` =
+/// appid, refresh token, due (ms). A revoked account is left alone. The refresh token is
+/// stored unless the account has one (`HSETNX`: a working one is never replaced) or it is the
+/// one WeChat refused (61023); a restored account that was `refresh_failing` is active again.
+/// The account is scheduled at the given due time when its refresh token was just restored,
+/// or — if it is not scheduled at all — when it has no access token. Deciding on the token in
+/// the same script as the scheduling matters: read first and scheduled after, a refresh that
+/// landed in between had its due time pulled back to now, and the token was refreshed twice
+/// in one window (the Redis Cluster test caught it). Returns 1 when it restored the refresh
+/// token, else 0.
+pub(super) const RESTORE_ACCOUNT: &str = r"
+if redis.call('HGET', KEYS[1], 'status') == 'revoked' then return 0 end
 redis.call('HSETNX', KEYS[1], 'appid', ARGV[1])
 redis.call('SADD', KEYS[2], ARGV[1])
-if redis.call('HGET', KEYS[1], 'refused_refresh_token') == ARGV[2] then return 0 end
-if redis.call('HSETNX', KEYS[1], 'refresh_token', ARGV[2]) == 0 then return 0 end
-if redis.call('HGET', KEYS[1], 'status') == 'refresh_failing' then
-  redis.call('HSET', KEYS[1], 'status', 'active')
+local restored = 0
+if redis.call('HGET', KEYS[1], 'refused_refresh_token') ~= ARGV[2]
+  and redis.call('HSETNX', KEYS[1], 'refresh_token', ARGV[2]) == 1 then
+  restored = 1
+  if redis.call('HGET', KEYS[1], 'status') == 'refresh_failing' then
+    redis.call('HSET', KEYS[1], 'status', 'active')
+  end
+  redis.call('HDEL', KEYS[1], 'refused_refresh_token')
 end
-redis.call('HDEL', KEYS[1], 'refused_refresh_token')
-return 1
+if restored == 1 then
+  redis.call('ZADD', KEYS[3], tonumber(ARGV[3]), ARGV[1])
+else
+  local token = redis.call('HGET', KEYS[1], 'access_token')
+  if not token or token == '' then
+    redis.call('ZADD', KEYS[3], 'NX', tonumber(ARGV[3]), ARGV[1])
+  end
+end
+return restored
 ";
 
 /// Takes the due accounts: every appid of `KEYS[1]` (due set) due at `ARGV[1]` (now, ms), at
