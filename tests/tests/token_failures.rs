@@ -342,3 +342,88 @@ async fn a_list_restore_never_pulls_back_a_refreshed_account() {
     assert!(!r.has_refresh_token);
     sim.stop().await;
 }
+
+/// Before: a replica renewed its bucket leases only between rounds of refreshes, so a round
+/// longer than the lease — WeChat answering slowly, or a round of hundreds of refreshes at a
+/// few dozen per second — let every bucket lease lapse mid-round, and the buckets moved to
+/// other replicas (the Redis Cluster test failed that way twice). Now the leases are renewed
+/// during the round. Here one replica with a 3 s lease runs rounds of 4 refreshes one after
+/// the other, each WeChat call answered after 1.5 s (6 s a round): every bucket lease stays
+/// in Redis all along.
+#[tokio::test]
+async fn bucket_leases_outlast_a_round_longer_than_the_lease() {
+    let t = TestNs::new("t-fail-lease-round");
+    let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
+    settings.slow_rate = 1.0;
+    settings.slow_delay = Duration::from_millis(1500);
+    let sim = sim::start(settings).await.unwrap();
+    let accounts: Vec<String> = (0..8).map(|_| sim.authorized_account()).collect();
+    let svc = token_service_with_ticket(&t.ns, &sim, Duration::from_secs(600)).await;
+    // Known to Redis, refresh tokens and all, every account due now.
+    assert_eq!(svc.restore_from_list().await.unwrap(), accounts.len());
+
+    let lease = Duration::from_secs(3);
+    let config = workers::scheduler::SchedulerConfig {
+        tokens: svc.clone(),
+        admin_addr: "127.0.0.1:0".parse().unwrap(),
+        admin_token: wxpipe_tests::harness::ADMIN_TOKEN.into(),
+        refresh_concurrency: 1,
+        list_sync: Duration::from_secs(3600),
+        tick: Duration::from_millis(250),
+        lease,
+        console: wxpipe_tests::harness::console_config(&t.ns, None),
+    };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    let replica = tokio::spawn(workers::scheduler::run_loop(config, rx));
+
+    let held = || async {
+        let mut c = svc.store.pool().get().await.unwrap();
+        let mut p = deadpool_redis::redis::pipe();
+        for b in 0..common::redis::BUCKETS {
+            p.exists(svc.store.keys.bucket_lease(b));
+        }
+        let present: Vec<bool> = p.query_async(&mut c).await.unwrap();
+        present.into_iter().filter(|p| *p).count()
+    };
+    let refreshed = || {
+        let st = sim.shared.state.lock().unwrap();
+        accounts
+            .iter()
+            .filter(|a| {
+                st.stats
+                    .authorizer_token_times
+                    .get(*a)
+                    .is_some_and(|t| t.len() >= 2)
+            })
+            .count()
+    };
+    let started = Instant::now();
+    eventually(Duration::from_secs(10), "every bucket claimed", || async {
+        (held().await == common::redis::BUCKETS as usize).then_some(())
+    })
+    .await;
+    // Two rounds (8 refreshes of 1.5 s, one at a time): 12 s, four leases.
+    let mut lowest = usize::MAX;
+    while refreshed() < accounts.len() {
+        assert!(
+            started.elapsed() < Duration::from_secs(60),
+            "{} of {} refreshed after 60 s",
+            refreshed(),
+            accounts.len()
+        );
+        lowest = lowest.min(held().await);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        started.elapsed() > lease * 3,
+        "the rounds outlasted the lease"
+    );
+    assert_eq!(
+        lowest,
+        common::redis::BUCKETS as usize,
+        "bucket leases lapsed during a round"
+    );
+    stop.send(true).unwrap();
+    replica.await.unwrap();
+    sim.stop().await;
+}

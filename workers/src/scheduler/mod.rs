@@ -177,7 +177,10 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
                 partition.held()
             }
         };
-        more = match once(&svc, &config, &buckets, &restoring).await {
+        more = match partition
+            .renewing(once(&svc, &config, &buckets, &restoring))
+            .await
+        {
             Ok(more) => more,
             Err(e) => {
                 tracing::warn!(error = %e, "scheduler tick failed");
@@ -243,8 +246,9 @@ pub async fn once(
 
     // 3. due refreshes
     let taken_at = common::unix_now_ms();
-    // Rounds short enough to end well within a bucket lease (leases are renewed between
-    // rounds); full rounds follow each other at once, so a short round costs no throughput.
+    // Bucket leases are renewed during a round too (`Partition::renewing`); rounds stay short
+    // anyway, so that membership changes (taken in between) are seen soon, and full rounds
+    // follow each other at once, so a short round costs no throughput.
     let round = config.refresh_concurrency * 4;
     let due = svc
         .store

@@ -119,6 +119,49 @@ impl Partition {
         Ok(self.held())
     }
 
+    /// Runs `work` (a round of refreshes) while renewing the leases of the buckets held, every
+    /// third of a lease, so that no round — however slow WeChat answers — outlasts them. A
+    /// round used to renew only between rounds: one longer than the lease (512 refreshes at a
+    /// few dozen per second, or WeChat calls timing out and retried) let the buckets go, and
+    /// they moved between replicas mid-round. Membership and shares still change only in
+    /// [`Partition::tick`], between rounds.
+    pub async fn renewing<T>(&mut self, work: impl std::future::Future<Output = T>) -> T {
+        let every = self.lease / 3;
+        let renew = async {
+            loop {
+                tokio::time::sleep(every).await;
+                self.renew_held().await;
+            }
+        };
+        tokio::select! {
+            biased;
+            out = work => out,
+            _ = renew => unreachable!("the renewal loop has no end"),
+        }
+    }
+
+    /// Extends every held lease once; a lease found lost is dropped from what is held (its
+    /// bucket is claimed again at the next tick if it is still ours and free).
+    async fn renew_held(&mut self) {
+        let held: Vec<u16> = self.held.keys().copied().collect();
+        for b in held {
+            let Some(claim) = self.held.get(&b) else {
+                continue;
+            };
+            match claim.extend(self.lease).await {
+                Ok(true) => {}
+                Ok(false) => {
+                    tracing::warn!(bucket = b, "lost the lease of a bucket");
+                    self.held.remove(&b);
+                }
+                Err(e) => {
+                    tracing::warn!(bucket = b, error = %e, "cannot renew the lease of a bucket");
+                }
+            }
+        }
+        metrics::gauge!("wxpipe_scheduler_buckets_held").set(self.held.len() as f64);
+    }
+
     /// Gives every bucket back and leaves the membership (a graceful stop: the others take
     /// over at their next tick instead of after a lease).
     pub async fn leave(mut self) {
