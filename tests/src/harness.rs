@@ -355,6 +355,33 @@ pub async fn admin_get(admin: &str, path: &str) -> (u16, serde_json::Value) {
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// Reads `appid`'s token from a scheduler's admin API at `admin` and uses it on the simulator
+/// at `api` (`get_authorizer_option`), as a team would: false when the admin API served none
+/// (unreachable, or not 200); panics when the simulator refuses a served token.
+pub async fn use_served_token(admin: &str, api: &str, appid: &str) -> bool {
+    let (status, tok) = admin_get(admin, &format!("/v1/authorizers/{appid}/access_token")).await;
+    if status != 200 {
+        return false;
+    }
+    let token = tok["access_token"].as_str().unwrap_or_default();
+    let answer: serde_json::Value = crate::http()
+        .post(format!(
+            "{api}/cgi-bin/component/get_authorizer_option?access_token={token}"
+        ))
+        .json(&serde_json::json!({"option_name": "voice_recognize"}))
+        .send()
+        .await
+        .expect("the simulator answers")
+        .json()
+        .await
+        .expect("the simulator answers JSON");
+    assert!(
+        answer["errcode"].is_null() || answer["errcode"] == 0,
+        "a served token was refused: {answer}"
+    );
+    true
+}
+
 /// `POST {url}` with `bearer` and a JSON body: the status and the JSON answer (null if none).
 pub async fn post_json(
     url: &str,

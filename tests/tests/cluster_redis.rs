@@ -5,15 +5,14 @@
 
 use common::redis::{BUCKETS, Keys};
 use common::token::{TokenService, TokenStore};
-use serde_json::{Value, json};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::TestNs;
 use wxpipe_tests::cluster::Clusters;
-use wxpipe_tests::harness::{ADMIN_TOKEN, spawn_scheduler};
+use wxpipe_tests::harness::{spawn_scheduler, use_served_token};
 use wxpipe_tests::sim::{self, SimConfig, SimHandle, state::Rules};
-use wxpipe_tests::{http, test_platform};
+use wxpipe_tests::test_platform;
 
 const N: usize = 10_000;
 /// Tokens live 60 s and are refreshed 10 s (plus up to 5 s of jitter) before they expire: one
@@ -212,44 +211,14 @@ async fn three_schedulers_share_ten_thousand_accounts_through_a_replica_and_a_ma
             stop_reading.clone(),
         );
         tokio::spawn(async move {
-            let client = http();
             let mut used = 0u64;
             let mut i = 0usize;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                 i += 1;
                 let appid = &appids[(i * 7919) % appids.len()];
-                let Ok(r) = client
-                    .get(format!(
-                        "{}/v1/authorizers/{appid}/access_token",
-                        admins[i % admins.len()]
-                    ))
-                    .bearer_auth(ADMIN_TOKEN)
-                    .send()
-                    .await
-                else {
-                    continue;
-                };
-                if r.status() != 200 {
-                    continue;
+                if use_served_token(&admins[i % admins.len()], &api, appid).await {
+                    used += 1;
                 }
-                let tok: Value = r.json().await.unwrap_or_default();
-                let token = tok["access_token"].as_str().unwrap_or_default().to_owned();
-                let answer: Value = client
-                    .post(format!(
-                        "{api}/cgi-bin/component/get_authorizer_option?access_token={token}"
-                    ))
-                    .json(&json!({"option_name": "voice_recognize"}))
-                    .send()
-                    .await
-                    .unwrap()
-                    .json()
-                    .await
-                    .unwrap();
-                assert!(
-                    answer["errcode"].is_null() || answer["errcode"] == 0,
-                    "a served token was refused: {answer}"
-                );
-                used += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
             used

@@ -8,7 +8,7 @@ use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, delete_redis_keys};
 use wxpipe_tests::harness::{
     ADMIN_TOKEN, admin_get, eventually, free_port, spawn_pipeline, spawn_scheduler, token_service,
-    token_service_with_ticket,
+    token_service_with_ticket, use_served_token,
 };
 use wxpipe_tests::sim::{self, SimConfig, state::Rules};
 
@@ -444,7 +444,6 @@ async fn three_schedulers_refresh_each_token_exactly_once_per_window() {
     let reader = {
         let (admins, api) = (admins.clone(), sim.api_base());
         tokio::spawn(async move {
-            let client = http();
             let (mut used, mut i) = (0u64, 0usize);
             while started.elapsed() < Duration::from_secs(26) {
                 i += 1;
@@ -462,31 +461,9 @@ async fn three_schedulers_refresh_each_token_exactly_once_per_window() {
                     })
                     .unwrap_or_default();
                 for appid in ids.iter().step_by(97) {
-                    let (s, tok) = admin_get(
-                        &admins[i % 3],
-                        &format!("/v1/authorizers/{appid}/access_token"),
-                    )
-                    .await;
-                    if s != 200 {
-                        continue;
+                    if use_served_token(&admins[i % 3], &api, appid).await {
+                        used += 1;
                     }
-                    let token = tok["access_token"].as_str().unwrap_or_default().to_owned();
-                    let r: Value = client
-                        .post(format!(
-                            "{api}/cgi-bin/component/get_authorizer_option?access_token={token}"
-                        ))
-                        .json(&json!({"option_name": "voice_recognize"}))
-                        .send()
-                        .await
-                        .unwrap()
-                        .json()
-                        .await
-                        .unwrap();
-                    assert!(
-                        r["errcode"].is_null() || r["errcode"] == 0,
-                        "a served token was refused: {r}"
-                    );
-                    used += 1;
                 }
                 tokio::time::sleep(Duration::from_millis(300)).await;
             }
