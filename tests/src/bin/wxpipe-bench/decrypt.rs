@@ -99,17 +99,20 @@ async fn fill(ch: &lapin::Channel, t: &TestNs, msgs: &[Raw]) -> anyhow::Result<(
     Ok(())
 }
 
+/// How many messages `queue` holds (an error, not a hang, if the broker does not say within
+/// 10 s).
 async fn count(ch: &lapin::Channel, queue: &str) -> anyhow::Result<u32> {
-    Ok(ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            FieldTable::default(),
-        )
-        .await?
+    let declare = ch.queue_declare(
+        queue.into(),
+        QueueDeclareOptions {
+            passive: true,
+            ..Default::default()
+        },
+        FieldTable::default(),
+    );
+    Ok(tokio::time::timeout(Duration::from_secs(10), declare)
+        .await
+        .map_err(|_| anyhow::anyhow!("no answer to counting {queue} within 10 s"))??
         .message_count())
 }
 
@@ -157,7 +160,7 @@ async fn bare_ceiling(
     let counter = conn.create_channel().await?;
     let rate = rate_until(&counter, sink, n).await?;
     task.abort();
-    let _ = conn.close(200, "ceiling done".into()).await;
+    super::close(&conn, "ceiling done").await;
     Ok(rate)
 }
 
@@ -267,7 +270,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     let (bare_conn, bare) = start_bare(&b, &t, &msgs[0]).await?;
     let bare_latency = half_load_latency(&b, &t, &sink, target).await?;
     bare.abort();
-    let _ = bare_conn.close(200, "bare latency done".into()).await;
+    super::close(&bare_conn, "bare latency done").await;
     println!(
         "the same through the bare worker (the broker's share): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
         bare_latency.0, bare_latency.1, bare_latency.2
@@ -281,7 +284,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         bare_latency.1,
         cpu * 1e4 / rate
     );
-    let _ = conn.close(200, "bench done".into()).await;
+    super::close(&conn, "bench done").await;
     Ok(())
 }
 
@@ -353,7 +356,7 @@ async fn half_load_latency(
     let mut lat = collector.await?;
     lat.sort_by(|a, b| a.total_cmp(b));
     let pct = |p: f64| percentile(&lat, p);
-    let _ = conn.close(200, "latency done".into()).await;
+    super::close(&conn, "latency done").await;
     Ok((
         pct(0.5),
         pct(0.99),

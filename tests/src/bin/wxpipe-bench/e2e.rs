@@ -275,7 +275,7 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
         }
         let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
     }
-    let _ = conn.close(200, "bench done".into()).await;
+    super::close(&conn, "bench done").await;
     Ok(())
 }
 
@@ -355,6 +355,6 @@ async fn ceiling(b: &E2eBench) -> anyhow::Result<f64> {
     }
     worker.abort();
     counter.abort();
-    let _ = conn.close(200, "ceiling done".into()).await;
+    super::close(&conn, "ceiling done").await;
     Ok(rate)
 }

@@ -186,7 +186,7 @@ async fn broker_ceiling(b: &IngressBench, t: &TestNs, push: &SignedPush) -> anyh
     }
     ch.queue_purge(exchange.as_str().into(), QueuePurgeOptions::default())
         .await?;
-    let _ = conn.close(200, "bench done".into()).await;
+    super::close(&conn, "bench done").await;
     Ok(n as f64 / elapsed.as_secs_f64())
 }
 

@@ -212,6 +212,17 @@ fn with_received_at(props: &BasicProperties, from: &BasicProperties) -> BasicPro
     props.clone().with_headers(headers)
 }
 
+/// Closes a bench connection, giving up after 5 s: a decrypt run once hung for good in a
+/// close (lapin's I/O loop of that connection had already ended), holding up `scripts/bench`.
+pub async fn close(conn: &Connection, why: &str) {
+    if tokio::time::timeout(Duration::from_secs(5), conn.close(200, why.into()))
+        .await
+        .is_err()
+    {
+        eprintln!("(closing a connection, {why}, took more than 5 s; left to the process exit)");
+    }
+}
+
 /// The `p`-quantile (nearest rank) of ascending `sorted` values; 0 when there are none.
 pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
     if sorted.is_empty() {

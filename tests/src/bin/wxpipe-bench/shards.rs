@@ -169,7 +169,7 @@ async fn measure(
             .await?;
     }
     for c in conns {
-        let _ = c.close(200, "bench done".into()).await;
+        super::close(&c, "bench done").await;
     }
     Ok((n as f64 / elapsed.as_secs_f64(), per_shard))
 }
