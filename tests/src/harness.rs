@@ -355,6 +355,31 @@ pub async fn admin_get(admin: &str, path: &str) -> (u16, serde_json::Value) {
     (status, r.json().await.unwrap_or(serde_json::Value::Null))
 }
 
+/// The holder of each bucket's lease (the replica id inside the claim value), for the buckets
+/// whose lease is held now.
+pub async fn lease_holders(
+    svc: &common::token::TokenService,
+) -> std::collections::BTreeMap<u16, String> {
+    let mut out = std::collections::BTreeMap::new();
+    let Ok(mut c) = svc.store.pool().get().await else {
+        return out;
+    };
+    for b in 0..common::redis::BUCKETS {
+        let v: Option<String> = deadpool_redis::redis::cmd("GET")
+            .arg(svc.store.keys.bucket_lease(b))
+            .query_async(&mut c)
+            .await
+            .unwrap_or(None);
+        if let Some(v) = v
+            && let Some(rest) = v.strip_prefix("claim:")
+            && let Some((holder, _)) = rest.rsplit_once(':')
+        {
+            out.insert(b, holder.to_owned());
+        }
+    }
+    out
+}
+
 /// Reads `appid`'s token from a scheduler's admin API at `admin` and uses it on the simulator
 /// at `api` (`get_authorizer_option`), as a team would: false when the admin API served none
 /// (unreachable, or not 200); panics when the simulator refuses a served token.

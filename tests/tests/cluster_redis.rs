@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::TestNs;
 use wxpipe_tests::cluster::Clusters;
-use wxpipe_tests::harness::{spawn_scheduler, use_served_token};
+use wxpipe_tests::harness::{lease_holders, spawn_scheduler, use_served_token};
 use wxpipe_tests::sim::{self, SimConfig, SimHandle, state::Rules};
 use wxpipe_tests::test_platform;
 
@@ -97,28 +97,6 @@ async fn explain_stuck(sim: &SimHandle, svc: &TokenService, n: usize) {
             common::unix_now_ms()
         );
     }
-}
-
-/// The holder of each bucket's lease (the replica id inside the claim value).
-async fn lease_holders(svc: &TokenService) -> BTreeMap<u16, String> {
-    let mut out = BTreeMap::new();
-    let Ok(mut c) = svc.store.pool().get().await else {
-        return out;
-    };
-    for b in 0..BUCKETS {
-        let v: Option<String> = deadpool_redis::redis::cmd("GET")
-            .arg(svc.store.keys.bucket_lease(b))
-            .query_async(&mut c)
-            .await
-            .unwrap_or(None);
-        if let Some(v) = v
-            && let Some(rest) = v.strip_prefix("claim:")
-            && let Some((holder, _)) = rest.rsplit_once(':')
-        {
-            out.insert(b, holder.to_owned());
-        }
-    }
-    out
 }
 
 fn count_by_holder(holders: &BTreeMap<u16, String>) -> BTreeMap<String, usize> {

@@ -8,7 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use wxpipe_tests::broker::TestNs;
 use wxpipe_tests::harness::{
-    admin_get, admin_post, eventually, spawn_scheduler, token_service, token_service_with_ticket,
+    admin_get, admin_post, eventually, lease_holders, spawn_scheduler, token_service,
+    token_service_with_ticket,
 };
 use wxpipe_tests::sim::{self, SimConfig, SimHandle, state::Rules};
 use wxpipe_tests::test_platform;
@@ -376,15 +377,7 @@ async fn bucket_leases_outlast_a_round_longer_than_the_lease() {
     let (stop, rx) = tokio::sync::watch::channel(false);
     let replica = tokio::spawn(workers::scheduler::run_loop(config, rx));
 
-    let held = || async {
-        let mut c = svc.store.pool().get().await.unwrap();
-        let mut p = deadpool_redis::redis::pipe();
-        for b in 0..common::redis::BUCKETS {
-            p.exists(svc.store.keys.bucket_lease(b));
-        }
-        let present: Vec<bool> = p.query_async(&mut c).await.unwrap();
-        present.into_iter().filter(|p| *p).count()
-    };
+    let held = || async { lease_holders(&svc).await.len() };
     let refreshed = || {
         let st = sim.shared.state.lock().unwrap();
         accounts

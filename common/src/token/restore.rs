@@ -63,7 +63,6 @@ impl TokenService {
         // Refresh soon, spread over a few seconds, if it needs one (decided in Redis, in
         // one step with the scheduling: see the script).
         let due = crate::unix_now_ms() + (rand::random::<u32>() % 5_000) as i64;
-        let restored_now = self.store.restore_account(&appid, rt.expose(), due).await?;
-        Ok(restored_now)
+        Ok(self.store.restore_account(&appid, rt.expose(), due).await?)
     }
 }
