@@ -4,8 +4,8 @@
 //! Defined once here; the decrypt workers build it, the business workers and every downstream
 //! consumer read it.
 
-use crate::xml::Fields;
 use crate::xml::push::{ComponentEvent, InfoType, Push};
+use crate::xml::{Document, FieldSource, Fields};
 use serde::{Deserialize, Serialize};
 
 /// `content_type` of every message on `{ns}.events`.
@@ -38,7 +38,7 @@ pub fn component_source(component_appid: &str) -> String {
 
 /// `source` of an account's messages and events.
 pub fn authorizer_source(appid: &str) -> String {
-    format!("/wechat/authorizers/{appid}")
+    ["/wechat/authorizers/", appid].concat()
 }
 
 /// A decoded push, as published to `{ns}.events`.
@@ -81,15 +81,18 @@ pub struct EventAddress {
 /// Lowercases a routing-key word and keeps it one word (`.` would split it, `*`/`#` are
 /// wildcards, spaces are unwelcome).
 fn word(s: &str) -> String {
-    let w: String = s
-        .trim()
-        .chars()
-        .map(|c| match c {
-            '.' | '*' | '#' | ' ' | '\t' | '\n' | '\r' => '_',
-            c => c.to_ascii_lowercase(),
-        })
-        .collect();
-    if w.is_empty() { "_".to_owned() } else { w }
+    let mut w = s.trim().as_bytes().to_vec();
+    for b in &mut w {
+        match *b {
+            b'.' | b'*' | b'#' | b' ' | b'\t' | b'\n' | b'\r' => *b = b'_',
+            _ => b.make_ascii_lowercase(),
+        }
+    }
+    // Only ASCII bytes were replaced by ASCII bytes: still the UTF-8 it was.
+    match String::from_utf8(w) {
+        Ok(w) if !w.is_empty() => w,
+        _ => "_".to_owned(),
+    }
 }
 
 /// Events whose `{FromUserName}:{CreateTime}:{Event}` already names one push: a follower can
@@ -151,32 +154,31 @@ fn address_with(
             let appid = authorizer_appid.unwrap_or(&m.to_user_name);
             let msg_type = word(&m.msg_type);
             let is_event = m.msg_type == "event";
-            let event = m
-                .fields
-                .get("Event")
-                .and_then(|v| v.as_str())
-                .filter(|_| is_event);
+            let event = m.fields.leaf("Event").filter(|_| is_event);
             let msg_id = ["MsgId", "MsgID"]
                 .iter()
-                .find_map(|k| m.fields.get(*k).and_then(|v| v.as_str()))
+                .find_map(|k| m.fields.leaf(k))
                 .map(str::trim)
                 .filter(|v| !v.is_empty());
-            let head = format!("authorizer:{appid}:{}:{}", m.from_user_name, m.create_time);
+            // Joined, not `format!`ted: this runs once per push (issue 11's codec path).
+            let mut time = itoa::Buffer::new();
+            let time = time.format(m.create_time);
+            let head = ["authorizer:", appid, ":", &m.from_user_name, ":", time].concat();
             let id = match (event, msg_id) {
-                (None, Some(msg_id)) => format!("authorizer:{appid}:msg:{msg_id}"),
-                (Some(ev), _) if SELF_NAMING_EVENTS.contains(&ev) => format!("{head}:{ev}"),
-                (Some(ev), Some(msg_id)) => format!("{head}:{ev}:msg:{msg_id}"),
-                (Some(ev), None) => format!("{head}:{ev}:{}", digest()),
-                (None, None) => format!("{head}:{}", digest()),
+                (None, Some(msg_id)) => ["authorizer:", appid, ":msg:", msg_id].concat(),
+                (Some(ev), _) if SELF_NAMING_EVENTS.contains(&ev) => [&head, ":", ev].concat(),
+                (Some(ev), Some(msg_id)) => [&head, ":", ev, ":msg:", msg_id].concat(),
+                (Some(ev), None) => [&head, ":", ev, ":", &digest()].concat(),
+                (None, None) => [&head, ":", &digest()].concat(),
             };
             let suffix = match event {
-                Some(ev) => format!("{msg_type}.{}", word(ev)),
+                Some(ev) => [&msg_type, ".", &word(ev)].concat(),
                 None => msg_type,
             };
             EventAddress {
                 id,
-                routing_key: format!("authorizer.{}.{suffix}", word(appid)),
-                event_type: format!("{AUTHORIZER_TYPE_PREFIX}{suffix}"),
+                routing_key: ["authorizer.", &word(appid), ".", &suffix].concat(),
+                event_type: [AUTHORIZER_TYPE_PREFIX, &suffix].concat(),
                 source: authorizer_source(appid),
             }
         }
@@ -185,7 +187,7 @@ fn address_with(
 
 /// The first 16 hex digits of the SHA-1 of `fields` as JSON: equal for WeChat's retries of one
 /// push (same plaintext), different for two distinct pushes.
-fn digest(fields: &Fields) -> String {
+fn digest(fields: &Document) -> String {
     digest_of_json(&serde_json::to_vec(fields).unwrap_or_default())
 }
 
@@ -208,8 +210,7 @@ fn component_subject(e: &ComponentEvent) -> (String, bool) {
         }
         InfoType::Other => (
             e.fields
-                .get("AuthorizerAppid")
-                .and_then(|v| v.as_str())
+                .leaf("AuthorizerAppid")
                 .unwrap_or_default()
                 .to_owned(),
             false,
@@ -231,7 +232,7 @@ impl CloudEvent {
             event_type: address.event_type.clone(),
             time: rfc3339(create_time),
             datacontenttype: "application/json".into(),
-            data: push.fields().clone(),
+            data: push.fields().to_fields(),
             reply_to: None,
             correlation_id: None,
         }

@@ -2,6 +2,7 @@
 //! where the random prefix is known.
 
 use common::crypto::MsgCrypt;
+use common::xml::FieldSource;
 use common::xml::envelope::Envelope;
 use secrecy::SecretString;
 use serde_json::Value;
@@ -115,8 +116,8 @@ fn official_component_push_through_its_envelope() {
         )
         .unwrap();
     let push = common::xml::push::Push::parse(&plain).unwrap();
-    assert_eq!(push.fields()["Event"], "debug_demo");
-    assert_eq!(push.fields()["debug_str"], "hello world");
+    assert_eq!(push.fields().leaf("Event"), Some("debug_demo"));
+    assert_eq!(push.fields().leaf("debug_str"), Some("hello world"));
     // An authorizer-appid crypt must refuse it.
     let wrong = MsgCrypt::new(
         SecretString::from(s(v, "token")),

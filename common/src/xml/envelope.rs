@@ -5,7 +5,7 @@
 //!
 //! Only `Encrypt` matters for verification and decryption; the other field is kept for logs.
 
-use super::{Fields, XmlError, field_str, parse_fields_bytes, required_str};
+use super::{Document, XmlError, field_str, required_str};
 
 /// A parsed push envelope.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,11 +20,11 @@ impl Envelope {
     /// Parses a raw POST body. Non-UTF-8, non-XML, DOCTYPE, entities and a missing
     /// `Encrypt` are refused.
     pub fn parse(body: &[u8]) -> Result<Self, XmlError> {
-        let fields = parse_fields_bytes(body)?;
+        let fields = Document::parse_bytes(body)?;
         Self::from_fields(&fields)
     }
 
-    fn from_fields(fields: &Fields) -> Result<Self, XmlError> {
+    fn from_fields(fields: &Document) -> Result<Self, XmlError> {
         let encrypt = required_str(fields, "Encrypt")?.to_owned();
         let addressee = field_str(fields, "ToUserName")
             .or_else(|| field_str(fields, "AppId"))

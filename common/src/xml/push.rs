@@ -1,9 +1,9 @@
 //! Typed views of decrypted pushes (protocol.md §3 and §4).
 //!
-//! Each model keeps the complete field map (`fields`) beside the typed fields it knows, so that
+//! Each model keeps the complete document (`fields`) beside the typed fields it knows, so that
 //! a field, InfoType or MsgType this code has never heard of passes through untouched.
 
-use super::{Fields, XmlError, field_str, parse_fields, required_i64, required_str};
+use super::{Document, FieldSource, XmlError, field_str, required_i64, required_str};
 
 /// A decrypted push: a platform event from the authorization-event URL, or an authorizer's
 /// message or event from the message URL.
@@ -14,20 +14,22 @@ pub enum Push {
 }
 
 impl Push {
-    /// Parses a decrypted plaintext. A document with `InfoType` is a component event, one with
-    /// `MsgType` an authorizer message; anything else is refused.
-    pub fn parse(plaintext: &str) -> Result<Self, XmlError> {
-        let fields = parse_fields(plaintext)?;
-        if fields.contains_key("InfoType") {
+    /// Parses a decrypted plaintext (borrowed, or given to the push to keep). A document with
+    /// `InfoType` is a component event, one with `MsgType` an authorizer message; anything else
+    /// is refused.
+    pub fn parse(plaintext: impl Into<String>) -> Result<Self, XmlError> {
+        let fields = Document::parse(plaintext)?;
+        if fields.has("InfoType") {
             ComponentEvent::from_fields(fields).map(Push::Component)
-        } else if fields.contains_key("MsgType") {
+        } else if fields.has("MsgType") {
             AuthorizerMessage::from_fields(fields).map(Push::Authorizer)
         } else {
             Err(XmlError::MissingField("InfoType or MsgType"))
         }
     }
 
-    pub fn fields(&self) -> &Fields {
+    /// Every field of the push (see [`Document`]).
+    pub fn fields(&self) -> &Document {
         match self {
             Push::Component(e) => &e.fields,
             Push::Authorizer(m) => &m.fields,
@@ -44,7 +46,7 @@ pub struct ComponentEvent {
     /// `InfoType` exactly as sent (matched case-insensitively into `kind`).
     pub info_type: String,
     pub kind: InfoType,
-    pub fields: Fields,
+    pub fields: Document,
 }
 
 /// The InfoTypes the platform acts on; every other one is `Other` and still carried in full.
@@ -88,7 +90,7 @@ pub mod info_type {
 }
 
 impl ComponentEvent {
-    pub fn from_fields(fields: Fields) -> Result<Self, XmlError> {
+    pub fn from_fields(fields: Document) -> Result<Self, XmlError> {
         let appid = required_str(&fields, "AppId")?.to_owned();
         let create_time = required_i64(&fields, "CreateTime")?;
         let info_type = required_str(&fields, "InfoType")?.to_owned();
@@ -124,7 +126,7 @@ impl ComponentEvent {
 }
 
 impl AuthorizationChange {
-    fn from_fields(fields: &Fields) -> Result<Self, XmlError> {
+    fn from_fields(fields: &Document) -> Result<Self, XmlError> {
         Ok(Self {
             authorizer_appid: required_str(fields, "AuthorizerAppid")?.to_owned(),
             authorization_code: required_str(fields, "AuthorizationCode")?.to_owned(),
@@ -146,7 +148,7 @@ pub struct AuthorizerMessage {
     /// `MsgType` exactly as sent.
     pub msg_type: String,
     pub kind: MessageKind,
-    pub fields: Fields,
+    pub fields: Document,
 }
 
 /// The message kinds of protocol.md §4; unknown MsgTypes are `Other`, still carried in full.
@@ -195,7 +197,7 @@ pub enum MessageKind {
 }
 
 impl AuthorizerMessage {
-    pub fn from_fields(fields: Fields) -> Result<Self, XmlError> {
+    pub fn from_fields(fields: Document) -> Result<Self, XmlError> {
         let opt = |name: &str| field_str(&fields, name).map(str::to_owned);
         let msg_id = opt("MsgId");
         let msg_type = required_str(&fields, "MsgType")?.to_owned();
@@ -286,7 +288,10 @@ mod tests {
             panic!()
         };
         assert_eq!(e.kind, InfoType::Other);
-        assert_eq!(e.fields["Extra"]["A"], serde_json::json!(["1", "2"]));
+        assert_eq!(
+            e.fields.to_fields()["Extra"]["A"],
+            serde_json::json!(["1", "2"])
+        );
     }
 
     #[test]
@@ -304,7 +309,7 @@ mod tests {
                 msg: Some("OK".into())
             }
         );
-        assert_eq!(e.fields["info"]["name"], "n");
+        assert_eq!(e.fields.to_fields()["info"]["name"], "n");
     }
 
     #[test]
@@ -345,7 +350,7 @@ mod tests {
             panic!()
         };
         assert_eq!(m.kind, MessageKind::Other);
-        assert_eq!(m.fields["Depth"], "3");
+        assert_eq!(m.fields.leaf("Depth"), Some("3"));
         assert_eq!(
             Push::parse("<xml><Foo>1</Foo></xml>"),
             Err(XmlError::MissingField("InfoType or MsgType"))
@@ -358,6 +363,6 @@ mod tests {
         let Push::Authorizer(m) = Push::parse(xml).unwrap() else {
             panic!()
         };
-        assert_eq!(m.fields["Content"], "a <b> 中");
+        assert_eq!(m.fields.leaf("Content"), Some("a <b> 中"));
     }
 }

@@ -99,7 +99,7 @@ pub fn decode_parts(
             CryptoError::AppIdMismatch { .. } => Poison::AppIdMismatch,
             other => Poison::Undecryptable(other.to_string()),
         })?;
-    let push = Push::parse(&plaintext).map_err(|e| Poison::Unparseable(e.to_string()))?;
+    let push = Push::parse(plaintext).map_err(|e| Poison::Unparseable(e.to_string()))?;
     Ok(Decoded {
         push,
         raw,

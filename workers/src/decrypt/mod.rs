@@ -15,6 +15,7 @@ use common::crypto::MsgCrypt;
 use common::event;
 use common::ids::Namespace;
 use common::wire::event::EventProperties;
+use common::xml::FieldSource;
 use decode::{Decoded, decode};
 use dedup::{Claim, Dedup};
 use lapin::message::Delivery;
@@ -137,8 +138,7 @@ impl Handler for DecryptHandler {
             && decoded
                 .push
                 .fields()
-                .get("Content")
-                .and_then(|c| c.as_str())
+                .leaf("Content")
                 .is_some_and(|c| c.contains(marker.as_str()))
         {
             panic!("fault injection: a push containing the WXPIPE_FAULT_PANIC_ON marker");

@@ -16,17 +16,30 @@ pub struct CodecBench {
     /// Seconds of the whole-path measurement (each stage gets a third of it).
     #[arg(long, default_value_t = 5.0)]
     seconds: f64,
+    /// Run each measurement exactly this many times instead of for a time: for counting
+    /// instructions per push under `valgrind --tool=callgrind`, which are repeatable where
+    /// seconds on a shared machine are not.
+    #[arg(long)]
+    count: Option<u64>,
     /// The shared vectors.
     #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../../shared/vectors/crypto.json"))]
     vectors: PathBuf,
 }
 
-/// Runs `f` for about `seconds` on this thread; its rate per second.
-fn rate(seconds: f64, mut f: impl FnMut() -> bool) -> f64 {
+/// Runs `f` for about `seconds` on this thread (or exactly `count` times); its rate per second.
+fn rate(seconds: f64, count: Option<u64>, mut f: impl FnMut() -> bool) -> f64 {
     let start = Instant::now();
     let mut n = 0u64;
     let mut failed = 0u64;
-    while start.elapsed().as_secs_f64() < seconds {
+    if let Some(count) = count {
+        for _ in 0..count {
+            if !std::hint::black_box(f()) {
+                failed += 1;
+            }
+        }
+        n = count;
+    }
+    while count.is_none() && start.elapsed().as_secs_f64() < seconds {
         for _ in 0..256 {
             if !std::hint::black_box(f()) {
                 failed += 1;
@@ -76,7 +89,7 @@ pub async fn run(b: CodecBench) -> anyhow::Result<()> {
         json.len(),
         address.routing_key
     );
-    let whole = rate(b.seconds, || {
+    let whole = rate(b.seconds, b.count, || {
         decode_parts(&crypt, key, &props, &body)
             .ok()
             .and_then(|d| event(&d, &appid).ok())
@@ -93,15 +106,17 @@ pub async fn run(b: CodecBench) -> anyhow::Result<()> {
     let stages: Vec<(&str, f64)> = vec![
         (
             "headers (RawPush::from_properties)",
-            rate(stage, || RawPush::from_properties(key, &props).is_ok()),
+            rate(stage, b.count, || {
+                RawPush::from_properties(key, &props).is_ok()
+            }),
         ),
         (
             "envelope (XML)",
-            rate(stage, || Envelope::parse(&body).is_ok()),
+            rate(stage, b.count, || Envelope::parse(&body).is_ok()),
         ),
         (
             "msg_signature (SHA-1)",
-            rate(stage, || {
+            rate(stage, b.count, || {
                 crypt
                     .verify_msg_signature(
                         &raw.timestamp,
@@ -114,15 +129,15 @@ pub async fn run(b: CodecBench) -> anyhow::Result<()> {
         ),
         (
             "decrypt (base64 + AES-256-CBC)",
-            rate(stage, || crypt.decrypt(&envelope.encrypt).is_ok()),
+            rate(stage, b.count, || crypt.decrypt(&envelope.encrypt).is_ok()),
         ),
         (
             "parse the plaintext XML",
-            rate(stage, || Push::parse(&plaintext).is_ok()),
+            rate(stage, b.count, || Push::parse(&plaintext).is_ok()),
         ),
         (
             "event id, routing key and JSON",
-            rate(stage, || event(&decoded, &appid).is_ok()),
+            rate(stage, b.count, || event(&decoded, &appid).is_ok()),
         ),
     ];
     for (name, r) in &stages {
