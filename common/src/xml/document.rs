@@ -376,7 +376,12 @@ fn push_text(
             }
             node.text = match std::mem::replace(&mut node.text, Piece::EMPTY) {
                 Piece::At(r) if r.is_empty() => text,
-                earlier => {
+                // Appended in place: a text of thousands of entity references stays linear.
+                Piece::Own(mut joined) => {
+                    joined.push_str(str);
+                    Piece::Own(joined)
+                }
+                earlier @ Piece::At(_) => {
                     let mut joined = earlier.get(source).to_owned();
                     joined.push_str(str);
                     Piece::Own(joined)
@@ -438,6 +443,12 @@ mod tests {
         let d = Document::parse("<xml><A>a\r\nb\rc</A><B><![CDATA[x\r\n]]></B></xml>").unwrap();
         assert_eq!(d.leaf("A"), Some("a\nb\nc"));
         assert_eq!(d.leaf("B"), Some("x\r\n"));
+        // Text in many pieces (one per entity reference) is joined in order.
+        let d =
+            Document::parse(format!("<xml><C>a{}b</C></xml>", "&amp;x".repeat(10_000))).unwrap();
+        let c = d.leaf("C").unwrap();
+        assert_eq!(c.len(), 2 + 2 * 10_000);
+        assert!(c.starts_with("a&x&x") && c.ends_with("&xb"));
         let f = d.to_fields();
         for name in ["A", "R", "N", "E", "T", "Z"] {
             assert_eq!(d.leaf(name), f.leaf(name), "{name}");
