@@ -250,12 +250,12 @@ fn read(source: &str) -> Result<Vec<Node>, XmlError> {
                 if open.len() >= MAX_DEPTH {
                     return Err(XmlError::TooDeep);
                 }
-                let name = element_name(source, start.name().as_ref())?;
+                let name = located(source, start.name().as_ref())?;
                 let node = add(&mut nodes, open.last().copied(), name);
                 open.push(node);
             }
             Event::Empty(start) => {
-                let name = element_name(source, start.name().as_ref())?;
+                let name = located(source, start.name().as_ref())?;
                 match open.last() {
                     Some(&parent) => {
                         add(&mut nodes, Some(parent), name);
@@ -287,13 +287,7 @@ fn read(source: &str) -> Result<Vec<Node>, XmlError> {
                 push_text(source, &mut nodes, &open, closed, text)?;
             }
             Event::CData(data) => {
-                let bytes = data.into_inner();
-                let text = match span(source, &bytes) {
-                    Some(r) => Piece::At(r),
-                    None => Piece::Own(
-                        String::from_utf8(bytes.into_owned()).map_err(|_| XmlError::NotUtf8)?,
-                    ),
-                };
+                let text = located(source, &data)?;
                 push_text(source, &mut nodes, &open, closed, text)?;
             }
             Event::GeneralRef(reference) => {
@@ -328,7 +322,8 @@ fn read(source: &str) -> Result<Vec<Node>, XmlError> {
     Ok(nodes)
 }
 
-fn element_name(source: &str, raw: &[u8]) -> Result<Piece, XmlError> {
+/// An element's name or a CDATA section, taken as it lies (or copied, if it is UTF-8).
+fn located(source: &str, raw: &[u8]) -> Result<Piece, XmlError> {
     match span(source, raw) {
         Some(r) => Ok(Piece::At(r)),
         None => std::str::from_utf8(raw)

@@ -12,9 +12,9 @@
 pub mod document;
 pub mod envelope;
 pub mod push;
+pub mod reply;
 
 pub use document::Document;
-pub mod reply;
 
 use serde_json::{Map, Value};
 
@@ -48,11 +48,6 @@ pub enum XmlError {
 
 /// A document's fields by their WeChat names (the children of the root element).
 pub type Fields = Map<String, Value>;
-
-/// Parses bytes that must be UTF-8 XML (see [`parse_fields`]).
-pub fn parse_fields_bytes(body: &[u8]) -> Result<Fields, XmlError> {
-    Document::parse_bytes(body).map(|d| d.to_fields())
-}
 
 /// Parses one XML document and returns the fields of its root element as a map.
 pub fn parse_fields(xml: &str) -> Result<Fields, XmlError> {

@@ -31,21 +31,18 @@ fn rate(seconds: f64, count: Option<u64>, mut f: impl FnMut() -> bool) -> f64 {
     let start = Instant::now();
     let mut n = 0u64;
     let mut failed = 0u64;
-    if let Some(count) = count {
-        for _ in 0..count {
+    let more = |n: u64| match count {
+        Some(count) => n < count,
+        None => start.elapsed().as_secs_f64() < seconds,
+    };
+    while more(n) {
+        let batch = count.map_or(256, |count| (count - n).min(256));
+        for _ in 0..batch {
             if !std::hint::black_box(f()) {
                 failed += 1;
             }
         }
-        n = count;
-    }
-    while count.is_none() && start.elapsed().as_secs_f64() < seconds {
-        for _ in 0..256 {
-            if !std::hint::black_box(f()) {
-                failed += 1;
-            }
-        }
-        n += 256;
+        n += batch;
     }
     assert_eq!(failed, 0, "the path failed on a good push");
     n as f64 / start.elapsed().as_secs_f64()
