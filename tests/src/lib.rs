@@ -33,6 +33,18 @@ pub mod test_platform {
     pub const COMPONENT_SECRET: &str = "wxpipe-sim-secret";
 }
 
+/// Logs of the code under test into the test's captured output (printed only when it fails):
+/// `RUST_LOG` if set, else `default_filter`. For the tests whose failure would otherwise not say
+/// which path was taken; once per test binary (later calls keep the first filter).
+pub fn log_to_test_output(default_filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_test_writer()
+        .try_init();
+}
+
 /// `WXPIPE_AMQP_URL` if set, else the local broker.
 pub fn amqp_url() -> String {
     std::env::var("WXPIPE_AMQP_URL")

@@ -252,7 +252,7 @@ pub async fn once(
     let round = config.refresh_concurrency * 4;
     let due = svc
         .store
-        .take_due(buckets, round, RETRY_AFTER, RETRY_AFTER_AT_MOST)
+        .take_due(buckets, round, retry_after(svc.margin), RETRY_AFTER_AT_MOST)
         .await?;
     let full = due.len() >= round;
     let mut missing_refresh_token = false;
@@ -387,6 +387,15 @@ const RETRY_AFTER: Duration = Duration::from_secs(60);
 /// …doubling per failed attempt up to this.
 const RETRY_AFTER_AT_MOST: Duration = Duration::from_secs(3600);
 
+/// The first retry of a taken account whose refresh neither succeeded nor rescheduled it (a
+/// transient error, a lock held by a refresh that then failed): [`RETRY_AFTER`], or a fifth of
+/// the refresh margin when that is shorter, so that at least three attempts (0, 1/5, 3/5 of the
+/// margin) fall before the token expires however short the margin (the default 600 s margin
+/// keeps 60 s; tests with tokens of a few seconds retry within a second).
+fn retry_after(margin: Duration) -> Duration {
+    RETRY_AFTER.min(margin / 5).max(Duration::from_millis(100))
+}
+
 /// The scheduler role: the loop and the admin API, until `shutdown`.
 pub async fn run(config: SchedulerConfig, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::bind(config.admin_addr).await?;
@@ -408,6 +417,26 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         scheduler: SchedulerArgs,
+    }
+
+    #[test]
+    fn a_failed_refresh_is_retried_within_the_margin() {
+        // The default margin (600 s) keeps the 1-minute retry; shorter margins scale it down.
+        assert_eq!(retry_after(Duration::from_secs(600)), RETRY_AFTER);
+        assert_eq!(
+            retry_after(Duration::from_secs(120)),
+            Duration::from_secs(24)
+        );
+        assert_eq!(
+            retry_after(Duration::from_secs(3)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(retry_after(Duration::ZERO), Duration::from_millis(100));
+        // Attempts at 0, r and 3r (the retry doubles): all inside the margin.
+        for secs in [1, 3, 60, 120, 300, 600, 6999] {
+            let margin = Duration::from_secs(secs);
+            assert!(retry_after(margin) * 3 < margin, "margin {secs} s");
+        }
     }
 
     #[test]
