@@ -357,8 +357,8 @@ async fn a_scheduler_on_sentinel_rides_out_a_master_failover() {
     // The promoted replica has every account, and refreshing goes on against it.
     let appids = first.store.authorizer_appids().await.unwrap();
     assert_eq!(appids.len(), ACCOUNTS, "no account lost in the failover");
-    // An account whose refresh fell into the failover waits out its retry backoff (1 minute;
-    // production margins are 10 minutes), then is refreshed like the others.
+    // An account whose refresh fell into the failover waits out its retry backoff (a fifth
+    // of the margin, doubling), then is refreshed like the others.
     let after = tokio::time::timeout(
         Duration::from_secs(120),
         wait_for(
