@@ -1,6 +1,10 @@
 use clap::Parser;
 use ingress::IngressArgs;
 
+/// mimalloc instead of the system allocator (README, Performance: "Ingress").
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = IngressArgs::parse();
