@@ -157,6 +157,9 @@ async fn consume_once<H: Handler>(
     crate::health::set_connected(&opts.connection_name, true);
     tracing::info!(queues = ?opts.queues, prefetch = opts.prefetch, "consuming");
 
+    // Named once, not per delivery (they only matter to a dead letter).
+    let queues: Vec<Arc<str>> = opts.queues.iter().map(|q| Arc::from(q.as_str())).collect();
+    let dlx: Arc<str> = Arc::from(opts.namespace.dlx());
     let mut in_flight = JoinSet::new();
     let mut running = std::collections::HashMap::new();
     let ended = loop {
@@ -171,13 +174,14 @@ async fn consume_once<H: Handler>(
             next = deliveries.next() => match next {
                 Some((i, Some(Ok(delivery)))) => {
                     let (handler, dead) = (handler.clone(), dead_letters.clone());
-                    let queue = opts.queues[i].clone();
-                    let dlx = opts.namespace.dlx();
+                    let (queue, dlx) = (queues[i].clone(), dlx.clone());
                     let tag = delivery.delivery_tag;
-                    let task = in_flight.spawn(async move {
+                    // Boxed: a handler's future is large, and the runtime would otherwise
+                    // copy all of it into the task and again when the task's stage changes.
+                    let task = in_flight.spawn(Box::pin(async move {
                         let disposition = handler.handle(&delivery).await;
                         settle(delivery, disposition, &dead, &queue, &dlx).await
-                    });
+                    }));
                     running.insert(task.id(), (i, tag));
                 }
                 Some((i, Some(Err(e)))) => {
