@@ -136,7 +136,8 @@ impl TokenService {
     /// account out of `due` until a new refresh token arrives (from the list — never the refused
     /// one — or a re-authorization); 45009 closes the API's quota for everyone until Beijing
     /// midnight or until an operator clears it (see [`TokenService::guarded`]). Anything else
-    /// is retried with the scheduler's backoff (1 min doubling to 1 h).
+    /// is retried with the scheduler's backoff (1 min, or a fifth of the margin if shorter,
+    /// doubling to 1 h).
     async fn react_to_refresh_error(
         &self,
         appid: &AppId,

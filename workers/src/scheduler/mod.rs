@@ -10,11 +10,12 @@
 //! 3. takes the accounts whose due time has come in the buckets it holds (`…:{aNN}:due`, sorted
 //!    sets; the replicas divide the buckets with leases, [`partition`]), a bounded number at
 //!    once, and refreshes them. Taking an account reschedules it after a backoff first
-//!    (1 minute doubling to 1 hour per failed attempt), so every outcome — success, failure,
-//!    an account without a refresh token, a crash — moves it off the head of the set: broken
-//!    accounts never stall the healthy ones. Due times carry jitter so that thousands of
-//!    accounts spread out, and each refresh is exactly-once across replicas: lock,
-//!    double-check, fenced write (see [`common::token::service`]).
+//!    (1 minute, or a fifth of the margin if shorter, doubling to 1 hour per failed
+//!    attempt), so every outcome — success, failure, an account without a refresh token, a
+//!    crash — moves it off the head of the set: broken accounts never stall the healthy ones.
+//!    Due times carry jitter so that thousands of accounts spread out, and each refresh is
+//!    exactly-once across replicas: lock, double-check, fenced write (see
+//!    [`common::token::service`]).
 
 pub mod admin;
 pub mod console;
