@@ -160,16 +160,18 @@ fn address_with(
                 .find_map(|k| m.fields.leaf(k))
                 .map(str::trim)
                 .filter(|v| !v.is_empty());
-            // Joined, not `format!`ted: this runs once per push (issue 11's codec path).
+            // Joined, not `format!`ted: this runs once per push (issue 11's codec path). The
+            // `{FromUserName}:{CreateTime}` head goes straight into the ids that have it.
             let mut time = itoa::Buffer::new();
             let time = time.format(m.create_time);
-            let head = ["authorizer:", appid, ":", &m.from_user_name, ":", time].concat();
+            let head = ["authorizer:", appid, ":", &m.from_user_name, ":", time];
+            let with_head = |tail: &[&str]| head.iter().chain(tail).copied().collect::<String>();
             let id = match (event, msg_id) {
                 (None, Some(msg_id)) => ["authorizer:", appid, ":msg:", msg_id].concat(),
-                (Some(ev), _) if SELF_NAMING_EVENTS.contains(&ev) => [&head, ":", ev].concat(),
-                (Some(ev), Some(msg_id)) => [&head, ":", ev, ":msg:", msg_id].concat(),
-                (Some(ev), None) => [&head, ":", ev, ":", &digest()].concat(),
-                (None, None) => [&head, ":", &digest()].concat(),
+                (Some(ev), _) if SELF_NAMING_EVENTS.contains(&ev) => with_head(&[":", ev]),
+                (Some(ev), Some(msg_id)) => with_head(&[":", ev, ":msg:", msg_id]),
+                (Some(ev), None) => with_head(&[":", ev, ":", &digest()]),
+                (None, None) => with_head(&[":", &digest()]),
             };
             let suffix = match event {
                 Some(ev) => [&msg_type, ".", &word(ev)].concat(),
