@@ -13,7 +13,7 @@ pub fn init_logging() {
 /// [`init_logging`] with another default filter than `info` when `RUST_LOG` is unset (the
 /// command-line tools default to warnings only).
 pub fn init_logging_with_default(default: &str) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let filter = env_filter(default);
     let json = std::env::var("WXPIPE_LOG_FORMAT").is_ok_and(|v| v.eq_ignore_ascii_case("json"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
@@ -23,6 +23,11 @@ pub fn init_logging_with_default(default: &str) {
     } else {
         builder.try_init()
     };
+}
+
+/// `RUST_LOG`'s filter if it is set, else `default` (the integration tests' logs use it too).
+pub fn env_filter(default: &str) -> EnvFilter {
+    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default))
 }
 
 /// Installs the process-wide Prometheus recorder once and returns its handle (`/metrics`

@@ -37,10 +37,8 @@ pub mod test_platform {
 /// `RUST_LOG` if set, else `default_filter`. For the tests whose failure would otherwise not say
 /// which path was taken; once per test binary (later calls keep the first filter).
 pub fn log_to_test_output(default_filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
     let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
+        .with_env_filter(common::telemetry::env_filter(default_filter))
         .with_test_writer()
         .try_init();
 }
