@@ -2,9 +2,12 @@
 
 use super::*;
 use futures::StreamExt;
+use lapin::PublisherConfirm;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
-use procfs::{cpu_secs_of, rss_of, sibling_binary};
+use latency::Latency;
+use procfs::{broker_pid, cpu_secs_of, rss_of, sibling_binary};
+use stalls::StallWatch;
 use wxpipe_tests::broker::bind_queue;
 
 #[derive(clap::Args)]
@@ -182,6 +185,7 @@ fn spawn_worker(b: &DecryptBench, t: &TestNs) -> anyhow::Result<tokio::process::
 }
 
 pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
+    let watch = StallWatch::start(broker_pid());
     let t = TestNs::new("bench-decrypt");
     let sink = t.queue("sink");
     let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
@@ -207,10 +211,12 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     // 1. the bare ceiling
     let msgs = raw_messages(b.messages, 1);
     fill(&ch, &t, &msgs).await?;
+    let since = common::unix_now_ms();
     let ceiling = bare_ceiling(&b, &t, &sink, &msgs[0], n).await?;
     println!(
-        "bare consume-and-republish ceiling (prefetch {}): {ceiling:.0} msg/s",
-        b.prefetch
+        "bare consume-and-republish ceiling (prefetch {}): {ceiling:.0} msg/s ({})",
+        b.prefetch,
+        watch.count_between(since, common::unix_now_ms())
     );
     ch.queue_purge(sink.as_str().into(), Default::default())
         .await?;
@@ -228,6 +234,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         .chain(extra.iter().filter_map(|w| w.id()))
         .collect();
     let cpu_before: f64 = pids.iter().map(|p| cpu_secs_of(*p)).sum();
+    let since = common::unix_now_ms();
     let started = Instant::now();
     let rate = rate_until(&ch, &sink, n).await?;
     let cpu = (pids.iter().map(|p| cpu_secs_of(*p)).sum::<f64>() - cpu_before)
@@ -235,8 +242,9 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         * 100.0;
     let hwm: f64 = pids.iter().map(|p| rss_of(*p).1).sum();
     println!(
-        "workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {cpu:.0}% in all, peak RSS {hwm:.1} MB in all",
-        pids.len()
+        "workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {cpu:.0}% in all, peak RSS {hwm:.1} MB in all ({})",
+        pids.len(),
+        watch.count_between(since, common::unix_now_ms())
     );
     for mut w in extra {
         if let Some(p) = w.id() {
@@ -253,10 +261,14 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
 
     // 3. latency at half that load
     let target = rate / 2.0;
-    let latency = half_load_latency(&b, &t, &sink, target).await?;
+    let latency = Latency::of(
+        "decrypt-worker",
+        &half_load_latency(&b, &t, &sink, target).await?,
+        &watch,
+    );
     println!(
-        "push-to-event latency at {target:.0}/s: p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms ({} events)",
-        latency.0, latency.1, latency.2, latency.3
+        "push-to-event latency at {target:.0}/s: {}",
+        latency.describe()
     );
     let _ = tokio::process::Command::new("kill")
         .arg(pid.to_string())
@@ -268,33 +280,39 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
 
     // 4. the same half load through the bare worker: the broker's own share of that latency
     let (bare_conn, bare) = start_bare(&b, &t, &msgs[0]).await?;
-    let bare_latency = half_load_latency(&b, &t, &sink, target).await?;
+    let bare_latency = Latency::of(
+        "decrypt-bare",
+        &half_load_latency(&b, &t, &sink, target).await?,
+        &watch,
+    );
     bare.abort();
     super::close(&bare_conn, "bare latency done").await;
     println!(
-        "the same through the bare worker (the broker's share): p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms",
-        bare_latency.0, bare_latency.1, bare_latency.2
+        "the same through the bare worker (the broker's share): {}",
+        bare_latency.describe()
     );
     println!(
-        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={:.3} decrypt_half_p50_ms={:.2} decrypt_half_p99_ms={:.2} decrypt_bare_half_p50_ms={:.2} decrypt_bare_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_pct={cpu:.0} decrypt_cpu_us_per_push={:.0}",
+        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={:.3} decrypt_half_p50_ms={:.2} decrypt_half_p99_ms={:.2} decrypt_half_quiet_p99_ms={:.2} decrypt_half_stalls={} decrypt_bare_half_p50_ms={:.2} decrypt_bare_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_pct={cpu:.0} decrypt_cpu_us_per_push={:.0}",
         rate / ceiling,
-        latency.0,
-        latency.1,
-        bare_latency.0,
-        bare_latency.1,
+        latency.p50,
+        latency.p99,
+        latency.quiet_p99,
+        latency.stalls.total(),
+        bare_latency.p50,
+        bare_latency.p99,
         cpu * 1e4 / rate
     );
     super::close(&conn, "bench done").await;
     Ok(())
 }
 
-/// Publishes at `rate`/s for `latency_secs` and measures received_at → event consumed.
+/// Publishes at `rate`/s for `latency_secs`; each event's `(received_at, consumed)` in unix ms.
 async fn half_load_latency(
     b: &DecryptBench,
     t: &TestNs,
     sink: &str,
     rate: f64,
-) -> anyhow::Result<(f64, f64, f64, usize)> {
+) -> anyhow::Result<Vec<(i64, i64)>> {
     let total = (rate * b.latency_secs as f64) as u64;
     let msgs = raw_messages(total, 20_000_000);
     let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
@@ -319,7 +337,7 @@ async fn half_load_latency(
                 break;
             };
             let sent = received_at(&d.properties).unwrap_or(0);
-            lat.push((common::unix_now_ms() - sent) as f64);
+            lat.push((sent, common::unix_now_ms()));
         }
         lat
     });
@@ -327,40 +345,34 @@ async fn half_load_latency(
     publish
         .confirm_select(ConfirmSelectOptions::default())
         .await?;
+    // Confirms are awaited on a task of their own: the open loop never pauses for them (it
+    // did every 512 messages, then sent the overdue ones in a burst).
+    let (confirms, mut confirmed) = tokio::sync::mpsc::unbounded_channel::<PublisherConfirm>();
+    let confirmer = tokio::spawn(async move {
+        while let Some(c) = confirmed.recv().await {
+            c.await?;
+        }
+        Ok::<_, lapin::Error>(())
+    });
     let exchange = t.ns.raw();
     let start = Instant::now();
-    let mut confirms = Vec::new();
     for (i, m) in msgs.iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
-        confirms.push(
-            publish
-                .basic_publish(
-                    exchange.as_str().into(),
-                    "authorizer".into(),
-                    BasicPublishOptions::default(),
-                    &m.body,
-                    m.properties(),
-                )
-                .await?,
-        );
-        if confirms.len() >= 512 {
-            for c in confirms.drain(..) {
-                c.await?;
-            }
-        }
+        let confirm = publish
+            .basic_publish(
+                exchange.as_str().into(),
+                "authorizer".into(),
+                BasicPublishOptions::default(),
+                &m.body,
+                m.properties(),
+            )
+            .await?;
+        let _ = confirms.send(confirm);
     }
-    for c in confirms {
-        c.await?;
-    }
-    let mut lat = collector.await?;
-    lat.sort_by(|a, b| a.total_cmp(b));
-    let pct = |p: f64| percentile(&lat, p);
+    drop(confirms);
+    confirmer.await??;
+    let lat = collector.await?;
     super::close(&conn, "latency done").await;
-    Ok((
-        pct(0.5),
-        pct(0.99),
-        lat.last().copied().unwrap_or(0.0),
-        lat.len(),
-    ))
+    Ok(lat)
 }

@@ -10,7 +10,9 @@ use super::*;
 use futures::StreamExt;
 use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
 use lapin::types::{AMQPValue, FieldTable};
+use latency::Latency;
 use procfs::sibling_binary;
+use stalls::StallWatch;
 use wxpipe_tests::broker::bind_queue;
 
 #[derive(clap::Args)]
@@ -55,13 +57,16 @@ fn pushes(n: usize, first_msg_id: u64) -> Vec<(String, bytes::Bytes)> {
         .collect()
 }
 
-/// Counts (and acks) what arrives on `queue`; with `latencies`, also records now − the
-/// `received_at` header of each message, in ms.
+/// `(received_at, arrived)` of each event, in unix ms.
+type Samples = Arc<std::sync::Mutex<Vec<(i64, i64)>>>;
+
+/// Counts (and acks) what arrives on `queue`; with `latencies`, also records the `received_at`
+/// header of each message and when it arrived (unix ms).
 fn downstream(
     ch: lapin::Channel,
     queue: String,
     count: Arc<AtomicU64>,
-    latencies: Option<Arc<std::sync::Mutex<Vec<f64>>>>,
+    latencies: Option<Samples>,
 ) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let _ = ch.basic_qos(1000, BasicQosOptions::default()).await;
@@ -80,10 +85,12 @@ fn downstream(
             if let Some(lat) = &latencies
                 && let (Some(sent), Ok(mut l)) = (received_at(&d.properties), lat.lock())
             {
-                l.push((common::unix_now_ms() - sent) as f64);
+                l.push((sent, common::unix_now_ms()));
             }
             count.fetch_add(1, Ordering::Relaxed);
-            let _ = d.ack(BasicAckOptions::default()).await;
+            // Acked on a task of its own: awaiting each ack here (a hand-off to lapin's I/O
+            // thread and back) delayed the next delivery's arrival stamp, inside the latency.
+            tokio::spawn(async move { d.ack(BasicAckOptions::default()).await });
         }
     })
 }
@@ -131,9 +138,12 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
             .map(|n| n.get())
             .unwrap_or(0)
     );
+    let watch = StallWatch::start(procfs::broker_pid());
+    let since = common::unix_now_ms();
     let ceiling = ceiling(&b).await?;
     println!(
-        "ceiling (bare lapin: confirmed publish → raw quorum queue → consume, confirmed republish → downstream): {ceiling:.0} msg/s"
+        "ceiling (bare lapin: confirmed publish → raw quorum queue → consume, confirmed republish → downstream): {ceiling:.0} msg/s ({})",
+        watch.count_between(since, common::unix_now_ms())
     );
 
     let t = TestNs::new("bench-e2e");
@@ -197,7 +207,9 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
             }
         }));
     }
+    let since = common::unix_now_ms();
     let rate = measure(&events, b.warmup, b.duration).await;
+    let saturation_stalls = watch.count_between(since, common::unix_now_ms());
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         let _ = s.await;
@@ -210,7 +222,7 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
     }
     counter.abort();
     println!(
-        "pipeline at saturation: {rate:.0} events/s; {} pushes sent, {} events ({:.2} of the ceiling)",
+        "pipeline at saturation: {rate:.0} events/s; {} pushes sent, {} events ({:.2} of the ceiling; {saturation_stalls})",
         sent,
         events.load(Ordering::Relaxed),
         rate / ceiling
@@ -251,20 +263,19 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     counter.abort();
-    let mut l = lat.lock().map(|l| l.clone()).unwrap_or_default();
-    l.sort_by(|a, b| a.total_cmp(b));
+    let samples = lat.lock().map(|l| l.clone()).unwrap_or_default();
+    let latency = Latency::of("e2e", &samples, &watch);
     println!(
-        "push-to-event at half load ({half:.0}/s, {} events): p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
-        l.len(),
-        percentile(&l, 0.5),
-        percentile(&l, 0.99),
-        l.last().copied().unwrap_or(0.0)
+        "push-to-event at half load ({half:.0}/s): {}",
+        latency.describe()
     );
     println!(
-        "figures: e2e_rate={rate:.0} e2e_ceiling={ceiling:.0} e2e_ratio={:.3} e2e_half_p50_ms={:.2} e2e_half_p99_ms={:.2}",
+        "figures: e2e_rate={rate:.0} e2e_ceiling={ceiling:.0} e2e_ratio={:.3} e2e_half_p50_ms={:.2} e2e_half_p99_ms={:.2} e2e_half_quiet_p99_ms={:.2} e2e_half_stalls={}",
         rate / ceiling,
-        percentile(&l, 0.5),
-        percentile(&l, 0.99)
+        latency.p50,
+        latency.p99,
+        latency.quiet_p99,
+        latency.stalls.total()
     );
     for child in [&mut ingress, &mut worker] {
         if let Some(pid) = child.id() {

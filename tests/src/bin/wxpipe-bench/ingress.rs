@@ -3,6 +3,7 @@
 
 use super::*;
 use procfs::{broker_pid, cpu_secs_of, rss_of, sibling_binary};
+use stalls::StallWatch;
 
 #[derive(clap::Args)]
 pub struct IngressBench {
@@ -67,24 +68,33 @@ pub async fn run(b: IngressBench) -> anyhow::Result<()> {
             .unwrap_or(0)
     );
 
+    let watch = StallWatch::start(broker_pid());
     let ceiling = if b.skip_ceiling {
         None
     } else {
         let t = TestNs::new("bench-ceiling");
         let push = &push;
+        let since = common::unix_now_ms();
         let rate = broker_ceiling(&b, &t, push).await?;
         println!(
-            "broker ceiling (bare lapin, the ingress's message, mandatory, confirms, {} in flight): {rate:.0} msg/s",
-            b.concurrency
+            "broker ceiling (bare lapin, the ingress's message, mandatory, confirms, {} in flight): {rate:.0} msg/s ({})",
+            b.concurrency,
+            watch.count_between(since, common::unix_now_ms())
         );
         Some(rate)
     };
 
     let t = TestNs::new("bench-ingress");
+    let since = common::unix_now_ms();
     let report = ingress_load(&b, &t, &push).await?;
     println!(
-        "ingress: {:.0} accepted pushes/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-200: {}",
-        report.rate, report.p50_ms, report.p99_ms, report.max_ms, report.failed
+        "ingress: {:.0} accepted pushes/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-200: {} ({})",
+        report.rate,
+        report.p50_ms,
+        report.p99_ms,
+        report.max_ms,
+        report.failed,
+        watch.count_between(since, common::unix_now_ms())
     );
     println!(
         "ingress RSS: {:.1} MB at the end, {:.1} MB peak (VmHWM)",

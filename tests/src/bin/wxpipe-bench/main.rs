@@ -37,9 +37,11 @@ mod decrypt;
 mod e2e;
 mod gateway;
 mod ingress;
+mod latency;
 mod procfs;
 mod scheduler;
 mod shards;
+mod stalls;
 
 use decrypt::DecryptBench;
 use ingress::IngressBench;
