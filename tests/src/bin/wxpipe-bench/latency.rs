@@ -48,9 +48,8 @@ impl Latency {
             .fold((i64::MAX, i64::MIN), |(lo, hi), (s, r)| {
                 (lo.min(*s), hi.max(*r))
             });
-        let stalls = watch.count_between(from - STALL_MS, to + 1);
-        let spawns: Vec<i64> = watch.stalls().into_iter().map(|(t, _)| t).collect();
-        let mut quiet = outside_stalls(samples, &spawns);
+        let stalls = watch.count_between(from - STALL_MS, to + STALL_MS);
+        let mut quiet = outside_stalls(samples, &watch.stalls());
         quiet.sort_by(|a, b| a.total_cmp(b));
         Self {
             p50: percentile(&all, 0.5),

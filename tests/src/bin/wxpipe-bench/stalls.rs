@@ -25,15 +25,28 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How long after its first sight a stall is taken to disturb the machine (an `epmd-starter`
-/// VM boots and halts within ~0.6 s here).
-pub const STALL_MS: i64 = 1_000;
+/// The longest a stall is taken to last on either side of its first sight (see [`Stall::window`]).
+pub const STALL_MS: i64 = 2_000;
 
 /// A broker stall of one of the two kinds (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stall {
     EpmdStarter,
     WalRollover,
+}
+
+impl Stall {
+    /// The time (ms) around its first sight `t` that a stall disturbs: `[t + start, t + end)`.
+    /// An `epmd-starter` VM boots and halts within ~0.6 s of its fork. A WAL rollover is seen
+    /// when the new file appears; the pushes stalled by it (250–600 ms each, in two decrypt
+    /// runs matched against the WAL directory's listing every 50 ms) were sent from ~0.7 s
+    /// before that until the old file was deleted, 0.9–1.5 s after.
+    pub fn window(self) -> (i64, i64) {
+        match self {
+            Stall::EpmdStarter => (-10, 1_000),
+            Stall::WalRollover => (-1_000, STALL_MS),
+        }
+    }
 }
 
 /// Watches the local broker for stalls (see the module's documentation).
@@ -197,14 +210,15 @@ fn watch(
 }
 
 /// The latencies (ms) of the pushes `(sent_ms, received_ms)` whose time in the pipeline did
-/// not overlap the [`STALL_MS`] after any of the stalls first seen at `spawns` (unix ms).
-pub fn outside_stalls(samples: &[(i64, i64)], spawns: &[i64]) -> Vec<f64> {
+/// not overlap the [`Stall::window`] of any of `stalls` (first seen at unix ms).
+pub fn outside_stalls(samples: &[(i64, i64)], stalls: &[(i64, Stall)]) -> Vec<f64> {
     samples
         .iter()
         .filter(|(sent, received)| {
-            !spawns
-                .iter()
-                .any(|&s| *sent < s + STALL_MS && *received >= s - 10)
+            !stalls.iter().any(|&(t, kind)| {
+                let (start, end) = kind.window();
+                *sent < t + end && *received >= t + start
+            })
         })
         .map(|(sent, received)| (received - sent) as f64)
         .collect()
@@ -223,9 +237,12 @@ mod tests {
             (1_500, 1_600),
             (2_020, 2_025),
         ];
-        // A spawn first seen at 1,010 ms disturbs until 2,010 ms.
-        let quiet = outside_stalls(&samples, &[1_010]);
+        // An epmd-starter first seen at 1,010 ms disturbs from 1,000 until 2,010 ms.
+        let quiet = outside_stalls(&samples, &[(1_010, Stall::EpmdStarter)]);
         assert_eq!(quiet, vec![5.0, 5.0]);
+        // A WAL rollover first seen at 2,100 ms: from 1,100 ms until 4,100 ms.
+        let quiet = outside_stalls(&samples, &[(2_100, Stall::WalRollover)]);
+        assert_eq!(quiet, vec![5.0, 10.0, 30.0]);
         assert_eq!(outside_stalls(&samples, &[]).len(), samples.len());
     }
 }
