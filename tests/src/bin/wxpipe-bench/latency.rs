@@ -1,8 +1,8 @@
-//! Push-to-event latency of a phase, plain and without the broker's once-a-minute stalls
+//! Push-to-event latency of a phase, plain and without the broker's own stalls
 //! ([`super::stalls`]).
 
 use super::percentile;
-use super::stalls::{Counts, STALL_MS, StallWatch, outside_stalls};
+use super::stalls::{Counts, StallWatch, outside_stalls};
 
 /// The start of a latency phase left out of its percentiles.
 pub const WARMUP_MS: i64 = 1_000;
@@ -48,8 +48,14 @@ impl Latency {
             .fold((i64::MAX, i64::MIN), |(lo, hi), (s, r)| {
                 (lo.min(*s), hi.max(*r))
             });
-        let stalls = watch.count_between(from - STALL_MS, to + STALL_MS);
-        let mut quiet = outside_stalls(samples, &watch.stalls());
+        // The stalls whose window overlaps the phase: the same test that sets pushes apart.
+        let seen = watch.stalls();
+        let stalls = Counts::of(
+            seen.iter()
+                .copied()
+                .filter(|&(t, kind)| kind.overlaps(t, from, to)),
+        );
+        let mut quiet = outside_stalls(samples, &seen);
         quiet.sort_by(|a, b| a.total_cmp(b));
         Self {
             p50: percentile(&all, 0.5),

@@ -25,9 +25,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// The longest a stall is taken to last on either side of its first sight (see [`Stall::window`]).
-pub const STALL_MS: i64 = 2_000;
-
 /// A broker stall of one of the two kinds (see the module's documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stall {
@@ -44,8 +41,15 @@ impl Stall {
     pub fn window(self) -> (i64, i64) {
         match self {
             Stall::EpmdStarter => (-10, 1_000),
-            Stall::WalRollover => (-1_000, STALL_MS),
+            Stall::WalRollover => (-1_000, 2_000),
         }
+    }
+
+    /// Whether this stall, first seen at `t`, disturbed a push in the pipeline from `sent` to
+    /// `received` (or a phase from its first send to its last arrival).
+    pub fn overlaps(self, t: i64, sent: i64, received: i64) -> bool {
+        let (start, end) = self.window();
+        sent < t + end && received >= t + start
     }
 }
 
@@ -76,16 +80,11 @@ impl StallWatch {
 
     /// How many of each kind were first seen in `[from_ms, to_ms)`.
     pub fn count_between(&self, from_ms: i64, to_ms: i64) -> Counts {
-        let mut c = Counts::default();
-        for (t, kind) in self.stalls() {
-            if (from_ms..to_ms).contains(&t) {
-                match kind {
-                    Stall::EpmdStarter => c.epmd += 1,
-                    Stall::WalRollover => c.wal += 1,
-                }
-            }
-        }
-        c
+        Counts::of(
+            self.stalls()
+                .into_iter()
+                .filter(|(t, _)| (from_ms..to_ms).contains(t)),
+        )
     }
 }
 
@@ -97,6 +96,18 @@ pub struct Counts {
 }
 
 impl Counts {
+    /// Tallies `stalls` by kind.
+    pub fn of(stalls: impl IntoIterator<Item = (i64, Stall)>) -> Self {
+        let mut c = Counts::default();
+        for (_, kind) in stalls {
+            match kind {
+                Stall::EpmdStarter => c.epmd += 1,
+                Stall::WalRollover => c.wal += 1,
+            }
+        }
+        c
+    }
+
     pub fn total(&self) -> usize {
         self.epmd + self.wal
     }
@@ -214,11 +225,10 @@ fn watch(
 pub fn outside_stalls(samples: &[(i64, i64)], stalls: &[(i64, Stall)]) -> Vec<f64> {
     samples
         .iter()
-        .filter(|(sent, received)| {
-            !stalls.iter().any(|&(t, kind)| {
-                let (start, end) = kind.window();
-                *sent < t + end && *received >= t + start
-            })
+        .filter(|&&(sent, received)| {
+            !stalls
+                .iter()
+                .any(|&(t, kind)| kind.overlaps(t, sent, received))
         })
         .map(|(sent, received)| (received - sent) as f64)
         .collect()
