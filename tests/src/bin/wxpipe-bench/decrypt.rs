@@ -18,6 +18,10 @@ pub struct DecryptBench {
     /// Prefetch of the worker and of the bare ceiling consumer.
     #[arg(long, default_value_t = 256)]
     prefetch: u16,
+    /// Rounds of (bare ceiling, workers) throughput phases; each figure is the median of the
+    /// rounds', the ratio the median of the rounds' ratios.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// `workers decrypt` processes draining the queue together (cost growth: 1 → 4).
     #[arg(long, default_value_t = 1)]
     replicas: usize,
@@ -151,20 +155,24 @@ async fn start_bare(
     Ok((conn, task))
 }
 
-/// The bare ceiling: the rate at which the bare worker drains `n` queued messages into `sink`.
+/// The bare ceiling: the rate at which the bare worker drains `n` queued messages into `sink`,
+/// and the CPU µs per message of this process meanwhile (the bare worker, plus the bench's own
+/// counting and stall watch).
 async fn bare_ceiling(
     b: &DecryptBench,
     t: &TestNs,
     sink: &str,
     first: &Raw,
     n: u32,
-) -> anyhow::Result<f64> {
+) -> anyhow::Result<(f64, f64)> {
     let (conn, task) = start_bare(b, t, first).await?;
     let counter = conn.create_channel().await?;
+    let (cpu_before, started) = (cpu_secs_of(std::process::id()), Instant::now());
     let rate = rate_until(&counter, sink, n).await?;
+    let cpu = (cpu_secs_of(std::process::id()) - cpu_before) / started.elapsed().as_secs_f64();
     task.abort();
     super::close(&conn, "ceiling done").await;
-    Ok(rate)
+    Ok((rate, cpu * 1e6 / rate))
 }
 
 fn spawn_worker(b: &DecryptBench, t: &TestNs) -> anyhow::Result<tokio::process::Child> {
@@ -199,7 +207,8 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     println!(
-        "# wxpipe-bench decrypt: {} pushes per phase, prefetch {}, {} cores",
+        "# wxpipe-bench decrypt: {} rounds of (ceiling, workers), {} pushes per phase, prefetch {}, {} cores",
+        b.rounds.max(1),
         b.messages,
         b.prefetch,
         std::thread::available_parallelism()
@@ -208,59 +217,89 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     );
     let n = b.messages as u32;
 
-    // 1. the bare ceiling
-    let msgs = raw_messages(b.messages, 1);
-    fill(&ch, &t, &msgs).await?;
-    let since = common::unix_now_ms();
-    let ceiling = bare_ceiling(&b, &t, &sink, &msgs[0], n).await?;
-    println!(
-        "bare consume-and-republish ceiling (prefetch {}): {ceiling:.0} msg/s ({})",
-        b.prefetch,
-        watch.count_between(since, common::unix_now_ms())
+    // 1 and 2, in alternating rounds: the bare ceiling, then `replicas` workers decrypt
+    // processes, each draining a full queue, so that both sides of each ratio see the same
+    // minute of a shared machine (and a broker stall in one round is outvoted by the others).
+    let rounds = b.rounds.max(1);
+    let (mut ceilings, mut bare_cpu, mut rates, mut cpus, mut hwms, mut ratios) = (
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
+        Vec::new(),
     );
-    ch.queue_purge(sink.as_str().into(), Default::default())
-        .await?;
-
-    // 2. `replicas` workers decrypt processes, on a full queue
-    let msgs = raw_messages(b.messages, 10_000_000);
-    fill(&ch, &t, &msgs).await?;
-    let mut extra = Vec::new();
-    for _ in 1..b.replicas.max(1) {
-        extra.push(spawn_worker(&b, &t)?);
-    }
-    let mut worker = spawn_worker(&b, &t)?;
-    let pid = worker.id().unwrap_or(0);
-    let pids: Vec<u32> = std::iter::once(pid)
-        .chain(extra.iter().filter_map(|w| w.id()))
-        .collect();
-    let cpu_before: f64 = pids.iter().map(|p| cpu_secs_of(*p)).sum();
-    let since = common::unix_now_ms();
-    let started = Instant::now();
-    let rate = rate_until(&ch, &sink, n).await?;
-    let cpu = (pids.iter().map(|p| cpu_secs_of(*p)).sum::<f64>() - cpu_before)
-        / started.elapsed().as_secs_f64()
-        * 100.0;
-    let hwm: f64 = pids.iter().map(|p| rss_of(*p).1).sum();
-    println!(
-        "workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {cpu:.0}% in all, peak RSS {hwm:.1} MB in all ({})",
-        pids.len(),
-        watch.count_between(since, common::unix_now_ms())
-    );
-    for mut w in extra {
-        if let Some(p) = w.id() {
-            let _ = tokio::process::Command::new("kill")
-                .arg(p.to_string())
-                .status()
-                .await;
+    let mut first = None;
+    for round in 1..=rounds as u64 {
+        let msgs = raw_messages(b.messages, round * 100_000_000);
+        fill(&ch, &t, &msgs).await?;
+        let since = common::unix_now_ms();
+        let (ceiling, bare_us) = bare_ceiling(&b, &t, &sink, &msgs[0], n).await?;
+        println!(
+            "round {round}: bare consume-and-republish ceiling (prefetch {}): {ceiling:.0} msg/s, {bare_us:.0} µs of CPU per message in the bare worker's process ({})",
+            b.prefetch,
+            watch.count_between(since, common::unix_now_ms())
+        );
+        ch.queue_purge(sink.as_str().into(), Default::default())
+            .await?;
+        if first.is_none() {
+            first = msgs.into_iter().next();
         }
-        let _ = tokio::time::timeout(Duration::from_secs(10), w.wait()).await;
-    }
-    println!("decrypt / ceiling: {:.2}", rate / ceiling);
-    ch.queue_purge(sink.as_str().into(), Default::default())
-        .await?;
 
-    // 3. latency at half that load
+        let msgs = raw_messages(b.messages, round * 100_000_000 + 10_000_000);
+        fill(&ch, &t, &msgs).await?;
+        let mut workers = Vec::new();
+        for _ in 0..b.replicas.max(1) {
+            workers.push(spawn_worker(&b, &t)?);
+        }
+        let pids: Vec<u32> = workers.iter().filter_map(|w| w.id()).collect();
+        let cpu_before: f64 = pids.iter().map(|p| cpu_secs_of(*p)).sum();
+        let since = common::unix_now_ms();
+        let started = Instant::now();
+        let rate = rate_until(&ch, &sink, n).await?;
+        let cpu = (pids.iter().map(|p| cpu_secs_of(*p)).sum::<f64>() - cpu_before)
+            / started.elapsed().as_secs_f64()
+            * 100.0;
+        let hwm: f64 = pids.iter().map(|p| rss_of(*p).1).sum();
+        println!(
+            "round {round}: workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {cpu:.0}% in all, peak RSS {hwm:.1} MB in all, {:.2} of the ceiling ({})",
+            pids.len(),
+            rate / ceiling,
+            watch.count_between(since, common::unix_now_ms())
+        );
+        stop_all(workers).await;
+        ch.queue_purge(sink.as_str().into(), Default::default())
+            .await?;
+        ceilings.push(ceiling);
+        bare_cpu.push(bare_us);
+        rates.push(rate);
+        cpus.push(cpu * 1e4 / rate);
+        hwms.push(hwm);
+        ratios.push(rate / ceiling);
+    }
+    let (ceiling, bare_us, rate, cpu_us, ratio) = (
+        median(&ceilings),
+        median(&bare_cpu),
+        median(&rates),
+        median(&cpus),
+        median(&ratios),
+    );
+    let hwm = hwms.iter().copied().fold(0.0, f64::max);
+    println!(
+        "decrypt / ceiling: {ratio:.2} (median of the rounds' ratios: {}); workers {rate:.0} pushes/s, {cpu_us:.0} µs of CPU per push; ceiling {ceiling:.0} msg/s, {bare_us:.0} µs per message (medians)",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    let Some(first) = first else {
+        bail!("no messages to measure with (--messages 0)");
+    };
+
+    // 3. latency at half that load, through a fresh worker
     let target = rate / 2.0;
+    let worker = spawn_worker(&b, &t)?;
     let latency = Latency::of(
         "decrypt-worker",
         &half_load_latency(&b, &t, &sink, target).await?,
@@ -270,16 +309,12 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         "push-to-event latency at {target:.0}/s: {}",
         latency.describe()
     );
-    let _ = tokio::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), worker.wait()).await;
+    stop_all(vec![worker]).await;
     ch.queue_purge(sink.as_str().into(), Default::default())
         .await?;
 
     // 4. the same half load through the bare worker: the broker's own share of that latency
-    let (bare_conn, bare) = start_bare(&b, &t, &msgs[0]).await?;
+    let (bare_conn, bare) = start_bare(&b, &t, &first).await?;
     let bare_latency = Latency::of(
         "decrypt-bare",
         &half_load_latency(&b, &t, &sink, target).await?,
@@ -292,18 +327,29 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         bare_latency.describe()
     );
     println!(
-        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={:.3} decrypt_half_p50_ms={:.2} decrypt_half_p99_ms={:.2} decrypt_half_quiet_p99_ms={:.2} decrypt_half_stalls={} decrypt_bare_half_p50_ms={:.2} decrypt_bare_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_pct={cpu:.0} decrypt_cpu_us_per_push={:.0}",
-        rate / ceiling,
+        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={ratio:.3} decrypt_half_p50_ms={:.2} decrypt_half_p99_ms={:.2} decrypt_half_quiet_p99_ms={:.2} decrypt_half_stalls={} decrypt_bare_half_p50_ms={:.2} decrypt_bare_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_us_per_push={cpu_us:.0} decrypt_bare_cpu_us_per_push={bare_us:.0}",
         latency.p50,
         latency.p99,
         latency.quiet_p99,
         latency.stalls.total(),
         bare_latency.p50,
         bare_latency.p99,
-        cpu * 1e4 / rate
     );
     super::close(&conn, "bench done").await;
     Ok(())
+}
+
+/// Stops worker processes (SIGTERM, then waits at most 10 s each).
+async fn stop_all(workers: Vec<tokio::process::Child>) {
+    for mut w in workers {
+        if let Some(p) = w.id() {
+            let _ = tokio::process::Command::new("kill")
+                .arg(p.to_string())
+                .status()
+                .await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(10), w.wait()).await;
+    }
 }
 
 /// Publishes at `rate`/s for `latency_secs`; each event's `(received_at, consumed)` in unix ms.

@@ -20,8 +20,12 @@ pub struct E2eBench {
     /// HTTP connections (pushes in flight) at saturation, and publishes in flight in the ceiling.
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Seconds measured at saturation (after the warm-up).
-    #[arg(long, default_value_t = 10)]
+    /// Rounds of (ceiling, pipeline) saturation phases; the ratio is the median of the
+    /// rounds' ratios.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds measured per saturation phase (after the warm-up).
+    #[arg(long, default_value_t = 5)]
     duration: u64,
     #[arg(long, default_value_t = 3)]
     warmup: u64,
@@ -129,8 +133,9 @@ fn spawn(
 }
 
 pub async fn run(b: E2eBench) -> anyhow::Result<()> {
+    let rounds = b.rounds.max(1);
     println!(
-        "# wxpipe-bench e2e: {} pushes in flight, {} s measured after {} s warm-up, {} cores",
+        "# wxpipe-bench e2e: {rounds} rounds of (ceiling, pipeline), {} pushes in flight, {} s measured per phase after {} s warm-up, {} cores",
         b.concurrency,
         b.duration,
         b.warmup,
@@ -139,12 +144,7 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
             .unwrap_or(0)
     );
     let watch = StallWatch::start(procfs::broker_pid());
-    let since = common::unix_now_ms();
-    let ceiling = ceiling(&b).await?;
-    println!(
-        "ceiling (bare lapin: confirmed publish → raw quorum queue → consume, confirmed republish → downstream): {ceiling:.0} msg/s ({})",
-        watch.count_between(since, common::unix_now_ms())
-    );
+    let ceiling = Ceiling::open(&b).await?;
 
     let t = TestNs::new("bench-e2e");
     let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
@@ -176,56 +176,34 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
         .await
         .context("the ingress did not become ready")?;
 
-    // Saturation.
-    let total = (b.warmup + b.duration + 2) as usize * 12_000;
-    let all = Arc::new(pushes(total, 1));
-    let next = Arc::new(AtomicU64::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let events = Arc::new(AtomicU64::new(0));
-    let counter = downstream(
-        conn.create_channel().await?,
-        sink.clone(),
-        events.clone(),
-        None,
-    );
-    let mut senders = Vec::new();
-    for _ in 0..b.concurrency {
-        let mut http = HttpConn::open(("127.0.0.1", port)).await?;
-        let (all, next, stop) = (all.clone(), next.clone(), stop.clone());
-        senders.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
-                let Some((path, body)) = all.get(i) else {
-                    break;
-                };
-                if !http.post(path, body.clone()).await {
-                    match HttpConn::open(("127.0.0.1", port)).await {
-                        Ok(c) => http = c,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                    }
-                }
-            }
-        }));
+    let (mut ceilings, mut rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    for round in 1..=rounds as u64 {
+        let since = common::unix_now_ms();
+        let c = ceiling.phase(&b).await?;
+        println!(
+            "round {round}: ceiling (bare lapin: confirmed publish → raw quorum queue → consume, confirmed republish → downstream): {c:.0} msg/s ({})",
+            watch.count_between(since, common::unix_now_ms())
+        );
+        let since = common::unix_now_ms();
+        let (rate, sent, events) = saturate(&b, &conn, &sink, port, round * 100_000_000).await?;
+        println!(
+            "round {round}: pipeline at saturation: {rate:.0} events/s; {sent} pushes sent, {events} events ({:.2} of the ceiling; {})",
+            rate / c,
+            watch.count_between(since, common::unix_now_ms())
+        );
+        ceilings.push(c);
+        rates.push(rate);
+        ratios.push(rate / c);
     }
-    let since = common::unix_now_ms();
-    let rate = measure(&events, b.warmup, b.duration).await;
-    let saturation_stalls = watch.count_between(since, common::unix_now_ms());
-    stop.store(true, Ordering::Relaxed);
-    for s in senders {
-        let _ = s.await;
-    }
-    let sent = next.load(Ordering::Relaxed).min(total as u64);
-    // Let the pipeline drain before the latency phase.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while events.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    counter.abort();
+    ceiling.close().await;
+    let (ceiling, rate, ratio) = (median(&ceilings), median(&rates), median(&ratios));
     println!(
-        "pipeline at saturation: {rate:.0} events/s; {} pushes sent, {} events ({:.2} of the ceiling; {saturation_stalls})",
-        sent,
-        events.load(Ordering::Relaxed),
-        rate / ceiling
+        "e2e / ceiling: {ratio:.2} (median of the rounds' ratios: {}); pipeline {rate:.0} events/s, ceiling {ceiling:.0} msg/s (medians)",
+        ratios
+            .iter()
+            .map(|r| format!("{r:.2}"))
+            .collect::<Vec<_>>()
+            .join(", ")
     );
 
     // Half load: an open loop at half the rate, latency from the ingress's received_at.
@@ -270,8 +248,7 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
         latency.describe()
     );
     println!(
-        "figures: e2e_rate={rate:.0} e2e_ceiling={ceiling:.0} e2e_ratio={:.3} e2e_half_p50_ms={:.2} e2e_half_p99_ms={:.2} e2e_half_quiet_p99_ms={:.2} e2e_half_stalls={}",
-        rate / ceiling,
+        "figures: e2e_rate={rate:.0} e2e_ceiling={ceiling:.0} e2e_ratio={ratio:.3} e2e_half_p50_ms={:.2} e2e_half_p99_ms={:.2} e2e_half_quiet_p99_ms={:.2} e2e_half_stalls={}",
         latency.p50,
         latency.p99,
         latency.quiet_p99,
@@ -290,82 +267,183 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The bare pipeline: the same broker work with nothing else.
-async fn ceiling(b: &E2eBench) -> anyhow::Result<f64> {
-    let t = TestNs::new("bench-e2e-ceiling");
-    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    declare(
-        &conn,
-        &t.ns,
-        &Part::everything(common::amqp::RawShards::ONE),
-    )
-    .await?;
-    let sink = t.queue("downstream");
-    bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
-    let push = pushes(1, 1).remove(0);
-    let signed = wxpipe_tests::push::SignedPush {
-        query: push
-            .0
-            .split_once('?')
-            .map(|(_, q)| q.to_owned())
-            .unwrap_or_default(),
-        body: String::from_utf8_lossy(&push.1).into_owned(),
-    };
-    let (body, mut props) = super::ingress::raw_message(&signed);
-    if let Some(h) = props.headers().clone() {
-        let mut h = h;
-        h.insert("appid".into(), AMQPValue::LongString(AUTHORIZER.into()));
-        props = props.with_headers(h);
-    }
-    // The event the worker makes of this push, with its properties.
-    let event = super::worker_event(&body, &props)?;
-    let events = Arc::new(AtomicU64::new(0));
-    let counter = downstream(conn.create_channel().await?, sink, events.clone(), None);
-    // The worker: consume raw, republish with a confirm, ack.
-    let worker = bare_worker(&conn, &t.ns, 256, Some(event)).await?;
-    // The ingress: confirmed, mandatory publishes of its message, `concurrency` in flight.
-    let publish = conn.create_channel().await?;
-    publish
-        .confirm_select(ConfirmSelectOptions::default())
-        .await?;
+/// One saturation phase of the pipeline: `concurrency` HTTP connections post distinct pushes
+/// (MsgIds from `first_msg_id`) in a closed loop; the events/s reaching the downstream queue
+/// after the warm-up, and, once the pipeline has drained, how many pushes were accepted and how
+/// many events arrived.
+async fn saturate(
+    b: &E2eBench,
+    conn: &Connection,
+    sink: &str,
+    port: u16,
+    first_msg_id: u64,
+) -> anyhow::Result<(f64, u64, u64)> {
+    let total = (b.warmup + b.duration + 2) as usize * 12_000;
+    let all = Arc::new(pushes(total, first_msg_id));
+    let next = Arc::new(AtomicU64::new(0));
+    let accepted = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
-    let mut publishers = Vec::new();
+    let events = Arc::new(AtomicU64::new(0));
+    let ch = conn.create_channel().await?;
+    let counter = downstream(ch.clone(), sink.to_owned(), events.clone(), None);
+    let mut senders = Vec::new();
     for _ in 0..b.concurrency {
-        let (publish, exchange, body, props, stop) = (
-            publish.clone(),
-            t.ns.raw(),
-            body.clone(),
-            props.clone(),
-            stop.clone(),
-        );
-        publishers.push(tokio::spawn(async move {
+        let mut http = HttpConn::open(("127.0.0.1", port)).await?;
+        let (all, next, accepted, stop) =
+            (all.clone(), next.clone(), accepted.clone(), stop.clone());
+        senders.push(tokio::spawn(async move {
             while !stop.load(Ordering::Relaxed) {
-                let Ok(c) = publish
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        "authorizer".into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &body,
-                        props.clone(),
-                    )
-                    .await
-                else {
+                let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                let Some((path, body)) = all.get(i) else {
                     break;
                 };
-                let _ = c.await;
+                if http.post(path, body.clone()).await {
+                    accepted.fetch_add(1, Ordering::Relaxed);
+                } else {
+                    match HttpConn::open(("127.0.0.1", port)).await {
+                        Ok(c) => http = c,
+                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                    }
+                }
             }
         }));
     }
     let rate = measure(&events, b.warmup, b.duration).await;
     stop.store(true, Ordering::Relaxed);
-    for p in publishers {
-        let _ = p.await;
+    for s in senders {
+        let _ = s.await;
     }
-    worker.abort();
+    // Let the pipeline drain before the next phase.
+    let sent = accepted.load(Ordering::Relaxed);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while events.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
     counter.abort();
-    super::close(&conn, "ceiling done").await;
-    Ok(rate)
+    let _ = ch.close(200, "phase done".into()).await;
+    Ok((rate, sent, events.load(Ordering::Relaxed)))
+}
+
+/// The bare pipeline: the same broker work with nothing else, set up once for every round.
+struct Ceiling {
+    _t: TestNs,
+    conn: Connection,
+    publish: lapin::Channel,
+    exchange: String,
+    body: Arc<Vec<u8>>,
+    props: BasicProperties,
+    events: Arc<AtomicU64>,
+    counter: tokio::task::JoinHandle<()>,
+    worker: tokio::task::JoinHandle<()>,
+}
+
+impl Ceiling {
+    async fn open(b: &E2eBench) -> anyhow::Result<Self> {
+        let t = TestNs::new("bench-e2e-ceiling");
+        let conn =
+            Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
+        declare(
+            &conn,
+            &t.ns,
+            &Part::everything(common::amqp::RawShards::ONE),
+        )
+        .await?;
+        let sink = t.queue("downstream");
+        bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
+        let push = pushes(1, 1).remove(0);
+        let signed = wxpipe_tests::push::SignedPush {
+            query: push
+                .0
+                .split_once('?')
+                .map(|(_, q)| q.to_owned())
+                .unwrap_or_default(),
+            body: String::from_utf8_lossy(&push.1).into_owned(),
+        };
+        let (body, mut props) = super::ingress::raw_message(&signed);
+        if let Some(h) = props.headers().clone() {
+            let mut h = h;
+            h.insert("appid".into(), AMQPValue::LongString(AUTHORIZER.into()));
+            props = props.with_headers(h);
+        }
+        // The event the worker makes of this push, with its properties.
+        let event = super::worker_event(&body, &props)?;
+        let events = Arc::new(AtomicU64::new(0));
+        let counter = downstream(conn.create_channel().await?, sink, events.clone(), None);
+        // The worker: consume raw, republish with a confirm, ack.
+        let worker = bare_worker(&conn, &t.ns, 256, Some(event)).await?;
+        // The ingress: confirmed, mandatory publishes of its message.
+        let publish = conn.create_channel().await?;
+        publish
+            .confirm_select(ConfirmSelectOptions::default())
+            .await?;
+        Ok(Self {
+            exchange: t.ns.raw(),
+            _t: t,
+            conn,
+            publish,
+            body: Arc::new(body),
+            props,
+            events,
+            counter,
+            worker,
+        })
+    }
+
+    /// One phase: `concurrency` publishes in flight for the warm-up and the measured seconds;
+    /// the events/s downstream. Returns once what was published has arrived (at most 60 s).
+    async fn phase(&self, b: &E2eBench) -> anyhow::Result<f64> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let published = Arc::new(AtomicU64::new(0));
+        let before = self.events.load(Ordering::Relaxed);
+        let mut publishers = Vec::new();
+        for _ in 0..b.concurrency {
+            let (publish, exchange, body, props, stop, published) = (
+                self.publish.clone(),
+                self.exchange.clone(),
+                self.body.clone(),
+                self.props.clone(),
+                stop.clone(),
+                published.clone(),
+            );
+            publishers.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(c) = publish
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            "authorizer".into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            &body,
+                            props.clone(),
+                        )
+                        .await
+                    else {
+                        break;
+                    };
+                    if c.await.is_ok_and(|c| c.is_ack()) {
+                        published.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }));
+        }
+        let rate = measure(&self.events, b.warmup, b.duration).await;
+        stop.store(true, Ordering::Relaxed);
+        for p in publishers {
+            let _ = p.await;
+        }
+        let target = before + published.load(Ordering::Relaxed);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self.events.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(rate)
+    }
+
+    async fn close(self) {
+        self.worker.abort();
+        self.counter.abort();
+        super::close(&self.conn, "ceiling done").await;
+    }
 }

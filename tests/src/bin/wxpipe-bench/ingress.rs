@@ -1,5 +1,6 @@
 //! `wxpipe-bench ingress`: the ingress binary against the broker's own confirmed-publish
-//! ceiling.
+//! ceiling, in alternating rounds (ceiling, ingress, ceiling, ingress, …) so that both sides of
+//! each ratio see the same minute of a shared machine.
 
 use super::*;
 use procfs::{broker_pid, cpu_secs_of, rss_of, sibling_binary};
@@ -10,8 +11,12 @@ pub struct IngressBench {
     /// Concurrent HTTP clients (and publishes in flight for the ceiling).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
-    /// Seconds of measurement per phase (after the warm-up).
-    #[arg(long, default_value_t = 10)]
+    /// Rounds of one ceiling phase followed by one ingress phase; the ratio is the median of
+    /// the rounds' ratios.
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
+    /// Seconds measured per phase (after the warm-up).
+    #[arg(long, default_value_t = 5)]
     duration: u64,
     /// Seconds of warm-up per phase, not measured.
     #[arg(long, default_value_t = 2)]
@@ -29,7 +34,7 @@ pub struct IngressBench {
         default_value = "amqp://guest:guest@127.0.0.1:5672/%2f"
     )]
     amqp_url: String,
-    /// Skip the broker-ceiling phase.
+    /// Skip the broker-ceiling phases.
     #[arg(long)]
     skip_ceiling: bool,
 }
@@ -57,8 +62,9 @@ fn sized_push(builder: &PushBuilder, bytes: usize) -> SignedPush {
 pub async fn run(b: IngressBench) -> anyhow::Result<()> {
     let builder = PushBuilder::test_platform();
     let push = sized_push(&builder, b.payload_bytes);
+    let rounds = b.rounds.max(1);
     println!(
-        "# wxpipe-bench ingress: concurrency {}, push body {} bytes, {} s measured after {} s warm-up, {} cores",
+        "# wxpipe-bench ingress: concurrency {}, push body {} bytes, {rounds} rounds of (ceiling, ingress), {} s measured per phase after {} s warm-up, {} cores",
         b.concurrency,
         push.body.len(),
         b.duration,
@@ -69,45 +75,80 @@ pub async fn run(b: IngressBench) -> anyhow::Result<()> {
     );
 
     let watch = StallWatch::start(broker_pid());
+    let ceiling_ns = TestNs::new("bench-ceiling");
     let ceiling = if b.skip_ceiling {
         None
     } else {
-        let t = TestNs::new("bench-ceiling");
-        let push = &push;
-        let since = common::unix_now_ms();
-        let rate = broker_ceiling(&b, &t, push).await?;
-        println!(
-            "broker ceiling (bare lapin, the ingress's message, mandatory, confirms, {} in flight): {rate:.0} msg/s ({})",
-            b.concurrency,
-            watch.count_between(since, common::unix_now_ms())
-        );
-        Some(rate)
+        Some(Ceiling::open(&b, &ceiling_ns, &push).await?)
     };
+    let ingress_ns = TestNs::new("bench-ingress");
+    let mut ingress = UnderLoad::start(&b, &ingress_ns, &push).await?;
 
-    let t = TestNs::new("bench-ingress");
-    let since = common::unix_now_ms();
-    let report = ingress_load(&b, &t, &push).await?;
-    println!(
-        "ingress: {:.0} accepted pushes/s, latency p50 {:.2} ms, p99 {:.2} ms, max {:.2} ms, non-200: {} ({})",
-        report.rate,
-        report.p50_ms,
-        report.p99_ms,
-        report.max_ms,
-        report.failed,
-        watch.count_between(since, common::unix_now_ms())
-    );
-    println!(
-        "ingress RSS: {:.1} MB at the end, {:.1} MB peak (VmHWM)",
-        report.rss_mb, report.hwm_mb
-    );
+    let (mut ceilings, mut rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let mut latencies_us: Vec<u32> = Vec::new();
+    let mut failed = 0;
+    let mut cpu = Cpu::default();
+    for round in 1..=rounds {
+        let ceiling_rate = match &ceiling {
+            Some(c) => {
+                let since = common::unix_now_ms();
+                let rate = c.phase(&b).await?;
+                println!(
+                    "round {round}: broker ceiling (bare lapin, the ingress's message, mandatory, confirms, {} in flight): {rate:.0} msg/s ({})",
+                    b.concurrency,
+                    watch.count_between(since, common::unix_now_ms())
+                );
+                ceilings.push(rate);
+                Some(rate)
+            }
+            None => None,
+        };
+        let since = common::unix_now_ms();
+        let phase = ingress.phase(&b).await?;
+        let stalls = watch.count_between(since, common::unix_now_ms());
+        let rate = phase.latencies_us.len() as f64 / phase.elapsed.as_secs_f64();
+        match ceiling_rate {
+            Some(c) => {
+                println!(
+                    "round {round}: ingress {rate:.0} accepted pushes/s, {:.2} of the ceiling ({stalls})",
+                    rate / c
+                );
+                ratios.push(rate / c);
+            }
+            None => println!("round {round}: ingress {rate:.0} accepted pushes/s ({stalls})"),
+        }
+        rates.push(rate);
+        latencies_us.extend(phase.latencies_us);
+        failed += phase.failed;
+        cpu.add(&phase.cpu);
+    }
     if let Some(c) = ceiling {
-        println!("ingress / ceiling: {:.2}", report.rate / c);
+        c.close().await;
+    }
+    let (rss_mb, hwm_mb) = ingress.stop().await;
+
+    latencies_us.sort_unstable();
+    let pct = |p: f64| percentile(&latencies_us, p) / 1000.0;
+    let (p50, p99) = (pct(0.50), pct(0.99));
+    let max = latencies_us.last().copied().unwrap_or(0) as f64 / 1000.0;
+    let rate = median(&rates);
+    println!(
+        "ingress (median of {rounds} phases): {rate:.0} accepted pushes/s; over all phases latency p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, non-200: {failed}"
+    );
+    println!("{}", cpu.describe());
+    println!("ingress RSS: {rss_mb:.1} MB at the end, {hwm_mb:.1} MB peak (VmHWM)");
+    if !ratios.is_empty() {
+        let (ceiling, ratio) = (median(&ceilings), median(&ratios));
         println!(
-            "figures: ingress_rate={:.0} ingress_ceiling={c:.0} ingress_ratio={:.3} ingress_p99_ms={:.2} ingress_rss_mb={:.1}",
-            report.rate,
-            report.rate / c,
-            report.p99_ms,
-            report.hwm_mb
+            "ingress / ceiling: {ratio:.2} (median of the rounds' ratios: {})",
+            ratios
+                .iter()
+                .map(|r| format!("{r:.2}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+        println!(
+            "figures: ingress_rate={rate:.0} ingress_ceiling={ceiling:.0} ingress_ratio={ratio:.3} ingress_p99_ms={p99:.2} ingress_rss_mb={hwm_mb:.1}",
         );
     }
     Ok(())
@@ -136,196 +177,277 @@ pub fn raw_message(push: &SignedPush) -> (Vec<u8>, BasicProperties) {
 
 /// The broker's own ceiling for the ingress's work: a bare lapin publisher of the very message
 /// the ingress publishes (same body and headers, `mandatory`, persistent), with confirms.
-async fn broker_ceiling(b: &IngressBench, t: &TestNs, push: &SignedPush) -> anyhow::Result<f64> {
-    let (body, props) = raw_message(push);
-    let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
-    declare(&conn, &t.ns, &Part::Raw(common::amqp::RawShards::ONE)).await?;
-    let ch = conn.create_channel().await?;
-    ch.confirm_select(ConfirmSelectOptions::default()).await?;
-    let exchange = t.ns.raw();
-    let stop = Arc::new(AtomicBool::new(false));
-    let counting = Arc::new(AtomicBool::new(false));
-    let count = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..b.concurrency {
-        let (ch, exchange, body, props) =
-            (ch.clone(), exchange.clone(), body.clone(), props.clone());
-        let (stop, counting, count) = (stop.clone(), counting.clone(), count.clone());
-        tasks.push(tokio::spawn(async move {
-            while !stop.load(Ordering::Relaxed) {
-                let confirm = ch
-                    .basic_publish(
-                        exchange.as_str().into(),
-                        RawRoute::Component.routing_key().into(),
-                        BasicPublishOptions {
-                            mandatory: true,
-                            ..Default::default()
-                        },
-                        &body,
-                        props.clone(),
-                    )
-                    .await?
-                    .await?;
-                if confirm.is_ack() && counting.load(Ordering::Relaxed) {
-                    count.fetch_add(1, Ordering::Relaxed);
+struct Ceiling {
+    conn: Connection,
+    ch: lapin::Channel,
+    exchange: String,
+    body: Arc<Vec<u8>>,
+    props: BasicProperties,
+}
+
+impl Ceiling {
+    async fn open(b: &IngressBench, t: &TestNs, push: &SignedPush) -> anyhow::Result<Self> {
+        let (body, props) = raw_message(push);
+        let conn = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+        declare(&conn, &t.ns, &Part::Raw(common::amqp::RawShards::ONE)).await?;
+        let ch = conn.create_channel().await?;
+        ch.confirm_select(ConfirmSelectOptions::default()).await?;
+        Ok(Self {
+            conn,
+            ch,
+            exchange: t.ns.raw(),
+            body: Arc::new(body),
+            props,
+        })
+    }
+
+    /// One phase: `concurrency` publishers for the warm-up and the measured seconds; the rate
+    /// of confirmed publishes measured. The queue is purged afterwards, as the ingress's is.
+    async fn phase(&self, b: &IngressBench) -> anyhow::Result<f64> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let counting = Arc::new(AtomicBool::new(false));
+        let count = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        for _ in 0..b.concurrency {
+            let (ch, exchange, body, props) = (
+                self.ch.clone(),
+                self.exchange.clone(),
+                self.body.clone(),
+                self.props.clone(),
+            );
+            let (stop, counting, count) = (stop.clone(), counting.clone(), count.clone());
+            tasks.push(tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let confirm = ch
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            RawRoute::Component.routing_key().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            &body,
+                            props.clone(),
+                        )
+                        .await?
+                        .await?;
+                    if confirm.is_ack() && counting.load(Ordering::Relaxed) {
+                        count.fetch_add(1, Ordering::Relaxed);
+                    }
                 }
-            }
-            Ok::<_, lapin::Error>(())
-        }));
-    }
-    tokio::time::sleep(Duration::from_secs(b.warmup)).await;
-    let broker = broker_pid();
-    let cpu_before = broker.map(cpu_secs_of);
-    let me_before = cpu_secs_of(std::process::id());
-    counting.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(b.duration)).await;
-    let n = count.load(Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let me = (cpu_secs_of(std::process::id()) - me_before) / elapsed.as_secs_f64() * 100.0;
-    match (broker, cpu_before) {
-        (Some(pid), Some(before)) => println!(
-            "CPU during the ceiling run: publisher {me:.0}%, RabbitMQ {:.0}%",
-            (cpu_secs_of(pid) - before) / elapsed.as_secs_f64() * 100.0
-        ),
-        _ => println!("CPU during the ceiling run: publisher {me:.0}%"),
-    }
-    stop.store(true, Ordering::Relaxed);
-    for task in tasks {
-        task.await??;
-    }
-    ch.queue_purge(exchange.as_str().into(), QueuePurgeOptions::default())
-        .await?;
-    super::close(&conn, "bench done").await;
-    Ok(n as f64 / elapsed.as_secs_f64())
-}
-
-struct LoadReport {
-    rate: f64,
-    p50_ms: f64,
-    p99_ms: f64,
-    max_ms: f64,
-    failed: u64,
-    rss_mb: f64,
-    hwm_mb: f64,
-}
-
-fn ingress_binary(b: &IngressBench) -> anyhow::Result<PathBuf> {
-    sibling_binary(b.ingress_bin.as_ref(), "ingress")
-}
-
-async fn ingress_load(
-    b: &IngressBench,
-    t: &TestNs,
-    push: &SignedPush,
-) -> anyhow::Result<LoadReport> {
-    let port = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
-        l.local_addr()?.port()
-    };
-    let mut child = tokio::process::Command::new(ingress_binary(b)?)
-        .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
-        .env("WXPIPE_TOKEN", test_platform::TOKEN)
-        .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
-        .env("WXPIPE_NAMESPACE", t.name())
-        .env("WXPIPE_AMQP_URL", &b.amqp_url)
-        .env("WXPIPE_INGRESS_ADDR", format!("127.0.0.1:{port}"))
-        .env("RUST_LOG", "warn")
-        .kill_on_drop(true)
-        .spawn()
-        .context("starting the ingress")?;
-    let pid = child.id().context("ingress pid")?;
-    let base = format!("http://127.0.0.1:{port}");
-    let client = wxpipe_tests::http_builder()
-        .pool_max_idle_per_host(b.concurrency)
-        .build()?;
-    let ready = async {
-        loop {
-            if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-                && r.status() == 200
-            {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+                Ok::<_, lapin::Error>(())
+            }));
         }
-    };
-    tokio::time::timeout(Duration::from_secs(15), ready)
-        .await
-        .context("the ingress did not become ready")?;
+        tokio::time::sleep(Duration::from_secs(b.warmup)).await;
+        counting.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(b.duration)).await;
+        let n = count.load(Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        for task in tasks {
+            task.await??;
+        }
+        self.ch
+            .queue_purge(self.exchange.as_str().into(), QueuePurgeOptions::default())
+            .await?;
+        Ok(n as f64 / elapsed.as_secs_f64())
+    }
 
-    let path = format!("/wechat/component?{}", push.query);
-    let body = bytes::Bytes::from(push.body.clone());
-    let stop = Arc::new(AtomicBool::new(false));
-    let measuring = Arc::new(AtomicBool::new(false));
-    let failed = Arc::new(AtomicU64::new(0));
-    let mut tasks = Vec::new();
-    for _ in 0..b.concurrency {
-        let mut conn = HttpConn::open(("127.0.0.1", port)).await?;
-        let (path, body) = (path.clone(), body.clone());
-        let (stop, measuring, failed) = (stop.clone(), measuring.clone(), failed.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut latencies_us: Vec<u32> = Vec::with_capacity(1 << 16);
-            while !stop.load(Ordering::Relaxed) {
-                let started = Instant::now();
-                let ok = conn.post(&path, body.clone()).await;
-                if measuring.load(Ordering::Relaxed) {
-                    if ok {
-                        latencies_us
-                            .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
-                    } else {
-                        failed.fetch_add(1, Ordering::Relaxed);
-                    }
+    async fn close(self) {
+        super::close(&self.conn, "bench done").await;
+    }
+}
+
+/// CPU seconds of the ingress, this process (the load generator) and the broker over the
+/// measured seconds of the ingress phases.
+#[derive(Default)]
+struct Cpu {
+    ingress: f64,
+    load: f64,
+    broker: Option<f64>,
+    secs: f64,
+}
+
+impl Cpu {
+    fn add(&mut self, o: &Cpu) {
+        self.ingress += o.ingress;
+        self.load += o.load;
+        self.broker = match (self.broker, o.broker) {
+            (None, b) if self.secs == 0.0 => b,
+            (Some(a), Some(b)) => Some(a + b),
+            _ => None,
+        };
+        self.secs += o.secs;
+    }
+
+    fn describe(&self) -> String {
+        let pct = |s: f64| format!("{:.0}%", s / self.secs.max(1e-9) * 100.0);
+        format!(
+            "CPU during the ingress phases (100% = one core): ingress {}, load generator {}, RabbitMQ {}",
+            pct(self.ingress),
+            pct(self.load),
+            self.broker.map(pct).unwrap_or_else(|| "n/a".into())
+        )
+    }
+}
+
+/// What one ingress phase measured.
+struct Phase {
+    latencies_us: Vec<u32>,
+    failed: u64,
+    elapsed: Duration,
+    cpu: Cpu,
+}
+
+/// The ingress binary, started once for every round, and its open HTTP connections.
+struct UnderLoad {
+    child: tokio::process::Child,
+    pid: u32,
+    port: u16,
+    conns: Vec<HttpConn>,
+    path: String,
+    body: bytes::Bytes,
+    /// A channel to purge the ingress's queue after each phase, as the ceiling's is.
+    amqp: Connection,
+    purge: lapin::Channel,
+    queue: String,
+}
+
+impl UnderLoad {
+    async fn start(b: &IngressBench, t: &TestNs, push: &SignedPush) -> anyhow::Result<Self> {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+            l.local_addr()?.port()
+        };
+        let child =
+            tokio::process::Command::new(sibling_binary(b.ingress_bin.as_ref(), "ingress")?)
+                .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
+                .env("WXPIPE_TOKEN", test_platform::TOKEN)
+                .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
+                .env("WXPIPE_NAMESPACE", t.name())
+                .env("WXPIPE_AMQP_URL", &b.amqp_url)
+                .env("WXPIPE_INGRESS_ADDR", format!("127.0.0.1:{port}"))
+                .env("RUST_LOG", "warn")
+                .kill_on_drop(true)
+                .spawn()
+                .context("starting the ingress")?;
+        let pid = child.id().context("ingress pid")?;
+        let base = format!("http://127.0.0.1:{port}");
+        let client = wxpipe_tests::http();
+        let ready = async {
+            loop {
+                if let Ok(r) = client.get(format!("{base}/readyz")).send().await
+                    && r.status() == 200
+                {
+                    return;
                 }
-                if !ok {
-                    // The server closed the connection or answered an error: reconnect.
-                    match HttpConn::open(("127.0.0.1", port)).await {
-                        Ok(c) => conn = c,
-                        Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
-                    }
-                }
+                tokio::time::sleep(Duration::from_millis(50)).await;
             }
-            latencies_us
-        }));
+        };
+        tokio::time::timeout(Duration::from_secs(15), ready)
+            .await
+            .context("the ingress did not become ready")?;
+        let mut conns = Vec::with_capacity(b.concurrency);
+        for _ in 0..b.concurrency {
+            conns.push(HttpConn::open(("127.0.0.1", port)).await?);
+        }
+        let amqp = Connection::connect(&b.amqp_url, ConnectionProperties::default()).await?;
+        let purge = amqp.create_channel().await?;
+        Ok(Self {
+            amqp,
+            purge,
+            queue: t.ns.raw(),
+            child,
+            pid,
+            port,
+            conns,
+            path: format!("/wechat/component?{}", push.query),
+            body: bytes::Bytes::from(push.body.clone()),
+        })
     }
-    tokio::time::sleep(Duration::from_secs(b.warmup)).await;
-    let broker_pid = broker_pid();
-    let cpu_before = [Some(pid), Some(std::process::id()), broker_pid].map(|p| p.map(cpu_secs_of));
-    measuring.store(true, Ordering::Relaxed);
-    let started = Instant::now();
-    tokio::time::sleep(Duration::from_secs(b.duration)).await;
-    measuring.store(false, Ordering::Relaxed);
-    let elapsed = started.elapsed();
-    let cpu_after = [Some(pid), Some(std::process::id()), broker_pid].map(|p| p.map(cpu_secs_of));
-    let share = |i: usize| match (cpu_before[i], cpu_after[i]) {
-        (Some(a), Some(b)) => format!("{:.0}%", (b - a) / elapsed.as_secs_f64() * 100.0),
-        _ => "n/a".into(),
-    };
-    println!(
-        "CPU during the run (100% = one core): ingress {}, load generator {}, RabbitMQ {}",
-        share(0),
-        share(1),
-        share(2)
-    );
-    stop.store(true, Ordering::Relaxed);
-    let mut all: Vec<u32> = Vec::new();
-    for task in tasks {
-        all.extend(task.await?);
+
+    /// One phase: every connection posts the push in a closed loop for the warm-up and the
+    /// measured seconds; the accepted pushes' latencies of the measured seconds.
+    async fn phase(&mut self, b: &IngressBench) -> anyhow::Result<Phase> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let measuring = Arc::new(AtomicBool::new(false));
+        let failed = Arc::new(AtomicU64::new(0));
+        let mut tasks = Vec::new();
+        let port = self.port;
+        for mut conn in self.conns.drain(..) {
+            let (path, body) = (self.path.clone(), self.body.clone());
+            let (stop, measuring, failed) = (stop.clone(), measuring.clone(), failed.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies_us: Vec<u32> = Vec::with_capacity(1 << 15);
+                while !stop.load(Ordering::Relaxed) {
+                    let started = Instant::now();
+                    let ok = conn.post(&path, body.clone()).await;
+                    if measuring.load(Ordering::Relaxed) {
+                        if ok {
+                            latencies_us
+                                .push(started.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                        } else {
+                            failed.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    if !ok {
+                        // The server closed the connection or answered an error: reconnect.
+                        match HttpConn::open(("127.0.0.1", port)).await {
+                            Ok(c) => conn = c,
+                            Err(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                        }
+                    }
+                }
+                (conn, latencies_us)
+            }));
+        }
+        tokio::time::sleep(Duration::from_secs(b.warmup)).await;
+        let broker = broker_pid();
+        let before = (
+            cpu_secs_of(self.pid),
+            cpu_secs_of(std::process::id()),
+            broker.map(cpu_secs_of),
+        );
+        measuring.store(true, Ordering::Relaxed);
+        let started = Instant::now();
+        tokio::time::sleep(Duration::from_secs(b.duration)).await;
+        measuring.store(false, Ordering::Relaxed);
+        let elapsed = started.elapsed();
+        let cpu = Cpu {
+            ingress: cpu_secs_of(self.pid) - before.0,
+            load: cpu_secs_of(std::process::id()) - before.1,
+            broker: broker.zip(before.2).map(|(p, s)| cpu_secs_of(p) - s),
+            secs: elapsed.as_secs_f64(),
+        };
+        stop.store(true, Ordering::Relaxed);
+        let mut latencies_us = Vec::new();
+        for task in tasks {
+            let (conn, l) = task.await?;
+            self.conns.push(conn);
+            latencies_us.extend(l);
+        }
+        self.purge
+            .queue_purge(self.queue.as_str().into(), QueuePurgeOptions::default())
+            .await?;
+        Ok(Phase {
+            latencies_us,
+            failed: failed.load(Ordering::Relaxed),
+            elapsed,
+            cpu,
+        })
     }
-    let (rss_mb, hwm_mb) = rss_of(pid);
-    let _ = tokio::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
-    all.sort_unstable();
-    let pct = |p: f64| percentile(&all, p) / 1000.0;
-    Ok(LoadReport {
-        rate: all.len() as f64 / elapsed.as_secs_f64(),
-        p50_ms: pct(0.50),
-        p99_ms: pct(0.99),
-        max_ms: all.last().copied().unwrap_or(0) as f64 / 1000.0,
-        failed: failed.load(Ordering::Relaxed),
-        rss_mb,
-        hwm_mb,
-    })
+
+    /// Stops the ingress; its (VmRSS, VmHWM) in MB just before.
+    async fn stop(mut self) -> (f64, f64) {
+        let rss = rss_of(self.pid);
+        self.conns.clear();
+        let _ = tokio::process::Command::new("kill")
+            .arg(self.pid.to_string())
+            .status()
+            .await;
+        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+        super::close(&self.amqp, "bench done").await;
+        rss
+    }
 }

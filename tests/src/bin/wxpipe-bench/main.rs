@@ -1,11 +1,16 @@
 //! wxpipe's benchmarks, printed as figures (never asserted):
 //!
-//! `wxpipe-bench ingress` measures, against the real local RabbitMQ:
+//! `wxpipe-bench ingress` measures, against the real local RabbitMQ, in `--rounds` alternating
+//! rounds:
 //! 1. the broker's own ceiling: a bare lapin publisher with confirms into a fresh `{ns}.raw`
 //!    quorum queue, same payload, `--concurrency` publishes in flight;
 //! 2. the ingress binary (a child process, so its RSS is its own) under `--concurrency`
 //!    concurrent HTTP clients posting signed `--payload-bytes` pushes: accepted pushes/s,
-//!    latency p50/p99/max, RSS, and the ratio to the ceiling.
+//!    latency p50/p99/max, RSS, and the ratio to the ceiling of the same round.
+//!
+//! The ratios of `ingress`, `e2e` and `decrypt` are each the median of their rounds' ratios:
+//! a ceiling and the phase it is compared with run back to back, so that a slow minute of the
+//! shared machine, or one of the broker's own stalls, falls on one round and not on the figure.
 //!
 //! `wxpipe-bench decrypt`, `wxpipe-bench scheduler` and `wxpipe-bench gateway`: see their modules. One module per
 //! benchmark behind this thin command line.
@@ -225,6 +230,17 @@ pub async fn close(conn: &Connection, why: &str) {
     }
 }
 
+/// The median of `values` (0 when empty); the mean of the middle two for an even count.
+pub fn median(values: &[f64]) -> f64 {
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
 /// The `p`-quantile (nearest rank) of ascending `sorted` values; 0 when there are none.
 pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
     if sorted.is_empty() {
@@ -245,5 +261,17 @@ async fn main() -> anyhow::Result<()> {
         Bench::Codec(b) => codec::run(b).await,
         Bench::E2e(b) => e2e::run(b).await,
         Bench::Shards(b) => shards::run(b).await,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::median;
+
+    #[test]
+    fn median_of_odd_even_and_no_values() {
+        assert_eq!(median(&[0.9, 0.6, 0.7]), 0.7);
+        assert_eq!(median(&[0.8, 0.6, 0.7, 0.9]), 0.75);
+        assert_eq!(median(&[]), 0.0);
     }
 }
