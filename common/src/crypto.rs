@@ -274,8 +274,8 @@ impl MsgCrypt {
         encrypt: &str,
         take: impl FnOnce(&str, &str) -> Result<T, CryptoError>,
     ) -> Result<T, CryptoError> {
-        let mut buf = PAYLOAD_ENGINE
-            .decode(encrypt.trim().as_bytes())
+        let mut buf = base64_simd::STANDARD
+            .decode_to_vec(encrypt.trim().as_bytes())
             .map_err(|_| CryptoError::BadBase64)?;
         if buf.is_empty() || buf.len() % PAD_BLOCK != 0 {
             return Err(CryptoError::BadLength(buf.len()));
@@ -530,6 +530,36 @@ mod tests {
             prop_assert_eq!(c.decrypt(&enc).unwrap(), msg.clone());
             let sig = c.msg_signature("123", "n", &enc);
             prop_assert_eq!(c.verify_and_decrypt("123", "n", &enc, &sig).unwrap(), msg);
+        }
+
+        /// `Encrypt` is decoded with `base64-simd`; it must accept exactly what the `base64`
+        /// crate's strict standard engine accepts (padding required, canonical last symbol, no
+        /// whitespace), and decode it to the same bytes.
+        #[test]
+        fn payload_base64_as_strict_as_the_base64_crate(
+            s in "[A-Za-z0-9+/]{0,70}={0,3}[A-Za-z0-9+/= \n.]{0,2}"
+        ) {
+            let simd = base64_simd::STANDARD.decode_to_vec(s.as_bytes()).ok();
+            let strict = PAYLOAD_ENGINE.decode(s.as_bytes()).ok();
+            prop_assert_eq!(simd, strict);
+        }
+
+        /// The same on real encodings, as they are and with one character replaced.
+        #[test]
+        fn payload_base64_agrees_on_encodings(
+            bytes in proptest::collection::vec(any::<u8>(), 0..600),
+            at in any::<proptest::sample::Index>(),
+            with in proptest::sample::select(b"AQRgw+/=. \n".to_vec()),
+            mutate in any::<bool>(),
+        ) {
+            let mut enc = PAYLOAD_ENGINE.encode(&bytes).into_bytes();
+            if mutate && !enc.is_empty() {
+                let i = at.index(enc.len());
+                enc[i] = with;
+            }
+            let simd = base64_simd::STANDARD.decode_to_vec(&enc).ok();
+            let strict = PAYLOAD_ENGINE.decode(&enc).ok();
+            prop_assert_eq!(simd, strict);
         }
 
         #[test]
