@@ -6,7 +6,7 @@ use lapin::PublisherConfirm;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use latency::Latency;
-use procfs::{broker_pid, cpu_secs_of, rss_of, sibling_binary};
+use procfs::{broker_pid, cpu_secs_of, redis_pid, rss_of, sibling_binary};
 use stalls::StallWatch;
 use wxpipe_tests::broker::bind_queue;
 
@@ -230,6 +230,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         Vec::new(),
     );
     let mut first = None;
+    let (redis, mut redis_cpu) = (redis_pid(&b.services.redis_url).await, Vec::new());
     for round in 1..=rounds as u64 {
         let msgs = raw_messages(b.messages, round * 100_000_000);
         fill(&ch, &t, &msgs).await?;
@@ -254,16 +255,21 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         }
         let pids: Vec<u32> = workers.iter().filter_map(|w| w.id()).collect();
         let cpu_before: f64 = pids.iter().map(|p| cpu_secs_of(*p)).sum();
+        let redis_before = redis.map(cpu_secs_of);
         let since = common::unix_now_ms();
         let started = Instant::now();
         let rate = rate_until(&ch, &sink, n).await?;
         let cpu = (pids.iter().map(|p| cpu_secs_of(*p)).sum::<f64>() - cpu_before)
             / started.elapsed().as_secs_f64()
             * 100.0;
+        let redis_us = redis.zip(redis_before).map(|(p, before)| {
+            (cpu_secs_of(p) - before) / started.elapsed().as_secs_f64() * 1e6 / rate
+        });
         let hwm: f64 = pids.iter().map(|p| rss_of(*p).1).sum();
         println!(
-            "round {round}: workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {cpu:.0}% in all, peak RSS {hwm:.1} MB in all, {:.2} of the ceiling ({})",
+            "round {round}: workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {cpu:.0}% in all, Redis {} µs per push, peak RSS {hwm:.1} MB in all, {:.2} of the ceiling ({})",
             pids.len(),
+            redis_us.map_or("n/a".into(), |us| format!("{us:.0}")),
             rate / ceiling,
             watch.count_between(since, common::unix_now_ms())
         );
@@ -276,6 +282,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         cpus.push(cpu * 1e4 / rate);
         hwms.push(hwm);
         ratios.push(rate / ceiling);
+        redis_cpu.extend(redis_us);
     }
     let (ceiling, bare_us, rate, cpu_us, ratio) = (
         median(&ceilings),
@@ -327,13 +334,18 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         bare_latency.describe()
     );
     println!(
-        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={ratio:.3} decrypt_half_p50_ms={:.2} decrypt_half_p99_ms={:.2} decrypt_half_quiet_p99_ms={:.2} decrypt_half_stalls={} decrypt_bare_half_p50_ms={:.2} decrypt_bare_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_us_per_push={cpu_us:.0} decrypt_bare_cpu_us_per_push={bare_us:.0}",
+        "figures: decrypt_rate={rate:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={ratio:.3} decrypt_half_p50_ms={:.2} decrypt_half_p99_ms={:.2} decrypt_half_quiet_p99_ms={:.2} decrypt_half_stalls={} decrypt_bare_half_p50_ms={:.2} decrypt_bare_half_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_us_per_push={cpu_us:.0} decrypt_bare_cpu_us_per_push={bare_us:.0}{}",
         latency.p50,
         latency.p99,
         latency.quiet_p99,
         latency.stalls.total(),
         bare_latency.p50,
         bare_latency.p99,
+        if redis_cpu.is_empty() {
+            String::new()
+        } else {
+            format!(" decrypt_redis_cpu_us_per_push={:.0}", median(&redis_cpu))
+        }
     );
     super::close(&conn, "bench done").await;
     Ok(())

@@ -58,3 +58,24 @@ pub fn rss_of(pid: u32) -> (f64, f64) {
     };
     (field("VmRSS:"), field("VmHWM:"))
 }
+
+/// The pid of the Redis server at `url`, as it reports itself (`INFO server`), when it runs on
+/// this machine.
+pub async fn redis_pid(url: &str) -> Option<u32> {
+    let client = deadpool_redis::redis::Client::open(url).ok()?;
+    let mut c = client.get_multiplexed_async_connection().await.ok()?;
+    let info: String = deadpool_redis::redis::cmd("INFO")
+        .arg("server")
+        .query_async(&mut c)
+        .await
+        .ok()?;
+    let pid = info
+        .lines()
+        .find_map(|l| l.strip_prefix("process_id:"))?
+        .trim()
+        .parse()
+        .ok()?;
+    std::path::Path::new(&format!("/proc/{pid}"))
+        .exists()
+        .then_some(pid)
+}
