@@ -510,3 +510,55 @@ async fn a_worker_killed_mid_burst_loses_nothing() {
     );
     let _ = conn.close(200, "done".into()).await;
 }
+
+/// The dedup's states against the real Redis, as two workers see them: a claim is won once,
+/// seen held by everyone (its owner included) until it is marked done, then seen done; a
+/// released claim can be won again. A claim costs one `SET NX`, and a `GET` only when not won.
+#[tokio::test]
+async fn dedup_claims_are_won_once_then_held_then_done() {
+    use workers::decrypt::dedup::{Claim, Dedup};
+    let t = TestNs::new("t-dedup-states");
+    let pool = common::redis::pool(&wxpipe_tests::redis_url()).unwrap();
+    let keys = common::redis::Keys::new(&t.ns, test_platform::COMPONENT_APPID);
+    let (claim, keep) = (Duration::from_secs(30), Duration::from_secs(60));
+    let a = Dedup::new(pool.clone(), keys.clone(), claim, keep);
+    let b = Dedup::new(pool, keys, claim, keep);
+
+    assert_eq!(a.claim("push-1").await.unwrap(), Claim::Won);
+    assert_eq!(b.claim("push-1").await.unwrap(), Claim::HeldByOther);
+    assert_eq!(a.claim("push-1").await.unwrap(), Claim::HeldByOther);
+    a.mark_done("push-1").await.unwrap();
+    assert_eq!(b.claim("push-1").await.unwrap(), Claim::Done);
+    assert_eq!(a.claim("push-1").await.unwrap(), Claim::Done);
+
+    assert_eq!(b.claim("push-2").await.unwrap(), Claim::Won);
+    // Only the owner's release frees it.
+    a.release("push-2").await.unwrap();
+    assert_eq!(a.claim("push-2").await.unwrap(), Claim::HeldByOther);
+    b.release("push-2").await.unwrap();
+    assert_eq!(a.claim("push-2").await.unwrap(), Claim::Won);
+
+    // Many at once share pipelines and still get their own answers.
+    let claims: Vec<_> = (0..200)
+        .map(|i| {
+            let (a, b) = (a.clone(), b.clone());
+            tokio::spawn(async move {
+                let id = format!("many-{}", i / 2);
+                if i % 2 == 0 {
+                    a.claim(&id).await
+                } else {
+                    b.claim(&id).await
+                }
+            })
+        })
+        .collect();
+    let mut won = 0;
+    for c in claims {
+        match c.await.unwrap().unwrap() {
+            Claim::Won => won += 1,
+            Claim::HeldByOther => {}
+            Claim::Done => panic!("nothing was marked done"),
+        }
+    }
+    assert_eq!(won, 100, "each of the 100 ids is won exactly once");
+}

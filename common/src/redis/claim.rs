@@ -8,7 +8,8 @@
 //!   fenced writes of other keys (`KEYS[1]` = [`Claim::key`], `ARGV[1]` = [`Claim::value`]);
 //! * the authorization-code exchange: claim `authcode:{code}`, exchange, settle `done:<appid>`;
 //! * the decrypt workers' dedup: claim `dedup:{id}`, publish, settle `done` — batched into
-//!   pipelines with [`push_take`] and [`outcome`], argued in `workers/src/decrypt/dedup.rs`.
+//!   pipelines with [`push_set_nx`] (and a `GET` only when that is not won) and [`outcome`],
+//!   argued in `workers/src/decrypt/dedup.rs`.
 
 use super::{RedisError, conn, failed};
 use deadpool_redis::redis::{Pipeline, Script, Value, cmd, from_redis_value};
@@ -47,16 +48,23 @@ pub enum Outcome {
 /// Appends a claim attempt to a pipeline: `SET key value NX PX lease`, then `GET key`. Read the
 /// two answers with [`outcome`]. Claim values start with `claim:`, settled values never do.
 pub fn push_take(pipe: &mut Pipeline, key: &str, value: &str, lease: Duration) {
+    push_set_nx(pipe, key, value, lease);
+    pipe.cmd("GET").arg(key);
+}
+
+/// The first half of [`push_take`], for callers that read the key only when the claim was not
+/// won ([`is_ok`] of this answer), in a later round trip: the two commands of a pipeline are not
+/// atomic either, so [`outcome`] of the two answers means the same whenever the `GET` is sent.
+pub fn push_set_nx(pipe: &mut Pipeline, key: &str, value: &str, lease: Duration) {
     pipe.cmd("SET")
         .arg(key)
         .arg(value)
         .arg("NX")
         .arg("PX")
         .arg(lease.as_millis() as u64);
-    pipe.cmd("GET").arg(key);
 }
 
-/// The outcome of the two answers of [`push_take`].
+/// The outcome of the two answers of [`push_take`] (or of [`push_set_nx`] and a `GET`).
 pub fn outcome(set: Option<Value>, current: Option<Value>) -> Outcome {
     if set.as_ref().is_some_and(is_ok) {
         return Outcome::Won;

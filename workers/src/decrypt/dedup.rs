@@ -43,9 +43,11 @@
 //! # Batching
 //!
 //! Claims and `done` marks from all the deliveries a worker handles at once go through one task
-//! that sends whatever is waiting as a single Redis pipeline (a claim is `SET NX PX` followed by
-//! `GET` of the same key). Each operation keeps its own meaning and its own answer; only the
-//! round trips are shared, which is what lets one worker keep up with the broker.
+//! that sends whatever is waiting as a single Redis pipeline. Each operation keeps its own
+//! meaning and its own answer; only the round trips are shared, which is what lets one worker
+//! keep up with the broker. A claim is `SET NX PX`; only when that is not won does a second
+//! round trip `GET` the key to tell `done` from another worker's claim — the rare path of a
+//! retry — so a push costs Redis two commands, not three (`SET NX`, `GET`, `SET`).
 
 use common::redis::Keys;
 use common::redis::claim;
@@ -84,12 +86,16 @@ pub struct Dedup {
     batch: mpsc::Sender<Request>,
 }
 
-/// An operation and where its answer goes (`Some` for a claim, `None` for a done mark).
-type Request = (Op, oneshot::Sender<Result<Option<Claim>, DedupError>>);
+/// An operation and where its answer (Redis's reply to its one command) goes.
+type Request = (Op, oneshot::Sender<Result<Value, DedupError>>);
 
-/// One pipelined operation.
+/// One pipelined operation, one command each.
 enum Op {
+    /// `SET key <token> NX PX claim_ttl`.
     Claim(String),
+    /// `GET key`, after a claim that was not won.
+    Read(String),
+    /// `SET key done PX dedup_ttl`.
     Done(String),
 }
 
@@ -122,7 +128,7 @@ impl Dedup {
         }
     }
 
-    async fn submit(&self, op: Op) -> Result<Option<Claim>, DedupError> {
+    async fn submit(&self, op: Op) -> Result<Value, DedupError> {
         let (tx, rx) = oneshot::channel();
         self.batch
             .send((op, tx))
@@ -134,16 +140,21 @@ impl Dedup {
 
     /// Tries to claim `event_id`.
     pub async fn claim(&self, event_id: &str) -> Result<Claim, DedupError> {
-        self.submit(Op::Claim(self.keys.dedup(event_id)))
-            .await?
-            .ok_or_else(|| DedupError("no answer to a claim".into()))
+        let key = self.keys.dedup(event_id);
+        let set = self.submit(Op::Claim(key.clone())).await?;
+        if claim::is_ok(&set) {
+            return Ok(Claim::Won);
+        }
+        let current = self.submit(Op::Read(key)).await?;
+        Ok(claim_outcome(Some(set), Some(current)))
     }
 
     /// Records that the event of `event_id` was confirmed.
     pub async fn mark_done(&self, event_id: &str) -> Result<(), DedupError> {
-        self.submit(Op::Done(self.keys.dedup(event_id)))
-            .await
-            .map(|_| ())
+        match self.submit(Op::Done(self.keys.dedup(event_id))).await? {
+            v if claim::is_ok(&v) => Ok(()),
+            other => Err(DedupError(format!("unexpected answer to SET: {other:?}"))),
+        }
     }
 
     /// Gives up our claim (after a failed publish), so a retry need not wait for it to expire.
@@ -195,7 +206,10 @@ async fn run_batches(
         let mut pipe = redis::pipe();
         for (op, _) in &batch {
             match op {
-                Op::Claim(key) => claim::push_take(&mut pipe, key, &token, claim_ttl),
+                Op::Claim(key) => claim::push_set_nx(&mut pipe, key, &token, claim_ttl),
+                Op::Read(key) => {
+                    pipe.cmd("GET").arg(key);
+                }
                 Op::Done(key) => {
                     pipe.cmd("SET")
                         .arg(key)
@@ -222,20 +236,10 @@ async fn run_batches(
         match result {
             Ok(values) => {
                 let mut values = values.into_iter();
-                for (op, reply) in batch.drain(..) {
-                    let answer = match op {
-                        Op::Claim(_) => {
-                            let set = values.next();
-                            let current = values.next();
-                            Ok(Some(claim_outcome(set, current)))
-                        }
-                        Op::Done(_) => match values.next() {
-                            Some(v) if claim::is_ok(&v) => Ok(None),
-                            other => {
-                                Err(DedupError(format!("unexpected answer to SET: {other:?}")))
-                            }
-                        },
-                    };
+                for (_, reply) in batch.drain(..) {
+                    let answer = values.next().ok_or_else(|| {
+                        DedupError("Redis answered fewer commands than sent".into())
+                    });
                     let _ = reply.send(answer);
                 }
             }
