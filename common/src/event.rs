@@ -165,7 +165,13 @@ fn address_with(
             let mut time = itoa::Buffer::new();
             let time = time.format(m.create_time);
             let head = ["authorizer:", appid, ":", &m.from_user_name, ":", time];
-            let with_head = |tail: &[&str]| head.iter().chain(tail).copied().collect::<String>();
+            let with_head = |tail: &[&str]| {
+                // Sized once: collecting the pieces grew the string several times per push.
+                let pieces = || head.iter().chain(tail);
+                let mut id = String::with_capacity(pieces().map(|p| p.len()).sum());
+                pieces().for_each(|p| id.push_str(p));
+                id
+            };
             let id = match (event, msg_id) {
                 (None, Some(msg_id)) => ["authorizer:", appid, ":msg:", msg_id].concat(),
                 (Some(ev), _) if SELF_NAMING_EVENTS.contains(&ev) => with_head(&[":", ev]),
