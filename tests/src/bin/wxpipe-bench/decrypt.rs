@@ -8,7 +8,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use latency::Latency;
 use procfs::{broker_pid, cpu_secs_of, redis_pid, rss_of, sibling_binary};
 use stalls::StallWatch;
-use wxpipe_tests::broker::bind_queue;
 
 #[derive(clap::Args)]
 pub struct DecryptBench {
@@ -195,16 +194,8 @@ fn spawn_worker(b: &DecryptBench, t: &TestNs) -> anyhow::Result<tokio::process::
 pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     let watch = StallWatch::start(broker_pid());
     let t = TestNs::new("bench-decrypt");
-    let sink = t.queue("sink");
-    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    declare(
-        &conn,
-        &t.ns,
-        &Part::everything(common::amqp::RawShards::ONE),
-    )
-    .await?;
+    let (conn, sink) = with_sink(&b.services.amqp_url, &t, "sink").await?;
     let ch = conn.create_channel().await?;
-    bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
     ch.confirm_select(ConfirmSelectOptions::default()).await?;
     println!(
         "# wxpipe-bench decrypt: {} rounds of (ceiling, workers), {} pushes per phase, prefetch {}, {} cores",
@@ -294,11 +285,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     let hwm = hwms.iter().copied().fold(0.0, f64::max);
     println!(
         "decrypt / ceiling: {ratio:.2} (median of the rounds' ratios: {}); workers {rate:.0} pushes/s, {cpu_us:.0} µs of CPU per push; ceiling {ceiling:.0} msg/s, {bare_us:.0} µs per message (medians)",
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        listed(&ratios)
     );
     let Some(first) = first else {
         bail!("no messages to measure with (--messages 0)");
@@ -351,16 +338,10 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Stops worker processes (SIGTERM, then waits at most 10 s each).
+/// Stops worker processes, waiting at most 10 s for each.
 async fn stop_all(workers: Vec<tokio::process::Child>) {
     for mut w in workers {
-        if let Some(p) = w.id() {
-            let _ = tokio::process::Command::new("kill")
-                .arg(p.to_string())
-                .status()
-                .await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(10), w.wait()).await;
+        terminate(&mut w, Duration::from_secs(10)).await;
     }
 }
 

@@ -13,7 +13,6 @@ use lapin::types::{AMQPValue, FieldTable};
 use latency::Latency;
 use procfs::sibling_binary;
 use stalls::StallWatch;
-use wxpipe_tests::broker::bind_queue;
 
 #[derive(clap::Args)]
 pub struct E2eBench {
@@ -99,14 +98,6 @@ fn downstream(
     })
 }
 
-/// The rate of `count` over `duration` after `warmup`.
-async fn measure(count: &AtomicU64, warmup: u64, duration: u64) -> f64 {
-    tokio::time::sleep(Duration::from_secs(warmup)).await;
-    let (n0, t0) = (count.load(Ordering::Relaxed), Instant::now());
-    tokio::time::sleep(Duration::from_secs(duration)).await;
-    (count.load(Ordering::Relaxed) - n0) as f64 / t0.elapsed().as_secs_f64()
-}
-
 fn spawn(
     b: &E2eBench,
     t: &TestNs,
@@ -147,34 +138,13 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
     let ceiling = Ceiling::open(&b).await?;
 
     let t = TestNs::new("bench-e2e");
-    let conn = Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-    declare(
-        &conn,
-        &t.ns,
-        &Part::everything(common::amqp::RawShards::ONE),
-    )
-    .await?;
-    let sink = t.queue("downstream");
-    bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
+    let (conn, sink) = with_sink(&b.services.amqp_url, &t, "downstream").await?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
     let mut ingress = spawn(&b, &t, "ingress", &[], port)?;
     let mut worker = spawn(&b, &t, "workers", &["decrypt"], port)?;
-    let client = wxpipe_tests::http();
-    let ready = async {
-        while !client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(Duration::from_secs(20), ready)
-        .await
-        .context("the ingress did not become ready")?;
+    wait_ready(port, Duration::from_secs(20)).await?;
 
     let (mut ceilings, mut rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     for round in 1..=rounds as u64 {
@@ -199,11 +169,7 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
     let (ceiling, rate, ratio) = (median(&ceilings), median(&rates), median(&ratios));
     println!(
         "e2e / ceiling: {ratio:.2} (median of the rounds' ratios: {}); pipeline {rate:.0} events/s, ceiling {ceiling:.0} msg/s (medians)",
-        ratios
-            .iter()
-            .map(|r| format!("{r:.2}"))
-            .collect::<Vec<_>>()
-            .join(", ")
+        listed(&ratios)
     );
 
     // Half load: an open loop at half the rate, latency from the ingress's received_at.
@@ -255,13 +221,7 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
         latency.stalls.total()
     );
     for child in [&mut ingress, &mut worker] {
-        if let Some(pid) = child.id() {
-            let _ = tokio::process::Command::new("kill")
-                .arg(pid.to_string())
-                .status()
-                .await;
-        }
-        let _ = tokio::time::timeout(Duration::from_secs(15), child.wait()).await;
+        terminate(child, Duration::from_secs(15)).await;
     }
     super::close(&conn, "bench done").await;
     Ok(())
@@ -340,16 +300,7 @@ struct Ceiling {
 impl Ceiling {
     async fn open(b: &E2eBench) -> anyhow::Result<Self> {
         let t = TestNs::new("bench-e2e-ceiling");
-        let conn =
-            Connection::connect(&b.services.amqp_url, ConnectionProperties::default()).await?;
-        declare(
-            &conn,
-            &t.ns,
-            &Part::everything(common::amqp::RawShards::ONE),
-        )
-        .await?;
-        let sink = t.queue("downstream");
-        bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
+        let (conn, sink) = with_sink(&b.services.amqp_url, &t, "downstream").await?;
         let push = pushes(1, 1).remove(0);
         let signed = wxpipe_tests::push::SignedPush {
             query: push
@@ -395,43 +346,18 @@ impl Ceiling {
         let stop = Arc::new(AtomicBool::new(false));
         let published = Arc::new(AtomicU64::new(0));
         let before = self.events.load(Ordering::Relaxed);
-        let mut publishers = Vec::new();
-        for _ in 0..b.concurrency {
-            let (publish, exchange, body, props, stop, published) = (
-                self.publish.clone(),
-                self.exchange.clone(),
-                self.body.clone(),
-                self.props.clone(),
-                stop.clone(),
-                published.clone(),
-            );
-            publishers.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let Ok(c) = publish
-                        .basic_publish(
-                            exchange.as_str().into(),
-                            "authorizer".into(),
-                            BasicPublishOptions {
-                                mandatory: true,
-                                ..Default::default()
-                            },
-                            &body,
-                            props.clone(),
-                        )
-                        .await
-                    else {
-                        break;
-                    };
-                    if c.await.is_ok_and(|c| c.is_ack()) {
-                        published.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-            }));
-        }
+        let publishers = confirmed_publishers(
+            &self.publish,
+            (&self.exchange, "authorizer"),
+            (&self.body, &self.props),
+            b.concurrency,
+            &stop,
+            &published,
+        );
         let rate = measure(&self.events, b.warmup, b.duration).await;
         stop.store(true, Ordering::Relaxed);
         for p in publishers {
-            let _ = p.await;
+            p.await??;
         }
         let target = before + published.load(Ordering::Relaxed);
         let deadline = Instant::now() + Duration::from_secs(60);

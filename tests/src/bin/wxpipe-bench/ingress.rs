@@ -141,11 +141,7 @@ pub async fn run(b: IngressBench) -> anyhow::Result<()> {
         let (ceiling, ratio) = (median(&ceilings), median(&ratios));
         println!(
             "ingress / ceiling: {ratio:.2} (median of the rounds' ratios: {})",
-            ratios
-                .iter()
-                .map(|r| format!("{r:.2}"))
-                .collect::<Vec<_>>()
-                .join(", ")
+            listed(&ratios)
         );
         println!(
             "figures: ingress_rate={rate:.0} ingress_ceiling={ceiling:.0} ingress_ratio={ratio:.3} ingress_p99_ms={p99:.2} ingress_rss_mb={hwm_mb:.1}",
@@ -205,45 +201,16 @@ impl Ceiling {
     /// of confirmed publishes measured. The queue is purged afterwards, as the ingress's is.
     async fn phase(&self, b: &IngressBench) -> anyhow::Result<f64> {
         let stop = Arc::new(AtomicBool::new(false));
-        let counting = Arc::new(AtomicBool::new(false));
-        let count = Arc::new(AtomicU64::new(0));
-        let mut tasks = Vec::new();
-        for _ in 0..b.concurrency {
-            let (ch, exchange, body, props) = (
-                self.ch.clone(),
-                self.exchange.clone(),
-                self.body.clone(),
-                self.props.clone(),
-            );
-            let (stop, counting, count) = (stop.clone(), counting.clone(), count.clone());
-            tasks.push(tokio::spawn(async move {
-                while !stop.load(Ordering::Relaxed) {
-                    let confirm = ch
-                        .basic_publish(
-                            exchange.as_str().into(),
-                            RawRoute::Component.routing_key().into(),
-                            BasicPublishOptions {
-                                mandatory: true,
-                                ..Default::default()
-                            },
-                            &body,
-                            props.clone(),
-                        )
-                        .await?
-                        .await?;
-                    if confirm.is_ack() && counting.load(Ordering::Relaxed) {
-                        count.fetch_add(1, Ordering::Relaxed);
-                    }
-                }
-                Ok::<_, lapin::Error>(())
-            }));
-        }
-        tokio::time::sleep(Duration::from_secs(b.warmup)).await;
-        counting.store(true, Ordering::Relaxed);
-        let started = Instant::now();
-        tokio::time::sleep(Duration::from_secs(b.duration)).await;
-        let n = count.load(Ordering::Relaxed);
-        let elapsed = started.elapsed();
+        let acked = Arc::new(AtomicU64::new(0));
+        let tasks = confirmed_publishers(
+            &self.ch,
+            (&self.exchange, RawRoute::Component.routing_key()),
+            (&self.body, &self.props),
+            b.concurrency,
+            &stop,
+            &acked,
+        );
+        let rate = measure(&acked, b.warmup, b.duration).await;
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             task.await??;
@@ -251,7 +218,7 @@ impl Ceiling {
         self.ch
             .queue_purge(self.exchange.as_str().into(), QueuePurgeOptions::default())
             .await?;
-        Ok(n as f64 / elapsed.as_secs_f64())
+        Ok(rate)
     }
 
     async fn close(self) {
@@ -333,21 +300,7 @@ impl UnderLoad {
                 .spawn()
                 .context("starting the ingress")?;
         let pid = child.id().context("ingress pid")?;
-        let base = format!("http://127.0.0.1:{port}");
-        let client = wxpipe_tests::http();
-        let ready = async {
-            loop {
-                if let Ok(r) = client.get(format!("{base}/readyz")).send().await
-                    && r.status() == 200
-                {
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-        };
-        tokio::time::timeout(Duration::from_secs(15), ready)
-            .await
-            .context("the ingress did not become ready")?;
+        wait_ready(port, Duration::from_secs(15)).await?;
         let mut conns = Vec::with_capacity(b.concurrency);
         for _ in 0..b.concurrency {
             conns.push(HttpConn::open(("127.0.0.1", port)).await?);
@@ -442,11 +395,7 @@ impl UnderLoad {
     async fn stop(mut self) -> (f64, f64) {
         let rss = rss_of(self.pid);
         self.conns.clear();
-        let _ = tokio::process::Command::new("kill")
-            .arg(self.pid.to_string())
-            .status()
-            .await;
-        let _ = tokio::time::timeout(Duration::from_secs(15), self.child.wait()).await;
+        terminate(&mut self.child, Duration::from_secs(15)).await;
         super::close(&self.amqp, "bench done").await;
         rss
     }

@@ -241,6 +241,110 @@ pub fn median(values: &[f64]) -> f64 {
     }
 }
 
+/// The rounds' ratios as they are printed beside their median: `0.68, 0.71, 0.70`.
+pub fn listed(ratios: &[f64]) -> String {
+    ratios
+        .iter()
+        .map(|r| format!("{r:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// The rate of `count` over `duration` seconds, after `warmup` seconds not measured.
+pub async fn measure(count: &AtomicU64, warmup: u64, duration: u64) -> f64 {
+    tokio::time::sleep(Duration::from_secs(warmup)).await;
+    let (n0, t0) = (count.load(Ordering::Relaxed), Instant::now());
+    tokio::time::sleep(Duration::from_secs(duration)).await;
+    (count.load(Ordering::Relaxed) - n0) as f64 / t0.elapsed().as_secs_f64()
+}
+
+/// `concurrency` closed-loop publishers of one message (`mandatory`, with confirms) on `ch`
+/// until `stop`: the ingress's work as the ceilings do it. Each ack adds one to `acked`.
+pub fn confirmed_publishers(
+    ch: &lapin::Channel,
+    (exchange, routing_key): (&str, &str),
+    (body, props): (&Arc<Vec<u8>>, &BasicProperties),
+    concurrency: usize,
+    stop: &Arc<AtomicBool>,
+    acked: &Arc<AtomicU64>,
+) -> Vec<tokio::task::JoinHandle<Result<(), lapin::Error>>> {
+    (0..concurrency)
+        .map(|_| {
+            let (ch, exchange, routing_key) =
+                (ch.clone(), exchange.to_owned(), routing_key.to_owned());
+            let (body, props, stop, acked) =
+                (body.clone(), props.clone(), stop.clone(), acked.clone());
+            tokio::spawn(async move {
+                while !stop.load(Ordering::Relaxed) {
+                    let confirm = ch
+                        .basic_publish(
+                            exchange.as_str().into(),
+                            routing_key.as_str().into(),
+                            BasicPublishOptions {
+                                mandatory: true,
+                                ..Default::default()
+                            },
+                            &body,
+                            props.clone(),
+                        )
+                        .await?
+                        .await?;
+                    if confirm.is_ack() {
+                        acked.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                Ok(())
+            })
+        })
+        .collect()
+}
+
+/// A connection to `url` with the whole topology of `t`'s namespace declared, and a quorum
+/// queue `t.queue(sink)` bound to every `authorizer.#` event: where the decrypt and e2e benches
+/// count what comes out.
+pub async fn with_sink(url: &str, t: &TestNs, sink: &str) -> anyhow::Result<(Connection, String)> {
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    declare(
+        &conn,
+        &t.ns,
+        &Part::everything(common::amqp::RawShards::ONE),
+    )
+    .await?;
+    let sink = t.queue(sink);
+    wxpipe_tests::broker::bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
+    Ok((conn, sink))
+}
+
+/// Waits until the ingress on `port` answers `/readyz` with 200, at most `within`.
+pub async fn wait_ready(port: u16, within: Duration) -> anyhow::Result<()> {
+    let client = wxpipe_tests::http();
+    let ready = async {
+        while !client
+            .get(format!("http://127.0.0.1:{port}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    tokio::time::timeout(within, ready)
+        .await
+        .context("the ingress did not become ready")
+}
+
+/// Stops a process under test: SIGTERM (so it shuts down as in production), then waits for it
+/// at most `within`.
+pub async fn terminate(child: &mut tokio::process::Child, within: Duration) {
+    if let Some(pid) = child.id() {
+        let _ = tokio::process::Command::new("kill")
+            .arg(pid.to_string())
+            .status()
+            .await;
+    }
+    let _ = tokio::time::timeout(within, child.wait()).await;
+}
+
 /// The `p`-quantile (nearest rank) of ascending `sorted` values; 0 when there are none.
 pub fn percentile<T: Copy + Into<f64>>(sorted: &[T], p: f64) -> f64 {
     if sorted.is_empty() {

@@ -170,11 +170,7 @@ pub async fn run(b: SchedulerBench) -> anyhow::Result<()> {
         reads.3,
         calls as f64 * window / elapsed / b.authorizers as f64
     );
-    let _ = tokio::process::Command::new("kill")
-        .arg(pid.to_string())
-        .status()
-        .await;
-    let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
+    super::terminate(&mut child, Duration::from_secs(10)).await;
     sim.stop().await;
     Ok(())
 }
