@@ -250,12 +250,11 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         let since = common::unix_now_ms();
         let started = Instant::now();
         let rate = rate_until(&ch, &sink, n).await?;
-        let cpu = (pids.iter().map(|p| cpu_secs_of(*p)).sum::<f64>() - cpu_before)
-            / started.elapsed().as_secs_f64()
-            * 100.0;
-        let redis_us = redis.zip(redis_before).map(|(p, before)| {
-            (cpu_secs_of(p) - before) / started.elapsed().as_secs_f64() * 1e6 / rate
-        });
+        let secs = started.elapsed().as_secs_f64();
+        let cpu = (pids.iter().map(|p| cpu_secs_of(*p)).sum::<f64>() - cpu_before) / secs * 100.0;
+        let redis_us = redis
+            .zip(redis_before)
+            .map(|(p, before)| (cpu_secs_of(p) - before) / secs * 1e6 / rate);
         let hwm: f64 = pids.iter().map(|p| rss_of(*p).1).sum();
         println!(
             "round {round}: workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {cpu:.0}% in all, Redis {} µs per push, peak RSS {hwm:.1} MB in all, {:.2} of the ceiling ({})",
