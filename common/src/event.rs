@@ -81,17 +81,27 @@ pub struct EventAddress {
 /// Lowercases a routing-key word and keeps it one word (`.` would split it, `*`/`#` are
 /// wildcards, spaces are unwelcome).
 fn word(s: &str) -> String {
-    let mut w = s.trim().as_bytes().to_vec();
-    for b in &mut w {
-        match *b {
-            b'.' | b'*' | b'#' | b' ' | b'\t' | b'\n' | b'\r' => *b = b'_',
-            _ => b.make_ascii_lowercase(),
-        }
+    let mut w = String::with_capacity(s.len());
+    push_word(&mut w, s);
+    w
+}
+
+/// [`word`], written at the end of `out`.
+fn push_word(out: &mut String, s: &str) {
+    let s = s.trim();
+    if s.is_empty() {
+        out.push('_');
+        return;
     }
-    // Only ASCII bytes were replaced by ASCII bytes: still the UTF-8 it was.
-    match String::from_utf8(w) {
-        Ok(w) if !w.is_empty() => w,
-        _ => "_".to_owned(),
+    let start = out.len();
+    out.push_str(s);
+    out[start..].make_ascii_lowercase();
+    let splits = |c: char| matches!(c, '.' | '*' | '#' | ' ' | '\t' | '\n' | '\r');
+    if out[start..].contains(splits) {
+        // Rare: only ASCII characters are replaced, by an ASCII one.
+        let replaced = out[start..].replace(splits, "_");
+        out.truncate(start);
+        out.push_str(&replaced);
     }
 }
 
@@ -128,7 +138,7 @@ fn address_with(
     push: &Push,
     component_appid: &str,
     authorizer_appid: Option<&str>,
-    digest: impl FnOnce() -> String,
+    digest: impl FnOnce() -> Digest,
 ) -> EventAddress {
     match push {
         Push::Component(e) => {
@@ -141,7 +151,7 @@ fn address_with(
             };
             let mut id = format!("component:{info}:{subject}:{}", e.create_time);
             if !natural {
-                id = format!("{id}:{}", digest());
+                id = format!("{id}:{}", digest().as_str());
             }
             EventAddress {
                 id,
@@ -152,7 +162,6 @@ fn address_with(
         }
         Push::Authorizer(m) => {
             let appid = authorizer_appid.unwrap_or(&m.to_user_name);
-            let msg_type = word(&m.msg_type);
             let is_event = m.msg_type == "event";
             let event = m.fields.leaf("Event").filter(|_| is_event);
             let msg_id = ["MsgId", "MsgID"]
@@ -176,17 +185,26 @@ fn address_with(
                 (None, Some(msg_id)) => ["authorizer:", appid, ":msg:", msg_id].concat(),
                 (Some(ev), _) if SELF_NAMING_EVENTS.contains(&ev) => with_head(&[":", ev]),
                 (Some(ev), Some(msg_id)) => with_head(&[":", ev, ":msg:", msg_id]),
-                (Some(ev), None) => with_head(&[":", ev, ":", &digest()]),
-                (None, None) => with_head(&[":", &digest()]),
+                (Some(ev), None) => with_head(&[":", ev, ":", digest().as_str()]),
+                (None, None) => with_head(&[":", digest().as_str()]),
             };
-            let suffix = match event {
-                Some(ev) => [&msg_type, ".", &word(ev)].concat(),
-                None => msg_type,
-            };
+            // `authorizer.{appid}.{msg_type}[.{event}]`, and the type from its tail: one
+            // string each, the words written straight into them.
+            let mut routing_key = String::with_capacity(64);
+            routing_key.push_str("authorizer.");
+            push_word(&mut routing_key, appid);
+            routing_key.push('.');
+            let suffix_at = routing_key.len();
+            push_word(&mut routing_key, &m.msg_type);
+            if let Some(ev) = event {
+                routing_key.push('.');
+                push_word(&mut routing_key, ev);
+            }
+            let event_type = [AUTHORIZER_TYPE_PREFIX, &routing_key[suffix_at..]].concat();
             EventAddress {
                 id,
-                routing_key: ["authorizer.", &word(appid), ".", &suffix].concat(),
-                event_type: [AUTHORIZER_TYPE_PREFIX, &suffix].concat(),
+                routing_key,
+                event_type,
                 source: authorizer_source(appid),
             }
         }
@@ -195,14 +213,28 @@ fn address_with(
 
 /// The first 16 hex digits of the SHA-1 of `fields` as JSON: equal for WeChat's retries of one
 /// push (same plaintext), different for two distinct pushes.
-fn digest(fields: &Document) -> String {
+fn digest(fields: &Document) -> Digest {
     digest_of_json(&serde_json::to_vec(fields).unwrap_or_default())
 }
 
 /// [`digest`] of fields already serialized (compact JSON, as `serde_json` writes it).
-fn digest_of_json(json: &[u8]) -> String {
-    use sha1::Digest;
-    hex::encode(&sha1::Sha1::digest(json)[..8])
+fn digest_of_json(json: &[u8]) -> Digest {
+    use sha1::Digest as _;
+    let mut hex = [0u8; 16];
+    // Cannot fail: 8 bytes are 16 hex digits. Into a buffer, not `hex::encode`, which builds
+    // a string a character at a time (the codec path computes one per push).
+    let _ = hex::encode_to_slice(&sha1::Sha1::digest(json)[..8], &mut hex);
+    Digest(hex)
+}
+
+/// An id's digest: 16 lowercase hex digits, kept on the stack until written into the id.
+struct Digest([u8; 16]);
+
+impl Digest {
+    fn as_str(&self) -> &str {
+        // Hex digits are ASCII; an empty digest could only come from a bug, never from input.
+        std::str::from_utf8(&self.0).unwrap_or_default()
+    }
 }
 
 /// The subject of a component push, and whether subject + `CreateTime` name one push.
@@ -247,10 +279,10 @@ impl CloudEvent {
     }
 }
 
-/// A [`CloudEvent`] on its way out: the same JSON, but borrowing the push's fields and the
-/// address instead of copying them (the decrypt worker serializes one per push).
+/// A [`CloudEvent`] on its way out, up to `datacontenttype`: the same JSON, but borrowing the
+/// address instead of copying it (the decrypt worker serializes one per push).
 #[derive(Debug, Serialize)]
-struct OutgoingEvent<'a> {
+struct OutgoingHead<'a> {
     specversion: &'static str,
     id: &'a str,
     source: &'a str,
@@ -258,51 +290,76 @@ struct OutgoingEvent<'a> {
     event_type: &'a str,
     time: String,
     datacontenttype: &'static str,
-    data: &'a serde_json::value::RawValue,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    reply_to: Option<&'a str>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    correlation_id: Option<&'a str>,
+}
+
+/// The members of an outgoing [`CloudEvent`] after `data`, when a passive reply is awaited.
+#[derive(Debug, Serialize)]
+struct OutgoingTail<'a> {
+    reply_to: &'a str,
+    correlation_id: &'a str,
 }
 
 /// The address and the CloudEvent JSON of `push` (awaiting a passive reply at `reply`, if one
 /// waits): the decrypt worker's path. The fields are serialized once, for both the id's digest
-/// and the event's `data`; the JSON is the same as a [`CloudEvent`]'s.
+/// and the event's `data`, into a buffer sized from the XML; the event is that JSON between its
+/// head's members and its tail's, byte for byte what serializing a [`CloudEvent`] writes.
 pub fn encode(
     push: &Push,
     component_appid: &str,
     authorizer_appid: Option<&str>,
     reply: Option<(&str, &str)>,
 ) -> Result<(EventAddress, Vec<u8>), serde_json::Error> {
-    let data = serde_json::value::to_raw_value(push.fields())?;
+    let fields = push.fields();
+    let mut data = Vec::with_capacity(fields.text_len() + 32);
+    serde_json::to_writer(&mut data, fields)?;
     let address = address_with(push, component_appid, authorizer_appid, || {
-        digest_of_json(data.get().as_bytes())
+        digest_of_json(&data)
     });
     let create_time = match push {
         Push::Component(e) => e.create_time,
         Push::Authorizer(m) => m.create_time,
     };
-    let event = OutgoingEvent {
+    let head = OutgoingHead {
         specversion: "1.0",
         id: &address.id,
         source: &address.source,
         event_type: &address.event_type,
         time: rfc3339(create_time),
         datacontenttype: "application/json",
-        data: &data,
-        reply_to: reply.map(|r| r.0),
-        correlation_id: reply.map(|r| r.1),
     };
-    let mut out = Vec::with_capacity(256 + data.get().len());
-    serde_json::to_writer(&mut out, &event)?;
+    let tail = match reply {
+        Some((reply_to, correlation_id)) => serde_json::to_vec(&OutgoingTail {
+            reply_to,
+            correlation_id,
+        })?,
+        None => Vec::new(),
+    };
+    let mut out = Vec::with_capacity(256 + data.len() + tail.len());
+    serde_json::to_writer(&mut out, &head)?;
+    // `{…head…}` + `{…tail…}` → `{…head…,"data":…data…,…tail…}`: compact JSON objects, so
+    // each ends with its `}` and the tail starts with its `{` (no tail: nothing after data).
+    out.pop();
+    out.extend_from_slice(b",\"data\":");
+    out.extend_from_slice(&data);
+    if let [b'{', members @ .., b'}'] = tail.as_slice()
+        && !members.is_empty()
+    {
+        out.push(b',');
+        out.extend_from_slice(members);
+    }
+    out.push(b'}');
     Ok((address, out))
 }
 
 /// Seconds since the epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`); out-of-range values clamp.
 pub fn rfc3339(unix: i64) -> String {
+    use std::fmt::Write;
     let secs = unix.clamp(0, 253_402_300_799) as u64;
-    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs))
-        .to_string()
+    let at = std::time::UNIX_EPOCH + std::time::Duration::from_secs(secs);
+    // Sized once (`to_string` grows it three times; the codec path writes one per push).
+    let mut out = String::with_capacity("1970-01-01T00:00:00Z".len());
+    let _ = write!(out, "{}", humantime::format_rfc3339_seconds(at));
+    out
 }
 
 #[cfg(test)]
@@ -436,5 +493,15 @@ mod tests {
     fn routing_words_are_sanitised() {
         assert_eq!(word("a.b*c#d E"), "a_b_c_d_e");
         assert_eq!(word(""), "_");
+        assert_eq!(
+            word(" A\tF\r\nG "),
+            "a_f__g",
+            "trimmed, then each splitter replaced"
+        );
+        assert_eq!(word("Ä.Ö"), "Ä_Ö", "only ASCII letters are lowercased");
+        assert_eq!(word(" \t "), "_");
+        let mut out = "authorizer.".to_owned();
+        push_word(&mut out, "WX1");
+        assert_eq!(out, "authorizer.wx1");
     }
 }

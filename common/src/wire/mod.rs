@@ -40,7 +40,8 @@ pub fn int_header(headers: &FieldTable, name: &str) -> Option<i64> {
     int_value(headers.inner().get(name)?)
 }
 
-fn int_value(v: &AMQPValue) -> Option<i64> {
+/// An integer value of a header table (a timestamp counts as ms).
+pub fn int_value(v: &AMQPValue) -> Option<i64> {
     match v {
         AMQPValue::LongLongInt(i) => Some(*i),
         AMQPValue::LongInt(i) => Some(i64::from(*i)),

@@ -5,7 +5,7 @@
 //! show` read it with [`RawPush::from_properties`] and verify the push exactly as the ingress
 //! did.
 
-use super::{header_table, int_header, set_int, set_text, text_header};
+use super::{header_table, int_value, set_int, set_text, text_value};
 use lapin::BasicProperties;
 use lapin::types::FieldTable;
 
@@ -128,23 +128,43 @@ impl RawPush {
     ) -> Result<Self, RawHeaderError> {
         let route = RawRoute::from_routing_key(routing_key)
             .ok_or_else(|| RawHeaderError::UnknownRoute(routing_key.to_owned()))?;
-        let h = header_table(props);
-        let required =
-            |name: &'static str| text_header(h, name).ok_or(RawHeaderError::Missing(name));
-        let appid = text_header(h, H_APPID);
+        // One pass over the table (issue 11's codec path: a lookup per header cost a B-tree
+        // descent of string comparisons each); its names are unique, so this reads what a
+        // lookup per name would.
+        let (mut timestamp, mut nonce, mut msg_signature) = (None, None, None);
+        let (mut signature, mut encrypt_type, mut openid, mut appid) = (None, None, None, None);
+        let mut received_at_ms = None;
+        for (name, value) in header_table(props).inner() {
+            let slot = match name.as_str() {
+                H_TIMESTAMP => &mut timestamp,
+                H_NONCE => &mut nonce,
+                H_MSG_SIGNATURE => &mut msg_signature,
+                H_SIGNATURE => &mut signature,
+                H_ENCRYPT_TYPE => &mut encrypt_type,
+                H_OPENID => &mut openid,
+                H_APPID => &mut appid,
+                H_RECEIVED_AT => {
+                    received_at_ms = int_value(value);
+                    continue;
+                }
+                _ => continue,
+            };
+            *slot = text_value(value);
+        }
         if route == RawRoute::Authorizer && appid.is_none() {
             return Err(RawHeaderError::Missing(H_APPID));
         }
+        let required = |v: Option<String>, name| v.ok_or(RawHeaderError::Missing(name));
         Ok(Self {
             route,
-            timestamp: required(H_TIMESTAMP)?,
-            nonce: required(H_NONCE)?,
-            msg_signature: required(H_MSG_SIGNATURE)?,
-            signature: text_header(h, H_SIGNATURE),
-            encrypt_type: text_header(h, H_ENCRYPT_TYPE),
-            openid: text_header(h, H_OPENID),
+            timestamp: required(timestamp, H_TIMESTAMP)?,
+            nonce: required(nonce, H_NONCE)?,
+            msg_signature: required(msg_signature, H_MSG_SIGNATURE)?,
+            signature,
+            encrypt_type,
+            openid,
             appid,
-            received_at_ms: int_header(h, H_RECEIVED_AT),
+            received_at_ms,
         })
     }
 }
@@ -202,6 +222,28 @@ mod tests {
         assert_eq!(
             RawPush::from_properties("component", &props),
             Err(RawHeaderError::Missing(H_NONCE))
+        );
+    }
+
+    #[test]
+    fn reads_short_strings_ignores_other_headers_and_refuses_a_number_for_text() {
+        use lapin::types::{AMQPValue, ShortString};
+        let raw = sample(RawRoute::Authorizer, Some("wx0123456789abcdef"));
+        let mut h = crate::wire::headers_of(&raw.to_properties())
+            .inner()
+            .clone();
+        h.insert("x-unrelated".into(), AMQPValue::LongInt(7));
+        h.insert(
+            H_NONCE.into(),
+            AMQPValue::ShortString(ShortString::from("n1")),
+        );
+        let props = BasicProperties::default().with_headers(h.clone().into());
+        assert_eq!(RawPush::from_properties("authorizer", &props), Ok(raw));
+        h.insert(H_TIMESTAMP.into(), AMQPValue::LongInt(1_700_000_000));
+        let props = BasicProperties::default().with_headers(h.into());
+        assert_eq!(
+            RawPush::from_properties("authorizer", &props),
+            Err(RawHeaderError::Missing(H_TIMESTAMP))
         );
     }
 }

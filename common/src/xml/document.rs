@@ -13,6 +13,7 @@ use quick_xml::events::Event;
 use quick_xml::reader::Reader;
 use serde::ser::{Serialize, SerializeMap, SerializeSeq, Serializer};
 use serde_json::Value;
+use smallvec::SmallVec;
 use std::borrow::Cow;
 use std::ops::Range;
 
@@ -83,6 +84,11 @@ impl Document {
     /// Parses bytes that must be UTF-8 XML.
     pub fn parse_bytes(body: &[u8]) -> Result<Self, XmlError> {
         Self::parse(std::str::from_utf8(body).map_err(|_| XmlError::NotUtf8)?)
+    }
+
+    /// The length of the document's text (its JSON is about as long).
+    pub fn text_len(&self) -> usize {
+        self.source.len()
     }
 
     /// The document's fields as a map (leaves are strings, elements with children objects,
@@ -177,7 +183,9 @@ struct Repeated<'d, 'k> {
 impl Serialize for Object<'_> {
     fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         let doc = self.doc;
-        let mut kids: Vec<(&str, usize)> =
+        // On the stack for a push's usual few fields (a heap vector per object cost an
+        // allocation per push on the codec path).
+        let mut kids: SmallVec<[(&str, usize); 16]> =
             doc.children(self.node).map(|c| (doc.name(c), c)).collect();
         // By name, then by place: a repeated name keeps its document order, as the map's
         // arrays do.
@@ -233,8 +241,8 @@ fn read(source: &str) -> Result<Vec<Node>, XmlError> {
     config.expand_empty_elements = false;
 
     let mut nodes: Vec<Node> = Vec::with_capacity(16);
-    // The open elements, innermost last.
-    let mut open: Vec<usize> = Vec::with_capacity(MAX_DEPTH);
+    // The open elements, innermost last (on the stack: at most MAX_DEPTH, refused beyond).
+    let mut open: SmallVec<[usize; MAX_DEPTH]> = SmallVec::new();
     let mut closed = false;
 
     loop {
