@@ -111,7 +111,7 @@ fn official_component_push_through_its_envelope() {
         .verify_and_decrypt(
             s(v, "timestamp"),
             s(v, "nonce"),
-            &env.encrypt,
+            env.encrypt(),
             s(v, "msg_signature"),
         )
         .unwrap();
@@ -125,5 +125,5 @@ fn official_component_push_through_its_envelope() {
         s(v, "authorizer_appid_in_url"),
     )
     .unwrap();
-    assert!(wrong.decrypt(&env.encrypt).is_err());
+    assert!(wrong.decrypt(env.encrypt()).is_err());
 }

@@ -492,7 +492,7 @@ async fn its_crypto_interoperates_with_common_on_the_shared_vectors() {
                 .verify_and_decrypt(
                     &q["timestamp"],
                     &q["nonce"],
-                    &env.encrypt,
+                    env.encrypt(),
                     &q["msg_signature"]
                 )
                 .unwrap(),

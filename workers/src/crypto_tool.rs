@@ -129,7 +129,8 @@ pub fn run(cmd: CryptoCommand) -> anyhow::Result<String> {
             let encrypt = if input.trim_start().starts_with('<') {
                 Envelope::parse(input.as_bytes())
                     .map_err(|e| anyhow::anyhow!("reading the push body: {e}"))?
-                    .encrypt
+                    .encrypt()
+                    .to_owned()
             } else {
                 input.trim().to_owned()
             };

@@ -7,13 +7,11 @@
 
 use super::{Document, XmlError, field_str, required_str};
 
-/// A parsed push envelope.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A parsed push envelope: the document, read once; its fields are read from it in place
+/// (the ingress and the decrypt worker parse one per push).
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
-    /// The base64 ciphertext exactly as sent (it is part of `msg_signature`).
-    pub encrypt: String,
-    /// `ToUserName` (authorizer messages) or `AppId` (component events), when present.
-    pub addressee: Option<String>,
+    fields: Document,
 }
 
 impl Envelope {
@@ -21,15 +19,19 @@ impl Envelope {
     /// `Encrypt` are refused.
     pub fn parse(body: &[u8]) -> Result<Self, XmlError> {
         let fields = Document::parse_bytes(body)?;
-        Self::from_fields(&fields)
+        required_str(&fields, "Encrypt")?;
+        Ok(Self { fields })
     }
 
-    fn from_fields(fields: &Document) -> Result<Self, XmlError> {
-        let encrypt = required_str(fields, "Encrypt")?.to_owned();
-        let addressee = field_str(fields, "ToUserName")
-            .or_else(|| field_str(fields, "AppId"))
-            .map(str::to_owned);
-        Ok(Self { encrypt, addressee })
+    /// The base64 ciphertext exactly as sent (it is part of `msg_signature`).
+    pub fn encrypt(&self) -> &str {
+        // Checked present and non-empty by `parse`.
+        field_str(&self.fields, "Encrypt").unwrap_or_default()
+    }
+
+    /// `ToUserName` (authorizer messages) or `AppId` (component events), when present.
+    pub fn addressee(&self) -> Option<&str> {
+        field_str(&self.fields, "ToUserName").or_else(|| field_str(&self.fields, "AppId"))
     }
 }
 
@@ -54,16 +56,16 @@ mod tests {
     #[test]
     fn both_envelopes_parse() {
         let e = Envelope::parse(authorizer_envelope("gh_1", "QUJD").as_bytes()).unwrap();
-        assert_eq!(e.encrypt, "QUJD");
-        assert_eq!(e.addressee.as_deref(), Some("gh_1"));
+        assert_eq!(e.encrypt(), "QUJD");
+        assert_eq!(e.addressee(), Some("gh_1"));
         let e = Envelope::parse(component_envelope("wx1", "QUJD").as_bytes()).unwrap();
-        assert_eq!(e.addressee.as_deref(), Some("wx1"));
+        assert_eq!(e.addressee(), Some("wx1"));
         // whitespace between elements, as WeChat sends it
         let e = Envelope::parse(
             b"<xml>\n  <ToUserName>gh_1</ToUserName>\n  <Encrypt>QUJD</Encrypt>\n</xml>",
         )
         .unwrap();
-        assert_eq!(e.encrypt, "QUJD");
+        assert_eq!(e.encrypt(), "QUJD");
     }
 
     #[test]

@@ -132,7 +132,7 @@ async fn handle_push(
     if let Err(e) =
         state
             .crypt
-            .verify_msg_signature(&q.timestamp, &q.nonce, &envelope.encrypt, msg_signature)
+            .verify_msg_signature(&q.timestamp, &q.nonce, envelope.encrypt(), msg_signature)
     {
         return Outcome::BadSignature.respond(r, e.to_string());
     }

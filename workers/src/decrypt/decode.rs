@@ -91,7 +91,7 @@ pub fn decode_parts(
         .verify_and_decrypt(
             &raw.timestamp,
             &raw.nonce,
-            &envelope.encrypt,
+            envelope.encrypt(),
             &raw.msg_signature,
         )
         .map_err(|e| match e {

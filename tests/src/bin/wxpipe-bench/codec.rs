@@ -118,7 +118,7 @@ pub async fn run(b: CodecBench) -> anyhow::Result<()> {
                     .verify_msg_signature(
                         &raw.timestamp,
                         &raw.nonce,
-                        &envelope.encrypt,
+                        envelope.encrypt(),
                         &raw.msg_signature,
                     )
                     .is_ok()
@@ -126,7 +126,7 @@ pub async fn run(b: CodecBench) -> anyhow::Result<()> {
         ),
         (
             "decrypt (base64 + AES-256-CBC)",
-            rate(stage, b.count, || crypt.decrypt(&envelope.encrypt).is_ok()),
+            rate(stage, b.count, || crypt.decrypt(envelope.encrypt()).is_ok()),
         ),
         (
             "parse the plaintext XML",
