@@ -261,16 +261,12 @@ fn component_subject(e: &ComponentEvent) -> (String, bool) {
 impl CloudEvent {
     /// The envelope of `push` at `address`.
     pub fn new(push: &Push, address: &EventAddress) -> Self {
-        let create_time = match push {
-            Push::Component(e) => e.create_time,
-            Push::Authorizer(m) => m.create_time,
-        };
         Self {
             specversion: "1.0".into(),
             id: address.id.clone(),
             source: address.source.clone(),
             event_type: address.event_type.clone(),
-            time: rfc3339(create_time),
+            time: rfc3339(push.create_time()),
             datacontenttype: "application/json".into(),
             data: push.fields().to_fields(),
             reply_to: None,
@@ -315,16 +311,12 @@ pub fn encode(
     let address = address_with(push, component_appid, authorizer_appid, || {
         digest_of_json(&data)
     });
-    let create_time = match push {
-        Push::Component(e) => e.create_time,
-        Push::Authorizer(m) => m.create_time,
-    };
     let head = OutgoingHead {
         specversion: "1.0",
         id: &address.id,
         source: &address.source,
         event_type: &address.event_type,
-        time: rfc3339(create_time),
+        time: rfc3339(push.create_time()),
         datacontenttype: "application/json",
     };
     let tail = match reply {

@@ -28,6 +28,14 @@ impl Push {
         }
     }
 
+    /// `CreateTime` of the push, seconds since the epoch.
+    pub fn create_time(&self) -> i64 {
+        match self {
+            Push::Component(e) => e.create_time,
+            Push::Authorizer(m) => m.create_time,
+        }
+    }
+
     /// Every field of the push (see [`Document`]).
     pub fn fields(&self) -> &Document {
         match self {
