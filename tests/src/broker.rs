@@ -333,9 +333,22 @@ pub async fn drain_at(
     queue: &str,
     settle: Duration,
 ) -> Result<Vec<Taken>, lapin::Error> {
+    let mut out = Vec::new();
+    drain_into(url, queue, settle, &mut out).await?;
+    Ok(out)
+}
+
+/// [`drain_at`] into `out`, which keeps every message taken before an error (they are taken
+/// without acknowledgement, so they exist nowhere else) or before the future is dropped, as by
+/// a timeout.
+pub async fn drain_into(
+    url: &str,
+    queue: &str,
+    settle: Duration,
+    out: &mut Vec<Taken>,
+) -> Result<(), lapin::Error> {
     let conn = Connection::connect(url, ConnectionProperties::default()).await?;
     let ch = conn.create_channel().await?;
-    let mut out = Vec::new();
     let mut idle_since = tokio::time::Instant::now();
     loop {
         match ch
@@ -367,7 +380,7 @@ pub async fn drain_at(
         }
     }
     let _ = conn.close(200, "drained".into()).await;
-    Ok(out)
+    Ok(())
 }
 
 /// Number of messages ready in `queue` (a passive declare).

@@ -185,8 +185,17 @@ impl Clusters {
 
     /// `rabbitmqctl` on node `n` of the cluster, with the cluster's cookie.
     pub fn rabbitmqctl(&self, n: u8, args: &[&str]) -> (bool, String) {
+        self.rabbitmq_tool("rabbitmqctl", n, args)
+    }
+
+    /// `rabbitmq-queues` on node `n` of the cluster (leader placement, rebalancing).
+    pub fn rabbitmq_queues(&self, n: u8, args: &[&str]) -> (bool, String) {
+        self.rabbitmq_tool("rabbitmq-queues", n, args)
+    }
+
+    fn rabbitmq_tool(&self, tool: &str, n: u8, args: &[&str]) -> (bool, String) {
         let home = self.dir.join(format!("rabbit-{n}"));
-        let mut c = Command::new("/usr/lib/rabbitmq/bin/rabbitmqctl");
+        let mut c = Command::new(format!("/usr/lib/rabbitmq/bin/{tool}"));
         c.env("HOME", &home)
             .args(["-n", &format!("wxpipe-c{n}@localhost")])
             .args(args);

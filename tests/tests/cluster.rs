@@ -7,7 +7,7 @@ use common::amqp::RawShards;
 use common::event::CloudEvent;
 use std::collections::HashMap;
 use std::time::Duration;
-use wxpipe_tests::broker::{TestNs, bind_quorum_queue_at, drain_at};
+use wxpipe_tests::broker::{TestNs, bind_quorum_queue_at, drain_at, drain_into};
 use wxpipe_tests::cluster::Clusters;
 use wxpipe_tests::harness::{IngressHandle, decrypt_config, spawn_decrypt, test_config};
 use wxpipe_tests::intake;
@@ -17,6 +17,7 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
     let Some(c) = Clusters::find("a_killed_rabbitmq_node_costs_no_accepted_push") else {
         return;
     };
+    wxpipe_tests::log_to_test_output("warn");
     let urls = c.amqp_urls();
     let t = TestNs::on("t-cluster", &c.amqp_url);
     let shards = RawShards::new(3).unwrap();
@@ -43,20 +44,23 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
         })
         .collect();
 
-    // The shards' leaders are spread over the nodes (the balanced leader locator).
-    let (ok, listing) = c.rabbitmqctl(
-        2,
-        &["list_queues", "name", "leader", "--no-table-headers", "-q"],
-    );
-    assert!(ok, "{listing}");
-    let leaders: std::collections::HashSet<&str> = listing
-        .lines()
-        .filter(|l| l.starts_with(&format!("{}.raw.", t.ns)))
-        .filter_map(|l| l.split_whitespace().nth(1))
-        .collect();
+    // The shards' leaders are spread over the nodes: the balanced leader locator usually does
+    // it, and when it did not (it counts every queue of the node, other tests' too), the
+    // quorum queues are rebalanced.
+    let pattern = format!("^{}\\.raw\\.", t.ns);
+    let mut leaders = shard_leaders(&c, &t.ns);
+    for _ in 0..5 {
+        if leaders.len() >= 2 {
+            break;
+        }
+        let (ok, out) = c.rabbitmq_queues(2, &["rebalance", "quorum", "--queue-pattern", &pattern]);
+        assert!(ok, "rebalancing the shards: {out}");
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        leaders = shard_leaders(&c, &t.ns);
+    }
     assert!(
         leaders.len() >= 2,
-        "shard leaders all on one node: {listing}"
+        "shard leaders all on one node after rebalancing: {leaders:?}"
     );
 
     // Steady load: 12 accounts, one push each every 40 ms (each retried until `success`, as
@@ -92,10 +96,23 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
     while accepted.iter().any(|a| !events.contains_key(*a))
         && tokio::time::Instant::now() < deadline
     {
-        for m in drain_at(&urls[1], &downstream, Duration::from_millis(200))
-            .await
-            .unwrap_or_default()
-        {
+        // Messages are taken without acknowledgement: keep what was taken even when the drain
+        // fails or stalls (node 1 rejoining), else the test itself would lose events.
+        let mut taken = Vec::new();
+        let drained = tokio::time::timeout(
+            Duration::from_secs(10),
+            drain_into(
+                &urls[1],
+                &downstream,
+                Duration::from_millis(200),
+                &mut taken,
+            ),
+        )
+        .await;
+        if !matches!(drained, Ok(Ok(()))) {
+            eprintln!("cluster: a drain of the downstream queue failed: {drained:?}");
+        }
+        for m in taken {
             let e: CloudEvent = serde_json::from_slice(&m.body).unwrap();
             let content = e.data["Content"].as_str().unwrap_or_default().to_owned();
             events.entry(content).or_default().push(e.id);
@@ -105,12 +122,14 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
         .iter()
         .filter(|a| !events.contains_key(**a))
         .collect();
-    assert!(
-        missing.is_empty(),
-        "{} accepted pushes never became events, e.g. {:?}",
-        missing.len(),
-        missing.iter().take(5).collect::<Vec<_>>()
-    );
+    if !missing.is_empty() {
+        let whereabouts = whereabouts(&c, &t.ns, shards, &missing).await;
+        panic!(
+            "{} accepted pushes never became events, e.g. {:?}; {whereabouts}",
+            missing.len(),
+            missing.iter().take(5).collect::<Vec<_>>()
+        );
+    }
     let duplicated: Vec<&Vec<String>> = events.values().filter(|ids| ids.len() > 1).collect();
     assert!(
         duplicated
@@ -136,4 +155,64 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
     held.assert_in_order(&accounts, M);
     ingress.stop().await.unwrap();
     c.delete_cluster_keys(&format!("{}:", t.ns)).await;
+}
+
+/// The nodes leading `ns`'s shard queues.
+fn shard_leaders(c: &Clusters, ns: &common::ids::Namespace) -> std::collections::HashSet<String> {
+    let (ok, listing) = c.rabbitmqctl(
+        2,
+        &["list_queues", "name", "leader", "--no-table-headers", "-q"],
+    );
+    assert!(ok, "{listing}");
+    listing
+        .lines()
+        .filter(|l| l.starts_with(&format!("{ns}.raw.")))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Where the missing pushes are, for the failure message: in a shard (never consumed), in
+/// `{ns}.dead` (dead-lettered), and their dedup keys (`done`: the event was confirmed; a claim:
+/// a worker holds it; none: no worker finished it).
+async fn whereabouts(
+    c: &Clusters,
+    ns: &common::ids::Namespace,
+    shards: RawShards,
+    missing: &[&&String],
+) -> String {
+    let url = &c.amqp_urls()[1];
+    let nonces: Vec<String> = missing.iter().map(|m| m.replace(':', "-")).collect();
+    let mut found = Vec::new();
+    let queues = shards.queues(ns).into_iter().chain([ns.dead()]);
+    for queue in queues {
+        let held = drain_at(url, &queue, Duration::from_millis(300))
+            .await
+            .unwrap_or_default();
+        let hits = held
+            .iter()
+            .filter(|m| m.headers.get("nonce").is_some_and(|n| nonces.contains(n)))
+            .count();
+        found.push(format!(
+            "{queue}: {} messages, {hits} of the missing",
+            held.len()
+        ));
+    }
+    let pool = common::redis::pool(&c.redis_cluster_url).expect("a Redis Cluster pool");
+    let mut redis = pool.get().await.expect("a Redis Cluster connection");
+    for m in missing.iter().take(5) {
+        // `{tag}:{appid}:{seq}` is the text message 7_000_000_000 + seq of that account.
+        let mut parts = m.split(':');
+        let (appid, seq) = (parts.nth(1).unwrap_or(""), parts.next().unwrap_or(""));
+        let seq: u64 = seq.parse().unwrap_or(0);
+        let keys = common::redis::Keys::new(ns, wxpipe_tests::test_platform::COMPONENT_APPID);
+        let key = keys.dedup(&format!("authorizer:{appid}:msg:{}", 7_000_000_000 + seq));
+        let state: Option<String> = deadpool_redis::redis::cmd("GET")
+            .arg(&key)
+            .query_async(&mut redis)
+            .await
+            .unwrap_or(None);
+        found.push(format!("{m}: dedup key {state:?}"));
+    }
+    found.join("; ")
 }

@@ -19,7 +19,9 @@
 //!
 //! A lost connection is noticed by the delivery stream ending; unacked deliveries go back to the
 //! queue on the broker's side, and the loop reconnects once every in-flight handler has
-//! finished (so no handler of the old connection runs beside the new one's). On shutdown the
+//! finished (so no handler of the old connection runs beside the new one's). Every
+//! acknowledgement is bounded in time ([`SETTLE_TIMEOUT`]): one that fails or never completes
+//! makes the loop reconnect too, so a handler can never wait on its channel forever. On shutdown the
 //! consumer is cancelled and in-flight deliveries are finished before the connection closes.
 
 use super::{AmqpError, ConfirmedPublisher, connect_any};
@@ -195,7 +197,13 @@ async fn consume_once<H: Handler>(
                 None => break Ended::Lost,
             },
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                finished(done, &mut running, &channels).await;
+                if finished(done, &mut running, &channels).await == Settled::No {
+                    // An acknowledgement that failed or never completed: the channel cannot
+                    // be trusted with the deliveries it holds. Closing the connection gives
+                    // them back to the queue.
+                    tracing::warn!(consumer = %opts.connection_name, "a delivery could not be settled; reconnecting");
+                    break Ended::Lost;
+                }
             }
         }
     };
@@ -203,9 +211,11 @@ async fn consume_once<H: Handler>(
     if matches!(ended, Ended::Shutdown) {
         // Stop new deliveries, finish the ones in hand, then close.
         for ch in &channels {
-            let _ = ch
-                .basic_cancel(opts.connection_name.as_str().into(), Default::default())
-                .await;
+            let _ = tokio::time::timeout(
+                SETTLE_TIMEOUT,
+                ch.basic_cancel(opts.connection_name.as_str().into(), Default::default()),
+            )
+            .await;
         }
     }
     while let Some(done) = in_flight.join_next_with_id().await {
@@ -215,32 +225,64 @@ async fn consume_once<H: Handler>(
     Ok(ended)
 }
 
+/// Whether a delivery was settled (acknowledged, rejected or requeued) on its channel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Settled {
+    Yes,
+    No,
+}
+
+/// How long an acknowledgement (or a cancel) may take. A broker answers in milliseconds; one
+/// that never completes — seen with a node killed mid-acknowledgement: the client's promise
+/// was never resolved — must not hold its task, and with it the consumer's reconnect, forever.
+const SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs one acknowledgement, bounded by [`SETTLE_TIMEOUT`]. `Ok(false)` from lapin means the
+/// channel is closed or errored: nothing was sent.
+async fn bounded(
+    what: &'static str,
+    op: impl Future<Output = Result<bool, lapin::Error>>,
+) -> Settled {
+    let failure = match tokio::time::timeout(SETTLE_TIMEOUT, op).await {
+        Ok(Ok(true)) => return Settled::Yes,
+        Ok(Ok(false)) => "the channel is closed".to_owned(),
+        Ok(Err(e)) => e.to_string(),
+        Err(_) => format!("no completion within {SETTLE_TIMEOUT:?}"),
+    };
+    // The broker gives the delivery back to the queue once the channel is gone.
+    tracing::warn!(what, error = %failure, "could not settle a delivery (it will be redelivered)");
+    metrics::counter!("wxpipe_amqp_settle_failures_total", "what" => what).increment(1);
+    Settled::No
+}
+
 /// Forgets a finished task; gives back the delivery of a handler that panicked rather than
-/// hold it forever.
+/// hold it forever. Says whether the delivery was settled.
 async fn finished(
-    done: Result<(tokio::task::Id, ()), tokio::task::JoinError>,
+    done: Result<(tokio::task::Id, Settled), tokio::task::JoinError>,
     running: &mut std::collections::HashMap<tokio::task::Id, (usize, u64)>,
     channels: &[lapin::Channel],
-) {
-    let (task, panicked) = match done {
-        Ok((task, ())) => (task, false),
-        Err(e) => (e.id(), true),
+) -> Settled {
+    let (task, settled) = match done {
+        Ok((task, settled)) => (task, Some(settled)),
+        Err(e) => (e.id(), None),
     };
     let Some((channel, tag)) = running.remove(&task) else {
-        return;
+        return settled.unwrap_or(Settled::Yes);
     };
-    if panicked {
-        tracing::error!(tag, "a handler panicked; requeueing its delivery");
-        metrics::counter!("wxpipe_handler_panics_total").increment(1);
-        let _ = channels[channel]
-            .basic_nack(
+    match settled {
+        Some(settled) => settled,
+        None => {
+            tracing::error!(tag, "a handler panicked; requeueing its delivery");
+            metrics::counter!("wxpipe_handler_panics_total").increment(1);
+            let nack = channels[channel].basic_nack(
                 tag,
                 BasicNackOptions {
                     requeue: true,
                     ..Default::default()
                 },
-            )
-            .await;
+            );
+            bounded("nack", async { nack.await.map(|()| true) }).await
+        }
     }
 }
 
@@ -252,17 +294,14 @@ async fn settle(
     dead: &ConfirmedPublisher,
     queue: &str,
     dlx: &str,
-) {
-    let result = match disposition {
-        Disposition::Ack => delivery.ack(BasicAckOptions::default()).await,
-        Disposition::Requeue => {
-            delivery
-                .nack(BasicNackOptions {
-                    requeue: true,
-                    ..Default::default()
-                })
-                .await
-        }
+) -> Settled {
+    let requeue = BasicNackOptions {
+        requeue: true,
+        ..Default::default()
+    };
+    match disposition {
+        Disposition::Ack => bounded("ack", delivery.ack(BasicAckOptions::default())).await,
+        Disposition::Requeue => bounded("requeue", delivery.nack(requeue)).await,
         Disposition::DeadLetter { reason, detail } => {
             let props = dead_letter_properties(&delivery, reason, &detail, queue);
             match publish_dead_letter(dead, dlx, &delivery, props).await {
@@ -270,23 +309,14 @@ async fn settle(
                     metrics::counter!("wxpipe_dead_letters_total", "queue" => queue.to_owned(), "reason" => reason)
                         .increment(1);
                     tracing::warn!(queue, reason, %detail, "dead-lettered");
-                    delivery.ack(BasicAckOptions::default()).await
+                    bounded("ack", delivery.ack(BasicAckOptions::default())).await
                 }
                 Err(e) => {
                     tracing::warn!(queue, reason, error = %e, "could not dead-letter; requeueing");
-                    delivery
-                        .nack(BasicNackOptions {
-                            requeue: true,
-                            ..Default::default()
-                        })
-                        .await
+                    bounded("requeue", delivery.nack(requeue)).await
                 }
             }
         }
-    };
-    if let Err(e) = result {
-        // The channel is gone: the broker requeues the delivery by itself.
-        tracing::debug!(error = %e, "could not settle a delivery (it will be redelivered)");
     }
 }
 
@@ -335,4 +365,29 @@ pub fn dead_letter_properties(
         dead_at_ms: crate::unix_now_ms(),
     }
     .apply(&delivery.properties)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn an_acknowledgement_that_never_completes_is_given_up_after_the_timeout() {
+        let started = tokio::time::Instant::now();
+        let never = std::future::pending::<Result<bool, lapin::Error>>();
+        assert_eq!(bounded("ack", never).await, Settled::No);
+        assert_eq!(started.elapsed(), SETTLE_TIMEOUT);
+    }
+
+    #[tokio::test]
+    async fn only_an_acknowledgement_that_was_sent_counts_as_settled() {
+        assert_eq!(bounded("ack", async { Ok(true) }).await, Settled::Yes);
+        // lapin's answer for a closed or errored channel: nothing was sent.
+        assert_eq!(bounded("ack", async { Ok(false) }).await, Settled::No);
+        let closed = lapin::Error::from(lapin::ErrorKind::InvalidChannelState(
+            lapin::ChannelState::Closed,
+            "basic.ack",
+        ));
+        assert_eq!(bounded("ack", async { Err(closed) }).await, Settled::No);
+    }
 }

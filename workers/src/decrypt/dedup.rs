@@ -159,8 +159,11 @@ impl Dedup {
 
     /// Gives up our claim (after a failed publish), so a retry need not wait for it to expire.
     pub async fn release(&self, event_id: &str) -> Result<(), DedupError> {
-        claim::release(&self.pool, &self.keys.dedup(event_id), &self.token)
+        let key = self.keys.dedup(event_id);
+        let release = claim::release(&self.pool, &key, &self.token);
+        tokio::time::timeout(Duration::from_secs(2), release)
             .await
+            .map_err(|_| DedupError("Redis did not answer within 2 s".into()))?
             .map(|_| ())
             .map_err(|e| DedupError(e.to_string()))
     }
