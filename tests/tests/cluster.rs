@@ -75,7 +75,11 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
     c.kill_rabbit(1);
     tokio::time::sleep(Duration::from_secs(4)).await;
     c.start_rabbit(1);
-    let sent = load.await.unwrap();
+    // Every step that waits on the system is bounded, so that a stall fails this test with a
+    // message rather than hanging the whole test command.
+    let sent = bounded(180, "the load (every push answered success)", load)
+        .await
+        .unwrap();
     let accepted: Vec<&String> = sent.values().flat_map(|s| &s.accepted).collect();
     let refused: usize = sent.values().map(|s| s.refused).sum();
     eprintln!(
@@ -146,14 +150,23 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
     // Per-account order within a shard, on the healed cluster: with the workers stopped, each
     // account's pushes wait in one shard in the order they were answered.
     for d in decrypters {
-        d.stop().await;
+        bounded(60, "a decrypt worker's stop", d.stop()).await;
     }
     const M: usize = 10;
-    let sent = intake::send_all(&ingress.url(""), &accounts, M, "o", 20, Duration::ZERO).await;
+    let base = ingress.url("");
+    let ordered = intake::send_all(&base, &accounts, M, "o", 20, Duration::ZERO);
+    let sent = bounded(60, "the ordered pushes", ordered).await;
     assert!(sent.values().all(|s| s.accepted.len() == M));
-    let held = intake::drain_shards(&urls[1], &t.ns, shards).await;
+    let held = bounded(
+        60,
+        "draining the shards",
+        intake::drain_shards(&urls[1], &t.ns, shards),
+    )
+    .await;
     held.assert_in_order(&accounts, M);
-    ingress.stop().await.unwrap();
+    bounded(60, "the ingress's stop", ingress.stop())
+        .await
+        .unwrap();
     c.delete_cluster_keys(&format!("{}:", t.ns)).await;
 }
 
@@ -215,4 +228,11 @@ async fn whereabouts(
         found.push(format!("{m}: dedup key {state:?}"));
     }
     found.join("; ")
+}
+
+/// `step`, or a panic naming it after `secs` seconds.
+async fn bounded<T>(secs: u64, what: &str, step: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(secs), step)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took more than {secs} s"))
 }
