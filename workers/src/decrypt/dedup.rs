@@ -160,12 +160,9 @@ impl Dedup {
     /// Gives up our claim (after a failed publish), so a retry need not wait for it to expire.
     pub async fn release(&self, event_id: &str) -> Result<(), DedupError> {
         let key = self.keys.dedup(event_id);
-        let release = claim::release(&self.pool, &key, &self.token);
-        tokio::time::timeout(Duration::from_secs(2), release)
+        answered(claim::release(&self.pool, &key, &self.token))
             .await
-            .map_err(|_| DedupError("Redis did not answer within 2 s".into()))?
             .map(|_| ())
-            .map_err(|e| DedupError(e.to_string()))
     }
 
     /// Waits while another worker holds `event_id`: `Done` once its event is confirmed, `Won`
@@ -187,9 +184,33 @@ impl Dedup {
 }
 
 async fn get_conn(pool: &common::redis::Pool) -> Result<common::redis::Connection, DedupError> {
-    tokio::time::timeout(Duration::from_secs(2), pool.get())
+    tokio::time::timeout(REDIS_DEADLINE, pool.get())
         .await
-        .map_err(|_| DedupError("no Redis connection within 2 s".into()))?
+        .map_err(|_| {
+            DedupError(format!(
+                "no Redis connection within {} s",
+                REDIS_DEADLINE.as_secs()
+            ))
+        })?
+        .map_err(|e| DedupError(e.to_string()))
+}
+
+/// How long one Redis step — a connection from the pool, a pipeline's answers, a release —
+/// may take before it counts as Redis being unavailable.
+const REDIS_DEADLINE: Duration = Duration::from_secs(2);
+
+/// `step`'s answer, or a [`DedupError`] once [`REDIS_DEADLINE`] has passed without one.
+async fn answered<T, E: std::fmt::Display>(
+    step: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, DedupError> {
+    tokio::time::timeout(REDIS_DEADLINE, step)
+        .await
+        .map_err(|_| {
+            DedupError(format!(
+                "Redis did not answer within {} s",
+                REDIS_DEADLINE.as_secs()
+            ))
+        })?
         .map_err(|e| DedupError(e.to_string()))
 }
 
@@ -227,10 +248,7 @@ async fn run_batches(
                 Some(conn) => conn,
                 None => held.insert(get_conn(&pool).await?),
             };
-            tokio::time::timeout(Duration::from_secs(2), pipe.query_async::<Vec<Value>>(conn))
-                .await
-                .map_err(|_| DedupError("Redis did not answer within 2 s".into()))?
-                .map_err(|e| DedupError(e.to_string()))
+            answered(pipe.query_async::<Vec<Value>>(conn)).await
         }
         .await;
         if result.is_err() {
