@@ -213,12 +213,12 @@ async fn whereabouts(
     }
     let pool = common::redis::pool(&c.redis_cluster_url).expect("a Redis Cluster pool");
     let mut redis = pool.get().await.expect("a Redis Cluster connection");
+    let keys = common::redis::Keys::new(ns, wxpipe_tests::test_platform::COMPONENT_APPID);
     for m in missing.iter().take(5) {
         // `{tag}:{appid}:{seq}` is the text message 7_000_000_000 + seq of that account.
         let mut parts = m.split(':');
         let (appid, seq) = (parts.nth(1).unwrap_or(""), parts.next().unwrap_or(""));
         let seq: u64 = seq.parse().unwrap_or(0);
-        let keys = common::redis::Keys::new(ns, wxpipe_tests::test_platform::COMPONENT_APPID);
         let key = keys.dedup(&format!("authorizer:{appid}:msg:{}", 7_000_000_000 + seq));
         let state: Option<String> = deadpool_redis::redis::cmd("GET")
             .arg(&key)
