@@ -7,9 +7,7 @@
 //! measured throughput.
 
 use super::*;
-use futures::StreamExt;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::AMQPValue;
 use latency::Latency;
 use procfs::sibling_binary;
 use stalls::StallWatch;
@@ -58,44 +56,6 @@ fn pushes(n: usize, first_msg_id: u64) -> Vec<(String, bytes::Bytes)> {
             )
         })
         .collect()
-}
-
-/// `(received_at, arrived)` of each event, in unix ms.
-type Samples = Arc<std::sync::Mutex<Vec<(i64, i64)>>>;
-
-/// Counts (and acks) what arrives on `queue`; with `latencies`, also records the `received_at`
-/// header of each message and when it arrived (unix ms).
-fn downstream(
-    ch: lapin::Channel,
-    queue: String,
-    count: Arc<AtomicU64>,
-    latencies: Option<Samples>,
-) -> tokio::task::JoinHandle<()> {
-    tokio::spawn(async move {
-        let _ = ch.basic_qos(1000, BasicQosOptions::default()).await;
-        let Ok(mut consumer) = ch
-            .basic_consume(
-                queue.as_str().into(),
-                "bench-downstream".into(),
-                BasicConsumeOptions::default(),
-                FieldTable::default(),
-            )
-            .await
-        else {
-            return;
-        };
-        while let Some(Ok(d)) = consumer.next().await {
-            if let Some(lat) = &latencies
-                && let (Some(sent), Ok(mut l)) = (received_at(&d.properties), lat.lock())
-            {
-                l.push((sent, common::unix_now_ms()));
-            }
-            count.fetch_add(1, Ordering::Relaxed);
-            // Acked on a task of its own: awaiting each ack here (a hand-off to lapin's I/O
-            // thread and back) delayed the next delivery's arrival stamp, inside the latency.
-            tokio::spawn(async move { d.ack(BasicAckOptions::default()).await });
-        }
-    })
 }
 
 fn spawn(

@@ -258,6 +258,46 @@ pub async fn measure(count: &AtomicU64, warmup: u64, duration: u64) -> f64 {
     (count.load(Ordering::Relaxed) - n0) as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// `(received_at, arrived)` of each event, in unix ms.
+pub type Samples = Arc<std::sync::Mutex<Vec<(i64, i64)>>>;
+
+/// Counts (and acks) what arrives on `queue`; with `latencies`, also records the `received_at`
+/// header of each message and when it arrived (unix ms).
+pub fn downstream(
+    ch: lapin::Channel,
+    queue: String,
+    count: Arc<AtomicU64>,
+    latencies: Option<Samples>,
+) -> tokio::task::JoinHandle<()> {
+    use futures::StreamExt;
+    use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicQosOptions};
+    tokio::spawn(async move {
+        let _ = ch.basic_qos(1000, BasicQosOptions::default()).await;
+        let Ok(mut consumer) = ch
+            .basic_consume(
+                queue.as_str().into(),
+                "bench-downstream".into(),
+                BasicConsumeOptions::default(),
+                lapin::types::FieldTable::default(),
+            )
+            .await
+        else {
+            return;
+        };
+        while let Some(Ok(d)) = consumer.next().await {
+            if let Some(lat) = &latencies
+                && let (Some(sent), Ok(mut l)) = (received_at(&d.properties), lat.lock())
+            {
+                l.push((sent, common::unix_now_ms()));
+            }
+            count.fetch_add(1, Ordering::Relaxed);
+            // Acked on a task of its own: awaiting each ack here (a hand-off to lapin's I/O
+            // thread and back) delayed the next delivery's arrival stamp, inside the latency.
+            tokio::spawn(async move { d.ack(BasicAckOptions::default()).await });
+        }
+    })
+}
+
 /// `concurrency` closed-loop publishers of one message (`mandatory`, with confirms) on `ch`
 /// until `stop`: the ingress's work as the ceilings do it. Each ack adds one to `acked`.
 pub fn confirmed_publishers(
@@ -310,9 +350,31 @@ pub async fn with_sink(url: &str, t: &TestNs, sink: &str) -> anyhow::Result<(Con
         &Part::everything(common::amqp::RawShards::ONE),
     )
     .await?;
-    let sink = t.queue(sink);
-    wxpipe_tests::broker::bind_queue(&sink, &t.ns.events(), &["authorizer.#"]).await?;
+    let sink = bind_sink(url, t, sink).await?;
     Ok((conn, sink))
+}
+
+/// Declares the quorum queue `t.queue(sink)` bound to every `authorizer.#` event.
+async fn bind_sink(url: &str, t: &TestNs, sink: &str) -> anyhow::Result<String> {
+    let sink = t.queue(sink);
+    wxpipe_tests::broker::bind_quorum_queue_at(url, &sink, &t.ns.events(), &["authorizer.#"])
+        .await?;
+    Ok(sink)
+}
+
+/// Deletes the sink `old` and binds a new one, `t.queue(name)`, in its place: a phase then
+/// starts on a queue in the state a live downstream queue is in, not on one that held a whole
+/// throughput phase's events (a classic queue's process kept that phase's heap and stalled its
+/// deliveries in 10–70 ms garbage collections every ~1.5 s; README, Performance).
+pub async fn replace_sink(
+    ch: &lapin::Channel,
+    url: &str,
+    t: &TestNs,
+    old: &str,
+    name: &str,
+) -> anyhow::Result<String> {
+    ch.queue_delete(old.into(), Default::default()).await?;
+    bind_sink(url, t, name).await
 }
 
 /// Waits until the ingress on `port` answers `/readyz` with 200, at most `within`.
