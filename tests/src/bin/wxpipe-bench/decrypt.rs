@@ -27,6 +27,10 @@ pub struct DecryptBench {
     /// Seconds of the half-load latency phase.
     #[arg(long, default_value_t = 10)]
     latency_secs: u64,
+    /// Pushes/s of the latency phases instead of half the sustained rate (to see how the
+    /// latency grows with load).
+    #[arg(long)]
+    latency_rate: Option<f64>,
     /// The workers binary (default: `workers` beside this one).
     #[arg(long)]
     workers_bin: Option<PathBuf>,
@@ -301,8 +305,9 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         "workers decrypt ×1 while its queue is published to (at most {BACKLOG} pushes queued): {sustained:.0} pushes/s"
     );
 
-    // 4. latency at half that load, through a fresh worker, into a fresh sink
-    let target = sustained / 2.0;
+    // 4. latency at half that load (or at --latency-rate), through a fresh worker, into a
+    //    fresh sink
+    let target = b.latency_rate.unwrap_or(sustained / 2.0);
     let sink = replace_sink(&ch, &b.services.amqp_url, &t, &sink, "half").await?;
     let worker = spawn_worker(&b, &t)?;
     let latency = Latency::of(
