@@ -45,6 +45,22 @@ struct Raw {
 }
 
 impl Raw {
+    /// Publishes it to `exchange` (`{ns}.raw`) on `ch`, received now; the confirm to await.
+    async fn publish(
+        &self,
+        ch: &lapin::Channel,
+        exchange: &str,
+    ) -> Result<PublisherConfirm, lapin::Error> {
+        ch.basic_publish(
+            exchange.into(),
+            "authorizer".into(),
+            BasicPublishOptions::default(),
+            &self.body,
+            self.properties(),
+        )
+        .await
+    }
+
     /// Its properties, received now.
     fn properties(&self) -> BasicProperties {
         let mut headers = self.headers.clone();
@@ -91,16 +107,7 @@ async fn fill(ch: &lapin::Channel, t: &TestNs, msgs: &[Raw]) -> anyhow::Result<(
     for chunk in msgs.chunks(256) {
         let mut confirms = Vec::with_capacity(chunk.len());
         for m in chunk {
-            confirms.push(
-                ch.basic_publish(
-                    exchange.as_str().into(),
-                    "authorizer".into(),
-                    BasicPublishOptions::default(),
-                    &m.body,
-                    m.properties(),
-                )
-                .await?,
-            );
+            confirms.push(m.publish(ch, &exchange).await?);
         }
         for c in confirms {
             c.await?;
@@ -401,16 +408,7 @@ async fn sustained_rate(conn: &Connection, t: &TestNs, sink: &str) -> anyhow::Re
                     let Some(m) = msgs.get(next.fetch_add(1, Ordering::Relaxed) as usize) else {
                         break;
                     };
-                    publish
-                        .basic_publish(
-                            exchange.as_str().into(),
-                            "authorizer".into(),
-                            BasicPublishOptions::default(),
-                            &m.body,
-                            m.properties(),
-                        )
-                        .await?
-                        .await?;
+                    m.publish(&publish, &exchange).await?.await?;
                     published.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok::<_, lapin::Error>(())
@@ -423,10 +421,7 @@ async fn sustained_rate(conn: &Connection, t: &TestNs, sink: &str) -> anyhow::Re
         p.await??;
     }
     let target = published.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while events.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    drained(&events, target).await;
     counter.abort();
     let _ = publish.close(200, "sustained done".into()).await;
     anyhow::ensure!(
@@ -496,15 +491,7 @@ async fn half_load_latency(
     for (i, m) in msgs.iter().enumerate() {
         let due = start + Duration::from_secs_f64(i as f64 / rate);
         tokio::time::sleep_until(due.into()).await;
-        let confirm = publish
-            .basic_publish(
-                exchange.as_str().into(),
-                "authorizer".into(),
-                BasicPublishOptions::default(),
-                &m.body,
-                m.properties(),
-            )
-            .await?;
+        let confirm = m.publish(&publish, &exchange).await?;
         let _ = confirms.send(confirm);
     }
     drop(confirms);

@@ -235,10 +235,7 @@ async fn saturate(
     }
     // Let the pipeline drain before the next phase.
     let sent = accepted.load(Ordering::Relaxed);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while events.load(Ordering::Relaxed) < sent && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    drained(&events, sent).await;
     counter.abort();
     let _ = ch.close(200, "phase done".into()).await;
     Ok((rate, sent, events.load(Ordering::Relaxed)))
@@ -320,10 +317,7 @@ impl Ceiling {
             p.await??;
         }
         let target = before + published.load(Ordering::Relaxed);
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.events.load(Ordering::Relaxed) < target && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        drained(&self.events, target).await;
         Ok(rate)
     }
 

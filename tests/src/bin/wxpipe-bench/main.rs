@@ -258,6 +258,15 @@ pub async fn measure(count: &AtomicU64, warmup: u64, duration: u64) -> f64 {
     (count.load(Ordering::Relaxed) - n0) as f64 / t0.elapsed().as_secs_f64()
 }
 
+/// Waits until `count` reaches `target` — what a phase published has arrived downstream — at
+/// most 60 s, so that the next phase starts on an empty pipeline.
+pub async fn drained(count: &AtomicU64, target: u64) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while count.load(Ordering::Relaxed) < target && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 /// `(received_at, arrived)` of each event, in unix ms.
 pub type Samples = Arc<std::sync::Mutex<Vec<(i64, i64)>>>;
 
