@@ -6,7 +6,7 @@ use lapin::PublisherConfirm;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
 use lapin::types::{AMQPValue, FieldTable};
 use latency::Latency;
-use procfs::{broker_pid, cpu_secs_of, redis_pid, rss_of, sibling_binary};
+use procfs::{CpuUse, CpuWindow, Spent, broker_pid, redis_pid, rss_of, sibling_binary};
 use stalls::StallWatch;
 
 #[derive(clap::Args)]
@@ -165,24 +165,28 @@ async fn start_bare(
     Ok((conn, task))
 }
 
+/// The process of the bare worker (and of the bench's own counting and stall watch).
+const BARE: &str = "this process (bare worker)";
+/// The `workers decrypt` processes.
+const WORKERS: &str = "decrypt workers";
+
 /// The bare ceiling: the rate at which the bare worker drains `n` queued messages into `sink`,
-/// and the CPU µs per message of this process meanwhile (the bare worker, plus the bench's own
-/// counting and stall watch).
+/// and the CPU the broker and this process used meanwhile.
 async fn bare_ceiling(
     b: &DecryptBench,
     t: &TestNs,
     sink: &str,
     first: &Raw,
     n: u32,
-) -> anyhow::Result<(f64, f64)> {
+) -> anyhow::Result<(f64, CpuUse)> {
     let (conn, task) = start_bare(b, t, first).await?;
     let counter = conn.create_channel().await?;
-    let (cpu_before, started) = (cpu_secs_of(std::process::id()), Instant::now());
+    let cpu = CpuWindow::start(&[("RabbitMQ", broker_pid()), (BARE, Some(std::process::id()))]);
     let rate = rate_until(&counter, sink, n).await?;
-    let cpu = (cpu_secs_of(std::process::id()) - cpu_before) / started.elapsed().as_secs_f64();
+    let cpu = cpu.end();
     task.abort();
     super::close(&conn, "ceiling done").await;
-    Ok((rate, cpu * 1e6 / rate))
+    Ok((rate, cpu))
 }
 
 fn spawn_worker(b: &DecryptBench, t: &TestNs) -> anyhow::Result<tokio::process::Child> {
@@ -233,15 +237,21 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
     );
     let mut first = None;
     let (redis, mut redis_cpu) = (redis_pid(&b.services.redis_url).await, Vec::new());
+    let (mut ceiling_cpu, mut workers_cpu) = (Spent::default(), Spent::default());
     for round in 1..=rounds as u64 {
         let msgs = raw_messages(b.messages, round * 100_000_000);
         fill(&ch, &t, &msgs).await?;
         let since = common::unix_now_ms();
-        let (ceiling, bare_us) = bare_ceiling(&b, &t, &sink, &msgs[0], n).await?;
+        let (ceiling, ceiling_use) = bare_ceiling(&b, &t, &sink, &msgs[0], n).await?;
+        // CPU per message over the whole drain (n messages in the window's seconds).
+        let drained = n as f64 / ceiling_use.secs.max(1e-9);
+        let bare_us = ceiling_use.us_of(BARE, drained).unwrap_or(0.0);
+        ceiling_cpu.add(drained, &ceiling_use);
         println!(
-            "round {round}: bare consume-and-republish ceiling (prefetch {}): {ceiling:.0} msg/s, {bare_us:.0} µs of CPU per message in the bare worker's process ({})",
+            "round {round}: bare consume-and-republish ceiling (prefetch {}): {ceiling:.0} msg/s, {bare_us:.0} µs of CPU per message in the bare worker's process ({}); CPU per message: {}",
             b.prefetch,
-            watch.count_between(since, common::unix_now_ms())
+            watch.count_between(since, common::unix_now_ms()),
+            ceiling_use.describe_per(drained)
         );
         ch.queue_purge(sink.as_str().into(), Default::default())
             .await?;
@@ -256,23 +266,29 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
             workers.push(spawn_worker(&b, &t)?);
         }
         let pids: Vec<u32> = workers.iter().filter_map(|w| w.id()).collect();
-        let cpu_before: f64 = pids.iter().map(|p| cpu_secs_of(*p)).sum();
-        let redis_before = redis.map(cpu_secs_of);
+        let mut procs = vec![
+            ("RabbitMQ", broker_pid()),
+            ("Redis", redis),
+            ("this process (counting)", Some(std::process::id())),
+        ];
+        procs.extend(pids.iter().map(|p| (WORKERS, Some(*p))));
+        let cpu = CpuWindow::start(&procs);
         let since = common::unix_now_ms();
-        let started = Instant::now();
         let rate = rate_until(&ch, &sink, n).await?;
-        let secs = started.elapsed().as_secs_f64();
-        let cpu = (pids.iter().map(|p| cpu_secs_of(*p)).sum::<f64>() - cpu_before) / secs * 100.0;
-        let redis_us = redis
-            .zip(redis_before)
-            .map(|(p, before)| (cpu_secs_of(p) - before) / secs * 1e6 / rate);
+        let used = cpu.end();
+        let drained = n as f64 / used.secs.max(1e-9);
+        let worker_us = used.us_of(WORKERS, drained).unwrap_or(0.0);
+        let redis_us = used.us_of("Redis", drained);
+        workers_cpu.add(drained, &used);
         let hwm: f64 = pids.iter().map(|p| rss_of(*p).1).sum();
         println!(
-            "round {round}: workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {cpu:.0}% in all, Redis {} µs per push, peak RSS {hwm:.1} MB in all, {:.2} of the ceiling ({})",
+            "round {round}: workers decrypt ×{}: {rate:.0} pushes/s raw → events (confirmed, deduped), workers' CPU {:.0}% in all, Redis {} µs per push, peak RSS {hwm:.1} MB in all, {:.2} of the ceiling ({}); CPU per push: {}",
             pids.len(),
+            worker_us * drained / 1e4,
             redis_us.map_or("n/a".into(), |us| format!("{us:.0}")),
             rate / ceiling,
-            watch.count_between(since, common::unix_now_ms())
+            watch.count_between(since, common::unix_now_ms()),
+            used.describe_per(drained)
         );
         stop_all(workers).await;
         ch.queue_purge(sink.as_str().into(), Default::default())
@@ -280,7 +296,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         ceilings.push(ceiling);
         bare_cpu.push(bare_us);
         rates.push(rate);
-        cpus.push(cpu * 1e4 / rate);
+        cpus.push(worker_us);
         hwms.push(hwm);
         ratios.push(rate / ceiling);
         redis_cpu.extend(redis_us);
@@ -297,6 +313,15 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         "decrypt / ceiling: {ratio:.2} (median of the rounds' ratios: {}); workers {rate:.0} pushes/s, {cpu_us:.0} µs of CPU per push; ceiling {ceiling:.0} msg/s, {bare_us:.0} µs per message (medians)",
         listed(&ratios)
     );
+    println!(
+        "CPU per message, ceiling (all rounds): {}",
+        ceiling_cpu.describe()
+    );
+    println!(
+        "CPU per push, workers (all rounds): {}",
+        workers_cpu.describe()
+    );
+    println!("{}", Spent::bound(&ceiling_cpu, &workers_cpu));
     let Some(first) = first else {
         bail!("no messages to measure with (--messages 0)");
     };
@@ -343,7 +368,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         bare_latency.describe()
     );
     println!(
-        "figures: decrypt_rate={rate:.0} decrypt_sustained_rate={sustained:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={ratio:.3} decrypt_half_p50_ms={:.2} decrypt_half_p99_ms={:.2} decrypt_half_quiet_p99_ms={:.2} decrypt_half_stalls={} decrypt_bare_half_p50_ms={:.2} decrypt_bare_half_p99_ms={:.2} decrypt_bare_half_quiet_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_us_per_push={cpu_us:.0} decrypt_bare_cpu_us_per_push={bare_us:.0}{}",
+        "figures: decrypt_rate={rate:.0} decrypt_sustained_rate={sustained:.0} decrypt_ceiling={ceiling:.0} decrypt_ratio={ratio:.3} decrypt_half_p50_ms={:.2} decrypt_half_p99_ms={:.2} decrypt_half_quiet_p99_ms={:.2} decrypt_half_stalls={} decrypt_bare_half_p50_ms={:.2} decrypt_bare_half_p99_ms={:.2} decrypt_bare_half_quiet_p99_ms={:.2} decrypt_rss_mb={hwm:.1} decrypt_cpu_us_per_push={cpu_us:.0} decrypt_bare_cpu_us_per_push={bare_us:.0} decrypt_all_cpu_us_per_push={:.0} decrypt_ceiling_all_cpu_us_per_msg={:.0}{}",
         latency.p50,
         latency.p99,
         latency.quiet_p99,
@@ -351,6 +376,8 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
         bare_latency.p50,
         bare_latency.p99,
         bare_latency.quiet_p99,
+        workers_cpu.us_per_item(),
+        ceiling_cpu.us_per_item(),
         if redis_cpu.is_empty() {
             String::new()
         } else {

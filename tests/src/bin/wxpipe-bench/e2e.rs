@@ -9,7 +9,7 @@
 use super::*;
 use lapin::types::AMQPValue;
 use latency::Latency;
-use procfs::sibling_binary;
+use procfs::{CpuUse, Spent, broker_pid, redis_pid, sibling_binary};
 use stalls::StallWatch;
 
 #[derive(clap::Args)]
@@ -106,21 +106,46 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
     let mut worker = spawn(&b, &t, "workers", &["decrypt"], port)?;
     wait_ready(port, Duration::from_secs(20)).await?;
 
+    // Where each phase's CPU goes, per event (both phases share the same cores).
+    let (broker, redis) = (broker_pid(), redis_pid(&b.services.redis_url).await);
+    let ceiling_procs = [
+        ("RabbitMQ", broker),
+        (
+            "this process (bare pipeline, downstream)",
+            Some(std::process::id()),
+        ),
+    ];
+    let pipeline_procs = [
+        ("RabbitMQ", broker),
+        ("Redis", redis),
+        ("ingress", ingress.id()),
+        ("decrypt worker", worker.id()),
+        (
+            "this process (HTTP load, downstream)",
+            Some(std::process::id()),
+        ),
+    ];
     let (mut ceilings, mut rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
+    let (mut ceiling_cpu, mut pipeline_cpu) = (Spent::default(), Spent::default());
     for round in 1..=rounds as u64 {
         let since = common::unix_now_ms();
-        let c = ceiling.phase(&b).await?;
+        let (c, cpu) = ceiling.phase(&b, &ceiling_procs).await?;
         println!(
-            "round {round}: ceiling (bare lapin: confirmed publish → raw quorum queue → consume, confirmed republish → downstream): {c:.0} msg/s ({})",
-            watch.count_between(since, common::unix_now_ms())
+            "round {round}: ceiling (bare lapin: confirmed publish → raw quorum queue → consume, confirmed republish → downstream): {c:.0} msg/s ({}); CPU per message: {}",
+            watch.count_between(since, common::unix_now_ms()),
+            cpu.describe_per(c)
         );
+        ceiling_cpu.add(c, &cpu);
         let since = common::unix_now_ms();
-        let (rate, sent, events) = saturate(&b, &conn, &sink, port, round * 100_000_000).await?;
+        let (rate, sent, events, cpu) =
+            saturate(&b, &conn, &sink, port, round * 100_000_000, &pipeline_procs).await?;
         println!(
-            "round {round}: pipeline at saturation: {rate:.0} events/s; {sent} pushes sent, {events} events ({:.2} of the ceiling; {})",
+            "round {round}: pipeline at saturation: {rate:.0} events/s; {sent} pushes sent, {events} events ({:.2} of the ceiling; {}); CPU per event: {}",
             rate / c,
-            watch.count_between(since, common::unix_now_ms())
+            watch.count_between(since, common::unix_now_ms()),
+            cpu.describe_per(rate)
         );
+        pipeline_cpu.add(rate, &cpu);
         ceilings.push(c);
         rates.push(rate);
         ratios.push(rate / c);
@@ -131,6 +156,16 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
         "e2e / ceiling: {ratio:.2} (median of the rounds' ratios: {}); pipeline {rate:.0} events/s, ceiling {ceiling:.0} msg/s (medians)",
         listed(&ratios)
     );
+    let (ceiling_us, pipeline_us) = (ceiling_cpu.us_per_item(), pipeline_cpu.us_per_item());
+    println!(
+        "CPU per message, ceiling (all rounds): {}",
+        ceiling_cpu.describe()
+    );
+    println!(
+        "CPU per event, pipeline (all rounds): {}",
+        pipeline_cpu.describe()
+    );
+    println!("{}", Spent::bound(&ceiling_cpu, &pipeline_cpu));
 
     // Half load: an open loop at half the rate, latency from the ingress's received_at.
     let half = (rate / 2.0).max(1.0);
@@ -174,11 +209,13 @@ pub async fn run(b: E2eBench) -> anyhow::Result<()> {
         latency.describe()
     );
     println!(
-        "figures: e2e_rate={rate:.0} e2e_ceiling={ceiling:.0} e2e_ratio={ratio:.3} e2e_half_p50_ms={:.2} e2e_half_p99_ms={:.2} e2e_half_quiet_p99_ms={:.2} e2e_half_stalls={}",
+        "figures: e2e_rate={rate:.0} e2e_ceiling={ceiling:.0} e2e_ratio={ratio:.3} e2e_half_p50_ms={:.2} e2e_half_p99_ms={:.2} e2e_half_quiet_p99_ms={:.2} e2e_half_stalls={} e2e_cpu_us_per_event={pipeline_us:.0} e2e_ceiling_cpu_us_per_msg={ceiling_us:.0} e2e_busy_pct={:.0} e2e_ceiling_busy_pct={:.0}",
         latency.p50,
         latency.p99,
         latency.quiet_p99,
-        latency.stalls.total()
+        latency.stalls.total(),
+        pipeline_cpu.busy_pct(),
+        ceiling_cpu.busy_pct(),
     );
     for child in [&mut ingress, &mut worker] {
         terminate(child, Duration::from_secs(15)).await;
@@ -197,7 +234,8 @@ async fn saturate(
     sink: &str,
     port: u16,
     first_msg_id: u64,
-) -> anyhow::Result<(f64, u64, u64)> {
+    procs: &[(&'static str, Option<u32>)],
+) -> anyhow::Result<(f64, u64, u64, CpuUse)> {
     let total = (b.warmup + b.duration + 2) as usize * 12_000;
     let all = Arc::new(pushes(total, first_msg_id));
     let next = Arc::new(AtomicU64::new(0));
@@ -228,7 +266,7 @@ async fn saturate(
             }
         }));
     }
-    let rate = measure(&events, b.warmup, b.duration).await;
+    let (rate, cpu) = measure_cpu(&events, b.warmup, b.duration, procs).await;
     stop.store(true, Ordering::Relaxed);
     for s in senders {
         let _ = s.await;
@@ -238,7 +276,7 @@ async fn saturate(
     drained(&events, sent).await;
     counter.abort();
     let _ = ch.close(200, "phase done".into()).await;
-    Ok((rate, sent, events.load(Ordering::Relaxed)))
+    Ok((rate, sent, events.load(Ordering::Relaxed), cpu))
 }
 
 /// The bare pipeline: the same broker work with nothing else, set up once for every round.
@@ -298,8 +336,13 @@ impl Ceiling {
     }
 
     /// One phase: `concurrency` publishes in flight for the warm-up and the measured seconds;
-    /// the events/s downstream. Returns once what was published has arrived (at most 60 s).
-    async fn phase(&self, b: &E2eBench) -> anyhow::Result<f64> {
+    /// the events/s downstream and the CPU `procs` used meanwhile. Returns once what was
+    /// published has arrived (at most 60 s).
+    async fn phase(
+        &self,
+        b: &E2eBench,
+        procs: &[(&'static str, Option<u32>)],
+    ) -> anyhow::Result<(f64, CpuUse)> {
         let stop = Arc::new(AtomicBool::new(false));
         let published = Arc::new(AtomicU64::new(0));
         let before = self.events.load(Ordering::Relaxed);
@@ -311,14 +354,14 @@ impl Ceiling {
             &stop,
             &published,
         );
-        let rate = measure(&self.events, b.warmup, b.duration).await;
+        let (rate, cpu) = measure_cpu(&self.events, b.warmup, b.duration, procs).await;
         stop.store(true, Ordering::Relaxed);
         for p in publishers {
             p.await??;
         }
         let target = before + published.load(Ordering::Relaxed);
         drained(&self.events, target).await;
-        Ok(rate)
+        Ok((rate, cpu))
     }
 
     async fn close(self) {

@@ -3,7 +3,7 @@
 //! each ratio see the same minute of a shared machine.
 
 use super::*;
-use procfs::{broker_pid, cpu_secs_of, rss_of, sibling_binary};
+use procfs::{CpuUse, CpuWindow, Spent, broker_pid, rss_of, sibling_binary};
 use stalls::StallWatch;
 
 #[derive(clap::Args)]
@@ -87,12 +87,13 @@ pub async fn run(b: IngressBench) -> anyhow::Result<()> {
     let (mut ceilings, mut rates, mut ratios) = (Vec::new(), Vec::new(), Vec::new());
     let mut latencies_us: Vec<u32> = Vec::new();
     let mut failed = 0;
-    let mut cpu = Cpu::default();
+    let (mut ceiling_cpu, mut cpu) = (Spent::default(), Spent::default());
     for round in 1..=rounds {
         let ceiling_rate = match &ceiling {
             Some(c) => {
                 let since = common::unix_now_ms();
-                let rate = c.phase(&b).await?;
+                let (rate, used) = c.phase(&b).await?;
+                ceiling_cpu.add(rate, &used);
                 println!(
                     "round {round}: broker ceiling (bare lapin, the ingress's message, mandatory, confirms, {} in flight): {rate:.0} msg/s ({})",
                     b.concurrency,
@@ -118,9 +119,9 @@ pub async fn run(b: IngressBench) -> anyhow::Result<()> {
             None => println!("round {round}: ingress {rate:.0} accepted pushes/s ({stalls})"),
         }
         rates.push(rate);
+        cpu.add(rate, &phase.cpu);
         latencies_us.extend(phase.latencies_us);
         failed += phase.failed;
-        cpu.add(&phase.cpu);
     }
     if let Some(c) = ceiling {
         c.close().await;
@@ -135,7 +136,11 @@ pub async fn run(b: IngressBench) -> anyhow::Result<()> {
     println!(
         "ingress (median of {rounds} phases): {rate:.0} accepted pushes/s; over all phases latency p50 {p50:.2} ms, p99 {p99:.2} ms, max {max:.2} ms, non-200: {failed}"
     );
-    println!("{}", cpu.describe());
+    println!(
+        "CPU during the ingress phases (100% = one core): {}",
+        cpu.describe_pct()
+    );
+    println!("CPU per accepted push: {}", cpu.describe());
     println!("ingress RSS: {rss_mb:.1} MB at the end, {hwm_mb:.1} MB peak (VmHWM)");
     if !ratios.is_empty() {
         let (ceiling, ratio) = (median(&ceilings), median(&ratios));
@@ -143,8 +148,14 @@ pub async fn run(b: IngressBench) -> anyhow::Result<()> {
             "ingress / ceiling: {ratio:.2} (median of the rounds' ratios: {})",
             listed(&ratios)
         );
+        println!("CPU per message, ceiling: {}", ceiling_cpu.describe());
+        println!("{}", Spent::bound(&ceiling_cpu, &cpu));
         println!(
-            "figures: ingress_rate={rate:.0} ingress_ceiling={ceiling:.0} ingress_ratio={ratio:.3} ingress_p99_ms={p99:.2} ingress_rss_mb={hwm_mb:.1}",
+            "figures: ingress_rate={rate:.0} ingress_ceiling={ceiling:.0} ingress_ratio={ratio:.3} ingress_p99_ms={p99:.2} ingress_rss_mb={hwm_mb:.1} ingress_cpu_us_per_push={:.0} ingress_ceiling_cpu_us_per_msg={:.0} ingress_busy_pct={:.0} ingress_ceiling_busy_pct={:.0}",
+            cpu.us_per_item(),
+            ceiling_cpu.us_per_item(),
+            cpu.busy_pct(),
+            ceiling_cpu.busy_pct(),
         );
     }
     Ok(())
@@ -198,8 +209,9 @@ impl Ceiling {
     }
 
     /// One phase: `concurrency` publishers for the warm-up and the measured seconds; the rate
-    /// of confirmed publishes measured. The queue is purged afterwards, as the ingress's is.
-    async fn phase(&self, b: &IngressBench) -> anyhow::Result<f64> {
+    /// of confirmed publishes measured, and the CPU of the broker and of this process
+    /// meanwhile. The queue is purged afterwards, as the ingress's is.
+    async fn phase(&self, b: &IngressBench) -> anyhow::Result<(f64, CpuUse)> {
         let stop = Arc::new(AtomicBool::new(false));
         let acked = Arc::new(AtomicU64::new(0));
         let tasks = confirmed_publishers(
@@ -210,7 +222,11 @@ impl Ceiling {
             &stop,
             &acked,
         );
-        let rate = measure(&acked, b.warmup, b.duration).await;
+        let procs = [
+            ("RabbitMQ", broker_pid()),
+            ("this process (publisher)", Some(std::process::id())),
+        ];
+        let (rate, cpu) = measure_cpu(&acked, b.warmup, b.duration, &procs).await;
         stop.store(true, Ordering::Relaxed);
         for task in tasks {
             task.await??;
@@ -218,44 +234,11 @@ impl Ceiling {
         self.ch
             .queue_purge(self.exchange.as_str().into(), QueuePurgeOptions::default())
             .await?;
-        Ok(rate)
+        Ok((rate, cpu))
     }
 
     async fn close(self) {
         super::close(&self.conn, "bench done").await;
-    }
-}
-
-/// CPU seconds of the ingress, this process (the load generator) and the broker over the
-/// measured seconds of the ingress phases.
-#[derive(Default)]
-struct Cpu {
-    ingress: f64,
-    load: f64,
-    broker: Option<f64>,
-    secs: f64,
-}
-
-impl Cpu {
-    fn add(&mut self, o: &Cpu) {
-        self.ingress += o.ingress;
-        self.load += o.load;
-        self.broker = match (self.broker, o.broker) {
-            (None, b) if self.secs == 0.0 => b,
-            (Some(a), Some(b)) => Some(a + b),
-            _ => None,
-        };
-        self.secs += o.secs;
-    }
-
-    fn describe(&self) -> String {
-        let pct = |s: f64| format!("{:.0}%", s / self.secs.max(1e-9) * 100.0);
-        format!(
-            "CPU during the ingress phases (100% = one core): ingress {}, load generator {}, RabbitMQ {}",
-            pct(self.ingress),
-            pct(self.load),
-            self.broker.map(pct).unwrap_or_else(|| "n/a".into())
-        )
     }
 }
 
@@ -264,7 +247,8 @@ struct Phase {
     latencies_us: Vec<u32>,
     failed: u64,
     elapsed: Duration,
-    cpu: Cpu,
+    /// The ingress's, the load generator's and the broker's over the measured seconds.
+    cpu: CpuUse,
 }
 
 /// The ingress binary, started once for every round, and its open HTTP connections.
@@ -356,23 +340,17 @@ impl UnderLoad {
             }));
         }
         tokio::time::sleep(Duration::from_secs(b.warmup)).await;
-        let broker = broker_pid();
-        let before = (
-            cpu_secs_of(self.pid),
-            cpu_secs_of(std::process::id()),
-            broker.map(cpu_secs_of),
-        );
+        let cpu = CpuWindow::start(&[
+            ("ingress", Some(self.pid)),
+            ("load generator", Some(std::process::id())),
+            ("RabbitMQ", broker_pid()),
+        ]);
         measuring.store(true, Ordering::Relaxed);
         let started = Instant::now();
         tokio::time::sleep(Duration::from_secs(b.duration)).await;
         measuring.store(false, Ordering::Relaxed);
         let elapsed = started.elapsed();
-        let cpu = Cpu {
-            ingress: cpu_secs_of(self.pid) - before.0,
-            load: cpu_secs_of(std::process::id()) - before.1,
-            broker: broker.zip(before.2).map(|(p, s)| cpu_secs_of(p) - s),
-            secs: elapsed.as_secs_f64(),
-        };
+        let cpu = cpu.end();
         stop.store(true, Ordering::Relaxed);
         let mut latencies_us = Vec::new();
         for task in tasks {

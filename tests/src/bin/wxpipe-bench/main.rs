@@ -252,10 +252,22 @@ pub fn listed(ratios: &[f64]) -> String {
 
 /// The rate of `count` over `duration` seconds, after `warmup` seconds not measured.
 pub async fn measure(count: &AtomicU64, warmup: u64, duration: u64) -> f64 {
+    measure_cpu(count, warmup, duration, &[]).await.0
+}
+
+/// [`measure`], and the CPU `procs` used over the measured seconds.
+pub async fn measure_cpu(
+    count: &AtomicU64,
+    warmup: u64,
+    duration: u64,
+    procs: &[(&'static str, Option<u32>)],
+) -> (f64, procfs::CpuUse) {
     tokio::time::sleep(Duration::from_secs(warmup)).await;
+    let cpu = procfs::CpuWindow::start(procs);
     let (n0, t0) = (count.load(Ordering::Relaxed), Instant::now());
     tokio::time::sleep(Duration::from_secs(duration)).await;
-    (count.load(Ordering::Relaxed) - n0) as f64 / t0.elapsed().as_secs_f64()
+    let rate = (count.load(Ordering::Relaxed) - n0) as f64 / t0.elapsed().as_secs_f64();
+    (rate, cpu.end())
 }
 
 /// Waits until `count` reaches `target` — what a phase published has arrived downstream — at

@@ -79,3 +79,154 @@ pub async fn redis_pid(url: &str) -> Option<u32> {
         .exists()
         .then_some(pid)
 }
+
+/// CPU seconds of some named processes over a window of time: open it with [`CpuWindow::start`],
+/// read it with [`CpuWindow::end`]. A process that is gone reads as 0 s.
+pub struct CpuWindow {
+    at_start: Vec<(&'static str, u32, f64)>,
+    started: Instant,
+}
+
+impl CpuWindow {
+    /// Starts the window over `procs` (a process without a pid is left out).
+    pub fn start(procs: &[(&'static str, Option<u32>)]) -> Self {
+        let at_start = procs
+            .iter()
+            .filter_map(|(name, pid)| pid.map(|p| (*name, p, cpu_secs_of(p))))
+            .collect();
+        Self {
+            at_start,
+            started: Instant::now(),
+        }
+    }
+
+    /// The CPU each process used since the start (processes of one name summed).
+    pub fn end(&self) -> CpuUse {
+        let mut used = CpuUse {
+            secs: self.started.elapsed().as_secs_f64(),
+            by: Vec::new(),
+        };
+        for (name, pid, before) in &self.at_start {
+            used.charge(name, (cpu_secs_of(*pid) - before).max(0.0));
+        }
+        used
+    }
+}
+
+/// CPU seconds used by each named process over `secs` of wall time (summed over windows).
+#[derive(Debug, Clone, Default)]
+pub struct CpuUse {
+    pub secs: f64,
+    pub by: Vec<(&'static str, f64)>,
+}
+
+impl CpuUse {
+    /// Adds another window of the same processes.
+    pub fn add(&mut self, other: &CpuUse) {
+        self.secs += other.secs;
+        for (name, s) in &other.by {
+            self.charge(name, *s);
+        }
+    }
+
+    fn charge(&mut self, name: &'static str, secs: f64) {
+        match self.by.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, mine)) => *mine += secs,
+            None => self.by.push((name, secs)),
+        }
+    }
+
+    /// Microseconds of CPU per item of the processes named `name`, at `rate` items/s.
+    pub fn us_of(&self, name: &str, rate: f64) -> Option<f64> {
+        let (_, s) = self.by.iter().find(|(n, _)| *n == name)?;
+        Some(s / self.secs.max(1e-9) * 1e6 / rate.max(1e-9))
+    }
+
+    /// CPU seconds of every process together.
+    pub fn total(&self) -> f64 {
+        self.by.iter().map(|(_, s)| s).sum()
+    }
+
+    /// All the processes' CPU as a percentage of one core.
+    pub fn busy_pct(&self) -> f64 {
+        self.total() / self.secs.max(1e-9) * 100.0
+    }
+
+    /// Microseconds of CPU per item, when `rate` items/s went through during the window.
+    pub fn us_per(&self, rate: f64) -> f64 {
+        self.total() / self.secs.max(1e-9) * 1e6 / rate.max(1e-9)
+    }
+
+    /// "ingress 48%, RabbitMQ 89%" (100% = one core).
+    pub fn describe_pct(&self) -> String {
+        let parts: Vec<String> = self
+            .by
+            .iter()
+            .map(|(name, s)| format!("{name} {:.0}%", s / self.secs.max(1e-9) * 100.0))
+            .collect();
+        parts.join(", ")
+    }
+
+    /// "broker 120 µs, ingress 40 µs, …; in all 250 µs (190 % of a core)" for `rate` items/s.
+    pub fn describe_per(&self, rate: f64) -> String {
+        let per = |s: f64| s / self.secs.max(1e-9) * 1e6 / rate.max(1e-9);
+        let parts: Vec<String> = self
+            .by
+            .iter()
+            .map(|(name, s)| format!("{name} {:.0} µs", per(*s)))
+            .collect();
+        format!(
+            "{}; in all {:.0} µs ({:.0}% of a core busy)",
+            parts.join(", "),
+            self.us_per(rate),
+            self.busy_pct()
+        )
+    }
+}
+
+/// The CPU of a phase's rounds together, and the items that went through meanwhile.
+#[derive(Default)]
+pub struct Spent {
+    cpu: CpuUse,
+    items: f64,
+}
+
+impl Spent {
+    /// Adds a round that ran at `rate` items/s.
+    pub fn add(&mut self, rate: f64, cpu: &CpuUse) {
+        self.items += rate * cpu.secs;
+        self.cpu.add(cpu);
+    }
+
+    pub fn rate(&self) -> f64 {
+        self.items / self.cpu.secs.max(1e-9)
+    }
+
+    pub fn us_per_item(&self) -> f64 {
+        self.cpu.us_per(self.rate())
+    }
+
+    pub fn busy_pct(&self) -> f64 {
+        self.cpu.busy_pct()
+    }
+
+    pub fn describe(&self) -> String {
+        self.cpu.describe_per(self.rate())
+    }
+
+    pub fn describe_pct(&self) -> String {
+        self.cpu.describe_pct()
+    }
+
+    /// What the CPU allows: where the cores are the limit of both phases, a pipeline can do at
+    /// most the ceiling's CPU per item over its own of the ceiling's rate.
+    pub fn bound(ceiling: &Spent, pipeline: &Spent) -> String {
+        let (c, p) = (ceiling.us_per_item(), pipeline.us_per_item());
+        format!(
+            "CPU bound: the ceiling used {c:.0} µs of CPU per message ({:.0}% of a core busy), the pipeline {p:.0} µs per item ({:.0}%); were both bound by the cores, the ratio could not pass {c:.0} / {p:.0} = {:.2}",
+            ceiling.busy_pct(),
+            pipeline.busy_pct(),
+            c / p.max(1e-9)
+        )
+    }
+}
