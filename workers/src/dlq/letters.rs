@@ -177,8 +177,16 @@ impl DeadLetters {
         })
     }
 
+    /// Closes the connection, bounded: lapin 4.12 can leave a close's promise unresolved when
+    /// its I/O loop ends first (seen once: `workers dlq replay` had done its work, then hung
+    /// on this close forever, and with it the e2e test that ran it). The process is about to
+    /// exit; the broker notices the dropped socket.
     pub async fn close(self) {
-        let _ = self.conn.close(200, "dlq done".into()).await;
+        let _ = tokio::time::timeout(
+            Duration::from_secs(2),
+            self.conn.close(200, "dlq done".into()),
+        )
+        .await;
     }
 
     pub fn queue(&self) -> String {
@@ -189,7 +197,7 @@ impl DeadLetters {
     pub async fn depth(&self) -> Result<u32, DlqError> {
         let ch = self.conn.create_channel().await?;
         let n = depth(&ch, &self.queue()).await;
-        let _ = ch.close(200, "done".into()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(2), ch.close(200, "done".into())).await;
         n
     }
 
