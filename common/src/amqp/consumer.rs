@@ -5,9 +5,10 @@
 //! its own task (so up to `prefetch` deliveries are handled at once). The handler's
 //! [`Disposition`] decides the ending:
 //!
-//! * `Ack` — acknowledged at once, on its own: a delivery that takes minutes (retrying) never
-//!   holds back the acknowledgements of the others, so it occupies one slot of the prefetch
-//!   window, not all of them.
+//! * `Ack` — acknowledged together with the deliveries before it, in one `basic.ack(multiple)`
+//!   a couple of milliseconds later ([`super::acks`]). A delivery that takes minutes (retrying)
+//!   holds back the acknowledgements behind it only for [`super::acks::STUCK`]; after that they
+//!   go one by one, so it occupies one slot of the prefetch window, not all of them.
 //! * `DeadLetter` — published to `{ns}.dlx` (hence `{ns}.dead`) with the headers of
 //!   [`crate::wire::dead::DeadLetter`], **confirmed** (and routed), then acked. If that publish
 //!   fails the delivery is requeued: a message is never dropped.
@@ -24,6 +25,7 @@
 //! makes the loop reconnect too, so a handler can never wait on its channel forever. On shutdown the
 //! consumer is cancelled and in-flight deliveries are finished before the connection closes.
 
+use super::acks::{AckFrame, Acks};
 use super::{AmqpError, ConfirmedPublisher, connect_any};
 use crate::ids::Namespace;
 use crate::wire::dead::DeadLetter;
@@ -164,6 +166,15 @@ async fn consume_once<H: Handler>(
     let dlx: Arc<str> = Arc::from(opts.namespace.dlx());
     let mut in_flight = JoinSet::new();
     let mut running = std::collections::HashMap::new();
+    let mut acks: Vec<Acks> = opts
+        .queues
+        .iter()
+        .map(|_| Acks::new(opts.prefetch))
+        .collect();
+    // Fires when some channel's waiting acknowledgements fall due (see `super::acks`).
+    let ack_timer = tokio::time::sleep(Duration::from_secs(3600));
+    tokio::pin!(ack_timer);
+    let mut ack_timer_at: Option<std::time::Instant> = None;
     let ended = loop {
         tokio::select! {
             changed = shutdown.changed() => {
@@ -178,6 +189,7 @@ async fn consume_once<H: Handler>(
                     let (handler, dead) = (handler.clone(), dead_letters.clone());
                     let (queue, dlx) = (queues[i].clone(), dlx.clone());
                     let tag = delivery.delivery_tag;
+                    acks[i].delivered(tag, std::time::Instant::now());
                     // Boxed: a handler's future is large, and the runtime would otherwise
                     // copy all of it into the task and again when the task's stage changes.
                     let task = in_flight.spawn(Box::pin(async move {
@@ -197,7 +209,7 @@ async fn consume_once<H: Handler>(
                 None => break Ended::Lost,
             },
             Some(done) = in_flight.join_next_with_id(), if !in_flight.is_empty() => {
-                if finished(done, &mut running, &channels).await == Settled::No {
+                if finished(done, &mut running, &channels, &mut acks, Flush::Due).await == Settled::No {
                     // An acknowledgement that failed or never completed: the channel cannot
                     // be trusted with the deliveries it holds. Closing the connection gives
                     // them back to the queue.
@@ -205,7 +217,30 @@ async fn consume_once<H: Handler>(
                     break Ended::Lost;
                 }
             }
+            () = &mut ack_timer, if ack_timer_at.is_some() => {
+                let now = std::time::Instant::now();
+                let mut settled = Settled::Yes;
+                for (i, a) in acks.iter_mut().enumerate() {
+                    if a.deadline().is_some_and(|d| d <= now)
+                        && send_acks(&channels[i], a.flush(now, false)).await == Settled::No
+                    {
+                        settled = Settled::No;
+                    }
+                }
+                if settled == Settled::No {
+                    tracing::warn!(consumer = %opts.connection_name, "acknowledgements could not be sent; reconnecting");
+                    break Ended::Lost;
+                }
+            }
         }
+        // The timer follows the earliest deadline of any channel's waiting acknowledgements.
+        let due = acks.iter().filter_map(Acks::deadline).min();
+        if let Some(at) = due
+            && ack_timer_at != Some(at)
+        {
+            ack_timer.as_mut().reset(tokio::time::Instant::from_std(at));
+        }
+        ack_timer_at = due;
     };
     crate::health::set_connected(&opts.connection_name, false);
     if matches!(ended, Ended::Shutdown) {
@@ -218,8 +253,20 @@ async fn consume_once<H: Handler>(
             .await;
         }
     }
+    // Finish the handlers in hand. Shutting down, every acknowledgement is sent; on a lost (or
+    // distrusted) connection none is: closing it gives those messages back to the queue.
+    let flush = match ended {
+        Ended::Shutdown => Flush::All,
+        Ended::Lost => Flush::Never,
+    };
     while let Some(done) = in_flight.join_next_with_id().await {
-        finished(done, &mut running, &channels).await;
+        finished(done, &mut running, &channels, &mut acks, flush).await;
+    }
+    if flush == Flush::All {
+        let now = std::time::Instant::now();
+        for (channel, waiting) in channels.iter().zip(&mut acks) {
+            send_acks(channel, waiting.flush(now, true)).await;
+        }
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
     Ok(ended)
@@ -255,23 +302,62 @@ async fn bounded(
     Settled::No
 }
 
-/// Forgets a finished task; gives back the delivery of a handler that panicked rather than
-/// hold it forever. Says whether the delivery was settled.
+/// How a delivery's task ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Finished {
+    /// Its handler said `Ack`: the consumer loop acknowledges it (coalesced, [`super::acks`]).
+    AckLater,
+    /// It was settled by the task itself (requeued, or acked after its dead letter), or not.
+    Settled(Settled),
+}
+
+/// Which waiting acknowledgements [`finished`] sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flush {
+    /// Those due ([`Acks::flush`]).
+    Due,
+    /// All of them (shutting down).
+    All,
+    /// None (the connection is lost or distrusted).
+    Never,
+}
+
+/// Forgets a finished task: a delivery to acknowledge joins its channel's waiting
+/// acknowledgements, sent as `flush` says; the delivery of a handler that panicked is given
+/// back rather than held forever. Says whether everything it had to send was sent.
 async fn finished(
-    done: Result<(tokio::task::Id, Settled), tokio::task::JoinError>,
+    done: Result<(tokio::task::Id, Finished), tokio::task::JoinError>,
     running: &mut std::collections::HashMap<tokio::task::Id, (usize, u64)>,
     channels: &[lapin::Channel],
+    acks: &mut [Acks],
+    flush: Flush,
 ) -> Settled {
-    let (task, settled) = match done {
-        Ok((task, settled)) => (task, Some(settled)),
+    let (task, outcome) = match done {
+        Ok((task, outcome)) => (task, Some(outcome)),
         Err(e) => (e.id(), None),
     };
     let Some((channel, tag)) = running.remove(&task) else {
-        return settled.unwrap_or(Settled::Yes);
+        return Settled::Yes;
     };
-    match settled {
-        Some(settled) => settled,
+    match outcome {
+        Some(Finished::AckLater) => {
+            let now = std::time::Instant::now();
+            let due = acks[channel].ready(tag, now);
+            match flush {
+                Flush::Never => Settled::Yes,
+                Flush::Due if !due => Settled::Yes,
+                _ => {
+                    let frames = acks[channel].flush(now, flush == Flush::All);
+                    send_acks(&channels[channel], frames).await
+                }
+            }
+        }
+        Some(Finished::Settled(settled)) => {
+            acks[channel].settled(tag);
+            settled
+        }
         None => {
+            acks[channel].settled(tag);
             tracing::error!(tag, "a handler panicked; requeueing its delivery");
             metrics::counter!("wxpipe_handler_panics_total").increment(1);
             let nack = channels[channel].basic_nack(
@@ -286,6 +372,24 @@ async fn finished(
     }
 }
 
+/// Sends acknowledgement frames on `channel`, in order and one after the other: a `multiple`
+/// ack must never reach the broker after a later one, which would already have settled its tag
+/// (an unknown tag closes the channel).
+async fn send_acks(channel: &lapin::Channel, frames: Vec<AckFrame>) -> Settled {
+    for frame in frames {
+        let (tag, multiple, kind) = match frame {
+            AckFrame::UpTo(tag) => (tag, true, "multiple"),
+            AckFrame::One(tag) => (tag, false, "single"),
+        };
+        metrics::counter!("wxpipe_amqp_ack_frames_total", "kind" => kind).increment(1);
+        let ack = channel.basic_ack(tag, BasicAckOptions { multiple });
+        if bounded("ack", async { ack.await.map(|()| true) }).await == Settled::No {
+            return Settled::No;
+        }
+    }
+    Settled::Yes
+}
+
 /// Applies a disposition. Never drops: when a dead letter cannot be published, the delivery is
 /// requeued instead.
 async fn settle(
@@ -294,14 +398,14 @@ async fn settle(
     dead: &ConfirmedPublisher,
     queue: &str,
     dlx: &str,
-) -> Settled {
+) -> Finished {
     let requeue = BasicNackOptions {
         requeue: true,
         ..Default::default()
     };
     match disposition {
-        Disposition::Ack => bounded("ack", delivery.ack(BasicAckOptions::default())).await,
-        Disposition::Requeue => bounded("requeue", delivery.nack(requeue)).await,
+        Disposition::Ack => Finished::AckLater,
+        Disposition::Requeue => Finished::Settled(bounded("requeue", delivery.nack(requeue)).await),
         Disposition::DeadLetter { reason, detail } => {
             let props = dead_letter_properties(&delivery, reason, &detail, queue);
             match publish_dead_letter(dead, dlx, &delivery, props).await {
@@ -309,11 +413,13 @@ async fn settle(
                     metrics::counter!("wxpipe_dead_letters_total", "queue" => queue.to_owned(), "reason" => reason)
                         .increment(1);
                     tracing::warn!(queue, reason, %detail, "dead-lettered");
-                    bounded("ack", delivery.ack(BasicAckOptions::default())).await
+                    Finished::Settled(
+                        bounded("ack", delivery.ack(BasicAckOptions::default())).await,
+                    )
                 }
                 Err(e) => {
                     tracing::warn!(queue, reason, error = %e, "could not dead-letter; requeueing");
-                    bounded("requeue", delivery.nack(requeue)).await
+                    Finished::Settled(bounded("requeue", delivery.nack(requeue)).await)
                 }
             }
         }

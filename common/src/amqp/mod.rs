@@ -1,6 +1,7 @@
 //! RabbitMQ: connecting to a cluster's nodes in turn, the declared topology, and a publisher
 //! whose publishes are confirmed by the broker and which reconnects by itself.
 
+pub mod acks;
 pub mod connection;
 pub mod consumer;
 pub mod publisher;
