@@ -219,15 +219,7 @@ async fn consume_once<H: Handler>(
             }
             () = &mut ack_timer, if ack_timer_at.is_some() => {
                 let now = std::time::Instant::now();
-                let mut settled = Settled::Yes;
-                for (i, a) in acks.iter_mut().enumerate() {
-                    if a.deadline().is_some_and(|d| d <= now)
-                        && send_acks(&channels[i], a.flush(now, false)).await == Settled::No
-                    {
-                        settled = Settled::No;
-                    }
-                }
-                if settled == Settled::No {
+                if flush_channels(&channels, &mut acks, now, false).await == Settled::No {
                     tracing::warn!(consumer = %opts.connection_name, "acknowledgements could not be sent; reconnecting");
                     break Ended::Lost;
                 }
@@ -263,10 +255,7 @@ async fn consume_once<H: Handler>(
         finished(done, &mut running, &channels, &mut acks, flush).await;
     }
     if flush == Flush::All {
-        let now = std::time::Instant::now();
-        for (channel, waiting) in channels.iter().zip(&mut acks) {
-            send_acks(channel, waiting.flush(now, true)).await;
-        }
+        flush_channels(&channels, &mut acks, std::time::Instant::now(), true).await;
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
     Ok(ended)
@@ -370,6 +359,25 @@ async fn finished(
             bounded("nack", async { nack.await.map(|()| true) }).await
         }
     }
+}
+
+/// Sends, channel by channel, the acknowledgements due at `now` (with `all`, every waiting one).
+/// Says whether every frame was sent.
+async fn flush_channels(
+    channels: &[lapin::Channel],
+    acks: &mut [Acks],
+    now: std::time::Instant,
+    all: bool,
+) -> Settled {
+    let mut settled = Settled::Yes;
+    for (channel, waiting) in channels.iter().zip(acks) {
+        if (all || waiting.deadline().is_some_and(|d| d <= now))
+            && send_acks(channel, waiting.flush(now, all)).await == Settled::No
+        {
+            settled = Settled::No;
+        }
+    }
+    settled
 }
 
 /// Sends acknowledgement frames on `channel`, in order and one after the other: a `multiple`
