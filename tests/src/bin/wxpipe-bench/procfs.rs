@@ -136,10 +136,20 @@ impl CpuUse {
         }
     }
 
+    /// `cpu_secs` over the window as a percentage of one core.
+    fn pct(&self, cpu_secs: f64) -> f64 {
+        cpu_secs / self.secs.max(1e-9) * 100.0
+    }
+
+    /// `cpu_secs` over the window as microseconds per item, at `rate` items/s.
+    fn per_item(&self, cpu_secs: f64, rate: f64) -> f64 {
+        cpu_secs / self.secs.max(1e-9) * 1e6 / rate.max(1e-9)
+    }
+
     /// Microseconds of CPU per item of the processes named `name`, at `rate` items/s.
     pub fn us_of(&self, name: &str, rate: f64) -> Option<f64> {
         let (_, s) = self.by.iter().find(|(n, _)| *n == name)?;
-        Some(s / self.secs.max(1e-9) * 1e6 / rate.max(1e-9))
+        Some(self.per_item(*s, rate))
     }
 
     /// CPU seconds of every process together.
@@ -149,12 +159,12 @@ impl CpuUse {
 
     /// All the processes' CPU as a percentage of one core.
     pub fn busy_pct(&self) -> f64 {
-        self.total() / self.secs.max(1e-9) * 100.0
+        self.pct(self.total())
     }
 
     /// Microseconds of CPU per item, when `rate` items/s went through during the window.
     pub fn us_per(&self, rate: f64) -> f64 {
-        self.total() / self.secs.max(1e-9) * 1e6 / rate.max(1e-9)
+        self.per_item(self.total(), rate)
     }
 
     /// "ingress 48%, RabbitMQ 89%" (100% = one core).
@@ -162,18 +172,17 @@ impl CpuUse {
         let parts: Vec<String> = self
             .by
             .iter()
-            .map(|(name, s)| format!("{name} {:.0}%", s / self.secs.max(1e-9) * 100.0))
+            .map(|(name, s)| format!("{name} {:.0}%", self.pct(*s)))
             .collect();
         parts.join(", ")
     }
 
     /// "broker 120 µs, ingress 40 µs, …; in all 250 µs (190 % of a core)" for `rate` items/s.
     pub fn describe_per(&self, rate: f64) -> String {
-        let per = |s: f64| s / self.secs.max(1e-9) * 1e6 / rate.max(1e-9);
         let parts: Vec<String> = self
             .by
             .iter()
-            .map(|(name, s)| format!("{name} {:.0} µs", per(*s)))
+            .map(|(name, s)| format!("{name} {:.0} µs", self.per_item(*s, rate)))
             .collect();
         format!(
             "{}; in all {:.0} µs ({:.0}% of a core busy)",
