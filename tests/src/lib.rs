@@ -78,6 +78,15 @@ pub async fn get_text(url: impl reqwest::IntoUrl) -> String {
         .expect("a text body")
 }
 
+/// The value of one series in a Prometheus text exposition (`name{labels}` exactly as
+/// exported); `None` when the series is absent or its value is not a number.
+pub fn metric_value(exposition: &str, series: &str) -> Option<f64> {
+    exposition.lines().find_map(|line| {
+        let value = line.strip_prefix(series)?.strip_prefix(' ')?;
+        value.trim().parse().ok()
+    })
+}
+
 /// `path` when it runs (`{path} --version` succeeds); otherwise the test stops saying how to get
 /// it (`install`).
 pub fn require_tool(path: &str, install: &str) -> std::path::PathBuf {

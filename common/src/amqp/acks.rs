@@ -11,9 +11,13 @@
 //!   as **one** `basic.ack(multiple)` once a quarter of the prefetch is ready or the first of
 //!   them has waited [`LINGER`];
 //! * a `multiple` never covers a delivery still being handled: a ready delivery behind one that
-//!   is still running waits for it — unless that one has run for [`STUCK`], after which every
-//!   ready delivery behind it is acked on its own, so that a handler retrying for minutes holds
-//!   one slot of the prefetch window, not all of them (as before the coalescing);
+//!   is still running waits for it — unless that one has been the channel's oldest unsettled
+//!   delivery for [`STUCK`], after which every ready delivery behind it is acked on its own, so
+//!   that a handler retrying for minutes holds one slot of the prefetch window, not all of them
+//!   (as before the coalescing). The clock starts when it becomes the oldest, not when it was
+//!   delivered: draining a backlog, every delivery waits its turn in a full prefetch window
+//!   (256 at 10,000/s is ~25 ms) without being slow, and an age-based rule sent half of a
+//!   drain's acknowledgements one by one;
 //! * a delivery settled any other way (requeued, dead-lettered) is acked or nacked on its own by
 //!   its handler's task and leaves the bookkeeping ([`Acks::settled`]).
 //!
@@ -26,7 +30,7 @@ use std::time::{Duration, Instant};
 
 /// Longest a ready acknowledgement waits for others to join it.
 pub const LINGER: Duration = Duration::from_millis(2);
-/// How long a delivery may run before the acknowledgements behind it stop waiting for it.
+/// How long the oldest unsettled delivery may hold back the acknowledgements behind it.
 pub const STUCK: Duration = Duration::from_millis(25);
 
 /// A frame to send on the channel.
@@ -53,6 +57,8 @@ pub struct Acks {
     ready: usize,
     /// When the first ready delivery since the last flush became ready.
     ready_since: Option<Instant>,
+    /// When the oldest unsettled delivery became the oldest (see [`STUCK`]).
+    head_since: Option<Instant>,
     /// Ready deliveries that make a flush due at once.
     enough: usize,
 }
@@ -63,12 +69,17 @@ impl Acks {
             pending: BTreeMap::new(),
             ready: 0,
             ready_since: None,
+            head_since: None,
             enough: usize::from(prefetch / 4).max(1),
         }
     }
 
     /// A delivery arrived.
     pub fn delivered(&mut self, tag: u64, now: Instant) {
+        // Tags only grow: a new delivery is the oldest only of an empty channel.
+        if self.pending.is_empty() {
+            self.head_since = Some(now);
+        }
         self.pending.insert(
             tag,
             Entry {
@@ -91,7 +102,14 @@ impl Acks {
     }
 
     /// It was settled by its own task (nack, or the ack after a dead letter), or never will be.
-    pub fn settled(&mut self, tag: u64) {
+    pub fn settled(&mut self, tag: u64, now: Instant) {
+        if self
+            .pending
+            .first_key_value()
+            .is_some_and(|(head, _)| *head == tag)
+        {
+            self.head_since = Some(now);
+        }
         if let Some(e) = self.pending.remove(&tag)
             && e.ready
         {
@@ -114,12 +132,12 @@ impl Acks {
         if head.ready {
             Some(self.ready_since.unwrap_or(head.delivered) + LINGER)
         } else {
-            Some(head.delivered + STUCK)
+            Some(self.head_since.unwrap_or(head.delivered) + STUCK)
         }
     }
 
     /// The frames due at `now`: the ready head as one `multiple` ack, and, behind a delivery
-    /// running for [`STUCK`], every ready one on its own. With `all`, every ready delivery goes
+    /// that has been the oldest for [`STUCK`], every ready one on its own. With `all`, every ready delivery goes
     /// (shutting down).
     pub fn flush(&mut self, now: Instant, all: bool) -> Vec<AckFrame> {
         let mut frames = Vec::new();
@@ -132,11 +150,13 @@ impl Acks {
             entry.remove();
             self.ready -= 1;
         }
+        if last.is_some() {
+            self.head_since = Some(now);
+        }
         frames.extend(last.map(AckFrame::UpTo));
-        let stuck = self
-            .pending
-            .first_key_value()
-            .is_some_and(|(_, head)| now.saturating_duration_since(head.delivered) >= STUCK);
+        let stuck = self.head_since.is_some_and(|since| {
+            !self.pending.is_empty() && now.saturating_duration_since(since) >= STUCK
+        });
         if self.ready > 0 && (all || stuck) {
             let behind: Vec<u64> = self
                 .pending
@@ -190,7 +210,11 @@ mod tests {
         // 2 is running: only 1 may go; 3 and 4 wait for 2 (not stuck yet).
         assert_eq!(acks.flush(t0 + LINGER, false), vec![AckFrame::UpTo(1)]);
         assert_eq!(acks.waiting(), 2);
-        assert_eq!(acks.deadline(), Some(t0 + STUCK));
+        assert_eq!(
+            acks.deadline(),
+            Some(t0 + LINGER + STUCK),
+            "2 is the oldest since then"
+        );
         acks.ready(2, t0 + LINGER);
         assert_eq!(acks.flush(t0 + LINGER * 2, false), vec![AckFrame::UpTo(4)]);
     }
@@ -212,6 +236,30 @@ mod tests {
     }
 
     #[test]
+    fn a_delivery_that_waited_its_turn_is_not_stuck() {
+        // Draining a backlog: 1 to 4 have been in the window for 40 ms (longer than STUCK)
+        // when 1 and 3 are done; 2 has only just become the oldest, so 3 waits for it.
+        let t0 = Instant::now();
+        let mut acks = acks_of(256, 1..=4, t0);
+        let later = t0 + Duration::from_millis(40);
+        acks.ready(1, later);
+        acks.ready(3, later);
+        assert_eq!(acks.flush(later + LINGER, false), vec![AckFrame::UpTo(1)]);
+        assert_eq!(acks.deadline(), Some(later + LINGER + STUCK));
+        acks.ready(2, later + LINGER * 2);
+        assert_eq!(
+            acks.flush(later + LINGER * 3, false),
+            vec![AckFrame::UpTo(3)]
+        );
+        // 4 is the oldest now; were it to hold 5 back for STUCK, 5 would go on its own.
+        acks.delivered(5, later);
+        acks.ready(5, later + LINGER * 3);
+        let stuck_at = later + LINGER * 3 + STUCK;
+        assert_eq!(acks.deadline(), Some(stuck_at));
+        assert_eq!(acks.flush(stuck_at, false), vec![AckFrame::One(5)]);
+    }
+
+    #[test]
     fn a_quarter_of_the_prefetch_ready_makes_a_flush_due_at_once() {
         let t0 = Instant::now();
         let mut acks = acks_of(8, 1..=8, t0);
@@ -225,7 +273,7 @@ mod tests {
         let t0 = Instant::now();
         let mut acks = acks_of(256, 1..=3, t0);
         acks.ready(1, t0);
-        acks.settled(2); // nacked (requeued) by its own task
+        acks.settled(2, t0); // nacked (requeued) by its own task
         acks.ready(3, t0);
         assert_eq!(acks.flush(t0 + LINGER, false), vec![AckFrame::UpTo(3)]);
     }

@@ -342,11 +342,11 @@ async fn finished(
             }
         }
         Some(Finished::Settled(settled)) => {
-            acks[channel].settled(tag);
+            acks[channel].settled(tag, std::time::Instant::now());
             settled
         }
         None => {
-            acks[channel].settled(tag);
+            acks[channel].settled(tag, std::time::Instant::now());
             tracing::error!(tag, "a handler panicked; requeueing its delivery");
             metrics::counter!("wxpipe_handler_panics_total").increment(1);
             let nack = channels[channel].basic_nack(
