@@ -58,9 +58,21 @@ struct AllArgs {
     dedup_claim_secs: u64,
 }
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
+    let mut runtime = tokio::runtime::Builder::new_multi_thread();
+    // A decrypt replica runs on the threads it is given; every other command on one per core
+    // (or `TOKIO_WORKER_THREADS`).
+    if let Command::Decrypt(args) = &cli.command {
+        runtime.worker_threads(args.threads.into());
+    }
+    match runtime.enable_all().build() {
+        Ok(runtime) => runtime.block_on(run(cli)),
+        Err(e) => fail("workers", format!("cannot start the async runtime: {e}")),
+    }
+}
+
+async fn run(cli: Cli) -> ExitCode {
     // The tools print results; the services log their work.
     match cli.command {
         Command::Dlq(_) | Command::Crypto(_) => {
@@ -139,6 +151,8 @@ async fn main() -> ExitCode {
                 prefetch: args.decrypt_prefetch,
                 dedup_ttl_secs: args.dedup_ttl_secs,
                 dedup_claim_secs: args.dedup_claim_secs,
+                // Not used: `all` runs on the process's runtime, one thread per core.
+                threads: 1,
                 shards: "*".into(),
                 fault_panic_on: None,
             };

@@ -31,6 +31,12 @@ pub struct DecryptArgs {
     /// Unacknowledged raw messages one worker holds (and handles concurrently).
     #[arg(long, env = "WXPIPE_DECRYPT_PREFETCH", default_value_t = 256)]
     pub prefetch: u16,
+    /// Threads of the async runtime that handle the deliveries (besides the AMQP client's own
+    /// I/O thread per connection). One wakes fewer threads per delivery than one per core
+    /// (README, Performance); scale out with replicas, or raise it.
+    #[arg(long, env = "WXPIPE_DECRYPT_THREADS", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub threads: u16,
     /// How long a published push is remembered, so that WeChat's retries are dropped.
     #[arg(long, env = "WXPIPE_DEDUP_TTL_SECS", default_value_t = 900)]
     pub dedup_ttl_secs: u64,
