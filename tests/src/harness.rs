@@ -161,6 +161,61 @@ pub fn spawn_decrypt(config: workers::decrypt::DecryptConfig) -> WorkerHandle {
     WorkerHandle { stop, task }
 }
 
+/// A `workers decrypt` process of the test platform on `t`'s namespace (with `env` added),
+/// killed when dropped: a failing test leaves no worker behind.
+pub fn spawn_decrypt_process(t: &crate::broker::TestNs, env: &[(&str, &str)]) -> ChildProcess {
+    let child = std::process::Command::new(workspace_bin("workers"))
+        .arg("decrypt")
+        .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
+        .env("WXPIPE_TOKEN", test_platform::TOKEN)
+        .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
+        .env("WXPIPE_NAMESPACE", t.name())
+        .env("WXPIPE_AMQP_URL", crate::amqp_url())
+        .env("WXPIPE_REDIS_URL", crate::redis_url())
+        .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
+        .spawn()
+        .expect("workers decrypt starts");
+    ChildProcess(Some(child))
+}
+
+/// A child process killed (SIGKILL) when dropped, unless it was stopped first.
+pub struct ChildProcess(Option<std::process::Child>);
+
+impl ChildProcess {
+    /// SIGKILL, no goodbye.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// SIGTERM, then its exit status (waiting at most `timeout`; then it is killed).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        let mut child = self.0.take()?;
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &child.id().to_string()])
+            .status();
+        let deadline = tokio::time::Instant::now() + timeout;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(status);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        None
+    }
+}
+
+impl Drop for ChildProcess {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// Path of a binary of this workspace built beside the running test (`target/<profile>/NAME`).
 pub fn workspace_bin(name: &str) -> std::path::PathBuf {
     let exe = std::env::current_exe().expect("test executable path");

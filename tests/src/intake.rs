@@ -1,6 +1,7 @@
-//! Traffic for the sharded-intake tests: numbered pushes per account, sent as WeChat sends them
-//! (one account's next push after the previous one is answered, retried until `success` like
-//! WeChat retries), and the check that an intake kept each account in one shard, in order.
+//! Traffic for the intake: numbered pushes per account, sent as WeChat sends them (one
+//! account's next push after the previous one is answered, retried until `success` like WeChat
+//! retries), the check that an intake kept each account in one shard, in order, and a backlog
+//! queued on `{ns}.raw` before any worker runs ([`queue_burst`]).
 
 use crate::push::{PushBuilder, text_message};
 use common::amqp::RawShards;
@@ -166,4 +167,63 @@ impl ShardContents {
             assert_eq!(seqs, &(0..n).collect::<Vec<_>>(), "{appid} out of order");
         }
     }
+}
+
+/// The authorizer appid of [`queue_burst`]'s pushes.
+pub const BURST_APPID: &str = "wxba5fad812f8e6fb9";
+
+/// Queues `n` distinct signed text pushes for [`BURST_APPID`] (MsgIds from `first_msg_id`) on
+/// `{ns}.raw` exactly as the ingress stores them (body, signature headers, `appid`,
+/// persistent), confirmed, declaring the topology first.
+pub async fn queue_burst(ns: &Namespace, n: u64, first_msg_id: u64, content: &str) {
+    let b = PushBuilder::test_platform();
+    let now = common::unix_now();
+    let conn = crate::broker::connect().await.expect("RabbitMQ");
+    common::amqp::topology::declare(
+        &conn,
+        ns,
+        &common::amqp::topology::Part::everything(RawShards::ONE),
+    )
+    .await
+    .expect("the topology");
+    let ch = conn.create_channel().await.expect("a channel");
+    ch.confirm_select(Default::default())
+        .await
+        .expect("confirm mode");
+    for i in 0..n {
+        let p = b.authorizer(
+            GH,
+            "o",
+            &text_message(GH, "o-frank", now, content, first_msg_id + i),
+            now,
+            "n",
+        );
+        let mut table = lapin::types::FieldTable::default();
+        for (k, v) in url::form_urlencoded::parse(p.query.as_bytes()) {
+            table.insert(
+                k.as_ref().into(),
+                lapin::types::AMQPValue::LongString(v.as_ref().into()),
+            );
+        }
+        table.insert(
+            "appid".into(),
+            lapin::types::AMQPValue::LongString(BURST_APPID.into()),
+        );
+        let _confirm = ch
+            .basic_publish(
+                ns.raw().as_str().into(),
+                "authorizer".into(),
+                Default::default(),
+                p.body.as_bytes(),
+                lapin::BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_headers(table),
+            )
+            .await
+            .expect("a publish");
+    }
+    ch.wait_for_confirms()
+        .await
+        .expect("every publish confirmed");
+    let _ = conn.close(200, "burst queued".into()).await;
 }

@@ -7,8 +7,9 @@ use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 use wxpipe_tests::broker::{Taken, TestNs, bind_queue, collect, message_count, publish_raw};
 use wxpipe_tests::harness::{
-    IngressHandle, decrypt_config, eventually, free_port, spawn_decrypt, test_config, workspace_bin,
+    IngressHandle, decrypt_config, spawn_decrypt, spawn_decrypt_process, test_config,
 };
+use wxpipe_tests::intake::queue_burst;
 use wxpipe_tests::proxy::Proxy;
 use wxpipe_tests::push::{PushBuilder, SignedPush, text_message, ticket_event};
 use wxpipe_tests::{amqp_url, test_platform};
@@ -411,8 +412,8 @@ async fn a_worker_killed_mid_burst_loses_nothing() {
     let events = subscriber(&t).await;
     const N: u64 = 3000;
     // The burst is already queued when the worker starts.
-    queue_burst(&t, N, 90_000, "burst").await;
-    let spawn = || spawn_worker(&t, &[("WXPIPE_DEDUP_CLAIM_SECS", "5")]);
+    queue_burst(&t.ns, N, 90_000, "burst").await;
+    let spawn = || spawn_decrypt_process(&t, &[("WXPIPE_DEDUP_CLAIM_SECS", "5")]);
     let mut first = spawn();
     // Kill it (SIGKILL: no goodbye) as soon as it is into the burst.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -423,8 +424,7 @@ async fn a_worker_killed_mid_burst_loses_nothing() {
         );
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    first.kill().unwrap();
-    let _ = first.wait();
+    first.kill();
     tokio::time::sleep(Duration::from_millis(300)).await;
     let left = message_count(&t.ns.raw()).await.unwrap();
     assert!(
@@ -443,143 +443,11 @@ async fn a_worker_killed_mid_burst_loses_nothing() {
             ids.insert(event(&m).id);
         }
     }
-    second.kill().unwrap();
-    let _ = second.wait();
+    second.kill();
     assert_eq!(
         ids.len(),
         N as usize,
         "every queued push became an event (duplicates allowed, same id)"
-    );
-}
-
-/// Queues `n` distinct signed text pushes (MsgIds from `first_msg_id`) on `{ns}.raw` as the
-/// ingress stores them, confirmed, before any worker runs.
-async fn queue_burst(t: &TestNs, n: u64, first_msg_id: u64, content: &str) {
-    let b = PushBuilder::test_platform();
-    let now = common::unix_now();
-    let conn = wxpipe_tests::broker::connect().await.unwrap();
-    common::amqp::topology::declare(
-        &conn,
-        &t.ns,
-        &common::amqp::topology::Part::everything(common::amqp::RawShards::ONE),
-    )
-    .await
-    .unwrap();
-    let ch = conn.create_channel().await.unwrap();
-    ch.confirm_select(Default::default()).await.unwrap();
-    for i in 0..n {
-        let p = b.authorizer(
-            GH,
-            "o",
-            &text_message(GH, "o-frank", now, content, first_msg_id + i),
-            now,
-            "n",
-        );
-        let mut table = lapin::types::FieldTable::default();
-        for (k, v) in query_headers(&p.query) {
-            table.insert(
-                k.as_str().into(),
-                lapin::types::AMQPValue::LongString(v.as_str().into()),
-            );
-        }
-        table.insert(
-            "appid".into(),
-            lapin::types::AMQPValue::LongString(AUTHORIZER.into()),
-        );
-        let _confirm = ch
-            .basic_publish(
-                t.ns.raw().as_str().into(),
-                "authorizer".into(),
-                Default::default(),
-                p.body.as_bytes(),
-                lapin::BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_headers(table),
-            )
-            .await
-            .unwrap();
-    }
-    ch.wait_for_confirms().await.unwrap();
-    let _ = conn.close(200, "burst queued".into()).await;
-}
-
-/// A `workers decrypt` process of the test platform on `t`, with `env` added.
-fn spawn_worker(t: &TestNs, env: &[(&str, &str)]) -> std::process::Child {
-    std::process::Command::new(workspace_bin("workers"))
-        .arg("decrypt")
-        .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
-        .env("WXPIPE_TOKEN", test_platform::TOKEN)
-        .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
-        .env("WXPIPE_NAMESPACE", t.name())
-        .env("WXPIPE_AMQP_URL", amqp_url())
-        .env("WXPIPE_REDIS_URL", wxpipe_tests::redis_url())
-        .env("RUST_LOG", "warn")
-        .envs(env.iter().copied())
-        .spawn()
-        .unwrap()
-}
-
-/// Draining a backlog, the worker acknowledges many deliveries per `basic.ack(multiple)` frame
-/// (`common::amqp::acks`; one frame per delivery cost the broker ~15 % more CPU per message),
-/// and after SIGTERM no delivery was left unacknowledged: the raw queue stays empty once the
-/// connection is closed, where an unacked delivery would come back.
-#[tokio::test]
-async fn a_backlog_is_acknowledged_in_shared_frames() {
-    let t = TestNs::new("t-decrypt-ack-frames");
-    let events = subscriber(&t).await;
-    const N: u64 = 600;
-    queue_burst(&t, N, 300_000, "backlog").await;
-    let port = free_port();
-    let metrics_addr = format!("127.0.0.1:{port}");
-    let mut worker = spawn_worker(&t, &[("WXPIPE_METRICS_ADDR", metrics_addr.as_str())]);
-    let mut ids = HashSet::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while ids.len() < N as usize && tokio::time::Instant::now() < deadline {
-        for m in collect(&events, 1, Duration::from_millis(200))
-            .await
-            .unwrap()
-        {
-            ids.insert(event(&m).id);
-        }
-    }
-    assert_eq!(ids.len(), N as usize, "every queued push became an event");
-    let url = format!("http://{metrics_addr}/metrics");
-    let series = |kind: &str| format!("wxpipe_amqp_ack_frames_total{{kind=\"{kind}\"}}");
-    let published = "wxpipe_decrypt_messages_total{outcome=\"published\"}";
-    // The last frame goes out within the 2 ms linger after the last event.
-    let exposition = eventually(Duration::from_secs(10), "every push counted", || {
-        let url = url.clone();
-        async move {
-            let text = wxpipe_tests::get_text(url).await;
-            (wxpipe_tests::metric_value(&text, published) == Some(N as f64)).then_some(text)
-        }
-    })
-    .await;
-    let frames: f64 = ["multiple", "single"]
-        .iter()
-        .filter_map(|k| wxpipe_tests::metric_value(&exposition, &series(k)))
-        .sum();
-    eprintln!("{N} deliveries acknowledged in {frames} frames");
-    assert!(
-        frames >= 1.0 && frames <= (N / 4) as f64,
-        "{N} deliveries were acknowledged in {frames} frames (at most {} expected):\n{exposition}",
-        N / 4
-    );
-    let _ = std::process::Command::new("kill")
-        .args(["-TERM", &worker.id().to_string()])
-        .status();
-    let status = tokio::task::spawn_blocking(move || worker.wait())
-        .await
-        .unwrap()
-        .unwrap();
-    assert!(
-        status.success(),
-        "the worker exited with {status:?} after SIGTERM"
-    );
-    assert_eq!(
-        message_count(&t.ns.raw()).await.unwrap(),
-        0,
-        "a delivery came back to the raw queue: it was never acknowledged"
     );
 }
 

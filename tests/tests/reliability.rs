@@ -71,8 +71,8 @@ impl Handler for SlowOne {
 /// Before: acknowledgements were coalesced up to the oldest unfinished delivery, so one
 /// delivery retrying for minutes held back every later ack, and the broker stopped sending
 /// once the prefetch window was full. Acks are coalesced again (`common::amqp::acks`), but
-/// behind a delivery running over `STUCK` (25 ms) the done ones are acked one by one: this
-/// test holds that line too.
+/// behind a delivery holding them back for `STUCK` (100 ms) the done ones are acked one by
+/// one: this test holds that line too.
 #[tokio::test]
 async fn a_slow_delivery_does_not_stall_the_prefetch_window() {
     let t = TestNs::new("t-rel-slow-ack");
