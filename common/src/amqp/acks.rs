@@ -16,8 +16,8 @@
 //!   that a handler retrying for minutes holds one slot of the prefetch window, not all of them
 //!   (as before the coalescing). The clock starts when it becomes the oldest, not when it was
 //!   delivered: draining a backlog, every delivery waits its turn in a full prefetch window
-//!   (256 at 10,000/s is ~25 ms) without being slow, and an age-based rule sent half of a
-//!   drain's acknowledgements one by one;
+//!   (256 at 10,000/s is ~25 ms) without being slow, and an age-based 25 ms rule sent half of
+//!   a drain's acknowledgements one by one;
 //! * a delivery settled any other way (requeued, dead-lettered) is acked or nacked on its own by
 //!   its handler's task and leaves the bookkeeping ([`Acks::settled`]).
 //!
@@ -140,8 +140,8 @@ impl Acks {
     }
 
     /// The frames due at `now`: the ready head as one `multiple` ack, and, behind a delivery
-    /// that has been the oldest for [`STUCK`], every ready one on its own. With `all`, every ready delivery goes
-    /// (shutting down).
+    /// that has been the oldest for [`STUCK`], every ready one on its own. With `all`, every
+    /// ready delivery goes (shutting down).
     pub fn flush(&mut self, now: Instant, all: bool) -> Vec<AckFrame> {
         let mut frames = Vec::new();
         let mut last = None;
