@@ -265,6 +265,20 @@ pub async fn collect(
     Ok(all)
 }
 
+/// The properties of a raw message as the ingress stores it: persistent, `headers` as strings.
+pub fn raw_properties(headers: &[(&str, &str)]) -> lapin::BasicProperties {
+    let mut table = lapin::types::FieldTable::default();
+    for (k, v) in headers {
+        table.insert(
+            (*k).into(),
+            lapin::types::AMQPValue::LongString((*v).into()),
+        );
+    }
+    lapin::BasicProperties::default()
+        .with_delivery_mode(2)
+        .with_headers(table)
+}
+
 /// Publishes a raw message to `{ns}.raw` as the ingress does (headers = the signed query).
 pub async fn publish_raw(
     ns: &Namespace,
@@ -285,21 +299,12 @@ pub async fn publish_raw(
     })?;
     let ch = conn.create_channel().await?;
     ch.confirm_select(Default::default()).await?;
-    let mut table = lapin::types::FieldTable::default();
-    for (k, v) in headers {
-        table.insert(
-            (*k).into(),
-            lapin::types::AMQPValue::LongString((*v).into()),
-        );
-    }
     ch.basic_publish(
         ns.raw().as_str().into(),
         routing_key.into(),
         Default::default(),
         body,
-        lapin::BasicProperties::default()
-            .with_delivery_mode(2)
-            .with_headers(table),
+        raw_properties(headers),
     )
     .await?
     .await?;

@@ -198,26 +198,21 @@ pub async fn queue_burst(ns: &Namespace, n: u64, first_msg_id: u64, content: &st
             now,
             "n",
         );
-        let mut table = lapin::types::FieldTable::default();
-        for (k, v) in url::form_urlencoded::parse(p.query.as_bytes()) {
-            table.insert(
-                k.as_ref().into(),
-                lapin::types::AMQPValue::LongString(v.as_ref().into()),
-            );
-        }
-        table.insert(
-            "appid".into(),
-            lapin::types::AMQPValue::LongString(BURST_APPID.into()),
-        );
+        let query: Vec<(String, String)> = url::form_urlencoded::parse(p.query.as_bytes())
+            .into_owned()
+            .collect();
+        let mut headers: Vec<(&str, &str)> = query
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        headers.push(("appid", BURST_APPID));
         let _confirm = ch
             .basic_publish(
                 ns.raw().as_str().into(),
                 "authorizer".into(),
                 Default::default(),
                 p.body.as_bytes(),
-                lapin::BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_headers(table),
+                crate::broker::raw_properties(&headers),
             )
             .await
             .expect("a publish");
