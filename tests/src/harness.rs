@@ -176,13 +176,18 @@ pub fn spawn_decrypt_process(t: &crate::broker::TestNs, env: &[(&str, &str)]) ->
         .envs(env.iter().copied())
         .spawn()
         .expect("workers decrypt starts");
-    ChildProcess(Some(child))
+    ChildProcess::new(child)
 }
 
 /// A child process killed (SIGKILL) when dropped, unless it was stopped first.
 pub struct ChildProcess(Option<std::process::Child>);
 
 impl ChildProcess {
+    /// Takes charge of `child`: from now on it dies with this value.
+    pub fn new(child: std::process::Child) -> Self {
+        Self(Some(child))
+    }
+
     /// SIGKILL, no goodbye.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.0.take() {

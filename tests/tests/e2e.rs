@@ -7,10 +7,10 @@
 //! no access token and no refresh token may appear in them.
 
 use serde_json::{Value, json};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, bind_queue, collect};
-use wxpipe_tests::harness::{eventually, free_port, workspace_bin};
+use wxpipe_tests::harness::{ChildProcess, eventually, free_port, workspace_bin};
 use wxpipe_tests::{http_builder, test_platform};
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
@@ -19,40 +19,22 @@ const SECRET: &str = "e2e-secret-must-never-be-logged-3b9f07";
 const TOKEN: &str = "e2eTokenNeverLogged9c41";
 const AES_KEY: &str = "E2eKeyMustNeverBeLoggedAnywhere0123456789ab";
 
-struct Processes(Vec<(&'static str, Child)>);
+/// The processes of the story, each killed when dropped (a failing test leaves none behind).
+struct Processes(Vec<(&'static str, ChildProcess)>);
 
 impl Processes {
     /// SIGTERM to each, then each must exit 0 within 15 s.
-    fn stop(mut self) {
+    async fn stop(mut self) {
         for (name, child) in &mut self.0 {
-            let _ = Command::new("kill")
-                .args(["-TERM", &child.id().to_string()])
-                .status();
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                if let Some(status) = child.try_wait().unwrap() {
-                    assert!(
-                        status.success(),
-                        "{name} exited with {status:?} after SIGTERM"
-                    );
-                    break;
-                }
-                assert!(
-                    Instant::now() < deadline,
-                    "{name} did not stop within 15 s of SIGTERM"
-                );
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        }
-        self.0.clear();
-    }
-}
-
-impl Drop for Processes {
-    fn drop(&mut self) {
-        for (_, child) in &mut self.0 {
-            let _ = child.kill();
-            let _ = child.wait();
+            let status = child.terminate(Duration::from_secs(15)).await;
+            assert!(
+                status.is_some(),
+                "{name} did not stop within 15 s of SIGTERM"
+            );
+            assert!(
+                status.is_some_and(|s| s.success()),
+                "{name} exited with {status:?} after SIGTERM"
+            );
         }
     }
 }
@@ -108,7 +90,7 @@ async fn the_whole_story_across_processes() {
         c.stderr(log);
         (
             name,
-            c.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}")),
+            ChildProcess::new(c.spawn().unwrap_or_else(|e| panic!("starting {name}: {e}"))),
         )
     };
     // A downstream team's queue, bound before anything flows.
@@ -353,7 +335,7 @@ async fn the_whole_story_across_processes() {
         .to_owned();
 
     // 7. every process stops cleanly on SIGTERM
-    procs.stop();
+    procs.stop().await;
 
     // 8. no secret and no token in any log line of wxpipe's processes
     let mut logs = String::new();
