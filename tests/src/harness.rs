@@ -142,6 +142,7 @@ pub fn decrypt_config(ns: &Namespace) -> workers::decrypt::DecryptConfig {
         amqp_urls: vec![crate::amqp_url()],
         redis_url: crate::redis_url(),
         prefetch: 64,
+        linger: Duration::from_micros(workers::decrypt::DEFAULT_LINGER_US.into()),
         dedup_ttl: Duration::from_secs(600),
         claim_ttl: Duration::from_secs(10),
         max_attempts: 12,

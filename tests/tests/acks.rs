@@ -17,18 +17,57 @@ use wxpipe_tests::intake::queue_burst;
 /// Before: a delivery counted as stuck — and the acks behind it went one by one — 25 ms after
 /// its arrival, which in a full prefetch window every delivery waiting its turn was: this
 /// backlog took 298 frames, 289 of them single.
+///
+/// The same backlog also shows the consumer's linger (`WXPIPE_DECRYPT_LINGER_US`, README,
+/// "Workers"): with the default, deliveries are handed to their handlers in batches (counted by
+/// `wxpipe_amqp_delivery_batches_total`); with 0, one by one.
 #[tokio::test]
-async fn a_backlog_is_acknowledged_in_shared_frames() {
-    let t = TestNs::new("t-acks-backlog");
+async fn a_backlog_is_handed_over_and_acknowledged_in_batches() {
+    const N: u64 = 600;
+    let lingering = drain_backlog("t-acks-backlog", N, &[]).await;
+    eprintln!(
+        "default linger: {} batches, {} ack frames",
+        lingering.batches, lingering.ack_frames
+    );
+    assert!(
+        lingering.batches >= 1.0 && lingering.batches <= (N / 4) as f64,
+        "{N} deliveries were handed over in {} batches (at most {} expected)",
+        lingering.batches,
+        N / 4
+    );
+    let at_once = drain_backlog("t-acks-at-once", N, &[("WXPIPE_DECRYPT_LINGER_US", "0")]).await;
+    eprintln!(
+        "no linger: {} batches, {} ack frames",
+        at_once.batches, at_once.ack_frames
+    );
+    assert_eq!(
+        at_once.batches, N as f64,
+        "without a linger every delivery is handed over on its own"
+    );
+}
+
+struct Drained {
+    /// `basic.ack` frames sent.
+    ack_frames: f64,
+    /// Batches of deliveries handed to handlers.
+    batches: f64,
+}
+
+/// Queues `n` pushes, drains them with a `workers decrypt` process (with `env`), checks that
+/// every one became an event, that acks shared frames (at most `n / 4`) and that nothing comes
+/// back after SIGTERM; what its metrics counted.
+async fn drain_backlog(name: &str, n: u64, env: &[(&str, &str)]) -> Drained {
+    let t = TestNs::new(name);
     let events = t.queue("all");
     bind_queue(&events, &t.ns.events(), &["#"]).await.unwrap();
-    const N: u64 = 600;
-    queue_burst(&t.ns, N, 300_000, "backlog").await;
+    queue_burst(&t.ns, n, 300_000, "backlog").await;
     let metrics_addr = format!("127.0.0.1:{}", free_port());
-    let mut worker = spawn_decrypt_process(&t, &[("WXPIPE_METRICS_ADDR", metrics_addr.as_str())]);
+    let mut env = env.to_vec();
+    env.push(("WXPIPE_METRICS_ADDR", metrics_addr.as_str()));
+    let mut worker = spawn_decrypt_process(&t, &env);
     let mut ids = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-    while ids.len() < N as usize && tokio::time::Instant::now() < deadline {
+    while ids.len() < n as usize && tokio::time::Instant::now() < deadline {
         for m in collect(&events, 1, Duration::from_millis(200))
             .await
             .unwrap()
@@ -37,29 +76,30 @@ async fn a_backlog_is_acknowledged_in_shared_frames() {
             ids.insert(event.id);
         }
     }
-    assert_eq!(ids.len(), N as usize, "every queued push became an event");
+    assert_eq!(ids.len(), n as usize, "every queued push became an event");
     let url = format!("http://{metrics_addr}/metrics");
     let published = "wxpipe_decrypt_messages_total{outcome=\"published\"}";
     let exposition = eventually(Duration::from_secs(10), "every push counted", || {
         let url = url.clone();
         async move {
             let text = wxpipe_tests::get_text(url).await;
-            (wxpipe_tests::metric_value(&text, published) == Some(N as f64)).then_some(text)
+            (wxpipe_tests::metric_value(&text, published) == Some(n as f64)).then_some(text)
         }
     })
     .await;
-    let frames: f64 = ["multiple", "single"]
+    let ack_frames: f64 = ["multiple", "single"]
         .iter()
         .filter_map(|kind| {
             let series = format!("wxpipe_amqp_ack_frames_total{{kind=\"{kind}\"}}");
             wxpipe_tests::metric_value(&exposition, &series)
         })
         .sum();
-    eprintln!("{N} deliveries acknowledged in {frames} frames");
+    let batches = wxpipe_tests::metric_value(&exposition, "wxpipe_amqp_delivery_batches_total")
+        .unwrap_or(0.0);
     assert!(
-        frames >= 1.0 && frames <= (N / 4) as f64,
-        "{N} deliveries were acknowledged in {frames} frames (at most {} expected):\n{exposition}",
-        N / 4
+        ack_frames >= 1.0 && ack_frames <= (n / 4) as f64,
+        "{n} deliveries were acknowledged in {ack_frames} frames (at most {} expected):\n{exposition}",
+        n / 4
     );
     let status = worker.terminate(Duration::from_secs(15)).await;
     assert!(
@@ -71,4 +111,8 @@ async fn a_backlog_is_acknowledged_in_shared_frames() {
         0,
         "a delivery came back to the raw queue: it was never acknowledged"
     );
+    Drained {
+        ack_frames,
+        batches,
+    }
 }

@@ -103,6 +103,7 @@ async fn a_slow_delivery_does_not_stall_the_prefetch_window() {
             connection_name: format!("{} consume", t.name()),
             prefetch: 4,
             declare: Part::Raw(common::amqp::RawShards::ONE),
+            linger: Duration::ZERO,
         },
         handler.clone(),
         publisher.clone(),

@@ -49,6 +49,10 @@ struct AllArgs {
     /// Unacknowledged raw messages the decrypt worker holds.
     #[arg(long, env = "WXPIPE_DECRYPT_PREFETCH", default_value_t = 256)]
     decrypt_prefetch: u16,
+    /// Microseconds a delivery that finds the decrypt worker idle waits for others.
+    #[arg(long, env = "WXPIPE_DECRYPT_LINGER_US", default_value_t = workers::decrypt::DEFAULT_LINGER_US,
+          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+    decrypt_linger_us: u32,
     /// Unacknowledged events the business worker holds.
     #[arg(long, env = "WXPIPE_BUSINESS_PREFETCH", default_value_t = 32)]
     business_prefetch: u16,
@@ -149,6 +153,7 @@ async fn run(cli: Cli) -> ExitCode {
             let decrypt_args = DecryptArgs {
                 worker: worker.clone(),
                 prefetch: args.decrypt_prefetch,
+                linger_us: args.decrypt_linger_us,
                 dedup_ttl_secs: args.dedup_ttl_secs,
                 dedup_claim_secs: args.dedup_claim_secs,
                 // Not used: `all` runs on the process's runtime, one thread per core.

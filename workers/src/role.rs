@@ -21,6 +21,8 @@ pub struct Role {
     /// The queues consumed (the decrypt role's shards; the business queue).
     pub queues: Vec<String>,
     pub prefetch: u16,
+    /// See [`ConsumerConfig::linger`].
+    pub linger: Duration,
 }
 
 impl Role {
@@ -67,6 +69,7 @@ impl Role {
             connection_name: format!("{} consume", self.tag()),
             prefetch: self.prefetch,
             declare: Self::declare(self.raw_shards),
+            linger: self.linger,
         };
         // The loop runs as a task on the runtime's worker threads, not on the caller's thread
         // (`main`'s `block_on`): the handler task it spawns per delivery then goes to that

@@ -184,6 +184,8 @@ pub async fn run(config: BusinessConfig, registry: Registry, shutdown: watch::Re
         urls: config.amqp_urls.clone(),
         queues: vec![config.namespace.business()],
         prefetch: config.prefetch,
+        // The platform's own events are few: each starts at once.
+        linger: Duration::ZERO,
     };
     let publisher = role.publisher(1, Duration::from_secs(2));
     let handler = Arc::new(BusinessHandler {
