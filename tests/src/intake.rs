@@ -176,49 +176,80 @@ pub const BURST_APPID: &str = "wxba5fad812f8e6fb9";
 /// `{ns}.raw` exactly as the ingress stores them (body, signature headers, `appid`,
 /// persistent), confirmed, declaring the topology first.
 pub async fn queue_burst(ns: &Namespace, n: u64, first_msg_id: u64, content: &str) {
-    let b = PushBuilder::test_platform();
-    let now = common::unix_now();
-    let conn = crate::broker::connect().await.expect("RabbitMQ");
-    common::amqp::topology::declare(
-        &conn,
-        ns,
-        &common::amqp::topology::Part::everything(RawShards::ONE),
-    )
-    .await
-    .expect("the topology");
-    let ch = conn.create_channel().await.expect("a channel");
-    ch.confirm_select(Default::default())
+    let burst = Burst::open(ns).await;
+    burst.queue(n, first_msg_id, content).await;
+    burst.close().await;
+}
+
+/// A connection that queues bursts of pushes like [`queue_burst`], several times, without the
+/// set-up in between (a connection, the topology, a confirm channel: tens of milliseconds).
+pub struct Burst {
+    ns: Namespace,
+    conn: lapin::Connection,
+    ch: lapin::Channel,
+}
+
+impl Burst {
+    /// Connects, declares the topology, opens a confirm channel.
+    pub async fn open(ns: &Namespace) -> Self {
+        let conn = crate::broker::connect().await.expect("RabbitMQ");
+        common::amqp::topology::declare(
+            &conn,
+            ns,
+            &common::amqp::topology::Part::everything(RawShards::ONE),
+        )
         .await
-        .expect("confirm mode");
-    for i in 0..n {
-        let p = b.authorizer(
-            GH,
-            "o",
-            &text_message(GH, "o-frank", now, content, first_msg_id + i),
-            now,
-            "n",
-        );
-        let query: Vec<(String, String)> = url::form_urlencoded::parse(p.query.as_bytes())
-            .into_owned()
-            .collect();
-        let mut headers: Vec<(&str, &str)> = query
-            .iter()
-            .map(|(k, v)| (k.as_str(), v.as_str()))
-            .collect();
-        headers.push(("appid", BURST_APPID));
-        let _confirm = ch
-            .basic_publish(
-                ns.raw().as_str().into(),
-                "authorizer".into(),
-                Default::default(),
-                p.body.as_bytes(),
-                crate::broker::raw_properties(&headers),
-            )
+        .expect("the topology");
+        let ch = conn.create_channel().await.expect("a channel");
+        ch.confirm_select(Default::default())
             .await
-            .expect("a publish");
+            .expect("confirm mode");
+        Self {
+            ns: ns.clone(),
+            conn,
+            ch,
+        }
     }
-    ch.wait_for_confirms()
-        .await
-        .expect("every publish confirmed");
-    let _ = conn.close(200, "burst queued".into()).await;
+
+    /// Queues `n` pushes (MsgIds from `first_msg_id`) and waits for their confirms.
+    pub async fn queue(&self, n: u64, first_msg_id: u64, content: &str) {
+        let b = PushBuilder::test_platform();
+        let now = common::unix_now();
+        for i in 0..n {
+            let p = b.authorizer(
+                GH,
+                "o",
+                &text_message(GH, "o-frank", now, content, first_msg_id + i),
+                now,
+                "n",
+            );
+            let query: Vec<(String, String)> = url::form_urlencoded::parse(p.query.as_bytes())
+                .into_owned()
+                .collect();
+            let mut headers: Vec<(&str, &str)> = query
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .collect();
+            headers.push(("appid", BURST_APPID));
+            let _confirm = self
+                .ch
+                .basic_publish(
+                    self.ns.raw().as_str().into(),
+                    "authorizer".into(),
+                    Default::default(),
+                    p.body.as_bytes(),
+                    crate::broker::raw_properties(&headers),
+                )
+                .await
+                .expect("a publish");
+        }
+        self.ch
+            .wait_for_confirms()
+            .await
+            .expect("every publish confirmed");
+    }
+
+    pub async fn close(self) {
+        let _ = self.conn.close(200, "burst queued".into()).await;
+    }
 }

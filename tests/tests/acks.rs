@@ -1,49 +1,91 @@
-//! Coalesced acknowledgements on the wire (`common::amqp::acks`), through a real
-//! `workers decrypt` process. A test binary of its own: how many acks share a frame depends on
-//! how promptly the worker is scheduled, so no sibling test shares the cores with it.
+//! Deliveries handed over and acknowledged in batches (`common::amqp::consumer`'s linger,
+//! `common::amqp::acks`), through a real `workers decrypt` process. A test binary of its own:
+//! how many acks share a frame depends on how promptly the worker is scheduled, so no test of
+//! another binary shares the cores with it.
 
 use common::event::CloudEvent;
 use std::collections::HashSet;
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, bind_queue, collect, message_count};
-use wxpipe_tests::harness::{eventually, free_port, spawn_decrypt_process};
-use wxpipe_tests::intake::queue_burst;
+use wxpipe_tests::harness::{ChildProcess, eventually, free_port, spawn_decrypt_process};
+use wxpipe_tests::intake::{Burst, queue_burst};
 
 /// Draining a backlog, the worker acknowledges many deliveries per `basic.ack(multiple)` frame
-/// (one frame per delivery cost the broker more CPU per message; README, Performance), and
-/// after SIGTERM no delivery was left unacknowledged: the raw queue stays empty once the
-/// connection is closed, where an unacked delivery would come back.
+/// (one frame per delivery cost the broker more CPU per message; README, Performance), hands
+/// them to their handlers in batches (every delivery already received at once, counted by
+/// `wxpipe_amqp_delivery_batches_total`), and after SIGTERM no delivery was left
+/// unacknowledged: the raw queue stays empty once the connection is closed, where an unacked
+/// delivery would come back.
 ///
 /// Before: a delivery counted as stuck — and the acks behind it went one by one — 25 ms after
 /// its arrival, which in a full prefetch window every delivery waiting its turn was: this
 /// backlog took 298 frames, 289 of them single.
-///
-/// The same backlog also shows the consumer's linger (`WXPIPE_DECRYPT_LINGER_US`, README,
-/// "Workers"): with the default, deliveries are handed to their handlers in batches (counted by
-/// `wxpipe_amqp_delivery_batches_total`); with 0, one by one.
 #[tokio::test]
 async fn a_backlog_is_handed_over_and_acknowledged_in_batches() {
     const N: u64 = 600;
-    let lingering = drain_backlog("t-acks-backlog", N, &[]).await;
+    let t = TestNs::new("t-acks-backlog");
+    let events = events_queue(&t).await;
+    queue_burst(&t.ns, N, 300_000, "backlog").await;
+    let (worker, metrics_addr) = start_worker(&t, &[]);
+    let drained = finish(&t, &events, N, worker, &metrics_addr).await;
     eprintln!(
-        "default linger: {} batches, {} ack frames",
-        lingering.batches, lingering.ack_frames
+        "{N} deliveries: {} batches, {} ack frames",
+        drained.batches, drained.ack_frames
     );
     assert!(
-        lingering.batches >= 1.0 && lingering.batches <= (N / 4) as f64,
-        "{N} deliveries were handed over in {} batches (at most {} expected)",
-        lingering.batches,
+        drained.ack_frames >= 1.0 && drained.ack_frames <= (N / 4) as f64,
+        "{N} deliveries were acknowledged in {} frames (at most {} expected)",
+        drained.ack_frames,
         N / 4
     );
-    let at_once = drain_backlog("t-acks-at-once", N, &[("WXPIPE_DECRYPT_LINGER_US", "0")]).await;
-    eprintln!(
-        "no linger: {} batches, {} ack frames",
-        at_once.batches, at_once.ack_frames
+    assert!(
+        drained.batches >= 1.0 && drained.batches <= (N / 4) as f64,
+        "{N} deliveries were handed over in {} batches (at most {} expected)",
+        drained.batches,
+        N / 4
     );
-    assert_eq!(
-        at_once.batches, N as f64,
-        "without a linger every delivery is handed over on its own"
-    );
+}
+
+/// A delivery arriving alone waits `WXPIPE_DECRYPT_LINGER_US` for company (README, "Workers"):
+/// with 100 ms (the most it may be), one push and nine more queued 10 ms after its confirm are
+/// handled as one batch; with 0 the first is handled on its own.
+#[tokio::test]
+async fn a_lone_delivery_lingers_for_company() {
+    for (linger, name) in [("100000", "t-acks-linger"), ("0", "t-acks-no-linger")] {
+        let t = TestNs::new(name);
+        let events = events_queue(&t).await;
+        let (worker, metrics_addr) = start_worker(&t, &[("WXPIPE_DECRYPT_LINGER_US", linger)]);
+        let ready = format!("http://{metrics_addr}/readyz");
+        eventually(Duration::from_secs(30), "the worker to be ready", || {
+            let ready = ready.clone();
+            async move {
+                let answer = wxpipe_tests::http().get(ready).send().await.ok()?;
+                (answer.status() == 200).then_some(())
+            }
+        })
+        .await;
+        let burst = Burst::open(&t.ns).await;
+        burst.queue(1, 400_000, "first").await;
+        let first = std::time::Instant::now();
+        tokio::time::sleep(Duration::from_millis(10)).await;
+        burst.queue(9, 400_001, "then nine").await;
+        eprintln!("the nine queued {:?} after the first", first.elapsed());
+        burst.close().await;
+        let drained = finish(&t, &events, 10, worker, &metrics_addr).await;
+        eprintln!("linger {linger} µs: {} batches", drained.batches);
+        if linger == "0" {
+            assert!(
+                drained.batches >= 2.0,
+                "without a linger the first push is handled on its own ({} batches)",
+                drained.batches
+            );
+        } else {
+            assert_eq!(
+                drained.batches, 1.0,
+                "the first push waited for the nine and they were handled together"
+            );
+        }
+    }
 }
 
 struct Drained {
@@ -53,22 +95,35 @@ struct Drained {
     batches: f64,
 }
 
-/// Queues `n` pushes, drains them with a `workers decrypt` process (with `env`), checks that
-/// every one became an event, that acks shared frames (at most `n / 4`) and that nothing comes
-/// back after SIGTERM; what its metrics counted.
-async fn drain_backlog(name: &str, n: u64, env: &[(&str, &str)]) -> Drained {
-    let t = TestNs::new(name);
-    let events = t.queue("all");
-    bind_queue(&events, &t.ns.events(), &["#"]).await.unwrap();
-    queue_burst(&t.ns, n, 300_000, "backlog").await;
+/// A `workers decrypt` process on `t` (with `env`) serving its metrics, and where.
+fn start_worker(t: &TestNs, env: &[(&str, &str)]) -> (ChildProcess, String) {
     let metrics_addr = format!("127.0.0.1:{}", free_port());
     let mut env = env.to_vec();
     env.push(("WXPIPE_METRICS_ADDR", metrics_addr.as_str()));
-    let mut worker = spawn_decrypt_process(&t, &env);
+    (spawn_decrypt_process(t, &env), metrics_addr)
+}
+
+/// A queue of every event of `t`, bound before anything is pushed.
+async fn events_queue(t: &TestNs) -> String {
+    let events = t.queue("all");
+    bind_queue(&events, &t.ns.events(), &["#"]).await.unwrap();
+    events
+}
+
+/// Waits until `n` pushes became `n` distinct events on `events` and were counted, stops
+/// `worker` with SIGTERM (it must exit 0 and leave nothing unacknowledged on the raw queue);
+/// what its metrics counted.
+async fn finish(
+    t: &TestNs,
+    events: &str,
+    n: u64,
+    mut worker: ChildProcess,
+    metrics_addr: &str,
+) -> Drained {
     let mut ids = HashSet::new();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
     while ids.len() < n as usize && tokio::time::Instant::now() < deadline {
-        for m in collect(&events, 1, Duration::from_millis(200))
+        for m in collect(events, 1, Duration::from_millis(200))
             .await
             .unwrap()
         {
@@ -96,11 +151,6 @@ async fn drain_backlog(name: &str, n: u64, env: &[(&str, &str)]) -> Drained {
         .sum();
     let batches = wxpipe_tests::metric_value(&exposition, "wxpipe_amqp_delivery_batches_total")
         .unwrap_or(0.0);
-    assert!(
-        ack_frames >= 1.0 && ack_frames <= (n / 4) as f64,
-        "{n} deliveries were acknowledged in {ack_frames} frames (at most {} expected):\n{exposition}",
-        n / 4
-    );
     let status = worker.terminate(Duration::from_secs(15)).await;
     assert!(
         status.is_some_and(|s| s.success()),

@@ -18,9 +18,10 @@
 //! A role may consume several queues (the shards of a sharded intake) on one connection: one
 //! channel per queue, each with its own prefetch, their deliveries merged into one loop.
 //!
-//! **Linger.** With [`ConsumerConfig::linger`] set, a delivery that finds the loop waiting does
-//! not start its handler at once: the loop waits that long, then takes every delivery that has
-//! arrived meanwhile and starts them together. The client's I/O thread hands deliveries over
+//! **Batches and linger.** The loop takes every delivery already received at once. With
+//! [`ConsumerConfig::linger`] set, a delivery that arrives alone does not start its handler at
+//! once: the loop waits that long, then takes every delivery that has arrived meanwhile and
+//! starts them together (a backlog, arriving in batches anyway, never waits). The client's I/O thread hands deliveries over
 //! without waking anyone while the loop sleeps, the handlers' Redis operations share one
 //! pipeline, their publishes share the publisher's wake-up and their confirms come back
 //! together: one wake-up of each thread per batch instead of per delivery. That costs each
@@ -199,15 +200,13 @@ async fn consume_once<H: Handler>(
             // start over (in-flight handlers finish first).
             next = deliveries.next() => {
                 let mut batch = vec![next];
-                if !opts.linger.is_zero() && matches!(batch[0], Some((_, Some(Ok(_))))) {
-                    tokio::time::sleep(opts.linger).await;
-                    // Everything that arrived meanwhile (at most the prefetch windows).
-                    while let Some(more) = deliveries.next().now_or_never() {
-                        let delivery = matches!(more, Some((_, Some(Ok(_)))));
-                        batch.push(more);
-                        if !delivery {
-                            break;
-                        }
+                if matches!(batch[0], Some((_, Some(Ok(_))))) {
+                    take_ready(&mut deliveries, &mut batch);
+                    // Alone: wait for company. With others already waiting (a backlog) the
+                    // batch is there without waiting.
+                    if batch.len() == 1 && !opts.linger.is_zero() {
+                        tokio::time::sleep(opts.linger).await;
+                        take_ready(&mut deliveries, &mut batch);
                     }
                 }
                 metrics::counter!("wxpipe_amqp_delivery_batches_total").increment(1);
@@ -294,6 +293,25 @@ async fn consume_once<H: Handler>(
     }
     let _ = tokio::time::timeout(Duration::from_secs(2), conn.close(200, "bye".into())).await;
     Ok(ended)
+}
+
+/// One item of the merged delivery streams: the queue's index and a delivery, an error, or
+/// `None` when that queue's stream ended.
+type Item = (usize, Option<Result<Delivery, lapin::Error>>);
+
+/// Moves every delivery already received (at most the prefetch windows) into `batch`, up to and
+/// including the first item that is not a delivery (an error, a stream's end).
+fn take_ready(
+    deliveries: &mut futures::stream::SelectAll<futures::stream::BoxStream<'static, Item>>,
+    batch: &mut Vec<Option<Item>>,
+) {
+    while let Some(more) = deliveries.next().now_or_never() {
+        let delivery = matches!(more, Some((_, Some(Ok(_)))));
+        batch.push(more);
+        if !delivery {
+            break;
+        }
+    }
 }
 
 /// Whether a delivery was settled (acknowledged, rejected or requeued) on its channel.
