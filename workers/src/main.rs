@@ -49,7 +49,7 @@ struct AllArgs {
     /// Unacknowledged raw messages the decrypt worker holds.
     #[arg(long, env = "WXPIPE_DECRYPT_PREFETCH", default_value_t = 256)]
     decrypt_prefetch: u16,
-    /// Microseconds a delivery that finds the decrypt worker idle waits for others.
+    /// Microseconds that deliveries arriving a few at a time wait for others (decrypt).
     #[arg(long, env = "WXPIPE_DECRYPT_LINGER_US", default_value_t = workers::decrypt::DEFAULT_LINGER_US,
           value_parser = clap::value_parser!(u32).range(0..=100_000))]
     decrypt_linger_us: u32,

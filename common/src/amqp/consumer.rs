@@ -19,9 +19,10 @@
 //! channel per queue, each with its own prefetch, their deliveries merged into one loop.
 //!
 //! **Batches and linger.** The loop takes every delivery already received at once. With
-//! [`ConsumerConfig::linger`] set, a delivery that arrives alone does not start its handler at
-//! once: the loop waits that long, then takes every delivery that has arrived meanwhile and
-//! starts them together (a backlog, arriving in batches anyway, never waits). The client's I/O thread hands deliveries over
+//! [`ConsumerConfig::linger`] set, fewer than a quarter of the prefetch (deliveries arriving one
+//! or two at a time) do not start their handlers at once: the loop waits that long, then takes
+//! every delivery that has arrived meanwhile and starts them together. A backlog, arriving in
+//! batches as acks free the prefetch window, does not wait. The client's I/O thread hands deliveries over
 //! without waking anyone while the loop sleeps, the handlers' Redis operations share one
 //! pipeline, their publishes share the publisher's wake-up and their confirms come back
 //! together: one wake-up of each thread per batch instead of per delivery. That costs each
@@ -189,6 +190,8 @@ async fn consume_once<H: Handler>(
     let ack_timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(ack_timer);
     let mut ack_timer_at: Option<std::time::Instant> = None;
+    // A batch smaller than this waits the linger: a quarter of the prefetch, as for the acks.
+    let linger_below = usize::from(opts.prefetch / 4).max(2);
     let ended = loop {
         tokio::select! {
             changed = shutdown.changed() => {
@@ -202,9 +205,8 @@ async fn consume_once<H: Handler>(
                 let mut batch = vec![next];
                 if matches!(batch[0], Some((_, Some(Ok(_))))) {
                     take_ready(&mut deliveries, &mut batch);
-                    // Alone: wait for company. With others already waiting (a backlog) the
-                    // batch is there without waiting.
-                    if batch.len() == 1 && !opts.linger.is_zero() {
+                    // A few: wait for company. A backlog's batch is there without waiting.
+                    if batch.len() < linger_below && !opts.linger.is_zero() {
                         tokio::time::sleep(opts.linger).await;
                         take_ready(&mut deliveries, &mut batch);
                     }

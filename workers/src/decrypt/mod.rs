@@ -41,7 +41,7 @@ pub struct DecryptArgs {
     #[arg(long, env = "WXPIPE_DECRYPT_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
-    /// Microseconds a delivery that finds the worker idle waits for others, to be handled
+    /// Microseconds that deliveries arriving a few at a time wait for others, to be handled
     /// together: one wake-up of each thread per batch instead of per push (README,
     /// Performance). 0 handles each at once.
     #[arg(long, env = "WXPIPE_DECRYPT_LINGER_US", default_value_t = DEFAULT_LINGER_US,
