@@ -21,13 +21,13 @@
 //! **Batches and linger.** The loop takes every delivery already received at once. With
 //! [`ConsumerConfig::linger`] set, fewer than a quarter of the prefetch (deliveries arriving one
 //! or two at a time) do not start their handlers at once: the loop waits that long, then takes
-//! every delivery that has arrived meanwhile and starts them together. A backlog, arriving in
-//! batches as acks free the prefetch window, does not wait. The client's I/O thread hands deliveries over
-//! without waking anyone while the loop sleeps, the handlers' Redis operations share one
-//! pipeline, their publishes share the publisher's wake-up and their confirms come back
-//! together: one wake-up of each thread per batch instead of per delivery. That costs each
-//! delivery up to `linger` of latency and saves CPU per delivery whenever they arrive one at a
-//! time (README, Performance); a backlog arrives in batches anyway. Each batch is counted
+//! every delivery that has arrived meanwhile and starts them together. While it sleeps the
+//! client's I/O thread hands deliveries over without waking anyone; then the handlers' Redis
+//! operations share one pipeline, their publishes one wake-up of the publisher's I/O thread,
+//! and their confirms come back together: one wake-up of each thread per batch instead of per
+//! delivery. That costs each delivery up to `linger` of latency and saves CPU whenever
+//! deliveries arrive a few at a time (README, Performance). A backlog, arriving in batches as
+//! acks free the prefetch window, does not wait. Each batch is counted
 //! (`wxpipe_amqp_delivery_batches_total`).
 //!
 //! A lost connection is noticed by the delivery stream ending; unacked deliveries go back to the
@@ -79,8 +79,8 @@ pub struct ConsumerConfig {
     pub prefetch: u16,
     /// What to declare on every (re)connect.
     pub declare: super::topology::Part,
-    /// How long a delivery that finds the loop idle waits for others to start with it
-    /// (see "Linger" above); zero starts each at once.
+    /// How long a batch of fewer than a quarter of the prefetch waits for more deliveries to
+    /// start with it (see "Batches and linger" above); zero starts each batch at once.
     pub linger: Duration,
 }
 
