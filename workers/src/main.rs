@@ -51,7 +51,7 @@ struct AllArgs {
     decrypt_prefetch: u16,
     /// Microseconds that deliveries arriving a few at a time wait for others (decrypt).
     #[arg(long, env = "WXPIPE_DECRYPT_LINGER_US", default_value_t = workers::decrypt::DEFAULT_LINGER_US,
-          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+          value_parser = clap::value_parser!(u32).range(0..=workers::decrypt::MAX_LINGER_US))]
     decrypt_linger_us: u32,
     /// Unacknowledged events the business worker holds.
     #[arg(long, env = "WXPIPE_BUSINESS_PREFETCH", default_value_t = 32)]

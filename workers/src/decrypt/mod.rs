@@ -26,6 +26,8 @@ use tokio::sync::watch;
 /// `WXPIPE_DECRYPT_LINGER_US`'s default: 1 ms cut the worker's CPU per event by a fifth in
 /// `wxpipe-bench e2e`; 2.5 ms saved no more.
 pub const DEFAULT_LINGER_US: u32 = 1000;
+/// `WXPIPE_DECRYPT_LINGER_US`'s largest value (100 ms).
+pub const MAX_LINGER_US: i64 = 100_000;
 
 /// Consume `{ns}.raw`, publish decoded events to `{ns}.events`.
 #[derive(clap::Args, Debug, Clone)]
@@ -45,7 +47,7 @@ pub struct DecryptArgs {
     /// together: one wake-up of each thread per batch instead of per push (README,
     /// Performance). 0 handles each at once.
     #[arg(long, env = "WXPIPE_DECRYPT_LINGER_US", default_value_t = DEFAULT_LINGER_US,
-          value_parser = clap::value_parser!(u32).range(0..=100_000))]
+          value_parser = clap::value_parser!(u32).range(0..=MAX_LINGER_US))]
     pub linger_us: u32,
     /// How long a published push is remembered, so that WeChat's retries are dropped.
     #[arg(long, env = "WXPIPE_DEDUP_TTL_SECS", default_value_t = 900)]
