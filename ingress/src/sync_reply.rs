@@ -109,14 +109,17 @@ impl SyncReplier {
                 .is_ok_and(|r| r.contains(appid) || r.contains("*"))
     }
 
-    /// Whether pushes for `appid` wait for a passive reply (and the reply channel is up).
+    /// Whether pushes for `appid` wait for a passive reply (whether or not the channel is up).
     pub fn wants(&self, appid: &str) -> bool {
         self.configured(appid)
-            && self
-                .channel
-                .borrow()
-                .as_ref()
-                .is_some_and(|c| c.status().connected())
+    }
+
+    /// Whether the reply channel is up (part of the ingress's readiness).
+    pub fn is_connected(&self) -> bool {
+        self.channel
+            .borrow()
+            .as_ref()
+            .is_some_and(|c| c.status().connected())
     }
 
     /// Publishes `body` with a reply address; once confirmed, returns the wait for the reply.

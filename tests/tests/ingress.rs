@@ -375,10 +375,9 @@ async fn broker_outage_gives_503_quickly_and_publishing_resumes_by_itself() {
     assert!(saw_503, "pushes during the outage must be refused with 503");
     let ready = http.get(ingress.url("/readyz")).send().await.unwrap();
     assert_eq!(ready.status(), 503);
-    assert_eq!(
-        ready.json::<serde_json::Value>().await.unwrap()["broker"],
-        false
-    );
+    let ready = ready.json::<serde_json::Value>().await.unwrap();
+    assert_eq!(ready["broker"], false, "{ready}");
+    assert_eq!(ready["replies"], false, "{ready}");
 
     proxy.restore();
     // Without restarting anything, pushes are accepted again.

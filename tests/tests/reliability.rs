@@ -299,6 +299,10 @@ async fn unanswered_reply_waits_leave_nothing_behind() {
         metrics.contains("wxpipe_ingress_reply_waiters 0"),
         "no waiter is left:\n{metrics}"
     );
+    assert!(
+        !metrics.contains("wxpipe_ingress_reply_fallbacks_total"),
+        "a ready ingress waits for every reply:\n{metrics}"
+    );
     ingress.stop().await.unwrap();
 }
 

@@ -11,19 +11,25 @@ pub async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// Readiness: the publishing connection is up and Redis answers a PING within a second (the
-/// same meaning as every role's `/readyz`, see [`common::health`]).
+/// Readiness: both RabbitMQ connections are up (the publishing one and the sync-reply one) and
+/// Redis answers a PING within a second (the same meaning as every role's `/readyz`, see
+/// [`common::health`]). A push for a sync-reply account that arrives while the reply channel
+/// is down is still accepted, but answered without its passive reply.
 pub async fn readyz(State(state): State<SharedState>) -> impl IntoResponse {
     let broker = state.publisher.is_connected();
+    let replies = state.replier.is_connected();
     let redis = common::health::redis_ping(&state.redis).await;
-    let status = if broker && redis {
+    let ready = broker && replies && redis;
+    let status = if ready {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
     (
         status,
-        Json(serde_json::json!({ "ready": broker && redis, "broker": broker, "redis": redis })),
+        Json(serde_json::json!({
+            "ready": ready, "broker": broker, "replies": replies, "redis": redis
+        })),
     )
 }
 
