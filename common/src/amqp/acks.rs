@@ -66,6 +66,13 @@ pub struct Acks {
     enough: usize,
 }
 
+/// A quarter of the prefetch (at least one): how many ready acknowledgements make a flush due at
+/// once, and — at least two — how few deliveries in hand make the consumer linger for company
+/// (`super::consumer`).
+pub fn quarter(prefetch: u16) -> usize {
+    usize::from(prefetch / 4).max(1)
+}
+
 impl Acks {
     pub fn new(prefetch: u16) -> Self {
         Self {
@@ -73,7 +80,7 @@ impl Acks {
             ready: 0,
             ready_since: None,
             head_since: None,
-            enough: usize::from(prefetch / 4).max(1),
+            enough: quarter(prefetch),
         }
     }
 

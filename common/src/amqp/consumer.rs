@@ -190,8 +190,9 @@ async fn consume_once<H: Handler>(
     let ack_timer = tokio::time::sleep(Duration::from_secs(3600));
     tokio::pin!(ack_timer);
     let mut ack_timer_at: Option<std::time::Instant> = None;
-    // A batch smaller than this waits the linger: a quarter of the prefetch, as for the acks.
-    let linger_below = usize::from(opts.prefetch / 4).max(2);
+    // A batch smaller than this waits the linger: a quarter of the prefetch, as for the acks
+    // (at least two, so that a lone delivery lingers even at a tiny prefetch).
+    let linger_below = super::acks::quarter(opts.prefetch).max(2);
     let ended = loop {
         tokio::select! {
             changed = shutdown.changed() => {
