@@ -3,6 +3,7 @@
 
 use common::ids::Namespace;
 use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
 
@@ -265,18 +266,21 @@ pub async fn collect(
     Ok(all)
 }
 
-/// The properties of a raw message as the ingress stores it: persistent, `headers` as strings.
-pub fn raw_properties(headers: &[(&str, &str)]) -> lapin::BasicProperties {
-    let mut table = lapin::types::FieldTable::default();
-    for (k, v) in headers {
-        table.insert(
-            (*k).into(),
-            lapin::types::AMQPValue::LongString((*v).into()),
-        );
+/// A header table of strings, as the ingress writes a raw message's (see
+/// [`crate::push::SignedPush::raw_headers`] for a signed push's).
+pub fn headers<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> FieldTable {
+    let mut table = FieldTable::default();
+    for (k, v) in pairs {
+        table.insert(k.into(), lapin::types::AMQPValue::LongString(v.into()));
     }
+    table
+}
+
+/// The properties of a raw message as the ingress stores it: persistent, with `headers`.
+pub fn raw_properties(headers: FieldTable) -> lapin::BasicProperties {
     lapin::BasicProperties::default()
         .with_delivery_mode(2)
-        .with_headers(table)
+        .with_headers(headers)
 }
 
 /// Publishes a raw message to `{ns}.raw` as the ingress does (headers = the signed query).
@@ -284,7 +288,7 @@ pub async fn publish_raw(
     ns: &Namespace,
     routing_key: &str,
     body: &[u8],
-    headers: &[(&str, &str)],
+    headers: FieldTable,
 ) -> Result<(), lapin::Error> {
     let conn = connect().await?;
     common::amqp::topology::declare(

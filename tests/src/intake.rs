@@ -223,14 +223,6 @@ impl Burst {
                 now,
                 "n",
             );
-            let query: Vec<(String, String)> = url::form_urlencoded::parse(p.query.as_bytes())
-                .into_owned()
-                .collect();
-            let mut headers: Vec<(&str, &str)> = query
-                .iter()
-                .map(|(k, v)| (k.as_str(), v.as_str()))
-                .collect();
-            headers.push(("appid", BURST_APPID));
             let _confirm = self
                 .ch
                 .basic_publish(
@@ -238,7 +230,7 @@ impl Burst {
                     "authorizer".into(),
                     Default::default(),
                     p.body.as_bytes(),
-                    crate::broker::raw_properties(&headers),
+                    crate::broker::raw_properties(p.raw_headers(BURST_APPID)),
                 )
                 .await
                 .expect("a publish");

@@ -13,6 +13,22 @@ pub struct SignedPush {
     pub body: String,
 }
 
+impl SignedPush {
+    /// The headers the ingress stores a message-URL push with: its signed query's pairs and
+    /// the `appid` of its path.
+    pub fn raw_headers(&self, appid: &str) -> lapin::types::FieldTable {
+        let query: Vec<(String, String)> = url::form_urlencoded::parse(self.query.as_bytes())
+            .into_owned()
+            .collect();
+        crate::broker::headers(
+            query
+                .iter()
+                .map(|(k, v)| (k.as_str(), v.as_str()))
+                .chain([("appid", appid)]),
+        )
+    }
+}
+
 /// Signs and encrypts pushes with a platform's credentials.
 #[derive(Clone)]
 pub struct PushBuilder {

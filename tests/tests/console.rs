@@ -4,7 +4,6 @@
 
 use common::wire::dead::DeadLetter;
 use lapin::options::BasicPublishOptions;
-use lapin::types::{AMQPValue, FieldTable};
 use serde_json::{Value, json};
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, bind_queue, collect, message_count};
@@ -40,14 +39,9 @@ async fn dead_push(t: &TestNs, appid: &str, content: &str) {
         now,
         "deadnonce",
     );
-    let mut headers = FieldTable::default();
-    for (k, v) in url::form_urlencoded::parse(push.query.as_bytes()) {
-        headers.insert(k.as_ref().into(), AMQPValue::LongString(v.as_ref().into()));
-    }
-    headers.insert("appid".into(), AMQPValue::LongString(appid.into()));
     let props = lapin::BasicProperties::default()
         .with_content_type("application/xml".into())
-        .with_headers(headers);
+        .with_headers(push.raw_headers(appid));
     let dead = DeadLetter {
         source_queue: t.ns.raw(),
         reason: "redis_unavailable".into(),

@@ -5,7 +5,9 @@
 use common::event::CloudEvent;
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
-use wxpipe_tests::broker::{Taken, TestNs, bind_queue, collect, message_count, publish_raw};
+use wxpipe_tests::broker::{
+    Taken, TestNs, bind_queue, collect, headers, message_count, publish_raw,
+};
 use wxpipe_tests::harness::{
     IngressHandle, decrypt_config, spawn_decrypt, spawn_decrypt_process, test_config,
 };
@@ -44,23 +46,16 @@ fn subscribe_event(openid: &str, create_time: i64) -> String {
     )
 }
 
-fn query_headers(query: &str) -> Vec<(String, String)> {
-    url::form_urlencoded::parse(query.as_bytes())
-        .into_owned()
-        .collect()
-}
-
 /// Publishes `push` onto `{ns}.raw` exactly as the ingress stores a message-URL push.
 async fn publish_push(t: &TestNs, push: &SignedPush) {
-    let headers = query_headers(&push.query);
-    let mut h: Vec<(&str, &str)> = headers
-        .iter()
-        .map(|(k, v)| (k.as_str(), v.as_str()))
-        .collect();
-    h.push(("appid", AUTHORIZER));
-    publish_raw(&t.ns, "authorizer", push.body.as_bytes(), &h)
-        .await
-        .unwrap();
+    publish_raw(
+        &t.ns,
+        "authorizer",
+        push.body.as_bytes(),
+        push.raw_headers(AUTHORIZER),
+    )
+    .await
+    .unwrap();
 }
 
 #[tokio::test]
@@ -101,12 +96,12 @@ async fn each_shape_of_push_becomes_the_right_event() {
         &t.ns,
         "authorizer",
         body.as_bytes(),
-        &[
-            ("timestamp", &s("timestamp")),
+        headers([
+            ("timestamp", s("timestamp").as_str()),
             ("nonce", &s("nonce")),
             ("msg_signature", &s("msg_signature")),
             ("appid", AUTHORIZER),
-        ],
+        ]),
     )
     .await
     .unwrap();
@@ -279,11 +274,11 @@ async fn poison_is_dead_lettered_with_its_reason_and_replay_processes_it_once_fi
         &t.ns,
         "component",
         b"<xml><Encrypt>bm90IGEgcHVzaA==</Encrypt></xml>",
-        &[
+        headers([
             ("timestamp", "1"),
             ("nonce", "2"),
             ("msg_signature", "0000000000000000000000000000000000000000"),
-        ],
+        ]),
     )
     .await
     .unwrap();

@@ -76,10 +76,12 @@ impl Handler for SlowOne {
 #[tokio::test]
 async fn a_slow_delivery_does_not_stall_the_prefetch_window() {
     let t = TestNs::new("t-rel-slow-ack");
-    publish_raw(&t.ns, "component", b"slow", &[]).await.unwrap();
+    publish_raw(&t.ns, "component", b"slow", Default::default())
+        .await
+        .unwrap();
     const QUICK: usize = 40;
     for _ in 0..QUICK {
-        publish_raw(&t.ns, "component", b"quick", &[])
+        publish_raw(&t.ns, "component", b"quick", Default::default())
             .await
             .unwrap();
     }

@@ -4,7 +4,7 @@ use super::*;
 use futures::StreamExt;
 use lapin::PublisherConfirm;
 use lapin::options::{BasicConsumeOptions, QueueDeclareOptions};
-use lapin::types::{AMQPValue, FieldTable};
+use lapin::types::FieldTable;
 use latency::Latency;
 use procfs::{CpuUse, CpuWindow, Spent, broker_pid, redis_pid, rss_of, sibling_binary};
 use stalls::StallWatch;
@@ -88,14 +88,9 @@ fn raw_messages(n: u64, first_msg_id: u64) -> Vec<Raw> {
                 first_msg_id + i,
             );
             let p = b.authorizer(GH, "o-bench", &plain, now, "424242");
-            let mut headers = FieldTable::default();
-            for (k, v) in url::form_urlencoded::parse(p.query.as_bytes()) {
-                headers.insert(k.as_ref().into(), AMQPValue::LongString(v.as_ref().into()));
-            }
-            headers.insert("appid".into(), AMQPValue::LongString(AUTHORIZER.into()));
             Raw {
+                headers: p.raw_headers(AUTHORIZER),
                 body: p.body.into_bytes(),
-                headers,
             }
         })
         .collect()
