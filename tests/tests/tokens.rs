@@ -737,3 +737,41 @@ async fn an_older_redis_layout_is_moved_to_buckets_without_losing_a_token() {
         0
     );
 }
+
+/// Before: every scheduler replica read every account every 15 s for two gauges, so Redis did
+/// that work once per replica. Now one replica per interval makes the accounts' summary and
+/// the others read it: a change within the interval is not counted again by another replica,
+/// and after it whoever asks first counts again and shares that.
+#[tokio::test]
+async fn replicas_share_one_accounts_summary_per_interval() {
+    let t = TestNs::new("t-tok-summary");
+    let replica = || token_service(&t.ns, "http://127.0.0.1:9", Duration::from_secs(600)).store;
+    let (a, b) = (replica(), replica());
+    let appid = |n: u32| format!("wx{n:016x}").parse::<common::ids::AppId>().unwrap();
+    for n in 1..=3 {
+        a.authorized(&appid(n), Some("refresh")).await.unwrap();
+    }
+    a.revoke(&appid(3)).await.unwrap();
+    let interval = Duration::from_secs(2);
+
+    let first = a.account_summary(interval).await.unwrap();
+    assert_eq!(
+        (first.active, first.refresh_failing, first.revoked),
+        (2, 0, 1)
+    );
+    // No token yet: the earliest expiry of an active account is "already expired".
+    assert_eq!(first.earliest_active_expiry, Some(0));
+
+    a.authorized(&appid(4), Some("refresh")).await.unwrap();
+    let shared = b.account_summary(interval).await.unwrap();
+    assert_eq!(
+        shared, first,
+        "within the interval the other replica reads the shared one"
+    );
+
+    tokio::time::sleep(interval + Duration::from_millis(100)).await;
+    let again = b.account_summary(interval).await.unwrap();
+    assert_eq!((again.active, again.revoked), (3, 1), "{again:?}");
+    assert!(again.made_at_ms > first.made_at_ms);
+    assert_eq!(a.account_summary(interval).await.unwrap(), again);
+}

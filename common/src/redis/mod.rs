@@ -199,6 +199,12 @@ impl Keys {
         format!("{}sync_reply:appids", self.prefix)
     }
 
+    /// `…:gauges`: the accounts' summary one scheduler replica makes per gauge interval for
+    /// every replica's gauges (`token::store::summary`).
+    pub fn gauges(&self) -> String {
+        format!("{}gauges", self.prefix)
+    }
+
     /// `…:ratelimit:{name}`: a rate-limit marker.
     pub fn rate_limit(&self, name: &str) -> String {
         format!("{}ratelimit:{name}", self.prefix)

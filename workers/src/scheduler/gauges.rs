@@ -1,7 +1,8 @@
 //! The platform's state as Prometheus gauges, set by every scheduler replica every
 //! [`EVERY`] (alerts take the `max` or `min` over replicas): the ticket's age, the component
 //! token's headroom, accounts by status, the smallest token headroom of an `active` account,
-//! and the depth of the raw, business and dead queues.
+//! and the depth of the raw, business and dead queues. The two about accounts come from their
+//! summary, which one replica per interval makes for all (`TokenStore::account_summary`).
 
 use super::console::ConsoleConfig;
 use common::token::{AuthorizerStatus, TokenService};
@@ -50,35 +51,20 @@ async fn platform(tokens: &TokenService) -> Result<(), common::redis::RedisError
         .unwrap_or(0);
     metrics::gauge!("wxpipe_component_token_expires_in_seconds").set(component as f64);
 
-    let appids = store.authorizer_appids().await?;
-    let states = store.statuses(&appids).await?;
-    let mut counts = [0usize; 3];
-    let mut min_headroom: Option<i64> = None;
-    for (status, expires_at) in states {
-        let i = match status {
-            AuthorizerStatus::Active => 0,
-            AuthorizerStatus::RefreshFailing => 1,
-            AuthorizerStatus::Revoked => 2,
-        };
-        counts[i] += 1;
-        // Accounts marked refresh_failing have their own alert; this one is for the healthy.
-        if status == AuthorizerStatus::Active {
-            let headroom = expires_at.map(|e| (e - now).max(0)).unwrap_or(0);
-            min_headroom = Some(min_headroom.map_or(headroom, |m| m.min(headroom)));
-        }
-    }
-    for (status, n) in [
+    // Made by one replica per interval and shared (`…:gauges`), not read from every account.
+    let summary = store.account_summary(EVERY).await?;
+    for status in [
         AuthorizerStatus::Active,
         AuthorizerStatus::RefreshFailing,
         AuthorizerStatus::Revoked,
-    ]
-    .iter()
-    .zip(counts)
-    {
-        metrics::gauge!("wxpipe_authorizers", "status" => status.as_str()).set(n as f64);
+    ] {
+        metrics::gauge!("wxpipe_authorizers", "status" => status.as_str())
+            .set(summary.count(status) as f64);
     }
-    if let Some(m) = min_headroom {
-        metrics::gauge!("wxpipe_authorizer_token_expires_in_min_seconds").set(m as f64);
+    // Accounts marked refresh_failing have their own alert; this one is for the healthy.
+    if let Some(e) = summary.earliest_active_expiry {
+        metrics::gauge!("wxpipe_authorizer_token_expires_in_min_seconds")
+            .set((e - now).max(0) as f64);
     }
     Ok(())
 }

@@ -1,6 +1,7 @@
 //! The tokens and accounts in Redis (design.md's Redis section; keys in [`crate::redis::Keys`]):
-//! the types here, the platform's own state in `platform.rs`, the accounts in `accounts.rs`, and
-//! every check-and-write as one Lua script in `scripts.rs`.
+//! the types here, the platform's own state in `platform.rs`, the accounts in `accounts.rs`, the
+//! accounts' summary for the gauges in `summary.rs`, and every check-and-write as one Lua script
+//! in `scripts.rs`.
 //!
 //! Writes of tokens are fenced: each is one Lua script that first checks the writer still holds
 //! the token's lock (`KEYS[1]`, `ARGV[1]`), so a stalled replica can never overwrite a newer
@@ -9,6 +10,9 @@
 mod accounts;
 mod platform;
 mod scripts;
+mod summary;
+
+pub use summary::AccountSummary;
 
 use crate::redis::lock::Lock;
 use crate::redis::{Keys, RedisError};
