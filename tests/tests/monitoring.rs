@@ -228,6 +228,9 @@ fn the_dashboard_is_well_formed_and_uses_the_provisioned_data_source() {
         "wxpipe_wechat_calls_total",
         "wxpipe_component_token_expires_in_seconds",
         "wxpipe_authorizer_token_expires_in_min_seconds",
+        "wxpipe_scheduler_buckets_held",
+        "wxpipe_redis_unreplicated_writes_total",
+        "wxpipe_ingress_reply_fallbacks_total",
     ] {
         assert!(text.contains(topic), "no panel shows {topic}");
     }
