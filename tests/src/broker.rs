@@ -59,33 +59,38 @@ impl Drop for TestNs {
             .lock()
             .map(|q| q.clone())
             .unwrap_or_default();
-        // Drop cannot be async: clean up on a thread with its own runtime.
-        let _ = std::thread::spawn(move || {
-            let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-            else {
+        on_own_runtime(async move {
+            let Some(conn) = connect_any(&url).await else {
+                eprintln!("cleanup of namespace {ns}: no broker node answers");
                 return;
             };
-            rt.block_on(async move {
-                let Some(conn) = connect_any(&url).await else {
-                    eprintln!("cleanup of namespace {ns}: no broker node answers");
-                    return;
-                };
-                if let Err(e) = delete_queues_on(&conn, &extra).await {
-                    eprintln!("cleanup of the test queues of {ns} failed: {e}");
-                }
-                if let Err(e) = delete_namespace_on(&conn, &ns).await {
-                    eprintln!("cleanup of namespace {ns} failed: {e}");
-                }
-                let _ = conn.close(200, "cleanup done".into()).await;
-                if let Err(e) = delete_redis_keys(&format!("{ns}:")).await {
-                    eprintln!("cleanup of the Redis keys of {ns} failed: {e}");
-                }
-            });
-        })
-        .join();
+            if let Err(e) = delete_queues_on(&conn, &extra).await {
+                eprintln!("cleanup of the test queues of {ns} failed: {e}");
+            }
+            if let Err(e) = delete_namespace_on(&conn, &ns).await {
+                eprintln!("cleanup of namespace {ns} failed: {e}");
+            }
+            let _ = conn.close(200, "cleanup done".into()).await;
+            if let Err(e) = delete_redis_keys(&format!("{ns}:")).await {
+                eprintln!("cleanup of the Redis keys of {ns} failed: {e}");
+            }
+        });
     }
+}
+
+/// Runs `cleanup` to the end on a thread with a runtime of its own: a `Drop` cannot be async,
+/// and it may run on a runtime's thread (or while a test panics).
+pub fn on_own_runtime(cleanup: impl std::future::Future<Output = ()> + Send + 'static) {
+    let _ = std::thread::spawn(move || {
+        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        else {
+            return;
+        };
+        rt.block_on(cleanup);
+    })
+    .join();
 }
 
 /// The most intake shards a test declares ([`delete_namespace`] removes that many).
@@ -153,7 +158,13 @@ async fn delete_queues_on(conn: &Connection, queues: &[String]) -> Result<(), la
 
 /// Deletes every Redis key starting with `prefix`.
 pub async fn delete_redis_keys(prefix: &str) -> Result<(), String> {
-    let pool = common::redis::pool(&crate::redis_url()).map_err(|e| e.to_string())?;
+    delete_redis_keys_at(&crate::redis_url(), prefix).await
+}
+
+/// Deletes every key starting with `prefix` from the Redis at `url` (a single Redis, or
+/// Sentinel's master; a Redis Cluster's keys: `cluster::delete_cluster_keys`).
+pub async fn delete_redis_keys_at(url: &str, prefix: &str) -> Result<(), String> {
+    let pool = common::redis::pool(url).map_err(|e| e.to_string())?;
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
     let mut cursor: u64 = 0;
     loop {

@@ -133,53 +133,13 @@ impl Clusters {
         Vec::new()
     }
 
-    /// Deletes every key starting with `prefix` from the Redis Cluster (each node scanned,
-    /// each key deleted where it lives).
-    pub async fn delete_cluster_keys(&self, prefix: &str) {
-        let mut keys: Vec<String> = Vec::new();
-        for port in Self::REDIS_CLUSTER_PORTS {
-            let Ok(client) =
-                deadpool_redis::redis::Client::open(format!("redis://127.0.0.1:{port}"))
-            else {
-                continue;
-            };
-            let Ok(mut c) = client.get_multiplexed_async_connection().await else {
-                continue;
-            };
-            let mut cursor: u64 = 0;
-            loop {
-                let Ok((next, batch)) = deadpool_redis::redis::cmd("SCAN")
-                    .arg(cursor)
-                    .arg("MATCH")
-                    .arg(format!("{prefix}*"))
-                    .arg("COUNT")
-                    .arg(1000)
-                    .query_async::<(u64, Vec<String>)>(&mut c)
-                    .await
-                else {
-                    break;
-                };
-                keys.extend(batch);
-                if next == 0 {
-                    break;
-                }
-                cursor = next;
-            }
-        }
-        keys.sort_unstable();
-        keys.dedup();
-        let Ok(pool) = common::redis::pool(&self.redis_cluster_url) else {
-            return;
-        };
-        let Ok(mut c) = pool.get().await else {
-            return;
-        };
-        for batch in keys.chunks(500) {
-            let mut p = deadpool_redis::redis::pipe();
-            for k in batch {
-                p.cmd("DEL").arg(k).ignore();
-            }
-            let _ = p.query_async::<()>(&mut c).await;
+    /// Deletes the keys starting with `prefix` from the Redis Cluster and from Sentinel's
+    /// master when the guard is dropped: at the end of the test, and when it panics.
+    pub fn delete_keys_on_drop(&self, prefix: &str) -> KeysGuard {
+        KeysGuard {
+            redis_cluster_url: self.redis_cluster_url.clone(),
+            sentinel_url: self.sentinel_url.clone(),
+            prefix: prefix.to_owned(),
         }
     }
 
@@ -200,5 +160,77 @@ impl Clusters {
             .args(["-n", &format!("wxpipe-c{n}@localhost")])
             .args(args);
         crate::run_tool(c)
+    }
+}
+
+/// Deletes every key starting with `prefix` from the Redis Cluster at `url` (each node
+/// scanned, each key deleted where it lives).
+pub async fn delete_cluster_keys(url: &str, prefix: &str) {
+    let mut keys: Vec<String> = Vec::new();
+    for port in Clusters::REDIS_CLUSTER_PORTS {
+        let Ok(client) = deadpool_redis::redis::Client::open(format!("redis://127.0.0.1:{port}"))
+        else {
+            continue;
+        };
+        let Ok(mut c) = client.get_multiplexed_async_connection().await else {
+            continue;
+        };
+        let mut cursor: u64 = 0;
+        loop {
+            let Ok((next, batch)) = deadpool_redis::redis::cmd("SCAN")
+                .arg(cursor)
+                .arg("MATCH")
+                .arg(format!("{prefix}*"))
+                .arg("COUNT")
+                .arg(1000)
+                .query_async::<(u64, Vec<String>)>(&mut c)
+                .await
+            else {
+                break;
+            };
+            keys.extend(batch);
+            if next == 0 {
+                break;
+            }
+            cursor = next;
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    let Ok(pool) = common::redis::pool(url) else {
+        return;
+    };
+    let Ok(mut c) = pool.get().await else {
+        return;
+    };
+    for batch in keys.chunks(500) {
+        let mut p = deadpool_redis::redis::pipe();
+        for k in batch {
+            p.cmd("DEL").arg(k).ignore();
+        }
+        let _ = p.query_async::<()>(&mut c).await;
+    }
+}
+
+/// See [`Clusters::delete_keys_on_drop`].
+pub struct KeysGuard {
+    redis_cluster_url: String,
+    sentinel_url: String,
+    prefix: String,
+}
+
+impl Drop for KeysGuard {
+    fn drop(&mut self) {
+        let (cluster, sentinel, prefix) = (
+            self.redis_cluster_url.clone(),
+            self.sentinel_url.clone(),
+            self.prefix.clone(),
+        );
+        crate::broker::on_own_runtime(async move {
+            delete_cluster_keys(&cluster, &prefix).await;
+            if let Err(e) = crate::broker::delete_redis_keys_at(&sentinel, &prefix).await {
+                eprintln!("cleanup of {prefix}* on Sentinel's master failed: {e}");
+            }
+        });
     }
 }

@@ -20,6 +20,7 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
     wxpipe_tests::log_to_test_output("warn");
     let urls = c.amqp_urls();
     let t = TestNs::on("t-cluster", &c.amqp_url);
+    let _keys = c.delete_keys_on_drop(&format!("{}:", t.ns));
     let shards = RawShards::new(3).unwrap();
     // A downstream team's quorum queue, declared through node 2 (node 1 is the one killed).
     let downstream = t.queue("downstream");
@@ -167,7 +168,6 @@ async fn a_killed_rabbitmq_node_costs_no_accepted_push() {
     bounded(60, "the ingress's stop", ingress.stop())
         .await
         .unwrap();
-    c.delete_cluster_keys(&format!("{}:", t.ns)).await;
 }
 
 /// The nodes leading `ns`'s shard queues.

@@ -116,6 +116,7 @@ async fn three_schedulers_share_ten_thousand_accounts_through_a_replica_and_a_ma
     };
     let t = TestNs::new("t-rcluster");
     let keys = Keys::new(&t.ns, test_platform::COMPONENT_APPID);
+    let _keys = c.delete_keys_on_drop(keys.prefix());
     let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.rules = Rules {
         authorizer_token_ttl: Duration::from_secs(TTL),
@@ -282,7 +283,6 @@ async fn three_schedulers_share_ten_thousand_accounts_through_a_replica_and_a_ma
             );
         }
     }
-    c.delete_cluster_keys(keys.prefix()).await;
 }
 
 /// The port of the master Sentinel names now.
@@ -316,6 +316,7 @@ async fn a_scheduler_on_sentinel_rides_out_a_master_failover() {
     const SHORT_TTL: u64 = 16;
     let t = TestNs::new("t-sentinel");
     let keys = Keys::new(&t.ns, test_platform::COMPONENT_APPID);
+    let _keys = c.delete_keys_on_drop(keys.prefix());
     let mut settings = SimConfig::for_tests("http://127.0.0.1:9");
     settings.rules = Rules {
         authorizer_token_ttl: Duration::from_secs(SHORT_TTL),
@@ -383,20 +384,6 @@ async fn a_scheduler_on_sentinel_rides_out_a_master_failover() {
                 pair[1] - pair[0] >= min_gap_ms,
                 "{appid} refreshed twice within a window: {times:?}"
             );
-        }
-    }
-    // Nothing of this namespace is left on Sentinel's master.
-    if let Ok(mut conn) = first.store.pool().get().await {
-        let left: Vec<String> = deadpool_redis::redis::cmd("KEYS")
-            .arg(format!("{}*", keys.prefix()))
-            .query_async(&mut conn)
-            .await
-            .unwrap_or_default();
-        if !left.is_empty() {
-            let _ = deadpool_redis::redis::cmd("DEL")
-                .arg(&left)
-                .query_async::<()>(&mut conn)
-                .await;
         }
     }
 }
