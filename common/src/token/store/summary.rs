@@ -97,7 +97,9 @@ impl TokenStore {
     pub async fn account_summary(&self, max_age: Duration) -> Result<AccountSummary, RedisError> {
         let shared = self.shared_summary().await?;
         let now = crate::unix_now_ms();
-        let fresh = |s: &AccountSummary| now - s.made_at_ms < max_age.as_millis() as i64;
+        // A summary "from the future" (a replica whose clock is ahead) is not fresh either.
+        let fresh =
+            |s: &AccountSummary| (0..max_age.as_millis() as i64).contains(&(now - s.made_at_ms));
         if let Some(s) = shared.as_ref().filter(|s| fresh(s)) {
             return Ok(s.clone());
         }
