@@ -101,17 +101,14 @@ impl SyncReplier {
         });
     }
 
-    fn configured(&self, appid: &str) -> bool {
+    /// Whether pushes for `appid` wait for a passive reply (whether or not the channel is up:
+    /// [`Self::publish`] says when it is not).
+    pub fn wants(&self, appid: &str) -> bool {
         self.appids.contains(appid)
             || self
                 .runtime
                 .read()
                 .is_ok_and(|r| r.contains(appid) || r.contains("*"))
-    }
-
-    /// Whether pushes for `appid` wait for a passive reply (whether or not the channel is up).
-    pub fn wants(&self, appid: &str) -> bool {
-        self.configured(appid)
     }
 
     /// Whether the reply channel is up (part of the ingress's readiness).
@@ -123,6 +120,7 @@ impl SyncReplier {
     }
 
     /// Publishes `body` with a reply address; once confirmed, returns the wait for the reply.
+    /// [`PublishError::Unavailable`] while the reply channel is down.
     pub async fn publish(
         &self,
         exchange: &str,
@@ -134,6 +132,7 @@ impl SyncReplier {
             .channel
             .borrow()
             .clone()
+            .filter(|c| c.status().connected())
             .ok_or(PublishError::Unavailable)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();

@@ -369,15 +369,10 @@ impl Stack {
         s.spawn("business", "workers", &["business"], &[])?;
         // The simulator pushes a ticket as it starts: the ingress must take it.
         let http = crate::http();
-        crate::harness::eventually(Duration::from_secs(30), "the ingress ready", || async {
-            let r = http
-                .get(format!("{}/readyz", s.ingress))
-                .send()
-                .await
-                .ok()?;
-            (r.status() == 200).then_some(())
-        })
-        .await;
+        assert!(
+            crate::harness::ready_within(&s.ingress, Duration::from_secs(30)).await,
+            "timed out waiting for the ingress ready"
+        );
         s.spawn("wechat-sim", "wechat-sim", &["serve"], &[])?;
         wait_port(api_port, Duration::from_secs(30))?;
         let admin_addr = format!("127.0.0.1:{admin_port}");

@@ -89,17 +89,7 @@ impl IngressHandle {
 
     /// Waits until `/readyz` answers 200, at most `timeout`.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
-        let client = crate::http();
-        let deadline = tokio::time::Instant::now() + timeout;
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(r) = client.get(self.url("/readyz")).send().await
-                && r.status() == 200
-            {
-                return true;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        false
+        ready_within(&self.url(""), timeout).await
     }
 
     /// Graceful shutdown, as on SIGTERM; returns the server's result.
@@ -500,6 +490,23 @@ pub fn free_port() -> u16 {
         .and_then(|l| l.local_addr())
         .map(|a| a.port())
         .expect("a free loopback port")
+}
+
+/// Whether `{base}/readyz` (`base`: `http://host:port`) answered 200 within `within`: the
+/// ingress's, a worker's (its `WXPIPE_METRICS_ADDR`), any role's.
+pub async fn ready_within(base: &str, within: Duration) -> bool {
+    let client = crate::http();
+    let url = format!("{base}/readyz");
+    let deadline = tokio::time::Instant::now() + within;
+    while tokio::time::Instant::now() < deadline {
+        if let Ok(r) = client.get(&url).send().await
+            && r.status() == 200
+        {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    false
 }
 
 /// Polls `check` every 100 ms until it returns `Some`; panics naming `what` after `timeout`.

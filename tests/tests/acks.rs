@@ -7,7 +7,9 @@ use common::event::CloudEvent;
 use std::collections::HashSet;
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, bind_queue, collect, message_count};
-use wxpipe_tests::harness::{ChildProcess, eventually, free_port, spawn_decrypt_process};
+use wxpipe_tests::harness::{
+    ChildProcess, eventually, free_port, ready_within, spawn_decrypt_process,
+};
 use wxpipe_tests::intake::{Burst, queue_burst};
 
 /// Draining a backlog, the worker acknowledges many deliveries per `basic.ack(multiple)` frame
@@ -55,15 +57,10 @@ async fn a_lone_delivery_lingers_for_company() {
         let t = TestNs::new(name);
         let events = events_queue(&t).await;
         let (worker, metrics_addr) = start_worker(&t, &[("WXPIPE_DECRYPT_LINGER_US", linger)]);
-        let ready = format!("http://{metrics_addr}/readyz");
-        eventually(Duration::from_secs(30), "the worker to be ready", || {
-            let ready = ready.clone();
-            async move {
-                let answer = wxpipe_tests::http().get(ready).send().await.ok()?;
-                (answer.status() == 200).then_some(())
-            }
-        })
-        .await;
+        assert!(
+            ready_within(&format!("http://{metrics_addr}"), Duration::from_secs(30)).await,
+            "the worker did not become ready"
+        );
         let burst = Burst::open(&t.ns).await;
         burst.queue(1, 400_000, "first").await;
         let first = std::time::Instant::now();

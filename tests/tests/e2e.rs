@@ -10,7 +10,7 @@ use serde_json::{Value, json};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, bind_queue, collect};
-use wxpipe_tests::harness::{ChildProcess, eventually, free_port, workspace_bin};
+use wxpipe_tests::harness::{ChildProcess, eventually, free_port, ready_within, workspace_bin};
 use wxpipe_tests::{http_builder, test_platform};
 
 const ADMIN: &str = "e2e-admin-token-0123456789";
@@ -111,19 +111,10 @@ async fn the_whole_story_across_processes() {
         .timeout(Duration::from_secs(10))
         .build()
         .unwrap();
-    eventually(
-        Duration::from_secs(30),
-        "the ingress to be ready",
-        || async {
-            http.get(format!("{base}/readyz"))
-                .send()
-                .await
-                .ok()
-                .filter(|r| r.status() == 200)
-                .map(|_| ())
-        },
-    )
-    .await;
+    assert!(
+        ready_within(&base, Duration::from_secs(30)).await,
+        "timed out waiting for the ingress to be ready"
+    );
     // The sim pushes a ticket as soon as it starts.
     procs.0.push(spawn(
         "wechat-sim",

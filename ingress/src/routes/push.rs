@@ -196,10 +196,6 @@ async fn publish_awaiting_reply(
     started: Instant,
 ) -> Option<Response> {
     let r = label(route);
-    if !state.replier.is_connected() {
-        fallback("channel_down");
-        return None;
-    }
     let wait = match state
         .replier
         .publish(
@@ -211,9 +207,17 @@ async fn publish_awaiting_reply(
         .await
     {
         Ok(wait) => wait,
+        // The push then takes the plain path (`success`, no reply): nothing is lost, but its
+        // reply is. Counted by why.
         Err(e) => {
-            tracing::warn!(error = %e, "sync-reply publish failed; using the plain path");
-            fallback("publish_failed");
+            let reason = if matches!(e, PublishError::Unavailable) {
+                "channel_down"
+            } else {
+                tracing::warn!(error = %e, "sync-reply publish failed; using the plain path");
+                "publish_failed"
+            };
+            metrics::counter!("wxpipe_ingress_reply_fallbacks_total", "reason" => reason)
+                .increment(1);
             return None;
         }
     };
@@ -241,12 +245,6 @@ async fn publish_awaiting_reply(
         // An empty reply means "no passive reply": acknowledge.
         _ => Some(Outcome::Accepted.respond(r, "success")),
     }
-}
-
-/// A push that should have waited for a passive reply took the plain path (`success`, no
-/// reply): nothing is lost, but its reply is.
-fn fallback(reason: &'static str) {
-    metrics::counter!("wxpipe_ingress_reply_fallbacks_total", "reason" => reason).increment(1);
 }
 
 /// Reads the body, refusing it as soon as it exceeds `limit`.

@@ -177,26 +177,25 @@ mod tests {
         assert_eq!(s.earliest_active_expiry, None);
     }
 
+    /// The hash `s` is shared as, as HGETALL returns it.
+    fn hash(s: &AccountSummary) -> HashMap<String, String> {
+        s.fields()
+            .into_iter()
+            .map(|(k, v)| (k.into(), v.to_string()))
+            .collect()
+    }
+
     #[test]
     fn a_summary_survives_its_hash_and_a_partial_hash_is_none() {
         for s in [
             AccountSummary::of([(Active, Some(9)), (Revoked, None)], 1234),
             AccountSummary::of([], 1),
         ] {
-            let fields: HashMap<String, String> = s
-                .fields()
-                .into_iter()
-                .map(|(k, v)| (k.into(), v.to_string()))
-                .collect();
-            assert_eq!(AccountSummary::from_fields(&fields), Some(s));
+            assert_eq!(AccountSummary::from_fields(&hash(&s)), Some(s));
         }
         let partial: HashMap<String, String> = [("active".to_owned(), "3".to_owned())].into();
         assert_eq!(AccountSummary::from_fields(&partial), None);
-        let mut garbled: HashMap<String, String> = AccountSummary::of([], 1)
-            .fields()
-            .into_iter()
-            .map(|(k, v)| (k.into(), v.to_string()))
-            .collect();
+        let mut garbled = hash(&AccountSummary::of([], 1));
         garbled.insert("earliest_active_expiry".into(), "soon".into());
         assert_eq!(AccountSummary::from_fields(&garbled), None);
         assert_eq!(AccountSummary::from_fields(&HashMap::new()), None);

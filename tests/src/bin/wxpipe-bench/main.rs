@@ -400,20 +400,12 @@ pub async fn replace_sink(
 
 /// Waits until the ingress on `port` answers `/readyz` with 200, at most `within`.
 pub async fn wait_ready(port: u16, within: Duration) -> anyhow::Result<()> {
-    let client = wxpipe_tests::http();
-    let ready = async {
-        while !client
-            .get(format!("http://127.0.0.1:{port}/readyz"))
-            .send()
-            .await
-            .is_ok_and(|r| r.status() == 200)
-        {
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    };
-    tokio::time::timeout(within, ready)
-        .await
-        .context("the ingress did not become ready")
+    let base = format!("http://127.0.0.1:{port}");
+    anyhow::ensure!(
+        wxpipe_tests::harness::ready_within(&base, within).await,
+        "the ingress did not become ready"
+    );
+    Ok(())
 }
 
 /// Stops a process under test: SIGTERM (so it shuts down as in production), then waits for it
