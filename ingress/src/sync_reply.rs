@@ -113,10 +113,7 @@ impl SyncReplier {
 
     /// Whether the reply channel is up (part of the ingress's readiness).
     pub fn is_connected(&self) -> bool {
-        self.channel
-            .borrow()
-            .as_ref()
-            .is_some_and(|c| c.status().connected())
+        self.channel.borrow().as_ref().is_some_and(channel_up)
     }
 
     /// Publishes `body` with a reply address; once confirmed, returns the wait for the reply.
@@ -132,7 +129,7 @@ impl SyncReplier {
             .channel
             .borrow()
             .clone()
-            .filter(|c| c.status().connected())
+            .filter(channel_up)
             .ok_or(PublishError::Unavailable)?;
         let id = uuid::Uuid::new_v4().simple().to_string();
         let (tx, rx) = oneshot::channel();
@@ -190,6 +187,12 @@ fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot:
     pending
         .lock()
         .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Whether the reply channel can take a publish: readiness and [`SyncReplier::publish`] ask the
+/// same question.
+fn channel_up(channel: &Channel) -> bool {
+    channel.status().connected()
 }
 
 fn waiters_gauge(n: usize) {

@@ -162,28 +162,41 @@ pub async fn delete_redis_keys(prefix: &str) -> Result<(), String> {
 }
 
 /// Deletes every key starting with `prefix` from the Redis at `url` (a single Redis, or
-/// Sentinel's master; a Redis Cluster's keys: `cluster::delete_cluster_keys`).
+/// Sentinel's master; a Redis Cluster's keys: `cluster::delete_cluster_keys`). The keys found
+/// before a failed scan are deleted too.
 pub async fn delete_redis_keys_at(url: &str, prefix: &str) -> Result<(), String> {
     let pool = common::redis::pool(url).map_err(|e| e.to_string())?;
     let mut conn = pool.get().await.map_err(|e| e.to_string())?;
+    let mut keys = Vec::new();
+    let scanned = scan_keys(&mut conn, prefix, &mut keys).await;
+    for batch in keys.chunks(1000) {
+        deadpool_redis::redis::cmd("DEL")
+            .arg(batch)
+            .query_async::<i64>(&mut conn)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    scanned.map_err(|e| e.to_string())
+}
+
+/// Appends to `keys` every key starting with `prefix` that `SCAN` finds on `conn`'s node; on an
+/// error, what was found before it stays in `keys`.
+pub async fn scan_keys(
+    conn: &mut impl deadpool_redis::redis::aio::ConnectionLike,
+    prefix: &str,
+    keys: &mut Vec<String>,
+) -> deadpool_redis::redis::RedisResult<()> {
     let mut cursor: u64 = 0;
     loop {
-        let (next, keys): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
+        let (next, batch): (u64, Vec<String>) = deadpool_redis::redis::cmd("SCAN")
             .arg(cursor)
             .arg("MATCH")
             .arg(format!("{prefix}*"))
             .arg("COUNT")
             .arg(1000)
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| e.to_string())?;
-        if !keys.is_empty() {
-            deadpool_redis::redis::cmd("DEL")
-                .arg(&keys)
-                .query_async::<i64>(&mut conn)
-                .await
-                .map_err(|e| e.to_string())?;
-        }
+            .query_async(conn)
+            .await?;
+        keys.extend(batch);
         if next == 0 {
             return Ok(());
         }

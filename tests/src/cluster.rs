@@ -175,25 +175,8 @@ pub async fn delete_cluster_keys(url: &str, prefix: &str) {
         let Ok(mut c) = client.get_multiplexed_async_connection().await else {
             continue;
         };
-        let mut cursor: u64 = 0;
-        loop {
-            let Ok((next, batch)) = deadpool_redis::redis::cmd("SCAN")
-                .arg(cursor)
-                .arg("MATCH")
-                .arg(format!("{prefix}*"))
-                .arg("COUNT")
-                .arg(1000)
-                .query_async::<(u64, Vec<String>)>(&mut c)
-                .await
-            else {
-                break;
-            };
-            keys.extend(batch);
-            if next == 0 {
-                break;
-            }
-            cursor = next;
-        }
+        // A node that fails mid-scan keeps what it listed; the others are scanned still.
+        let _ = crate::broker::scan_keys(&mut c, prefix, &mut keys).await;
     }
     keys.sort_unstable();
     keys.dedup();
