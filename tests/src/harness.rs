@@ -590,6 +590,59 @@ pub async fn pipeline_with_sim(ns: &Namespace) -> (crate::sim::SimHandle, Pipeli
     (sim, p)
 }
 
+/// Creates a gateway team key through the admin API at `admin`; returns the key.
+pub async fn team_key(admin: &str, scope: serde_json::Value) -> String {
+    let (s, v) = admin_post(admin, "/v1/gateway/keys", scope).await;
+    assert_eq!(s, 201, "{v}");
+    v["key"].as_str().expect("the new key").to_owned()
+}
+
+/// A pipeline with a ticket, a component token, one authorized official account (its token
+/// stored) and a gateway (the gateway tests' platform).
+pub struct GatewayPlatform {
+    pub sim: crate::sim::SimHandle,
+    pub pipeline: Pipeline,
+    /// The authorized account.
+    pub appid: String,
+    pub gateway: WorkerHandle,
+    /// `http://127.0.0.1:{port}`.
+    pub gw: String,
+}
+
+impl GatewayPlatform {
+    pub async fn start(ns: &Namespace) -> Self {
+        let (sim, pipeline) = pipeline_with_sim(ns).await;
+        let appid = pipeline.authorize(&sim, false).await;
+        let (gateway, gw) = spawn_gateway(pipeline.tokens.clone(), &sim.api_base()).await;
+        Self {
+            sim,
+            pipeline,
+            appid,
+            gateway,
+            gw,
+        }
+    }
+
+    /// The gateway's address.
+    pub fn gw_addr(&self) -> SocketAddr {
+        self.gw
+            .trim_start_matches("http://")
+            .parse()
+            .expect("the gateway's address")
+    }
+
+    /// Creates a team key through the admin API; returns the key.
+    pub async fn key(&self, scope: serde_json::Value) -> String {
+        team_key(&self.pipeline.admin, scope).await
+    }
+
+    pub async fn stop(self) {
+        self.gateway.stop().await;
+        self.pipeline.stop().await;
+        self.sim.stop().await;
+    }
+}
+
 impl Pipeline {
     /// An account authorizes the platform in the simulator (its `authorized` push goes through
     /// the pipeline); waits until its token and profile are stored; returns its appid.

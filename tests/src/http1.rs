@@ -37,3 +37,39 @@ impl HttpConn {
         Some(status)
     }
 }
+
+/// Sends `head` (a request line and headers, without the blank line) and `body` byte for byte
+/// on a new connection — no client library normalises the target — and reads the answer until
+/// the server closes: its status (0 if none) and body text.
+pub async fn raw_exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+        return (0, "connect failed".into());
+    };
+    let mut req = format!(
+        "{head}\r\nHost: {addr}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(body);
+    if s.write_all(&req).await.is_err() {
+        return (0, "write failed".into());
+    }
+    let mut out = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    if !matches!(read, Ok(Ok(_))) && out.is_empty() {
+        return (0, "no answer".into());
+    }
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text
+        .split_once("\r\n\r\n")
+        .map(|(_, b)| b.to_owned())
+        .unwrap_or_default();
+    (status, body)
+}

@@ -7,12 +7,11 @@ use serde_json::{Value, json};
 use std::time::Duration;
 use wxpipe_tests::broker::TestNs;
 use wxpipe_tests::harness::{
-    ADMIN_TOKEN, Pipeline, admin_get, admin_post, eventually, pipeline_with_sim, spawn_gateway,
+    ADMIN_TOKEN, GatewayPlatform, Pipeline, admin_get, admin_post, eventually,
 };
 use wxpipe_tests::sim::SimHandle;
 
-/// A pipeline with a ticket, a component token, one authorized official account (its token
-/// stored) and a gateway; returns them with the account's appid and the gateway's URL.
+/// The gateway tests' platform, as the tuple these tests were written against.
 async fn platform(
     t: &TestNs,
 ) -> (
@@ -22,18 +21,11 @@ async fn platform(
     wxpipe_tests::harness::WorkerHandle,
     String,
 ) {
-    let (sim, p) = pipeline_with_sim(&t.ns).await;
-    let appid = p.authorize(&sim, false).await;
-    let (gw, base) = spawn_gateway(p.tokens.clone(), &sim.api_base()).await;
-    (sim, p, appid, gw, base)
+    let g = GatewayPlatform::start(&t.ns).await;
+    (g.sim, g.pipeline, g.appid, g.gateway, g.gw)
 }
 
-/// Creates a team key through the admin API; returns the key.
-async fn key(admin: &str, scope: Value) -> String {
-    let (s, v) = admin_post(admin, "/v1/gateway/keys", scope).await;
-    assert_eq!(s, 201, "{v}");
-    v["key"].as_str().unwrap().to_owned()
-}
+use wxpipe_tests::harness::team_key as key;
 
 async fn get(url: String, bearer: &str) -> reqwest::Response {
     wxpipe_tests::http()
@@ -75,15 +67,25 @@ async fn calls_carry_the_right_token_and_scopes_refuse_what_they_should() {
     assert_eq!(sent["authorizer_appid"], appid.as_str());
     assert_eq!(sent["text"]["content"], "hi");
 
-    // A token the caller put in the query is never forwarded: ours replaces it.
+    // A token the caller put in the query is never forwarded: ours replaces it (the simulator
+    // records every token value a request carried, not the one it used).
+    let before = sim.requests_total() as usize;
     let (s, v) = call(
         &gw,
         &crm,
-        &format!("/v1/wechat/{appid}/cgi-bin/message/custom/send?access_token=forged"),
+        &format!("/v1/wechat/{appid}/cgi-bin/message/custom/send?access_token=forged&access_token=forged2"),
         json!({ "touser": "o-user", "msgtype": "text", "text": { "content": "again" } }),
     )
     .await;
     assert_eq!((s, v["errcode"].as_i64()), (200, Some(0)), "{v}");
+    let (_, stored) = admin_get(&p.admin, &format!("/v1/authorizers/{appid}/access_token")).await;
+    let arrived = sim.requests();
+    assert_eq!(arrived.len(), before + 1, "{:?}", &arrived[before..]);
+    assert_eq!(
+        arrived[before].tokens,
+        vec![stored["access_token"].as_str().unwrap().to_owned()],
+        "only our token reached WeChat"
+    );
 
     // Refusals: no key, an unknown key, a path or an account outside the scope, the component.
     let anonymous = wxpipe_tests::http()
@@ -181,6 +183,7 @@ async fn calls_carry_the_right_token_and_scopes_refuse_what_they_should() {
     // Metrics per team, path and errcode.
     let metrics = wxpipe_tests::get_text(format!("{gw}/metrics")).await;
     assert!(
+        // `path` is the key's pattern that allowed the call, never the path a caller chose.
         metrics.contains("wxpipe_gateway_calls_total{team=\"crm\",path=\"cgi-bin/message/custom/send\",outcome=\"ok\"}"),
         "{metrics}"
     );

@@ -74,6 +74,57 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .fallback(generic)
 }
 
+/// Records every API request as it arrived ([`super::state::ApiRequest`]): its raw path and
+/// query and every token value it carried, in the query or in a form body. `/sim/*` is not
+/// recorded.
+pub async fn record(
+    AxState(sim): AxState<Arc<SimShared>>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    if req.uri().path().starts_with("/sim/") {
+        return next.run(req).await;
+    }
+    let is_token = |k: &str| k == "access_token" || k == "component_access_token";
+    let mut tokens: Vec<String> =
+        url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .filter(|(k, _)| is_token(k))
+            .map(|(_, v)| v.into_owned())
+            .collect();
+    let form = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|c| c.to_ascii_lowercase().contains("x-www-form-urlencoded"));
+    let req = if form {
+        let (parts, body) = req.into_parts();
+        let Ok(bytes) = axum::body::to_bytes(body, 32 * 1024 * 1024).await else {
+            return (axum::http::StatusCode::PAYLOAD_TOO_LARGE, "body too large").into_response();
+        };
+        tokens.extend(
+            url::form_urlencoded::parse(&bytes)
+                .filter(|(k, _)| is_token(k))
+                .map(|(_, v)| v.into_owned()),
+        );
+        axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes))
+    } else {
+        req
+    };
+    {
+        let mut st = sim.state.lock().expect("sim state");
+        st.stats.requests_total += 1;
+        if st.stats.requests.len() < super::state::MAX_RECORDED {
+            st.stats.requests.push(super::state::ApiRequest {
+                method: req.method().as_str().to_owned(),
+                path: req.uri().path().to_owned(),
+                query: req.uri().query().map(str::to_owned),
+                tokens,
+            });
+        }
+    }
+    next.run(req).await
+}
+
 fn err(e: &ApiError) -> Value {
     json!({ "errcode": e.errcode, "errmsg": e.errmsg })
 }
@@ -518,6 +569,7 @@ async fn generic(
         "path": path,
         "caller": who,
         "query": query,
+        "raw_query": uri.query(),
         "content_type": headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()),
         "body_bytes": body.len(),
         "body": serde_json::from_slice::<Value>(&body).ok(),

@@ -150,6 +150,27 @@ impl SimHandle {
             .unwrap_or_else(|e| panic!("{path} did not answer JSON: {e}"))
     }
 
+    /// Every API request that arrived so far (the first [`state::MAX_RECORDED`]).
+    pub fn requests(&self) -> Vec<state::ApiRequest> {
+        self.shared
+            .state
+            .lock()
+            .expect("sim state")
+            .stats
+            .requests
+            .clone()
+    }
+
+    /// How many API requests arrived so far.
+    pub fn requests_total(&self) -> u64 {
+        self.shared
+            .state
+            .lock()
+            .expect("sim state")
+            .stats
+            .requests_total
+    }
+
     /// `/sim/stats`, directly.
     pub fn stats(&self) -> serde_json::Value {
         self.shared.state.lock().expect("sim state").stats_json()
@@ -201,6 +222,10 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
     };
     let api = api::routes()
         .merge(control::routes())
+        .layer(axum::middleware::from_fn_with_state(
+            shared.clone(),
+            api::record,
+        ))
         // WeChat takes media of up to 10 MB (20 MB for some): more than axum's 2 MB default.
         .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(shared.clone());

@@ -152,6 +152,26 @@ pub struct Stats {
     /// Calls of APIs the simulator answers generically, by path: who called (the appid the
     /// token belongs to, or `component`).
     pub generic_calls: BTreeMap<String, Vec<String>>,
+    /// Every API request as it arrived (the first [`MAX_RECORDED`]), whatever route answered it.
+    pub requests: Vec<ApiRequest>,
+    /// How many API requests arrived in all.
+    pub requests_total: u64,
+}
+
+/// How many API requests the simulator keeps for inspection.
+pub const MAX_RECORDED: usize = 50_000;
+
+/// One request to the simulated API, as it arrived on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ApiRequest {
+    pub method: String,
+    /// The request target's path, still percent-encoded.
+    pub path: String,
+    /// The raw query, if any.
+    pub query: Option<String>,
+    /// Every value of every `access_token` and `component_access_token` pair, in the query
+    /// and in a form body, in the order they came.
+    pub tokens: Vec<String>,
 }
 
 /// The simulated WeChat's memory.
@@ -683,6 +703,7 @@ impl State {
             "rejected_token_calls": self.stats.rejected_token_calls,
             "custom_messages": self.stats.custom_messages,
             "generic_calls": self.stats.generic_calls,
+            "api_requests": self.stats.requests_total,
             "pushes": self.stats.pushes,
             "authorizers": self.authorizers.values().map(|a| json!({
                 "appid": a.appid, "user_name": a.user_name, "nick_name": a.nick_name, "revoked": a.revoked,

@@ -82,12 +82,23 @@ impl Scope {
 
     /// May this key call `path` for `appid` (`component` for the component's APIs)?
     pub fn allows(&self, appid: &str, path: &str) -> bool {
+        self.matching(appid, path).is_some()
+    }
+
+    /// The first path pattern that lets this key call `path` for `appid`, if any.
+    pub fn matching(&self, appid: &str, path: &str) -> Option<&str> {
         let appid_ok = if appid == "component" {
             self.appids.iter().any(|p| p == "component")
         } else {
             self.appids.iter().any(|p| glob(p, appid))
         };
-        appid_ok && self.paths.iter().any(|p| glob(p, path))
+        if !appid_ok {
+            return None;
+        }
+        self.paths
+            .iter()
+            .find(|p| glob(p, path))
+            .map(String::as_str)
     }
 }
 

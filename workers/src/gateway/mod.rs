@@ -7,6 +7,7 @@
 //! ([`keys`]) or the admin token. Any number of replicas: everything shared is in Redis.
 
 pub mod keys;
+pub mod path;
 pub mod proxy;
 
 use crate::args::WorkerArgs;

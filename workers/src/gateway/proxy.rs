@@ -4,9 +4,10 @@
 
 use super::GatewayConfig;
 use super::keys::{KeyStore, Scope};
+use super::path::{self, Destination};
 use axum::body::Bytes;
-use axum::extract::{Path, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use common::ids::AppId;
 use common::token::{StoredToken, TokenError, TokenService};
@@ -36,6 +37,7 @@ pub struct Gateway {
     api_base: url::Url,
     component_appid: String,
     admin_token: Option<String>,
+    max_body_bytes: usize,
 }
 
 impl Gateway {
@@ -60,6 +62,7 @@ impl Gateway {
             api_base,
             component_appid: config.component_appid,
             admin_token: config.admin_token,
+            max_body_bytes: config.max_body_bytes,
         })
     }
 }
@@ -72,9 +75,18 @@ struct Caller {
     scope: Option<Scope>,
 }
 
+/// The `path` label of the admin token's calls (a key's calls carry the pattern that allowed
+/// them: never a caller-chosen path, so the number of series stays bounded).
+pub const ADMIN_LABEL: &str = "(admin)";
+
 impl Caller {
-    fn allows(&self, appid: &str, path: &str) -> bool {
-        self.scope.as_ref().is_none_or(|s| s.allows(appid, path))
+    /// The label of what allowed this call (the key's matching path pattern), or `None` when
+    /// the key may not make it.
+    fn allows(&self, appid: &str, path: &str) -> Option<String> {
+        match &self.scope {
+            None => Some(ADMIN_LABEL.to_owned()),
+            Some(s) => s.matching(appid, path).map(str::to_owned),
+        }
     }
 }
 
@@ -203,46 +215,33 @@ impl Gateway {
         Ok(fresh)
     }
 
-    /// The URL of one call: the caller's query without any token of its own, plus ours (and
-    /// `component_appid` on `sns/component/*`).
+    /// The URL of one call: the destination, the caller's query without any token of its own,
+    /// plus ours (and `component_appid` on `sns/component/*`).
     fn url(
         &self,
         target: &Target,
-        path: &str,
+        dest: &Destination,
         query: Option<&str>,
         token: &StoredToken,
-    ) -> Option<url::Url> {
-        let mut url = self.api_base.join(path).ok()?;
-        let theirs: Vec<(String, String)> =
-            url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
-                .filter(|(k, _)| k != "access_token" && k != "component_access_token")
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-        {
-            let mut q = url.query_pairs_mut();
-            q.clear();
-            for (k, v) in &theirs {
-                q.append_pair(k, v);
-            }
-            match target {
-                Target::Component => {
-                    q.append_pair("component_access_token", token.access_token.expose());
-                    if path.starts_with("sns/component/")
-                        && !theirs.iter().any(|(k, _)| k == "component_appid")
-                    {
-                        q.append_pair("component_appid", &self.component_appid);
-                    }
-                }
-                Target::Authorizer(_) => {
-                    q.append_pair("access_token", token.access_token.expose());
-                }
-            }
-        }
-        Some(url)
+    ) -> url::Url {
+        let (name, extra) = match target {
+            Target::Component => (
+                "component_access_token",
+                dest.path
+                    .starts_with("sns/component/")
+                    .then_some(("component_appid", self.component_appid.as_str())),
+            ),
+            Target::Authorizer(_) => ("access_token", None),
+        };
+        with_query(&dest.url, query, (name, token.access_token.expose()), extra)
     }
 
-    /// The component APIs under `cgi-bin/component/` want `component_appid` in their JSON body.
+    /// The component APIs under `cgi-bin/component/` want `component_appid` in their JSON body;
+    /// a form body loses any token of the caller's own.
     fn body(&self, target: &Target, path: &str, headers: &HeaderMap, body: &Bytes) -> Bytes {
+        if is_form(headers.get(header::CONTENT_TYPE)) {
+            return without_tokens_in_form(body);
+        }
         let json = may_be_json(headers.get(header::CONTENT_TYPE));
         if matches!(target, Target::Component) && path.starts_with("cgi-bin/component/") && json {
             if let Ok(Value::Object(mut o)) = serde_json::from_slice::<Value>(body) {
@@ -256,6 +255,65 @@ impl Gateway {
         }
         body.clone()
     }
+}
+
+/// The names under which a caller could slip a token of its own past ours.
+const TOKEN_NAMES: [&str; 2] = ["access_token", "component_access_token"];
+
+/// `base` with the caller's `query` (every pair but a token of its own, re-encoded), our token
+/// pair, and `extra` unless the caller named it.
+pub fn with_query(
+    base: &url::Url,
+    query: Option<&str>,
+    token: (&str, &str),
+    extra: Option<(&str, &str)>,
+) -> url::Url {
+    let mut url = base.clone();
+    let theirs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| !TOKEN_NAMES.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    {
+        let mut q = url.query_pairs_mut();
+        q.clear();
+        for (k, v) in &theirs {
+            q.append_pair(k, v);
+        }
+        q.append_pair(token.0, token.1);
+        if let Some((k, v)) = extra
+            && !theirs.iter().any(|(t, _)| t == k)
+        {
+            q.append_pair(k, v);
+        }
+    }
+    url
+}
+
+fn is_form(content_type: Option<&HeaderValue>) -> bool {
+    content_type.and_then(|v| v.to_str().ok()).is_some_and(|c| {
+        c.trim_start()
+            .to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    })
+}
+
+/// A form body without any `access_token`/`component_access_token` pair (re-encoded only when
+/// it held one).
+pub fn without_tokens_in_form(body: &Bytes) -> Bytes {
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(body)
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    if !pairs.iter().any(|(k, _)| TOKEN_NAMES.contains(&k.as_str())) {
+        return body.clone();
+    }
+    let mut out = url::form_urlencoded::Serializer::new(String::new());
+    for (k, v) in pairs
+        .iter()
+        .filter(|(k, _)| !TOKEN_NAMES.contains(&k.as_str()))
+    {
+        out.append_pair(k, v);
+    }
+    Bytes::from(out.finish())
 }
 
 /// A body with this content type may be JSON: none, `…json…`, or `text/…` (WeChat answers JSON
@@ -333,29 +391,27 @@ async fn send(
     })
 }
 
-/// `ANY /v1/wechat/{appid}/{path…}`.
-pub async fn forward(
-    State(gw): State<Arc<Gateway>>,
-    Path((appid, path)): Path<(String, String)>,
-    method: Method,
-    uri: Uri,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Response {
+/// `ANY /v1/wechat/{appid}/{path…}`. The key is checked before the body is read (an unknown
+/// caller's body is never read); the path is checked as it will be sent ([`super::path`]).
+pub async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
     let started = Instant::now();
+    let (parts, body) = req.into_parts();
+    let (method, uri, headers) = (parts.method, parts.uri, parts.headers);
     let caller = match caller(&gw, &headers).await {
         Ok(c) => c,
         Err(r) => return r,
     };
-    let path = path.trim_start_matches('/').to_owned();
-    if path.is_empty() || path.contains("..") || path.contains("//") {
-        return refuse(
-            StatusCode::BAD_REQUEST,
-            &caller.team,
-            "bad_request",
-            format!("not an API path: {path:?}"),
-        );
-    }
+    let (appid, dest) = match path::from_request(&gw.api_base, uri.path()) {
+        Ok(d) => d,
+        Err(e) => {
+            return refuse(
+                StatusCode::BAD_REQUEST,
+                &caller.team,
+                "bad_path",
+                e.to_string(),
+            );
+        }
+    };
     let target = if appid == "component" {
         Target::Component
     } else {
@@ -371,17 +427,32 @@ pub async fn forward(
             }
         }
     };
-    if !caller.allows(target.label(), &path) {
+    let Some(pattern) = caller.allows(target.label(), &dest.path) else {
         return refuse(
             StatusCode::FORBIDDEN,
             &caller.team,
             "forbidden",
-            format!("this key may not call {path} for {}", target.label()),
+            format!("this key may not call {} for {}", dest.path, target.label()),
         );
-    }
+    };
     if let Err(r) = within_rate(&gw, &caller).await {
         return r;
     }
+    let body = match axum::body::to_bytes(body, gw.max_body_bytes).await {
+        Ok(b) => b,
+        Err(_) => {
+            return refuse(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                &caller.team,
+                "too_large",
+                format!(
+                    "the body is over {} bytes or was not received whole",
+                    gw.max_body_bytes
+                ),
+            );
+        }
+    };
+    let path = dest.path.clone();
     let mut token = match gw.token(&target).await {
         Ok(t) => t,
         Err(e) => return token_error(&caller.team, e),
@@ -390,14 +461,7 @@ pub async fn forward(
     let content_type = headers.get(header::CONTENT_TYPE);
     let (mut retries, mut replaced, mut busy) = (0u32, false, 0u32);
     let (answer, errcode) = loop {
-        let Some(url) = gw.url(&target, &path, uri.query(), &token) else {
-            return refuse(
-                StatusCode::BAD_REQUEST,
-                &caller.team,
-                "bad_request",
-                format!("not an API path: {path:?}"),
-            );
-        };
+        let url = gw.url(&target, &dest, uri.query(), &token);
         let answer = match send(&gw, &method, url, content_type, body.clone()).await {
             Ok(a) => a,
             Err(e) => {
@@ -441,7 +505,7 @@ pub async fn forward(
         Some(c) => c.to_string(),
     };
     let elapsed = started.elapsed();
-    metrics::counter!("wxpipe_gateway_calls_total", "team" => caller.team.clone(), "path" => path.clone(), "outcome" => outcome.clone())
+    metrics::counter!("wxpipe_gateway_calls_total", "team" => caller.team.clone(), "path" => pattern.clone(), "outcome" => outcome.clone())
         .increment(1);
     metrics::histogram!("wxpipe_gateway_call_seconds", "team" => caller.team.clone())
         .record(elapsed.as_secs_f64());
