@@ -24,6 +24,7 @@ pub mod amqp;
 pub mod beacon;
 pub mod config;
 pub mod crypto;
+pub mod edge;
 pub mod event;
 pub mod health;
 pub mod i18n;

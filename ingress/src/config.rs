@@ -28,16 +28,8 @@ pub struct IngressArgs {
     /// Confirm-mode channels the publishes are spread over.
     #[arg(long, env = "WXPIPE_PUBLISH_CHANNELS", default_value_t = 2)]
     pub publish_channels: usize,
-    /// A client must send a whole request head within this (on a new connection and between
-    /// keep-alive requests, so it is also the idle timeout); else it is disconnected.
-    #[arg(long, env = "WXPIPE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
-    pub header_timeout_ms: u64,
-    /// A request body must arrive within this; else 408.
-    #[arg(long, env = "WXPIPE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
-    pub body_timeout_ms: u64,
-    /// Open connections at most; more wait in the kernel's backlog.
-    #[arg(long, env = "WXPIPE_MAX_CONNECTIONS", default_value_t = 10_000)]
-    pub max_connections: usize,
+    #[command(flatten)]
+    pub edge: common::edge::EdgeArgs,
     /// On SIGTERM, how long in-flight pushes may take to finish before the process exits.
     #[arg(long, env = "WXPIPE_SHUTDOWN_GRACE_SECS", default_value_t = 10)]
     pub shutdown_grace_secs: u64,
@@ -107,7 +99,7 @@ pub struct IngressConfig {
     pub sync_reply_appids: std::collections::HashSet<String>,
     pub sync_reply_timeout: Duration,
     /// The public edge's limits.
-    pub limits: crate::http::Limits,
+    pub limits: common::edge::Limits,
     /// The authorization pages' limits.
     pub auth: crate::routes::auth::AuthLimits,
     /// The authorization pages' configurable texts.
@@ -178,18 +170,7 @@ impl IngressArgs {
             refresh_margin: self.wechat.refresh_margin()?,
             sync_reply_appids: sync_reply_appids(self.sync_reply_appids.as_deref())?,
             sync_reply_timeout: Duration::from_millis(self.sync_reply_timeout_ms.clamp(100, 4800)),
-            limits: crate::http::Limits {
-                header_timeout: Duration::from_millis(positive(
-                    "WXPIPE_HEADER_TIMEOUT_MS",
-                    self.header_timeout_ms,
-                )?),
-                body_timeout: Duration::from_millis(positive(
-                    "WXPIPE_BODY_TIMEOUT_MS",
-                    self.body_timeout_ms,
-                )?),
-                max_connections: positive("WXPIPE_MAX_CONNECTIONS", self.max_connections as u64)?
-                    as usize,
-            },
+            limits: self.edge.limits()?,
             auth: crate::routes::auth::AuthLimits {
                 starts_per_client: positive(
                     "WXPIPE_AUTH_START_PER_CLIENT",

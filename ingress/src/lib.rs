@@ -8,7 +8,6 @@
 //! [`server`] wires it together and shuts it down gracefully.
 
 pub mod config;
-pub mod http;
 pub mod outcome;
 pub mod routes;
 pub mod server;

@@ -114,11 +114,17 @@ pub async fn serve(
         "ingress",
         stop_rx.clone(),
     );
-    let server = crate::http::serve(listener, router(state), config.limits, async move {
-        shutdown.await;
-        tracing::info!("shutting down: finishing in-flight pushes");
-        stop_tx.send_replace(true);
-    });
+    let server = common::edge::serve(
+        listener,
+        router(state),
+        config.limits,
+        "ingress",
+        async move {
+            shutdown.await;
+            tracing::info!("shutting down: finishing in-flight pushes");
+            stop_tx.send_replace(true);
+        },
+    );
     let grace = config.shutdown_grace;
     let grace_expired = async move {
         let _ = stop_rx.wait_for(|stopping| *stopping).await;

@@ -43,11 +43,7 @@ pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
         refresh_margin: Duration::from_secs(600),
         sync_reply_appids: ingress::sync_reply::release_test_appids(),
         sync_reply_timeout: Duration::from_millis(4500),
-        limits: ingress::http::Limits {
-            header_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(10),
-            max_connections: 10_000,
-        },
+        limits: common::edge::Limits::default(),
         auth: ingress::routes::auth::AuthLimits {
             starts_per_client: 10,
             starts_per_minute: 120,
@@ -343,6 +339,22 @@ pub async fn spawn_scheduler_with(
     concurrency: usize,
     console: workers::scheduler::console::ConsoleConfig,
 ) -> (WorkerHandle, String) {
+    spawn_scheduler_limited(
+        tokens,
+        concurrency,
+        console,
+        common::edge::Limits::default(),
+    )
+    .await
+}
+
+/// [`spawn_scheduler_with`] with the admin listener's limits.
+pub async fn spawn_scheduler_limited(
+    tokens: std::sync::Arc<common::token::TokenService>,
+    concurrency: usize,
+    console: workers::scheduler::console::ConsoleConfig,
+    limits: common::edge::Limits,
+) -> (WorkerHandle, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = workers::scheduler::SchedulerConfig {
@@ -354,6 +366,7 @@ pub async fn spawn_scheduler_with(
         tick: Duration::from_millis(250),
         lease: Duration::from_secs(10),
         console,
+        limits,
     };
     let (stop, rx) = tokio::sync::watch::channel(false);
     let admin_rx = rx.clone();
@@ -374,6 +387,15 @@ pub async fn spawn_gateway(
     tokens: std::sync::Arc<common::token::TokenService>,
     api_base: &str,
 ) -> (WorkerHandle, String) {
+    spawn_gateway_limited(tokens, api_base, common::edge::Limits::default()).await
+}
+
+/// [`spawn_gateway`] with the listener's limits.
+pub async fn spawn_gateway_limited(
+    tokens: std::sync::Arc<common::token::TokenService>,
+    api_base: &str,
+    limits: common::edge::Limits,
+) -> (WorkerHandle, String) {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("addr");
     let config = workers::gateway::GatewayConfig {
@@ -383,6 +405,7 @@ pub async fn spawn_gateway(
         admin_token: Some(ADMIN_TOKEN.into()),
         max_body_bytes: 20 * 1024 * 1024,
         timeout: Duration::from_secs(10),
+        limits,
     };
     let (stop, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {

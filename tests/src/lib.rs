@@ -17,6 +17,7 @@ pub mod broker;
 pub mod browser;
 pub mod cluster;
 pub mod faults;
+pub mod flood;
 pub mod harness;
 pub mod http1;
 pub mod intake;

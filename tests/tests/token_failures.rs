@@ -373,6 +373,7 @@ async fn bucket_leases_outlast_a_round_longer_than_the_lease() {
         tick: Duration::from_millis(250),
         lease,
         console: wxpipe_tests::harness::console_config(&t.ns, None),
+        limits: common::edge::Limits::default(),
     };
     let (stop, rx) = tokio::sync::watch::channel(false);
     let replica = tokio::spawn(workers::scheduler::run_loop(config, rx));

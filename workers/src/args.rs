@@ -17,6 +17,9 @@ pub struct WorkerArgs {
     pub max_attempts: u32,
     #[command(flatten)]
     pub wechat: common::config::WechatArgs,
+    /// The limits of the listeners clients reach (the admin API, the gateway).
+    #[command(flatten)]
+    pub edge: common::edge::EdgeArgs,
 }
 
 /// A given `WXPIPE_ADMIN_TOKEN` (trimmed): at least 16 characters.

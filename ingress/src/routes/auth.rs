@@ -223,7 +223,7 @@ async fn start(
     .into_response()
 }
 
-/// Who is asking (see [`client_id`]): the peer address the server ([`crate::http`]) puts on
+/// Who is asking (see [`client_id`]): the peer address the server ([`common::edge`]) puts on
 /// every request, or our own proxy's `X-Forwarded-For` entry.
 pub struct Client(String);
 

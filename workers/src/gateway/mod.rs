@@ -63,6 +63,8 @@ pub struct GatewayConfig {
     pub admin_token: Option<String>,
     pub max_body_bytes: usize,
     pub timeout: Duration,
+    /// The gateway listener's limits (the same loop as the ingress's).
+    pub limits: common::edge::Limits,
 }
 
 impl GatewayArgs {
@@ -85,6 +87,7 @@ impl GatewayArgs {
                 admin_token,
                 max_body_bytes: self.max_body_bytes,
                 timeout: Duration::from_millis(self.timeout_ms.max(100)),
+                limits: self.worker.edge.limits()?,
             },
             self.addr,
         ))
@@ -121,11 +124,12 @@ pub async fn serve(
         "gateway",
         shutdown.clone(),
     );
+    let limits = config.limits;
     let app = router(config).map_err(std::io::Error::other)?;
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
-    axum::serve(listener, app)
-        .with_graceful_shutdown(async move {
-            let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+    common::edge::serve(listener, app, limits, "gateway", async move {
+        let _ = shutdown.wait_for(|s| *s).await;
+    })
+    .await;
+    Ok(())
 }

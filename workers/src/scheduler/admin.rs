@@ -96,11 +96,17 @@ pub async fn serve(
         config.console.clone(),
         shutdown.clone(),
     ));
-    axum::serve(listener, router(state))
-        .with_graceful_shutdown(async move {
+    common::edge::serve(
+        listener,
+        router(state),
+        config.limits,
+        "admin",
+        async move {
             let _ = shutdown.wait_for(|s| *s).await;
-        })
-        .await
+        },
+    )
+    .await;
+    Ok(())
 }
 
 async fn authenticate(State(admin): State<Arc<Admin>>, req: Request, next: Next) -> Response {

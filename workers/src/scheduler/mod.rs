@@ -89,6 +89,8 @@ pub struct SchedulerConfig {
     /// See [`SchedulerArgs::lease_secs`].
     pub lease: Duration,
     pub console: console::ConsoleConfig,
+    /// The admin API's listener limits.
+    pub limits: common::edge::Limits,
 }
 
 impl SchedulerArgs {
@@ -113,6 +115,7 @@ impl SchedulerArgs {
                 }
                 Duration::from_secs(self.lease_secs)
             },
+            limits: self.worker.edge.limits()?,
             console: console::ConsoleConfig {
                 amqp_urls: self.worker.service.amqp.urls()?,
                 namespace: self.worker.service.namespace.namespace()?,
