@@ -118,7 +118,7 @@ pub async fn serve(
         listener,
         router(state),
         config.limits,
-        "ingress",
+        common::edge::INGRESS,
         async move {
             shutdown.await;
             tracing::info!("shutting down: finishing in-flight pushes");

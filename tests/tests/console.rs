@@ -149,6 +149,22 @@ async fn the_console_endpoints_answer_what_the_page_shows() {
             .unwrap_or(0),
         before + 1
     );
+    // Pressed again at once (or a refresh forced by anyone): refused for 10 s, no WeChat call.
+    for path in [
+        "console/accounts/{oa}/invalidate",
+        "authorizers/{oa}/refresh",
+    ] {
+        let path = format!("/v1/{}", path.replace("{oa}", &oa));
+        let (s, again) = admin_post(&admin, &path, json!({})).await;
+        assert_eq!(s, 429, "{path}: {again}");
+    }
+    assert_eq!(
+        sim.stats()["calls"]["api_authorizer_token"]
+            .as_u64()
+            .unwrap_or(0),
+        before + 1,
+        "no refresh while limited"
+    );
 
     // The platform: ticket age, component token, WeChat errors.
     let (_, platform) = admin_get(&admin, "/v1/console/platform").await;
@@ -270,7 +286,7 @@ async fn the_console_in_a_real_headless_browser() {
     }
     let console = format!("{}/console", p.admin);
     let mp_part = mp[12..].to_owned();
-    let oa_for_browser = oa.clone();
+    let mp_for_browser = mp.clone();
     let shots = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<std::path::PathBuf>> {
         let dir = "console";
         let browser = wxpipe_tests::browser::launch((1366, 900))?;
@@ -332,7 +348,8 @@ async fn the_console_in_a_real_headless_browser() {
         tab.wait_for_element("[data-tab=platform]")?.click()?;
         wait_until(&tab, "document.querySelector('#platform-cards').innerText.includes('Ticket age')", "the platform in English", Duration::from_secs(10))?;
         shots.push(wxpipe_tests::browser::screenshot(&tab, dir, "platform-en")?);
-        anyhow::ensure!(detail.contains(&oa_for_browser) || detail.contains("小程序"), "{detail}");
+        // The mini program's own detail: its appid, and the kind in Chinese.
+        anyhow::ensure!(detail.contains(&mp_for_browser) && detail.contains("小程序"), "{detail}");
         anyhow::ensure!(replay.starts_with("replayed 1; 0 left"), "{replay}");
         Ok(shots)
     })

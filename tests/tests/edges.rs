@@ -185,7 +185,7 @@ async fn a_connection_nobody_reads_is_closed_after_the_write_timeout() {
         listener,
         app,
         limits(),
-        "test",
+        common::edge::ADMIN,
         async {
             let _ = stopped.await;
         },

@@ -517,6 +517,26 @@ async fn passive_replies_for_any_account_at_run_time_and_the_account_list_pages(
     )
     .await;
     assert_eq!(v["appids"], json!([]));
+    assert!(v.get("warning").is_none(), "{v}");
+    // `*` is accepted, and the answer says what it costs each ingress replica.
+    let (s, v) = admin_post(&p.admin, "/v1/sync-reply/appids", json!({ "add": ["*"] })).await;
+    assert_eq!((s, &v["appids"]), (200, &json!(["*"])), "{v}");
+    let warning = v["warning"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no warning: {v}"));
+    assert!(
+        warning.contains("WXPIPE_SYNC_REPLY_TIMEOUT_MS"),
+        "{warning}"
+    );
+    let (_, v) = admin_get(&p.admin, "/v1/sync-reply/appids").await;
+    assert!(v["warning"].is_string(), "{v}");
+    let (_, v) = admin_post(
+        &p.admin,
+        "/v1/sync-reply/appids",
+        json!({ "remove": ["*"] }),
+    )
+    .await;
+    assert!(v.get("warning").is_none(), "{v}");
     gw_handle.stop().await;
     p.stop().await;
     sim.stop().await;

@@ -16,10 +16,10 @@
 //!   holding its share has its further connections closed at once, so it cannot fill the limit
 //!   and stop `accept` for every other client.
 //!
-//! For a listener named `name`, open connections are a gauge (`wxpipe_{name}_connections`),
-//! connections closed for a timeout are counted (`wxpipe_{name}_timeouts_total{what="header"|
-//! "write"}`), and connections closed for the per-address share too
-//! (`wxpipe_{name}_refused_connections_total{reason="per_client"}`). On shutdown the loop stops
+//! For each listener ([`INGRESS`], [`GATEWAY`], [`ADMIN`]: `wxpipe_{ingress,gateway,admin}_…`),
+//! open connections are a gauge (`…_connections`), connections closed for a timeout are counted
+//! (`…_timeouts_total{what="header"|"write"}`), and connections closed for the per-address share
+//! too (`…_refused_connections_total{reason="per_client"}`). On shutdown the loop stops
 //! accepting and every connection finishes its in-flight request, then closes.
 
 pub mod clients;
@@ -127,16 +127,49 @@ impl EdgeArgs {
     }
 }
 
-/// Serves `app` on `listener` (named `name` in metrics: `ingress`, `gateway`, `admin`) until
-/// `shutdown` completes, then waits for in-flight requests. Returns once every connection is
-/// closed (the caller bounds that with its grace period).
+/// The metric names of one listener (spelled out, so that the monitoring test finds them).
+#[derive(Debug, Clone, Copy)]
+pub struct Names {
+    /// Names the listener in logs.
+    pub listener: &'static str,
+    pub connections: &'static str,
+    pub timeouts: &'static str,
+    pub refused: &'static str,
+}
+
+/// The ingress's listener.
+pub const INGRESS: Names = Names {
+    listener: "ingress",
+    connections: "wxpipe_ingress_connections",
+    timeouts: "wxpipe_ingress_timeouts_total",
+    refused: "wxpipe_ingress_refused_connections_total",
+};
+/// The gateway's listener.
+pub const GATEWAY: Names = Names {
+    listener: "gateway",
+    connections: "wxpipe_gateway_connections",
+    timeouts: "wxpipe_gateway_timeouts_total",
+    refused: "wxpipe_gateway_refused_connections_total",
+};
+/// The admin API's (and console's) listener.
+pub const ADMIN: Names = Names {
+    listener: "admin",
+    connections: "wxpipe_admin_connections",
+    timeouts: "wxpipe_admin_timeouts_total",
+    refused: "wxpipe_admin_refused_connections_total",
+};
+
+/// Serves `app` on `listener` (its metrics named by `names`) until `shutdown` completes, then
+/// waits for in-flight requests. Returns once every connection is closed (the caller bounds
+/// that with its grace period).
 pub async fn serve(
     listener: TcpListener,
     app: Router,
     limits: Limits,
-    name: &'static str,
+    names: Names,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) {
+    let name = names.listener;
     let app = app.layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
         limits.body_timeout,
     ));
@@ -148,9 +181,6 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_timeout)
         .keep_alive(true);
-    let gauge = format!("wxpipe_{name}_connections");
-    let timeouts = format!("wxpipe_{name}_timeouts_total");
-    let refused = format!("wxpipe_{name}_refused_connections_total");
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -175,7 +205,7 @@ pub async fn serve(
         };
         let Some(slot) = clients.take(peer.ip()) else {
             // Closed at once: its permit goes back to everyone else.
-            metrics::counter!(refused.clone(), "reason" => "per_client").increment(1);
+            metrics::counter!(names.refused, "reason" => "per_client").increment(1);
             tracing::debug!(%peer, listener = name, "over its share of connections: closed");
             drop(stream);
             continue;
@@ -190,18 +220,17 @@ pub async fn serve(
         let io = stall::WriteDeadline::new(stream, limits.write_timeout, stalled.clone());
         let conn = builder.serve_connection(TokioIo::new(io), service);
         let conn = graceful.watch(conn);
-        metrics::gauge!(gauge.clone()).increment(1.0);
-        let (gauge, timeouts) = (gauge.clone(), timeouts.clone());
+        metrics::gauge!(names.connections).increment(1.0);
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 if stalled.load(Ordering::Relaxed) {
-                    metrics::counter!(timeouts, "what" => "write").increment(1);
+                    metrics::counter!(names.timeouts, "what" => "write").increment(1);
                 } else if e.is_timeout() {
-                    metrics::counter!(timeouts, "what" => "header").increment(1);
+                    metrics::counter!(names.timeouts, "what" => "header").increment(1);
                 }
                 tracing::debug!(%peer, error = %e, "connection ended with an error");
             }
-            metrics::gauge!(gauge).decrement(1.0);
+            metrics::gauge!(names.connections).decrement(1.0);
             drop((permit, slot));
         });
     }

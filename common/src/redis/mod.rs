@@ -241,16 +241,17 @@ mod tests {
     #[test]
     fn buckets_are_stable_and_spread() {
         // Stored key names depend on these values: they must never change.
-        assert_eq!(bucket("wx0123456789abcdef"), bucket("wx0123456789abcdef"));
         let fixed: Vec<u16> = [
             "wx0000000000000000",
             "wx570bc396a51b8ff8",
             "wxba5fad812f8e6fb9",
+            "wx0123456789abcdef",
+            "wx134c8103faa5a59e",
         ]
         .iter()
         .map(|a| bucket(a))
         .collect();
-        assert_eq!(fixed, [FIXED[0], FIXED[1], FIXED[2]]);
+        assert_eq!(fixed, FIXED);
         let mut counts = vec![0u32; BUCKETS as usize];
         for i in 0..64_000u64 {
             counts[bucket(&format!("wx{:016x}", i * 7_919)) as usize] += 1;
@@ -259,15 +260,17 @@ mod tests {
         assert!(*lo > 800 && *hi < 1200, "{lo}..{hi}");
     }
 
-    // FNV-1a 32 mod 64, computed independently (Python) when the layout was made.
-    const FIXED: [u16; 3] = [10, 60, 52];
+    // FNV-1a 32 mod 64, computed independently (Python: h = 0x811c9dc5; per byte h ^= b,
+    // h = h * 0x01000193 mod 2^32; h % 64).
+    const FIXED: [u16; 5] = [10, 60, 52, 26, 30];
 
     #[test]
     fn account_keys_share_their_bucket_tag() {
         let keys = Keys::new(&"wxpipe".parse().unwrap(), "wx134c8103faa5a59e");
         let appid = "wx570bc396a51b8ff8";
-        let tag = format!("{{a{:02}}}", bucket(appid));
-        let b = bucket(appid);
+        // Its bucket is 60 (FIXED above): the tag is spelled out, not derived from `bucket`.
+        let tag = "{a60}";
+        let b = 60;
         for k in [
             keys.authorizer(appid),
             keys.authorizer_lock(appid),
@@ -277,7 +280,7 @@ mod tests {
             keys.bucket_lease(b),
         ] {
             assert!(k.starts_with("wxpipe:wx134c8103faa5a59e:"), "{k}");
-            assert!(k.contains(&tag), "{k}");
+            assert!(k.contains(tag), "{k}");
         }
         assert!(keys.component_token().contains("{p}"));
         assert!(keys.component_lock().contains("{p}"));

@@ -127,7 +127,7 @@ pub async fn serve(
     let limits = config.limits;
     let app = router(config).map_err(std::io::Error::other)?;
     tracing::info!(addr = ?listener.local_addr().ok(), "gateway listening");
-    common::edge::serve(listener, app, limits, "gateway", async move {
+    common::edge::serve(listener, app, limits, common::edge::GATEWAY, async move {
         let _ = shutdown.wait_for(|s| *s).await;
     })
     .await;

@@ -100,7 +100,7 @@ pub async fn serve(
         listener,
         router(state),
         config.limits,
-        "admin",
+        common::edge::ADMIN,
         async move {
             let _ = shutdown.wait_for(|s| *s).await;
         },
@@ -267,7 +267,9 @@ async fn authorizer_token(
     }
 }
 
-async fn refresh(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -> Response {
+/// Whether a forced refresh of `appid` may happen now: at most one per [`FORCE_EVERY_SECS`]
+/// across replicas, whoever asks (`/refresh`, the console's "invalidate"); else the 429 to send.
+pub async fn may_force(admin: &Admin, appid: &AppId) -> Result<(), Response> {
     // N callers forcing at once must not cause N refreshes (each would burn quota).
     match admin
         .tokens
@@ -275,20 +277,26 @@ async fn refresh(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -
         .rate_limit(&format!("force_refresh:{appid}"), FORCE_EVERY_SECS)
         .await
     {
-        Ok(true) => {}
+        Ok(true) => Ok(()),
         Ok(false) => {
             metrics::counter!("wxpipe_admin_requests_total", "outcome" => "refresh_limited")
                 .increment(1);
-            return (
+            Err((
                 StatusCode::TOO_MANY_REQUESTS,
                 [(header::RETRY_AFTER, FORCE_EVERY_SECS.to_string())],
                 Json(json!({
                     "error": format!("{appid} was force-refreshed less than {FORCE_EVERY_SECS} s ago; if a call failed with 40001/40014/42001, use POST /v1/authorizers/{appid}/invalidate with the token that failed")
                 })),
             )
-                .into_response();
+                .into_response())
         }
-        Err(e) => return error(e.into()),
+        Err(e) => Err(error(e.into())),
+    }
+}
+
+async fn refresh(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -> Response {
+    if let Err(r) = may_force(&admin, &appid).await {
+        return r;
     }
     match admin
         .tokens

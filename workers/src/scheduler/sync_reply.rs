@@ -13,6 +13,23 @@ use common::ids::AppId;
 use serde_json::json;
 use std::sync::Arc;
 
+/// Said in the answer whenever the set holds `*`: what every account waiting costs.
+pub const EVERY_ACCOUNT_WARNING: &str = "\"*\" makes every push of every account wait for a \
+passive reply, up to WXPIPE_SYNC_REPLY_TIMEOUT_MS (4.5 s by default) when none comes: each \
+ingress replica then holds one connection and one reply waiter per push for that long — at R \
+pushes/s, up to R x the timeout connections (4,500 at 1,000/s), against WXPIPE_MAX_CONNECTIONS \
+and, behind a proxy, WXPIPE_CLIENT_CONNECTION_SHARE. Reply to every push quickly, or list the \
+accounts that need it instead.";
+
+/// The answer of both routes: the set, and the warning when it holds `*`.
+fn answer(appids: Vec<String>) -> Response {
+    if appids.iter().any(|a| a == "*") {
+        Json(json!({ "appids": appids, "warning": EVERY_ACCOUNT_WARNING })).into_response()
+    } else {
+        Json(json!({ "appids": appids })).into_response()
+    }
+}
+
 pub fn routes() -> Router<Arc<Admin>> {
     Router::new().route("/v1/sync-reply/appids", get(list).post(edit))
 }
@@ -27,7 +44,7 @@ struct Edit {
 
 async fn list(State(admin): State<Arc<Admin>>) -> Response {
     match admin.tokens.store.sync_reply_appids().await {
-        Ok(v) => Json(json!({ "appids": v })).into_response(),
+        Ok(v) => answer(v),
         Err(e) => error(e.into()),
     }
 }
@@ -57,7 +74,10 @@ async fn edit(
     match result {
         Ok(v) => {
             tracing::info!(added = ?edit.add, removed = ?edit.remove, "sync-reply accounts edited");
-            Json(json!({ "appids": v })).into_response()
+            if v.iter().any(|a| a == "*") {
+                tracing::warn!("every account's pushes now wait for a passive reply");
+            }
+            answer(v)
         }
         Err(e) => error(e.into()),
     }

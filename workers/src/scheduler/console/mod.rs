@@ -8,7 +8,8 @@
 //!   name and gh_ id);
 //! - `GET /v1/console/accounts/{appid}`: one account with its permission sets and schedule;
 //! - `POST /v1/console/accounts/{appid}/invalidate`: drop the current token and get a new
-//!   one (compare-and-invalidate of the token stored now);
+//!   one (compare-and-invalidate of the token stored now); at most once per account per 10 s
+//!   together with `/refresh` (429 with `Retry-After` otherwise);
 //! - `GET /v1/console/platform`: ticket age, component token, failures, quotas, accounts by
 //!   status, recent WeChat errors by errcode;
 //! - `GET /v1/console/auth-link`: the link to send to account administrators and its QR code;
@@ -202,6 +203,10 @@ async fn account(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -
 }
 
 async fn invalidate(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -> Response {
+    // Whatever it invalidates, it forces a refresh: limited like `/refresh`.
+    if let Err(r) = super::admin::may_force(&admin, &appid).await {
+        return r;
+    }
     let current = match admin.tokens.store.authorizer(&appid).await {
         Ok(Some(r)) if r.status == AuthorizerStatus::Revoked => {
             return error(common::token::TokenError::Revoked(appid.to_string()));
@@ -383,7 +388,8 @@ async fn dlq_purge(
         if now != req.expected {
             return Ok(Err(now));
         }
-        dlq.purge().await.map(Ok)
+        // Exactly the letters counted, never one that died after the count.
+        dlq.purge(req.expected as usize).await.map(Ok)
     }
     .await;
     dlq.close().await;
