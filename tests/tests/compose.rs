@@ -67,9 +67,25 @@ fn the_compose_file_runs_every_role() {
         "command: [\"wechat-sim\", \"serve\"]",
         "profiles: [\"sim\"]",
         "healthcheck:",
+        "command: [\"workers\", \"gateway\"]",
+        // The broker's node name, and with it its database, survives a recreated container.
+        "hostname: rabbitmq",
+        // scripts/demo's Docker branch and the host's tools reach the broker and Redis.
+        "\"127.0.0.1:5672:5672\"",
+        "\"127.0.0.1:6379:6379\"",
     ] {
         assert!(text.contains(needle), "docker-compose.yml lacks {needle}");
     }
+    // `COPY . .` must not send the build output as the context.
+    let ignore =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../.dockerignore"))
+            .unwrap_or_default();
+    assert!(
+        ignore
+            .lines()
+            .any(|l| l.trim() == "target/" || l.trim() == "target"),
+        ".dockerignore must exclude target/: {ignore:?}"
+    );
     assert_eq!(
         text.matches("healthcheck:").count(),
         2,

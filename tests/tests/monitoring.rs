@@ -113,6 +113,22 @@ fn exported() -> (BTreeSet<String>, BTreeSet<String>) {
                     }
                 }
             }
+            // The listeners' metric names (`common::edge::Names`): spelled as fields of
+            // constants and recorded through them.
+            for line in text.lines() {
+                let line = line.trim();
+                for field in ["connections: \"", "timeouts: \"", "refused: \""] {
+                    if let Some(rest) = line.strip_prefix(field) {
+                        let name: String = rest
+                            .chars()
+                            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                            .collect();
+                        if name.starts_with("wxpipe_") {
+                            all.insert(name);
+                        }
+                    }
+                }
+            }
         }
     }
     (all, histograms)

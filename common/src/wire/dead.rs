@@ -20,9 +20,6 @@ pub const H_ORIGINAL_EXCHANGE: &str = "x-wxpipe-original-exchange";
 pub const H_ORIGINAL_ROUTING_KEY: &str = "x-wxpipe-original-routing-key";
 /// Header: when it was dead-lettered, ms since the epoch.
 pub const H_DEAD_AT: &str = "x-wxpipe-dead-at";
-/// Header: the walk (`workers dlq`'s pass over the queue) that last put the letter back; a walk
-/// that meets its own id has been round the whole queue.
-pub const H_WALK: &str = "x-wxpipe-walk";
 /// Prefix of every header wxpipe adds to a dead letter.
 const OUR_PREFIX: &str = "x-wxpipe-";
 /// Headers the broker adds when it dead-letters by itself.
@@ -94,21 +91,6 @@ impl DeadLetter {
                 .or_else(|| death.as_ref().and_then(|t| int_header(t, "time")))
                 .unwrap_or(0),
         }
-    }
-
-    /// `props` marked as put back by the walk `id`.
-    pub fn mark_walk(props: &BasicProperties, id: &str) -> BasicProperties {
-        let mut h = headers_of(props);
-        set_text(&mut h, H_WALK, id);
-        props.clone().with_headers(h)
-    }
-
-    /// The walk that last put this letter back, if any.
-    pub fn walk_of(props: &BasicProperties) -> Option<String> {
-        props
-            .headers()
-            .as_ref()
-            .and_then(|h| text_header(h, H_WALK))
     }
 
     /// The properties a replayed letter is published with: the original ones without the

@@ -1,20 +1,19 @@
 //! The dead-letter queue as data: list, show, replay and purge `{ns}.dead`, behind both
 //! `workers dlq` (which prints the results) and the console's JSON endpoints.
 //!
-//! Reading a queue without losing it, in memory that does not grow with it: `list`, `show`,
-//! `replay` and `purge` *walk* the letters the queue held when the call started
-//! ([`super::walk`]): at most [`super::walk::WINDOW`] unacknowledged at a time, each
-//! acknowledged only after it was put back (to the tail of the queue), replayed (to the exchange
-//! it first had) or, for a purge, deleted: each letter once, none lost. The queue's order is not
-//! kept (see [`super::walk`]): a position names the letter a walk reads at that place now.
+//! Reading a queue without losing it: letters are taken with `basic.get` *without*
+//! acknowledging them, at most as many as the queue held when the call started (so a requeued
+//! letter is never read twice), and each is settled at the end: replayed ones are acked only
+//! after their republish is confirmed; every other one is returned to the queue.
 
-use super::walk::{self, Settled, Step};
 use crate::decrypt::decode::decode_parts;
+use common::amqp::topology::Part;
+use common::amqp::{ConfirmedPublisher, PublisherConfig};
 use common::config::PlatformArgs;
 use common::ids::Namespace;
 use common::wire::dead::DeadLetter;
 use lapin::message::Delivery;
-use lapin::options::QueueDeclareOptions;
+use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
 use lapin::{Channel, Connection};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -142,32 +141,24 @@ pub struct Chosen {
     pub routing_key: String,
 }
 
-/// A report names at most this many chosen letters and this many failures (it counts all).
-pub const MAX_LISTED: usize = 1_000;
-
 /// What a replay did (or, in a dry run, would do).
 #[derive(Debug, Clone, Serialize)]
 pub struct Replay {
     pub dry_run: bool,
     /// Letters in the queue when it started.
     pub total: usize,
-    /// The chosen letters (the first [`MAX_LISTED`]).
     pub chosen: Vec<Chosen>,
-    /// How many letters were chosen in all.
-    pub chosen_total: usize,
     pub replayed: usize,
     /// Letters left in the queue.
     pub left: usize,
-    /// Letters that could not be replayed (they stay dead), each with why (the first
-    /// [`MAX_LISTED`]).
+    /// Letters that could not be replayed (they stay dead), each with why.
     pub failed: Vec<String>,
-    /// How many letters could not be replayed in all.
-    pub failed_total: usize,
 }
 
 /// The dead-letter queue of one namespace.
 pub struct DeadLetters {
     conn: Connection,
+    urls: Vec<String>,
     ns: Namespace,
 }
 
@@ -179,6 +170,7 @@ impl DeadLetters {
             .map_err(|e| DlqError::Connect(e.to_string()))?;
         Ok(Self {
             conn,
+            urls: urls.to_vec(),
             ns: ns.clone(),
         })
     }
@@ -207,80 +199,66 @@ impl DeadLetters {
         n
     }
 
-    /// Counts by source queue and reason, with the oldest of each group (a walk: every letter
-    /// is put back).
+    /// Counts by source queue and reason, with the oldest of each group.
     pub async fn list(&self) -> Result<Listing, DlqError> {
         let queue = self.queue();
-        let n = self.depth().await? as usize;
+        let ch = self.conn.create_channel().await?;
+        let n = depth(&ch, &queue).await?;
+        let letters = take(&ch, &queue, n).await?;
         let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
-        let walked = walk::walk(
-            &self.conn,
-            &queue,
-            n,
-            |_, d| {
-                let info = DeadLetter::from_properties(&d.properties);
-                let g = groups
-                    .entry((info.source_queue.clone(), info.reason.clone()))
-                    .or_insert_with(|| Group {
-                        source: info.source_queue.clone(),
-                        reason: info.reason.clone(),
-                        count: 0,
-                        oldest_ms: i64::MAX,
-                        oldest_detail: String::new(),
-                    });
-                g.count += 1;
-                if info.dead_at_ms < g.oldest_ms {
-                    g.oldest_ms = info.dead_at_ms;
-                    g.oldest_detail = info.detail;
-                }
-                Step::Keep
-            },
-            |_, _, _| {},
-        )
-        .await;
-        let walked = walked?;
+        for d in &letters {
+            let info = DeadLetter::from_properties(&d.properties);
+            let g = groups
+                .entry((info.source_queue.clone(), info.reason.clone()))
+                .or_insert_with(|| Group {
+                    source: info.source_queue.clone(),
+                    reason: info.reason.clone(),
+                    count: 0,
+                    oldest_ms: i64::MAX,
+                    oldest_detail: String::new(),
+                });
+            g.count += 1;
+            if info.dead_at_ms < g.oldest_ms {
+                g.oldest_ms = info.dead_at_ms;
+                g.oldest_detail = info.detail;
+            }
+        }
+        give_back(&letters).await;
         Ok(Listing {
             queue,
-            total: walked.seen,
+            total: letters.len(),
             groups: groups.into_values().collect(),
         })
     }
 
-    /// Letter number `position` (as a walk reads the queue now), decrypted when it is a raw push and
+    /// Letter number `position` (1 = the oldest), decrypted when it is a raw push and
     /// `platform` holds the credentials.
     pub async fn show(&self, position: usize, platform: &PlatformArgs) -> Result<Letter, DlqError> {
         if position < 1 {
             return Err(DlqError::Invalid("positions start at 1".into()));
         }
         let queue = self.queue();
-        let n = self.depth().await? as usize;
-        if position > n {
+        let ch = self.conn.create_channel().await?;
+        let n = depth(&ch, &queue).await?;
+        if position > n as usize {
             return Err(DlqError::Invalid(format!(
                 "{queue} holds {n} letters; there is no #{position}"
             )));
         }
-        let gone = || DlqError::Invalid(format!("letter #{position} is no longer there"));
-        let mut found = None;
-        let walked = walk::walk(
-            &self.conn,
-            &queue,
-            n,
-            |p, d| {
-                if p == position {
-                    found = Some(describe(position, d, platform));
-                }
-                Step::Keep
-            },
-            |_, _, _| {},
-        )
-        .await;
-        walked?;
-        found.ok_or_else(gone)
+        let letters = take(&ch, &queue, position as u32).await?;
+        let result = match letters.get(position - 1) {
+            Some(d) => Ok(describe(position, d, platform)),
+            None => Err(DlqError::Invalid(format!(
+                "letter #{position} is no longer there"
+            ))),
+        };
+        give_back(&letters).await;
+        result
     }
 
     /// Republishes the letters `filter` matches to the exchange and routing key they first had;
-    /// each is removed only after its republish is confirmed; the others are put back.
-    /// `progress` is told how many of the queue's letters are done, as they are done.
+    /// each is removed only after its republish is confirmed. `progress` is told how many of
+    /// the chosen letters are done, as they are done.
     pub async fn replay(
         &self,
         filter: &Filter,
@@ -289,113 +267,107 @@ impl DeadLetters {
     ) -> Result<Replay, DlqError> {
         let queue = self.queue();
         let since = filter.since_ms()?;
-        let n = self.depth().await? as usize;
+        let ch = self.conn.create_channel().await?;
+        let n = depth(&ch, &queue).await?;
+        let letters = take(&ch, &queue, n).await?;
         let limit = filter.limit.unwrap_or(usize::MAX);
+        let chosen: Vec<(usize, DeadLetter)> = letters
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (i, DeadLetter::from_properties(&d.properties)))
+            .filter(|(_, info)| filter.matches(info, since))
+            .take(limit)
+            .collect();
         let mut report = Replay {
             dry_run,
-            total: n,
-            chosen: Vec::new(),
-            chosen_total: 0,
+            total: letters.len(),
+            chosen: chosen
+                .iter()
+                .map(|(i, info)| Chosen {
+                    position: i + 1,
+                    source: info.source_queue.clone(),
+                    reason: info.reason.clone(),
+                    dead_at_ms: info.dead_at_ms,
+                    exchange: info.original_exchange.clone(),
+                    routing_key: info.original_routing_key.clone(),
+                })
+                .collect(),
             replayed: 0,
-            left: n,
+            left: letters.len(),
             failed: Vec::new(),
-            failed_total: 0,
         };
-        let mut chosen_so_far = 0usize;
-        let mut chosen = Vec::new();
-        // Written by both closures: a letter refused before its step, and every step's end.
-        let tally = std::sync::Mutex::new((0usize, 0usize, Vec::<String>::new()));
-        let fail = |position: usize, why: String| {
-            let mut t = tally.lock().unwrap_or_else(|p| p.into_inner());
-            t.1 += 1;
-            if t.2.len() < MAX_LISTED {
-                t.2.push(format!("#{position}: {why}"));
+        if dry_run {
+            give_back(&letters).await;
+            return Ok(report);
+        }
+        // Republishes are mandatory: a letter whose queue is gone stays dead instead of vanishing.
+        let publisher = ConfirmedPublisher::start(PublisherConfig {
+            urls: self.urls.clone(),
+            namespace: self.ns.clone(),
+            connection_name: format!("wxpipe-dlq {} replay", self.ns),
+            channels: 1,
+            confirm_timeout: Duration::from_secs(5),
+            declare: Part::Nothing,
+        });
+        if !publisher.wait_connected(Duration::from_secs(10)).await {
+            give_back(&letters).await;
+            return Err(DlqError::NoPublisher);
+        }
+        let mut settled = vec![false; letters.len()];
+        for (done, (i, info)) in chosen.iter().enumerate() {
+            let d = &letters[*i];
+            if info.original_exchange.is_empty() && info.original_routing_key.is_empty() {
+                report.failed.push(format!(
+                    "#{}: no original exchange or routing key recorded",
+                    i + 1
+                ));
+                continue;
             }
-        };
-        let walked = walk::walk(
-            &self.conn,
-            &queue,
-            n,
-            |position, d| {
-                let info = DeadLetter::from_properties(&d.properties);
-                if chosen_so_far >= limit || !filter.matches(&info, since) {
-                    return Step::Keep;
-                }
-                chosen_so_far += 1;
-                if chosen.len() < MAX_LISTED {
-                    chosen.push(Chosen {
-                        position,
-                        source: info.source_queue.clone(),
-                        reason: info.reason.clone(),
-                        dead_at_ms: info.dead_at_ms,
-                        exchange: info.original_exchange.clone(),
-                        routing_key: info.original_routing_key.clone(),
-                    });
-                }
-                if dry_run {
-                    return Step::Keep;
-                }
-                if info.original_exchange.is_empty() && info.original_routing_key.is_empty() {
-                    fail(
-                        position,
-                        "no original exchange or routing key recorded".into(),
-                    );
-                    return Step::Keep;
-                }
-                Step::Republish {
-                    exchange: info.original_exchange,
-                    routing_key: info.original_routing_key,
-                }
-            },
-            |position, step, settled| {
-                match (step, settled) {
-                    (Step::Republish { .. }, Settled::Done) => {
-                        tally.lock().unwrap_or_else(|p| p.into_inner()).0 += 1
+            let republished = publisher
+                .publish(
+                    &info.original_exchange,
+                    &info.original_routing_key,
+                    &d.data,
+                    DeadLetter::strip(&d.properties),
+                )
+                .await;
+            match republished {
+                Ok(()) => match d.ack(BasicAckOptions::default()).await {
+                    Ok(_) => {
+                        settled[*i] = true;
+                        report.replayed += 1;
                     }
-                    (Step::Republish { .. }, Settled::Failed(e)) => fail(position, e.clone()),
-                    (_, Settled::Failed(e)) => fail(position, format!("not put back: {e}")),
-                    _ => {}
-                }
-                progress(position, n);
-            },
-        )
-        .await;
-        walked?;
-        let (replayed, failed_total, failed) =
-            tally.into_inner().unwrap_or_else(|p| p.into_inner());
-        report.chosen = chosen;
-        report.chosen_total = chosen_so_far;
-        report.replayed = replayed;
-        report.failed_total = failed_total;
-        report.failed = failed;
-        report.left = n.saturating_sub(replayed);
+                    // Republished but still in the queue: it will be seen again (at least once).
+                    Err(e) => report.failed.push(format!(
+                        "#{}: republished, but could not be removed: {e}",
+                        i + 1
+                    )),
+                },
+                Err(e) => report.failed.push(format!("#{}: {e}", i + 1)),
+            }
+            progress(done + 1, chosen.len());
+        }
+        publisher.close().await;
+        let rest: Vec<Delivery> = letters
+            .into_iter()
+            .zip(settled)
+            .filter_map(|(d, done)| (!done).then_some(d))
+            .collect();
+        give_back(&rest).await;
+        report.left = rest.len();
         Ok(report)
     }
 
-    /// Deletes the `expected` oldest letters — the ones an operator counted — and never a
-    /// letter that arrived after the count; returns how many were deleted (fewer when the
-    /// queue holds fewer).
+    /// Deletes the `expected` letters the queue hands out first — the ones an operator counted
+    /// — and never a letter that died after the count ([`super::purge`]); returns how many
+    /// were deleted (fewer when the queue held fewer).
     pub async fn purge(&self, expected: usize) -> Result<usize, DlqError> {
-        let mut deleted = 0;
-        let walked = walk::walk(
-            &self.conn,
-            &self.queue(),
-            expected,
-            |_, _| Step::Delete,
-            |_, _, settled| {
-                if matches!(settled, Settled::Done) {
-                    deleted += 1;
-                }
-            },
-        )
-        .await;
-        walked?;
-        Ok(deleted)
+        super::purge::first(&self.conn, &self.queue(), expected).await
     }
 }
 
-/// Messages ready in `queue` (passive declare).
-pub(super) async fn depth(ch: &Channel, queue: &str) -> Result<u32, DlqError> {
+/// Messages in `queue` (passive declare).
+async fn depth(ch: &Channel, queue: &str) -> Result<u32, DlqError> {
     let q = ch
         .queue_declare(
             queue.into(),
@@ -411,6 +383,40 @@ pub(super) async fn depth(ch: &Channel, queue: &str) -> Result<u32, DlqError> {
             detail: e.to_string(),
         })?;
     Ok(q.message_count())
+}
+
+/// Takes up to `max` letters without acknowledging them. A quorum queue can answer "empty"
+/// for a moment while letters are being returned to it (by an earlier call, or a closing
+/// channel), so an early "empty" is retried for up to a second.
+async fn take(ch: &Channel, queue: &str, max: u32) -> Result<Vec<Delivery>, DlqError> {
+    let mut out = Vec::new();
+    let mut empty_answers = 0;
+    while out.len() < max as usize {
+        match ch
+            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
+            .await?
+        {
+            Some(msg) => out.push(msg.delivery),
+            None if empty_answers < 20 => {
+                empty_answers += 1;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            None => break,
+        }
+    }
+    Ok(out)
+}
+
+/// Returns letters to the queue.
+async fn give_back(letters: &[Delivery]) {
+    for d in letters {
+        let _ = d
+            .nack(BasicNackOptions {
+                requeue: true,
+                ..Default::default()
+            })
+            .await;
+    }
 }
 
 fn describe(position: usize, d: &Delivery, platform: &PlatformArgs) -> Letter {

@@ -3,7 +3,7 @@
 //! only parses the command line and prints.
 
 pub mod letters;
-pub mod walk;
+pub mod purge;
 
 use common::config::{AmqpArgs, NamespaceArgs, PlatformArgs};
 pub use letters::{DeadLetters, DlqError, Filter};
@@ -24,8 +24,8 @@ pub struct DlqArgs {
 pub enum DlqCommand {
     /// Count dead letters by source queue and reason, with the oldest of each group.
     List,
-    /// Print one dead letter (1 = the first the queue hands out now), decrypted when it is a raw
-    /// push and the platform's credentials are set.
+    /// Print one dead letter (1 = the oldest), decrypted when it is a raw push and the
+    /// platform's credentials are set.
     Show {
         /// Position in the queue, from 1.
         position: usize,
@@ -147,7 +147,8 @@ async fn replay(dlq: &DeadLetters, filter: &Filter, dry_run: bool) -> Result<Str
     if r.dry_run {
         let mut out = format!(
             "would replay {} of {} dead letters:\n",
-            r.chosen_total, r.total
+            r.chosen.len(),
+            r.total
         );
         for c in &r.chosen {
             out.push_str(&format!(
@@ -160,12 +161,6 @@ async fn replay(dlq: &DeadLetters, filter: &Filter, dry_run: bool) -> Result<Str
                 when(c.dead_at_ms)
             ));
         }
-        if r.chosen_total > r.chosen.len() {
-            out.push_str(&format!(
-                "  … and {} more\n",
-                r.chosen_total - r.chosen.len()
-            ));
-        }
         return Ok(out.trim_end().to_owned());
     }
     let mut out = format!(
@@ -174,19 +169,13 @@ async fn replay(dlq: &DeadLetters, filter: &Filter, dry_run: bool) -> Result<Str
         r.left,
         dlq.queue()
     );
-    if r.failed_total > 0 {
+    if !r.failed.is_empty() {
         out.push_str(&format!(
             "\n{} could not be replayed and stay dead:",
-            r.failed_total
+            r.failed.len()
         ));
         for f in &r.failed {
             out.push_str(&format!("\n  {f}"));
-        }
-        if r.failed_total > r.failed.len() {
-            out.push_str(&format!(
-                "\n  … and {} more",
-                r.failed_total - r.failed.len()
-            ));
         }
         return Err(DlqError::Invalid(out));
     }

@@ -152,15 +152,19 @@ impl KeyStore {
             created_at: common::unix_now(),
         };
         let mut c = conn(&self.pool, "storing an API key").await?;
-        deadpool_redis::redis::pipe()
+        // The two keys live in different slots of a Redis Cluster, so no command writes both at
+        // once: the index first, then the record that makes the key work. A failure between
+        // them leaves an index entry with no record — listed as nothing, revocable, useless —
+        // never a working key that no list shows and no revoke can find.
+        let _: () = c
+            .hset(self.keys.gateway_keys(), &record.id, &h)
+            .await
+            .map_err(failed("storing an API key"))?;
+        let _: () = c
             .set(
                 self.keys.gateway_key(&h),
                 serde_json::to_string(&record).unwrap_or_default(),
             )
-            .ignore()
-            .hset(self.keys.gateway_keys(), &record.id, &h)
-            .ignore()
-            .query_async::<()>(&mut c)
             .await
             .map_err(failed("storing an API key"))?;
         Ok((key, record))
@@ -203,12 +207,14 @@ impl KeyStore {
             .await
             .map_err(failed("revoking an API key"))?;
         let Some(h) = h else { return Ok(false) };
-        deadpool_redis::redis::pipe()
+        // The record first (it is what makes the key work), then the index entry: a failure
+        // between them leaves a listed key that no longer works, and revoking it again finishes.
+        let _: () = c
             .del(self.keys.gateway_key(&h))
-            .ignore()
+            .await
+            .map_err(failed("revoking an API key"))?;
+        let _: () = c
             .hdel(self.keys.gateway_keys(), id)
-            .ignore()
-            .query_async::<()>(&mut c)
             .await
             .map_err(failed("revoking an API key"))?;
         Ok(true)
