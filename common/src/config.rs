@@ -243,6 +243,18 @@ impl WechatArgs {
     }
 }
 
+/// `v`, a setting (`var`) that must be at least 1.
+pub fn positive(var: &'static str, v: u64) -> Result<u64, ConfigError> {
+    if v == 0 {
+        Err(ConfigError::Invalid {
+            var,
+            reason: "must be at least 1".into(),
+        })
+    } else {
+        Ok(v)
+    }
+}
+
 /// An http(s) URL (for `var`), without its trailing slash.
 pub fn http_url(var: &'static str, value: &str) -> Result<String, ConfigError> {
     match url::Url::parse(value.trim()) {

@@ -137,16 +137,7 @@ impl std::fmt::Debug for IngressConfig {
 
 impl IngressArgs {
     pub fn validate(&self) -> Result<IngressConfig, ConfigError> {
-        let positive = |var: &'static str, v: u64| {
-            if v == 0 {
-                Err(ConfigError::Invalid {
-                    var,
-                    reason: "must be greater than 0".into(),
-                })
-            } else {
-                Ok(v)
-            }
-        };
+        use common::config::positive;
         Ok(IngressConfig {
             crypt: self.service.platform.crypt()?,
             namespace: self.service.namespace.namespace()?,

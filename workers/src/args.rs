@@ -67,12 +67,7 @@ impl WorkerArgs {
     }
 
     pub fn check_attempts(&self) -> Result<u32, ConfigError> {
-        if self.max_attempts == 0 {
-            return Err(ConfigError::Invalid {
-                var: "WXPIPE_MAX_ATTEMPTS",
-                reason: "must be at least 1".into(),
-            });
-        }
+        common::config::positive("WXPIPE_MAX_ATTEMPTS", u64::from(self.max_attempts))?;
         Ok(self.max_attempts)
     }
 }

@@ -25,7 +25,7 @@
 pub mod clients;
 pub mod stall;
 
-use crate::config::ConfigError;
+use crate::config::{ConfigError, positive};
 use axum::Router;
 use axum::extract::ConnectInfo;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -95,16 +95,6 @@ impl Default for Limits {
 impl EdgeArgs {
     /// The limits, checked (every duration and the connection limit at least 1).
     pub fn limits(&self) -> Result<Limits, ConfigError> {
-        let positive = |var: &'static str, v: u64| {
-            if v == 0 {
-                Err(ConfigError::Invalid {
-                    var,
-                    reason: "must be at least 1".into(),
-                })
-            } else {
-                Ok(v)
-            }
-        };
         let max_connections =
             positive("WXPIPE_MAX_CONNECTIONS", self.max_connections as u64)? as usize;
         let share = usize::from(self.client_connection_share.clamp(1, 100));

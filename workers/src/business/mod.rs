@@ -45,12 +45,7 @@ pub struct BusinessConfig {
 
 impl BusinessArgs {
     pub fn validate(&self) -> Result<BusinessConfig, ConfigError> {
-        if self.prefetch == 0 {
-            return Err(ConfigError::Invalid {
-                var: "WXPIPE_BUSINESS_PREFETCH",
-                reason: "must be at least 1".into(),
-            });
-        }
+        common::config::positive("WXPIPE_BUSINESS_PREFETCH", u64::from(self.prefetch))?;
         Ok(BusinessConfig {
             tokens: Arc::new(self.worker.token_service()?),
             namespace: self.worker.service.namespace.namespace()?,

@@ -89,12 +89,7 @@ pub struct DecryptConfig {
 impl DecryptArgs {
     pub fn validate(&self) -> Result<DecryptConfig, ConfigError> {
         let w = &self.worker;
-        if self.prefetch == 0 {
-            return Err(ConfigError::Invalid {
-                var: "WXPIPE_DECRYPT_PREFETCH",
-                reason: "must be at least 1".into(),
-            });
-        }
+        common::config::positive("WXPIPE_DECRYPT_PREFETCH", u64::from(self.prefetch))?;
         if self.dedup_claim_secs < 5 {
             return Err(ConfigError::Invalid {
                 var: "WXPIPE_DEDUP_CLAIM_SECS",
