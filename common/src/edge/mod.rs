@@ -37,26 +37,31 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
+/// The defaults, named once for the flags and for [`EdgeArgs::default`].
+const TIMEOUT_MS: u64 = 10_000;
+const MAX_CONNECTIONS: usize = 10_000;
+const CLIENT_SHARE: u8 = 25;
+
 /// A listener's limits, as environment variables or flags (the same names for the ingress,
 /// the gateway and the admin API; each process reads them for its own listeners).
 #[derive(clap::Args, Debug, Clone)]
 pub struct EdgeArgs {
     /// A client must send a whole request head within this (on a new connection and between
     /// keep-alive requests, so it is also the idle timeout); else it is disconnected.
-    #[arg(long, env = "WXPIPE_HEADER_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "WXPIPE_HEADER_TIMEOUT_MS", default_value_t = TIMEOUT_MS)]
     pub header_timeout_ms: u64,
     /// A request body must arrive within this; else 408.
-    #[arg(long, env = "WXPIPE_BODY_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "WXPIPE_BODY_TIMEOUT_MS", default_value_t = TIMEOUT_MS)]
     pub body_timeout_ms: u64,
     /// A response the client reads none of for this long ends its connection.
-    #[arg(long, env = "WXPIPE_WRITE_TIMEOUT_MS", default_value_t = 10_000)]
+    #[arg(long, env = "WXPIPE_WRITE_TIMEOUT_MS", default_value_t = TIMEOUT_MS)]
     pub write_timeout_ms: u64,
     /// Open connections at most; more wait in the kernel's backlog.
-    #[arg(long, env = "WXPIPE_MAX_CONNECTIONS", default_value_t = 10_000)]
+    #[arg(long, env = "WXPIPE_MAX_CONNECTIONS", default_value_t = MAX_CONNECTIONS)]
     pub max_connections: usize,
     /// The share of WXPIPE_MAX_CONNECTIONS one client address may hold, percent (100: no
     /// per-address limit; behind a proxy every connection comes from the proxy's address).
-    #[arg(long, env = "WXPIPE_CLIENT_CONNECTION_SHARE", default_value_t = 25,
+    #[arg(long, env = "WXPIPE_CLIENT_CONNECTION_SHARE", default_value_t = CLIENT_SHARE,
           value_parser = clap::value_parser!(u8).range(1..=100))]
     pub client_connection_share: u8,
 }
@@ -64,11 +69,11 @@ pub struct EdgeArgs {
 impl Default for EdgeArgs {
     fn default() -> Self {
         Self {
-            header_timeout_ms: 10_000,
-            body_timeout_ms: 10_000,
-            write_timeout_ms: 10_000,
-            max_connections: 10_000,
-            client_connection_share: 25,
+            header_timeout_ms: TIMEOUT_MS,
+            body_timeout_ms: TIMEOUT_MS,
+            write_timeout_ms: TIMEOUT_MS,
+            max_connections: MAX_CONNECTIONS,
+            client_connection_share: CLIENT_SHARE,
         }
     }
 }

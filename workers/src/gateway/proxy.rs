@@ -452,12 +452,12 @@ pub async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
             );
         }
     };
-    let path = dest.path.clone();
+    let path = dest.path.as_str();
     let mut token = match gw.token(&target).await {
         Ok(t) => t,
         Err(e) => return token_error(&caller.team, e),
     };
-    let body = gw.body(&target, &path, &headers, &body);
+    let body = gw.body(&target, path, &headers, &body);
     let content_type = headers.get(header::CONTENT_TYPE);
     let (mut retries, mut replaced, mut busy) = (0u32, false, 0u32);
     let (answer, errcode) = loop {
