@@ -1,7 +1,7 @@
 use clap::Parser;
 use ingress::IngressArgs;
 
-/// mimalloc instead of the system allocator (README, Performance: "Ingress").
+/// mimalloc instead of the system allocator (docs/performance.md, "Ingress").
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

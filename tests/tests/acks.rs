@@ -20,7 +20,7 @@ use wxpipe_tests::intake::{Burst, queue_burst};
 static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 /// Draining a backlog, the worker acknowledges many deliveries per `basic.ack(multiple)` frame
-/// (one frame per delivery cost the broker more CPU per message; README, Performance), hands
+/// (one frame per delivery cost the broker more CPU per message; docs/performance.md), hands
 /// them to their handlers in batches (every delivery already received at once, counted by
 /// `wxpipe_amqp_delivery_batches_total`), and after SIGTERM no delivery was left
 /// unacknowledged: the raw queue stays empty once the connection is closed, where an unacked

@@ -7,7 +7,7 @@ use workers::dlq::{self, DlqArgs};
 use workers::scheduler::{self, SchedulerArgs};
 
 /// mimalloc instead of the system allocator: the decrypt path allocates per field, and glibc's
-/// malloc/free were a fifth of its CPU (README, Performance).
+/// malloc/free were a fifth of its CPU (docs/performance.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

@@ -4,7 +4,7 @@
 //! its own: for a quorum queue every `basic.ack` becomes its own command in the queue's log. One
 //! `basic.ack` with `multiple` settles every delivery up to its tag at once (measured: RabbitMQ's
 //! CPU per message of a consume-and-republish drain fell by about a third without per-message
-//! acks; README, "Performance"). [`Acks`] decides which acknowledgements go out, and when:
+//! acks; docs/performance.md). [`Acks`] decides which acknowledgements go out, and when:
 //!
 //! * a delivery whose handler said `Ack` becomes *ready*; nothing is sent yet;
 //! * the ready deliveries at the head of the channel (every earlier tag settled or ready) go out

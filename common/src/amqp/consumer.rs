@@ -26,7 +26,7 @@
 //! operations share one pipeline, their publishes one wake-up of the publisher's I/O thread,
 //! and their confirms come back together: one wake-up of each thread per batch instead of per
 //! delivery. That costs each delivery up to `linger` of latency and saves CPU whenever
-//! deliveries arrive a few at a time (README, Performance). A backlog, arriving in batches as
+//! deliveries arrive a few at a time (docs/performance.md). A backlog, arriving in batches as
 //! acks free the prefetch window, does not wait. Each batch is counted
 //! (`wxpipe_amqp_delivery_batches_total`).
 //!

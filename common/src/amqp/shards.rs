@@ -1,4 +1,4 @@
-//! Sharded intake (`WXPIPE_RAW_SHARDS`, README "Scaling out").
+//! Sharded intake (`WXPIPE_RAW_SHARDS`, docs/scaling-out.md).
 //!
 //! With K = 1 (the default) the intake is today's `{ns}.raw`: a direct exchange and one quorum
 //! queue of the same name. With K > 1, `{ns}.raw` is a consistent-hash exchange (the

@@ -39,7 +39,7 @@ pub struct DecryptArgs {
     pub prefetch: u16,
     /// Threads of the async runtime that handle the deliveries (besides the AMQP client's own
     /// I/O thread per connection). One wakes fewer threads per delivery than one per core
-    /// (README, Performance); scale out with replicas, or raise it.
+    /// (docs/performance.md); scale out with replicas, or raise it.
     #[arg(long, env = "WXPIPE_DECRYPT_THREADS", default_value_t = 1,
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,

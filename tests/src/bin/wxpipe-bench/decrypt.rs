@@ -323,7 +323,7 @@ pub async fn run(b: DecryptBench) -> anyhow::Result<()> {
 
     // 3. the rate one worker sustains while its queue is being published to — the latency
     //    phase's own traffic. The drain-only rate above leaves the publishing out, and on a
-    //    machine the broker shares, half of it was no half load (README, Performance).
+    //    machine the broker shares, half of it was no half load (docs/performance.md).
     let sink = replace_sink(&ch, &b.services.amqp_url, &t, &sink, "sustained").await?;
     let worker = spawn_worker(&b, &t)?;
     let sustained = sustained_rate(&conn, &t, &sink).await?;

@@ -386,7 +386,7 @@ async fn bind_sink(url: &str, t: &TestNs, sink: &str) -> anyhow::Result<String> 
 /// Deletes the sink `old` and binds a new one, `t.queue(name)`, in its place: a phase then
 /// starts on a queue in the state a live downstream queue is in, not on one that held a whole
 /// throughput phase's events (a classic queue's process kept that phase's heap and stalled its
-/// deliveries in 10–70 ms garbage collections every ~1.5 s; README, Performance).
+/// deliveries in 10–70 ms garbage collections every ~1.5 s; docs/performance.md).
 pub async fn replace_sink(
     ch: &lapin::Channel,
     url: &str,
