@@ -69,7 +69,7 @@ async fn calls_carry_the_right_token_and_scopes_refuse_what_they_should() {
 
     // A token the caller put in the query is never forwarded: ours replaces it (the simulator
     // records every token value a request carried, not the one it used).
-    let before = sim.requests_total() as usize;
+    let before = sim.gateway_requests().len();
     let (s, v) = call(
         &gw,
         &crm,
@@ -79,7 +79,7 @@ async fn calls_carry_the_right_token_and_scopes_refuse_what_they_should() {
     .await;
     assert_eq!((s, v["errcode"].as_i64()), (200, Some(0)), "{v}");
     let (_, stored) = admin_get(&p.admin, &format!("/v1/authorizers/{appid}/access_token")).await;
-    let arrived = sim.requests();
+    let arrived = sim.gateway_requests();
     assert_eq!(arrived.len(), before + 1, "{:?}", &arrived[before..]);
     assert_eq!(
         arrived[before].tokens,

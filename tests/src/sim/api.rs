@@ -118,6 +118,11 @@ pub async fn record(
                 method: req.method().as_str().to_owned(),
                 path: req.uri().path().to_owned(),
                 query: req.uri().query().map(str::to_owned),
+                user_agent: req
+                    .headers()
+                    .get(header::USER_AGENT)
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned),
                 tokens,
             });
         }

@@ -161,6 +161,14 @@ impl SimHandle {
             .clone()
     }
 
+    /// The API requests the gateway sent (by its `User-Agent`), not the scheduler's own.
+    pub fn gateway_requests(&self) -> Vec<state::ApiRequest> {
+        self.requests()
+            .into_iter()
+            .filter(|r| r.user_agent.as_deref() == Some(workers::gateway::proxy::USER_AGENT))
+            .collect()
+    }
+
     /// How many API requests arrived so far.
     pub fn requests_total(&self) -> u64 {
         self.shared

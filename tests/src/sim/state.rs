@@ -169,6 +169,8 @@ pub struct ApiRequest {
     pub path: String,
     /// The raw query, if any.
     pub query: Option<String>,
+    /// Its `User-Agent` header, if any.
+    pub user_agent: Option<String>,
     /// Every value of every `access_token` and `component_access_token` pair, in the query
     /// and in a form body, in the order they came.
     pub tokens: Vec<String>,

@@ -24,6 +24,10 @@ pub enum GatewayError {
     Client(String),
 }
 
+/// The `User-Agent` of the gateway's calls to WeChat (tells them apart from the scheduler's in
+/// a capture, and in the simulator's record).
+pub const USER_AGENT: &str = concat!("wxpipe-gateway/", env!("CARGO_PKG_VERSION"));
+
 /// Errcodes that mean "this token is no longer valid" (protocol.md §6).
 const REFUSED_TOKEN: [i64; 3] = [40001, 40014, 42001];
 /// -1 (system busy) is retried this many times, waiting 200 ms, then 400 ms.
@@ -44,6 +48,7 @@ impl Gateway {
     pub fn new(config: GatewayConfig) -> Result<Self, GatewayError> {
         let _ = rustls::crypto::ring::default_provider().install_default();
         let http = reqwest::Client::builder()
+            .user_agent(USER_AGENT)
             .timeout(config.timeout)
             .redirect(reqwest::redirect::Policy::none())
             .build()
