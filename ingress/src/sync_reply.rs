@@ -17,7 +17,8 @@
 //! answered, timed out or abandoned — and all at once when the channel is lost (its replies
 //! can no longer arrive); `wxpipe_ingress_reply_waiters` shows how many wait.
 
-use common::amqp::publisher::{Routing, publish_on};
+use common::amqp::publisher::{ConfirmChannel, Routing, publish_on};
+use common::amqp::stuck::NackStreak;
 use common::amqp::topology::Part;
 use common::amqp::{AmqpError, PublishError, connect_any};
 use common::ids::Namespace;
@@ -51,9 +52,12 @@ pub struct SyncReplier {
     appids: Arc<HashSet<String>>,
     /// The run-time set (admin API, Redis), re-read every [`FOLLOW_EVERY`]; `*` for all.
     runtime: Arc<std::sync::RwLock<HashSet<String>>>,
-    channel: watch::Receiver<Option<Channel>>,
+    channel: watch::Receiver<Option<Arc<ConfirmChannel>>>,
     pending: Pending,
     confirm_timeout: Duration,
+    /// Nacks on the reply channel: one the broker keeps refusing is closed, and the supervisor
+    /// opens another (`common::amqp::stuck`).
+    nacks: Arc<Mutex<NackStreak>>,
 }
 
 impl SyncReplier {
@@ -74,6 +78,7 @@ impl SyncReplier {
             channel: rx,
             pending,
             confirm_timeout,
+            nacks: Arc::default(),
         }
     }
 
@@ -147,7 +152,7 @@ impl SyncReplier {
             .with_reply_to(REPLY_TO.into())
             .with_correlation_id(id.as_str().into());
         // On failure `wait` is dropped here, which removes its entry.
-        publish_on(
+        let result = publish_on(
             &channel,
             exchange,
             routing_key,
@@ -156,8 +161,26 @@ impl SyncReplier {
             Routing::Mandatory,
             self.confirm_timeout,
         )
-        .await
-        .map(|()| wait)
+        .await;
+        if matches!(result, Err(PublishError::Nacked)) {
+            let mut nacks = self.nacks.lock().unwrap_or_else(|p| p.into_inner());
+            if nacks.nacked(std::time::Instant::now()) {
+                nacks.reset();
+                metrics::counter!("wxpipe_amqp_channels_replaced_total", "connection" => "sync-reply")
+                    .increment(1);
+                tracing::warn!(
+                    "the broker kept refusing the sync-reply channel's messages; reopening it"
+                );
+                // Its consumer ends with it, and the supervisor opens a new connection.
+                tokio::spawn(async move {
+                    let _ = channel
+                        .channel()
+                        .close(200, "its publishes kept being refused".into())
+                        .await;
+                });
+            }
+        }
+        result.map(|()| wait)
     }
 }
 
@@ -191,8 +214,8 @@ fn lock(pending: &Pending) -> std::sync::MutexGuard<'_, HashMap<String, oneshot:
 
 /// Whether the reply channel can take a publish: readiness and [`SyncReplier::publish`] ask the
 /// same question.
-fn channel_up(channel: &Channel) -> bool {
-    channel.status().connected()
+fn channel_up(channel: &Arc<ConfirmChannel>) -> bool {
+    channel.channel().status().connected()
 }
 
 fn waiters_gauge(n: usize) {
@@ -203,7 +226,7 @@ async fn supervise(
     urls: Vec<String>,
     ns: Namespace,
     declare: Part,
-    tx: watch::Sender<Option<Channel>>,
+    tx: watch::Sender<Option<Arc<ConfirmChannel>>>,
     pending: Pending,
 ) {
     let name = format!("wxpipe-ingress {ns} pid {} replies", std::process::id());
@@ -213,7 +236,7 @@ async fn supervise(
         match open(&urls, start, &ns, &declare, &name).await {
             Ok((conn, channel, mut replies)) => {
                 backoff = common::amqp::reconnect_backoff();
-                tx.send_replace(Some(channel));
+                tx.send_replace(Some(Arc::new(ConfirmChannel::new(channel))));
                 tracing::info!("sync-reply channel ready");
                 while let Some(Ok(delivery)) = replies.next().await {
                     let Some(id) = delivery

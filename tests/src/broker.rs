@@ -2,7 +2,7 @@
 //! the broker's side.
 
 use common::ids::Namespace;
-use lapin::options::{BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
+use lapin::options::{BasicAckOptions, BasicGetOptions, ExchangeDeleteOptions, QueueDeleteOptions};
 use lapin::types::FieldTable;
 use lapin::{Connection, ConnectionProperties};
 use std::time::Duration;
@@ -389,23 +389,7 @@ pub async fn drain_into(
             .await?
         {
             Some(msg) => {
-                let headers = msg
-                    .properties
-                    .headers()
-                    .as_ref()
-                    .map(|h| {
-                        h.inner()
-                            .iter()
-                            .map(|(k, v)| (k.to_string(), amqp_value_to_string(v)))
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                out.push(Taken {
-                    body: msg.data.clone(),
-                    routing_key: msg.routing_key.to_string(),
-                    headers,
-                    persistent: *msg.properties.delivery_mode() == Some(2),
-                });
+                out.push(taken(&msg.data, &msg.routing_key, &msg.properties));
                 idle_since = tokio::time::Instant::now();
             }
             None if idle_since.elapsed() >= settle => break,
@@ -414,6 +398,83 @@ pub async fn drain_into(
     }
     let _ = conn.close(200, "drained".into()).await;
     Ok(())
+}
+
+/// Takes every message of `queue` on the broker at `url` into `out` through a consumer that
+/// acknowledges each message only once it is in `out`: a connection lost mid-drain (a node
+/// rejoining) gives what was not acknowledged back to the queue instead of losing it, as a
+/// `basic.get` without acknowledgement would for a message on the wire. Ends once nothing has
+/// arrived for `settle`.
+pub async fn drain_acked(
+    url: &str,
+    queue: &str,
+    settle: Duration,
+    out: &mut Vec<Taken>,
+) -> Result<(), lapin::Error> {
+    use futures::StreamExt;
+    let conn = Connection::connect(url, ConnectionProperties::default()).await?;
+    let ch = conn.create_channel().await?;
+    ch.basic_qos(500, Default::default()).await?;
+    let mut consumer = ch
+        .basic_consume(
+            queue.into(),
+            "wxpipe-tests-drain".into(),
+            Default::default(),
+            Default::default(),
+        )
+        .await?;
+    // Acknowledged in batches (`multiple`), each after its messages are in `out`.
+    let mut unacked = None;
+    let mut count = 0usize;
+    loop {
+        match tokio::time::timeout(settle, consumer.next()).await {
+            Err(_) | Ok(None) => break,
+            Ok(Some(delivery)) => {
+                let delivery = delivery?;
+                out.push(taken(
+                    &delivery.data,
+                    &delivery.routing_key,
+                    &delivery.properties,
+                ));
+                unacked = Some(delivery.delivery_tag);
+                count += 1;
+                if count.is_multiple_of(200) {
+                    ch.basic_ack(delivery.delivery_tag, BasicAckOptions { multiple: true })
+                        .await?;
+                    unacked = None;
+                }
+            }
+        }
+    }
+    if let Some(tag) = unacked {
+        ch.basic_ack(tag, BasicAckOptions { multiple: true })
+            .await?;
+    }
+    let _ = conn.close(200, "drained".into()).await;
+    Ok(())
+}
+
+fn taken(
+    body: &[u8],
+    routing_key: &lapin::types::ShortString,
+    properties: &lapin::BasicProperties,
+) -> Taken {
+    let headers = properties
+        .headers()
+        .as_ref()
+        .map(|h| {
+            h.inner()
+                .iter()
+                .map(|(k, v)| (k.to_string(), amqp_value_to_string(v)))
+                .collect()
+        })
+        .unwrap_or_default();
+    Taken {
+        body: body.to_vec(),
+        routing_key: routing_key.to_string(),
+        headers,
+        persistent: *properties.delivery_mode() == Some(2),
+    }
 }
 
 /// Number of messages ready in `queue` (a passive declare).

@@ -89,6 +89,16 @@ impl Clusters {
         self.script(&["start-rabbit", &n.to_string()]);
     }
 
+    /// Freezes RabbitMQ node `n` (SIGSTOP): its peers see a partition.
+    pub fn freeze_rabbit(&self, n: u8) {
+        self.script(&["freeze-rabbit", &n.to_string()]);
+    }
+
+    /// Resumes a frozen RabbitMQ node `n` (SIGCONT).
+    pub fn thaw_rabbit(&self, n: u8) {
+        self.script(&["thaw-rabbit", &n.to_string()]);
+    }
+
     /// SIGKILLs the Redis process on `port`.
     pub fn kill_redis(&self, port: u16) {
         self.script(&["kill-redis", &port.to_string()]);

@@ -52,23 +52,7 @@ pub async fn send_account(
     for seq in 0..n {
         let content = content(tag, appid, seq);
         for _ in 0..tries.max(1) {
-            let now = common::unix_now();
-            let push = b.authorizer(
-                GH,
-                "o-user",
-                &text_message(GH, "o-user", now, &content, 7_000_000_000 + seq as u64),
-                now,
-                &content.replace(':', "-"),
-            );
-            let answered = http
-                .post(format!("{base}/wechat/authorizers/{appid}?{}", push.query))
-                .body(push.body)
-                .send()
-                .await;
-            let ok = match answered {
-                Ok(r) if r.status() == 200 => r.text().await.is_ok_and(|t| t == "success"),
-                _ => false,
-            };
+            let (_, ok) = send_once(&http, &b, base, appid, tag, seq).await;
             if ok {
                 sent.accepted.push(content.clone());
                 break;
@@ -81,6 +65,38 @@ pub async fn send_account(
         }
     }
     sent
+}
+
+/// One attempt at push `seq` of `appid` in run `tag` (signed and encrypted afresh, as WeChat
+/// sends a retry): the HTTP status (`None`: no answer) and whether it was `success`.
+pub async fn send_once(
+    http: &reqwest::Client,
+    b: &PushBuilder,
+    base: &str,
+    appid: &str,
+    tag: &str,
+    seq: usize,
+) -> (Option<u16>, bool) {
+    let content = content(tag, appid, seq);
+    let now = common::unix_now();
+    let push = b.authorizer(
+        GH,
+        "o-user",
+        &text_message(GH, "o-user", now, &content, 7_000_000_000 + seq as u64),
+        now,
+        &content.replace(':', "-"),
+    );
+    let answered = http
+        .post(format!("{base}/wechat/authorizers/{appid}?{}", push.query))
+        .body(push.body)
+        .send()
+        .await;
+    let status = answered.as_ref().ok().map(|r| r.status().as_u16());
+    let ok = match answered {
+        Ok(r) if r.status() == 200 => r.text().await.is_ok_and(|t| t == "success"),
+        _ => false,
+    };
+    (status, ok)
 }
 
 /// [`send_account`] for every account at once; the results by appid.

@@ -10,6 +10,7 @@
 //!   broker away from one process without disturbing the others.
 //! * [`intake`] sends numbered pushes per account and reads the intake's shards back.
 //! * [`cluster`] finds the local clusters of `scripts/cluster` and kills or restarts their nodes.
+//! * [`node_loss`] loses one of their RabbitMQ nodes under load and measures what it cost.
 //! * [`harness`] starts a real ingress (and workers) in-process on a random port.
 //! * [`sim`] is `wechat-sim`, the simulated WeChat (also a binary).
 
@@ -21,6 +22,7 @@ pub mod flood;
 pub mod harness;
 pub mod http1;
 pub mod intake;
+pub mod node_loss;
 pub mod proxy;
 pub mod push;
 pub mod sim;

@@ -6,6 +6,7 @@ pub mod connection;
 pub mod consumer;
 pub mod publisher;
 pub mod shards;
+pub mod stuck;
 pub mod topology;
 
 pub use connection::connect_any;

@@ -16,15 +16,22 @@
 //!   or a periodic status check), withdraws the link, reconnects to the configured nodes in turn
 //!   with jittered exponential backoff (`backon`), declares the topology again and puts the new
 //!   link in place. Nobody has to restart the process.
+//! * A channel the broker keeps refusing (nacks going on for half a second: a quorum queue's
+//!   leader changed under it, see [`super::stuck`]) is replaced by a new channel on the same
+//!   connection; its publishes still in flight finish on the old one, which is then closed.
+//! * A node that answers no publish for twice the confirm deadline while publishes time out
+//!   (frozen, or cut off from its peers under `pause_minority`, with its socket still open) is
+//!   left like a lost connection: the supervisor connects to the next node.
 
+use super::stuck::NackStreak;
 use super::{AmqpError, connect_any};
 use crate::ids::Namespace;
 use futures::StreamExt;
 use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
 use lapin::{BasicProperties, Channel, Confirmation, Connection};
-use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 
 /// How often the supervisor checks the connection's status besides listening for its errors.
@@ -67,19 +74,115 @@ pub struct PublisherConfig {
 
 struct Link {
     conn: Connection,
-    channels: Vec<Channel>,
+    slots: Vec<Slot>,
     next: AtomicUsize,
+    /// When the broker last answered a publish on this link (ack, nack or return), or when the
+    /// link was made.
+    answered: Mutex<Instant>,
+    /// Set when publishes time out and nothing has been answered for twice the confirm
+    /// deadline: the node is not answering (frozen, partitioned) though its socket is open.
+    silent: AtomicBool,
+}
+
+/// One confirm channel of a link, replaced when the broker keeps refusing it.
+struct Slot {
+    channel: RwLock<Arc<ConfirmChannel>>,
+    nacks: Mutex<NackStreak>,
+    replacing: AtomicBool,
+}
+
+impl Slot {
+    fn new(channel: Channel) -> Self {
+        Self {
+            channel: RwLock::new(Arc::new(ConfirmChannel::new(channel))),
+            nacks: Mutex::new(NackStreak::default()),
+            replacing: AtomicBool::new(false),
+        }
+    }
+
+    fn channel(&self) -> Arc<ConfirmChannel> {
+        self.channel
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .clone()
+    }
+
+    /// A publish on this slot was nacked: whether this caller is the one to replace it.
+    fn nacked(&self) -> bool {
+        let stuck = self
+            .nacks
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .nacked(Instant::now());
+        stuck && !self.replacing.swap(true, Ordering::AcqRel)
+    }
 }
 
 impl Link {
     fn healthy(&self) -> bool {
-        self.conn.status().connected() && self.channels.iter().all(|c| c.status().connected())
+        !self.silent.load(Ordering::Acquire)
+            && self.conn.status().connected()
+            && self
+                .slots
+                .iter()
+                .all(|s| s.channel().channel().status().connected())
     }
 
-    fn channel(&self) -> &Channel {
-        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.channels.len();
-        &self.channels[i]
+    fn slot(&self) -> usize {
+        self.next.fetch_add(1, Ordering::Relaxed) % self.slots.len()
     }
+}
+
+/// Opens a channel on `conn` in confirm mode.
+async fn confirm_channel(conn: &Connection) -> Result<Channel, AmqpError> {
+    let ch = conn
+        .create_channel()
+        .await
+        .map_err(AmqpError::broker("opening a publish channel"))?;
+    ch.confirm_select(ConfirmSelectOptions::default())
+        .await
+        .map_err(AmqpError::broker("enabling publisher confirms"))?;
+    Ok(ch)
+}
+
+/// Puts a new confirm channel in slot `i` of `link`; the old one is closed once the publishes in
+/// flight on it are settled (at most 5 s).
+async fn replace_channel(shared: Arc<Shared>, link: Arc<Link>, i: usize) {
+    let slot = &link.slots[i];
+    match confirm_channel(&link.conn).await {
+        Ok(fresh) => {
+            let old = std::mem::replace(
+                &mut *slot
+                    .channel
+                    .write()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                Arc::new(ConfirmChannel::new(fresh)),
+            );
+            slot.nacks
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .reset();
+            metrics::counter!("wxpipe_amqp_channels_replaced_total", "connection" => shared.connection_name.clone())
+                .increment(1);
+            tracing::warn!(
+                connection = %shared.connection_name,
+                channel = old.channel().id(),
+                "the broker kept refusing this publish channel's messages; replaced it"
+            );
+            tokio::spawn(async move {
+                let old = old.channel();
+                let _ = tokio::time::timeout(Duration::from_secs(5), old.wait_for_confirms()).await;
+                let _ = old
+                    .close(200, "replaced: its publishes kept being refused".into())
+                    .await;
+            });
+        }
+        Err(e) => {
+            tracing::warn!(connection = %shared.connection_name, error = %e, "could not replace a refused publish channel");
+            shared.kick.notify_one();
+        }
+    }
+    slot.replacing.store(false, Ordering::Release);
 }
 
 struct Shared {
@@ -165,8 +268,9 @@ impl ConfirmedPublisher {
             .borrow()
             .clone()
             .ok_or(PublishError::Unavailable)?;
+        let i = link.slot();
         let result = publish_on(
-            link.channel(),
+            &link.slots[i].channel(),
             exchange,
             routing_key,
             body,
@@ -175,12 +279,40 @@ impl ConfirmedPublisher {
             self.shared.confirm_timeout,
         )
         .await;
+        match &result {
+            Ok(()) | Err(PublishError::Nacked | PublishError::Unroutable { .. }) => {
+                *link
+                    .answered
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner()) = Instant::now();
+            }
+            Err(PublishError::Timeout(_)) => {
+                let quiet = link
+                    .answered
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .elapsed();
+                if quiet >= self.shared.confirm_timeout * 2
+                    && !link.silent.swap(true, Ordering::AcqRel)
+                {
+                    tracing::warn!(
+                        connection = %self.shared.connection_name,
+                        quiet = ?quiet,
+                        "the broker node answers no publish; connecting to another node"
+                    );
+                }
+            }
+            Err(_) => {}
+        }
         if matches!(
             result,
             Err(PublishError::Broker(_) | PublishError::Timeout(_))
         ) {
             // Let the supervisor check the connection now rather than at its next tick.
             self.shared.kick.notify_one();
+        }
+        if matches!(result, Err(PublishError::Nacked)) && link.slots[i].nacked() {
+            tokio::spawn(replace_channel(self.shared.clone(), link, i));
         }
         result
     }
@@ -192,6 +324,35 @@ impl ConfirmedPublisher {
         if let Some(handle) = self.supervisor.lock().await.take() {
             let _ = handle.await;
         }
+    }
+}
+
+/// A channel in confirm mode, with what keeps its confirms matched to its publishes.
+///
+/// lapin (4.12) gives a publish its delivery tag and queues its frames in two steps, under two
+/// different locks, in the first poll of `basic_publish`; the broker numbers publishes in the
+/// order their frames arrive. Two threads publishing on one channel at once could be numbered
+/// in one order and sent in the other, and the broker's ack for one would then settle the
+/// other's confirm — harmless while every publish is acked, a lost message when one is nacked
+/// (issue 38; `tests/tests/confirm_order.rs`). [`publish_on`] therefore takes `order` for
+/// that first poll only: the tag and the frames go in together, and waiting for the frames to
+/// be written and for the confirm is not serialized.
+pub struct ConfirmChannel {
+    channel: Channel,
+    order: tokio::sync::Mutex<()>,
+}
+
+impl ConfirmChannel {
+    /// `channel` must already be in confirm mode.
+    pub fn new(channel: Channel) -> Self {
+        Self {
+            channel,
+            order: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    pub fn channel(&self) -> &Channel {
+        &self.channel
     }
 }
 
@@ -210,7 +371,7 @@ pub enum Routing {
 /// [`Routing::Mandatory`], that a queue took it). Every confirmed publish of wxpipe goes
 /// through here.
 pub async fn publish_on(
-    channel: &Channel,
+    channel: &ConfirmChannel,
     exchange: &str,
     routing_key: &str,
     body: &[u8],
@@ -219,19 +380,25 @@ pub async fn publish_on(
     deadline: Duration,
 ) -> Result<(), PublishError> {
     let attempt = async {
-        channel
-            .basic_publish(
-                exchange.into(),
-                routing_key.into(),
-                BasicPublishOptions {
-                    mandatory: routing == Routing::Mandatory,
-                    ..Default::default()
-                },
-                body,
-                properties,
-            )
-            .await?
-            .await
+        let mut publish = std::pin::pin!(channel.channel.basic_publish(
+            exchange.into(),
+            routing_key.into(),
+            BasicPublishOptions {
+                mandatory: routing == Routing::Mandatory,
+                ..Default::default()
+            },
+            body,
+            properties,
+        ));
+        let sent = {
+            let _numbered_in_order = channel.order.lock().await;
+            futures::poll!(publish.as_mut())
+        };
+        let confirm = match sent {
+            std::task::Poll::Ready(confirm) => confirm?,
+            std::task::Poll::Pending => publish.await?,
+        };
+        confirm.await
     };
     match tokio::time::timeout(deadline, attempt).await {
         Ok(Ok(Confirmation::Ack(Some(_)) | Confirmation::Nack(Some(_)))) => {
@@ -272,7 +439,9 @@ async fn supervise(shared: Arc<Shared>, opts: PublisherConfig) {
                 shared.link.send_replace(None);
                 crate::health::set_connected(&name, false);
                 if stopping {
-                    for ch in &link.channels {
+                    for slot in &link.slots {
+                        let ch = slot.channel();
+                        let ch = ch.channel();
                         let _ =
                             tokio::time::timeout(Duration::from_secs(5), ch.wait_for_confirms())
                                 .await;
@@ -314,21 +483,16 @@ async fn supervise(shared: Arc<Shared>, opts: PublisherConfig) {
 async fn establish(opts: &PublisherConfig, start: usize) -> Result<Link, AmqpError> {
     let conn = connect_any(&opts.urls, start, &opts.connection_name).await?;
     super::topology::declare(&conn, &opts.namespace, &opts.declare).await?;
-    let mut channels = Vec::with_capacity(opts.channels.max(1));
+    let mut slots = Vec::with_capacity(opts.channels.max(1));
     for _ in 0..opts.channels.max(1) {
-        let ch = conn
-            .create_channel()
-            .await
-            .map_err(AmqpError::broker("opening a publish channel"))?;
-        ch.confirm_select(ConfirmSelectOptions::default())
-            .await
-            .map_err(AmqpError::broker("enabling publisher confirms"))?;
-        channels.push(ch);
+        slots.push(Slot::new(confirm_channel(&conn).await?));
     }
     Ok(Link {
         conn,
-        channels,
+        slots,
         next: AtomicUsize::new(0),
+        answered: Mutex::new(Instant::now()),
+        silent: AtomicBool::new(false),
     })
 }
 
