@@ -108,6 +108,13 @@ ensure_check_jsonschema() {
 # promtool (Debian's prometheus package), for the tests of the alerting rules and the
 # Prometheus configuration in deploy/prometheus. Only the package's files are needed: the
 # Prometheus service it may start is stopped again so it does not hold port 9090.
+# libfaketime: a scheduler replica whose clock is off (tests/tests/partition.rs).
+ensure_faketime() {
+  command -v faketime >/dev/null 2>&1 || apt_install faketime
+  command -v faketime >/dev/null 2>&1 || die "faketime installed but not on the PATH"
+  say "faketime is at $(command -v faketime)"
+}
+
 ensure_promtool() {
   if ! command -v promtool >/dev/null 2>&1; then
     apt_install prometheus

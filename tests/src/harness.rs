@@ -148,14 +148,44 @@ pub fn spawn_decrypt(config: workers::decrypt::DecryptConfig) -> WorkerHandle {
     WorkerHandle { stop, task }
 }
 
+/// The test platform's credentials, as a `workers` process reads them from its environment.
+pub fn platform_env() -> [(&'static str, &'static str); 4] {
+    [
+        ("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID),
+        ("WXPIPE_COMPONENT_SECRET", test_platform::COMPONENT_SECRET),
+        ("WXPIPE_TOKEN", test_platform::TOKEN),
+        ("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY),
+    ]
+}
+
+/// The environment of a `workers scheduler` process of the test platform on `t`'s namespace,
+/// its admin API on `admin_port`, WeChat unreachable (nothing listens on port 9).
+pub fn scheduler_env(t: &crate::broker::TestNs, admin_port: u16) -> Vec<(String, String)> {
+    let mut env: Vec<(String, String)> = platform_env()
+        .iter()
+        .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+        .collect();
+    env.extend(
+        [
+            ("WXPIPE_NAMESPACE", t.name().to_owned()),
+            ("WXPIPE_AMQP_URL", crate::amqp_url()),
+            ("WXPIPE_REDIS_URL", crate::redis_url()),
+            ("WXPIPE_ADMIN_TOKEN", ADMIN_TOKEN.to_owned()),
+            ("WXPIPE_ADMIN_ADDR", format!("127.0.0.1:{admin_port}")),
+            ("WXPIPE_WECHAT_API_BASE", "http://127.0.0.1:9".to_owned()),
+            ("RUST_LOG", "warn".to_owned()),
+        ]
+        .map(|(k, v)| (k.to_owned(), v)),
+    );
+    env
+}
+
 /// A `workers decrypt` process of the test platform on `t`'s namespace (with `env` added),
 /// killed when dropped: a failing test leaves no worker behind.
 pub fn spawn_decrypt_process(t: &crate::broker::TestNs, env: &[(&str, &str)]) -> ChildProcess {
     let child = std::process::Command::new(workspace_bin("workers"))
         .arg("decrypt")
-        .env("WXPIPE_COMPONENT_APPID", test_platform::COMPONENT_APPID)
-        .env("WXPIPE_TOKEN", test_platform::TOKEN)
-        .env("WXPIPE_ENCODING_AES_KEY", test_platform::ENCODING_AES_KEY)
+        .envs(platform_env())
         .env("WXPIPE_NAMESPACE", t.name())
         .env("WXPIPE_AMQP_URL", crate::amqp_url())
         .env("WXPIPE_REDIS_URL", crate::redis_url())

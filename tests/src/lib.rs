@@ -11,6 +11,7 @@
 //! * [`intake`] sends numbered pushes per account and reads the intake's shards back.
 //! * [`cluster`] finds the local clusters of `scripts/cluster` and kills or restarts their nodes.
 //! * [`node_loss`] loses one of their RabbitMQ nodes under load and measures what it cost.
+//! * [`redis_nodes`] runs a test's own Redis master, replica and Sentinel.
 //! * [`harness`] starts a real ingress (and workers) in-process on a random port.
 //! * [`sim`] is `wechat-sim`, the simulated WeChat (also a binary).
 
@@ -25,6 +26,7 @@ pub mod intake;
 pub mod node_loss;
 pub mod proxy;
 pub mod push;
+pub mod redis_nodes;
 pub mod sim;
 
 /// The platform credentials used by tests: the official example's (protocol.md §1.5, zero key).

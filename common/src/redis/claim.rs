@@ -155,8 +155,9 @@ impl Claim {
         let mut answers = answers.into_iter();
         let won = outcome(answers.next(), answers.next());
         // A claim that a failover could forget is no claim: with replicas, it counts once a
-        // replica has it (else it is let go, and the caller finds it held).
-        if won == Outcome::Won && c.replicated("taking a claim").await.is_err() {
+        // replica has it; when none confirmed it (or the master went away) it is let go, and
+        // the caller finds it held.
+        if won == Outcome::Won && !matches!(c.replicated("taking a claim").await, Ok(true)) {
             let _ = release(pool, key, &value).await;
             return Ok(Taken::Held);
         }
@@ -254,6 +255,22 @@ impl Claim {
             .await
             .map_err(failed("settling a claim"))?;
         Ok(n == 1)
+    }
+
+    /// Releases the claim if it is still ours. On a Redis error the claim is handed back, still
+    /// renewable and releasable: Redis may still hold it for us.
+    pub async fn release_or_keep(self) -> Result<(), (Claim, RedisError)> {
+        let outcome = release(&self.pool, &self.key, &self.value).await;
+        match outcome {
+            Ok(_) => {
+                let mut done = self;
+                if let Some(r) = done.renewal.take() {
+                    r.abort();
+                }
+                Ok(())
+            }
+            Err(e) => Err((self, e)),
+        }
     }
 
     /// Releases the claim if it is still ours; returns whether it was.

@@ -277,18 +277,31 @@ impl Pool {
     }
 }
 
+/// How long a write waits for a replica (`WAIT 1 <ms>`). Below redis-rs's 500 ms response
+/// timeout: at 500 the two raced, and a replica too slow to answer came back as a client-side
+/// "timed out" error about as often as Redis's own "0 replicas".
+pub const REPLICA_WAIT_MS: u64 = 400;
+
 impl Connection {
     /// With replicas, waits until one replica has every write made on this connection so far
-    /// (`WAIT 1`, at most 500 ms; on a cluster every master is asked). `Ok(false)`: no replica
-    /// confirmed in time (counted as `wxpipe_redis_unreplicated_writes_total{what}`); an error:
-    /// the master is gone, and so may be the writes. Without replicas, `Ok(true)` at once.
+    /// (`WAIT 1`, at most [`REPLICA_WAIT_MS`]; on a cluster every master is asked).
+    /// `Ok(false)`: no replica confirmed in time (counted as
+    /// `wxpipe_redis_unreplicated_writes_total{what}`); an error: the master is gone, and so may
+    /// be the writes. Without replicas, `Ok(true)` at once.
     pub async fn replicated(&mut self, what: &'static str) -> redis::RedisResult<bool> {
         if matches!(self, Connection::Single(_)) {
             return Ok(true);
         }
-        let acked: i64 = redis::cmd("WAIT").arg(1).arg(500).query_async(self).await?;
+        let acked: i64 = redis::cmd("WAIT")
+            .arg(1)
+            .arg(REPLICA_WAIT_MS)
+            .query_async(self)
+            .await?;
         if acked < 1 {
-            tracing::debug!(what, "a write was not confirmed by a replica within 500 ms");
+            tracing::debug!(
+                what,
+                "a write was not confirmed by a replica within {REPLICA_WAIT_MS} ms"
+            );
             metrics::counter!("wxpipe_redis_unreplicated_writes_total", "what" => what)
                 .increment(1);
         }

@@ -1,20 +1,22 @@
 //! The dead-letter queue as data: list, show, replay and purge `{ns}.dead`, behind both
 //! `workers dlq` (which prints the results) and the console's JSON endpoints.
 //!
-//! Reading a queue without losing it: letters are taken with `basic.get` *without*
-//! acknowledging them, at most as many as the queue held when the call started (so a requeued
-//! letter is never read twice), and each is settled at the end: replayed ones are acked only
-//! after their republish is confirmed; every other one is returned to the queue.
+//! Reading a queue without losing it, in bounded memory: a [`Reader`] takes the letters the
+//! queue held when the call started with `basic.get` *without* acknowledging them, a window at a
+//! time, and keeps none of them; replayed ones are acked one by one after their republish is
+//! confirmed; at the end every other one is returned to the queue at once
+//! ([`super::reader`]). A report lists at most [`SHOWN`] letters and counts them all.
 
+use super::reader::{Reader, close, depth};
 use crate::decrypt::decode::decode_parts;
 use common::amqp::topology::Part;
 use common::amqp::{ConfirmedPublisher, PublisherConfig};
 use common::config::PlatformArgs;
 use common::ids::Namespace;
 use common::wire::dead::DeadLetter;
+use lapin::Connection;
 use lapin::message::Delivery;
-use lapin::options::{BasicAckOptions, BasicGetOptions, BasicNackOptions, QueueDeclareOptions};
-use lapin::{Channel, Connection};
+use lapin::options::BasicAckOptions;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::time::Duration;
@@ -130,6 +132,9 @@ pub struct Letter {
     pub not_decrypted: Option<String>,
 }
 
+/// Letters a report names one by one, at most (chosen for a replay, failed): it counts them all.
+pub const SHOWN: usize = 1_000;
+
 /// One letter chosen by a replay.
 #[derive(Debug, Clone, Serialize)]
 pub struct Chosen {
@@ -145,14 +150,19 @@ pub struct Chosen {
 #[derive(Debug, Clone, Serialize)]
 pub struct Replay {
     pub dry_run: bool,
-    /// Letters in the queue when it started.
+    /// Letters looked at: those in the queue when it started.
     pub total: usize,
+    /// The first [`SHOWN`] letters chosen.
     pub chosen: Vec<Chosen>,
+    /// Letters chosen, in all.
+    pub chosen_total: usize,
     pub replayed: usize,
     /// Letters left in the queue.
     pub left: usize,
-    /// Letters that could not be replayed (they stay dead), each with why.
+    /// The first [`SHOWN`] letters that could not be replayed (they stay dead), each with why.
     pub failed: Vec<String>,
+    /// Letters that could not be replayed, in all.
+    pub failed_total: usize,
 }
 
 /// The dead-letter queue of one namespace.
@@ -195,18 +205,24 @@ impl DeadLetters {
     pub async fn depth(&self) -> Result<u32, DlqError> {
         let ch = self.conn.create_channel().await?;
         let n = depth(&ch, &self.queue()).await;
-        let _ = tokio::time::timeout(Duration::from_secs(2), ch.close(200, "done".into())).await;
+        close(ch).await;
         n
     }
 
     /// Counts by source queue and reason, with the oldest of each group.
     pub async fn list(&self) -> Result<Listing, DlqError> {
         let queue = self.queue();
-        let ch = self.conn.create_channel().await?;
-        let n = depth(&ch, &queue).await?;
-        let letters = take(&ch, &queue, n).await?;
+        let n = self.depth().await?;
+        let mut reader = Reader::new(&self.conn, &queue, n as usize);
         let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
-        for d in &letters {
+        let mut total = 0;
+        let read = loop {
+            let d = match reader.next().await {
+                Ok(Some(d)) => d,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            total += 1;
             let info = DeadLetter::from_properties(&d.properties);
             let g = groups
                 .entry((info.source_queue.clone(), info.reason.clone()))
@@ -222,43 +238,54 @@ impl DeadLetters {
                 g.oldest_ms = info.dead_at_ms;
                 g.oldest_detail = info.detail;
             }
-        }
-        give_back(&letters).await;
+        };
+        reader.give_back().await;
+        read?;
         Ok(Listing {
             queue,
-            total: letters.len(),
+            total,
             groups: groups.into_values().collect(),
         })
     }
 
-    /// Letter number `position` (1 = the oldest), decrypted when it is a raw push and
+    /// Letter number `position` (1 = the first the queue hands out now), decrypted when it is a raw push and
     /// `platform` holds the credentials.
     pub async fn show(&self, position: usize, platform: &PlatformArgs) -> Result<Letter, DlqError> {
         if position < 1 {
             return Err(DlqError::Invalid("positions start at 1".into()));
         }
         let queue = self.queue();
-        let ch = self.conn.create_channel().await?;
-        let n = depth(&ch, &queue).await?;
+        let n = self.depth().await?;
         if position > n as usize {
             return Err(DlqError::Invalid(format!(
                 "{queue} holds {n} letters; there is no #{position}"
             )));
         }
-        let letters = take(&ch, &queue, position as u32).await?;
-        let result = match letters.get(position - 1) {
-            Some(d) => Ok(describe(position, d, platform)),
-            None => Err(DlqError::Invalid(format!(
-                "letter #{position} is no longer there"
-            ))),
+        let mut reader = Reader::new(&self.conn, &queue, position);
+        let mut seen = 0;
+        let found = loop {
+            match reader.next().await {
+                Ok(Some(d)) => {
+                    seen += 1;
+                    if seen == position {
+                        break Ok(describe(position, &d, platform));
+                    }
+                }
+                Ok(None) => {
+                    break Err(DlqError::Invalid(format!(
+                        "letter #{position} is no longer there"
+                    )));
+                }
+                Err(e) => break Err(e),
+            }
         };
-        give_back(&letters).await;
-        result
+        reader.give_back().await;
+        found
     }
 
     /// Republishes the letters `filter` matches to the exchange and routing key they first had;
-    /// each is removed only after its republish is confirmed. `progress` is told how many of
-    /// the chosen letters are done, as they are done.
+    /// each is removed only after its republish is confirmed. `progress` is told how many
+    /// letters of the queue were looked at, of how many, as they are.
     pub async fn replay(
         &self,
         filter: &Filter,
@@ -267,94 +294,109 @@ impl DeadLetters {
     ) -> Result<Replay, DlqError> {
         let queue = self.queue();
         let since = filter.since_ms()?;
-        let ch = self.conn.create_channel().await?;
-        let n = depth(&ch, &queue).await?;
-        let letters = take(&ch, &queue, n).await?;
         let limit = filter.limit.unwrap_or(usize::MAX);
-        let chosen: Vec<(usize, DeadLetter)> = letters
-            .iter()
-            .enumerate()
-            .map(|(i, d)| (i, DeadLetter::from_properties(&d.properties)))
-            .filter(|(_, info)| filter.matches(info, since))
-            .take(limit)
-            .collect();
+        // Republishes are mandatory: a letter whose queue is gone stays dead instead of vanishing.
+        let publisher = if dry_run {
+            None
+        } else {
+            let p = ConfirmedPublisher::start(PublisherConfig {
+                urls: self.urls.clone(),
+                namespace: self.ns.clone(),
+                connection_name: format!("wxpipe-dlq {} replay", self.ns),
+                channels: 1,
+                confirm_timeout: Duration::from_secs(5),
+                declare: Part::Nothing,
+            });
+            if !p.wait_connected(Duration::from_secs(10)).await {
+                p.close().await;
+                return Err(DlqError::NoPublisher);
+            }
+            Some(p)
+        };
+        let (n, mut reader) = match self.depth().await {
+            Ok(n) => (n as usize, Reader::new(&self.conn, &queue, n as usize)),
+            Err(e) => {
+                if let Some(p) = publisher {
+                    p.close().await;
+                }
+                return Err(e);
+            }
+        };
         let mut report = Replay {
             dry_run,
-            total: letters.len(),
-            chosen: chosen
-                .iter()
-                .map(|(i, info)| Chosen {
-                    position: i + 1,
+            total: 0,
+            chosen: Vec::new(),
+            chosen_total: 0,
+            replayed: 0,
+            left: 0,
+            failed: Vec::new(),
+            failed_total: 0,
+        };
+        let read = loop {
+            let d = match reader.next().await {
+                Ok(Some(d)) => d,
+                Ok(None) => break Ok(()),
+                Err(e) => break Err(e),
+            };
+            report.total += 1;
+            let position = report.total;
+            progress(position, n);
+            let info = DeadLetter::from_properties(&d.properties);
+            if report.chosen_total >= limit || !filter.matches(&info, since) {
+                continue;
+            }
+            report.chosen_total += 1;
+            if report.chosen.len() < SHOWN {
+                report.chosen.push(Chosen {
+                    position,
                     source: info.source_queue.clone(),
                     reason: info.reason.clone(),
                     dead_at_ms: info.dead_at_ms,
                     exchange: info.original_exchange.clone(),
                     routing_key: info.original_routing_key.clone(),
-                })
-                .collect(),
-            replayed: 0,
-            left: letters.len(),
-            failed: Vec::new(),
-        };
-        if dry_run {
-            give_back(&letters).await;
-            return Ok(report);
-        }
-        // Republishes are mandatory: a letter whose queue is gone stays dead instead of vanishing.
-        let publisher = ConfirmedPublisher::start(PublisherConfig {
-            urls: self.urls.clone(),
-            namespace: self.ns.clone(),
-            connection_name: format!("wxpipe-dlq {} replay", self.ns),
-            channels: 1,
-            confirm_timeout: Duration::from_secs(5),
-            declare: Part::Nothing,
-        });
-        if !publisher.wait_connected(Duration::from_secs(10)).await {
-            give_back(&letters).await;
-            return Err(DlqError::NoPublisher);
-        }
-        let mut settled = vec![false; letters.len()];
-        for (done, (i, info)) in chosen.iter().enumerate() {
-            let d = &letters[*i];
-            if info.original_exchange.is_empty() && info.original_routing_key.is_empty() {
-                report.failed.push(format!(
-                    "#{}: no original exchange or routing key recorded",
-                    i + 1
-                ));
+                });
+            }
+            let Some(publisher) = &publisher else {
                 continue;
-            }
-            let republished = publisher
-                .publish(
-                    &info.original_exchange,
-                    &info.original_routing_key,
-                    &d.data,
-                    DeadLetter::strip(&d.properties),
-                )
-                .await;
-            match republished {
-                Ok(()) => match d.ack(BasicAckOptions::default()).await {
-                    Ok(_) => {
-                        settled[*i] = true;
-                        report.replayed += 1;
+            };
+            let outcome =
+                if info.original_exchange.is_empty() && info.original_routing_key.is_empty() {
+                    Err("no original exchange or routing key recorded".to_owned())
+                } else {
+                    match publisher
+                        .publish(
+                            &info.original_exchange,
+                            &info.original_routing_key,
+                            &d.data,
+                            DeadLetter::strip(&d.properties),
+                        )
+                        .await
+                    {
+                        Ok(()) => match d.ack(BasicAckOptions::default()).await {
+                            Ok(_) => {
+                                reader.settled();
+                                report.replayed += 1;
+                                Ok(())
+                            }
+                            // Republished but still in the queue: it will be seen again (at least once).
+                            Err(e) => Err(format!("republished, but could not be removed: {e}")),
+                        },
+                        Err(e) => Err(e.to_string()),
                     }
-                    // Republished but still in the queue: it will be seen again (at least once).
-                    Err(e) => report.failed.push(format!(
-                        "#{}: republished, but could not be removed: {e}",
-                        i + 1
-                    )),
-                },
-                Err(e) => report.failed.push(format!("#{}: {e}", i + 1)),
+                };
+            if let Err(why) = outcome {
+                report.failed_total += 1;
+                if report.failed.len() < SHOWN {
+                    report.failed.push(format!("#{position}: {why}"));
+                }
             }
-            progress(done + 1, chosen.len());
+        };
+        reader.give_back().await;
+        if let Some(p) = publisher {
+            p.close().await;
         }
-        publisher.close().await;
-        let rest: Vec<Delivery> = letters
-            .into_iter()
-            .zip(settled)
-            .filter_map(|(d, done)| (!done).then_some(d))
-            .collect();
-        give_back(&rest).await;
-        report.left = rest.len();
+        report.left = self.depth().await.map(|n| n as usize).unwrap_or(0);
+        read?;
         Ok(report)
     }
 
@@ -363,59 +405,6 @@ impl DeadLetters {
     /// were deleted (fewer when the queue held fewer).
     pub async fn purge(&self, expected: usize) -> Result<usize, DlqError> {
         super::purge::first(&self.conn, &self.queue(), expected).await
-    }
-}
-
-/// Messages in `queue` (passive declare).
-async fn depth(ch: &Channel, queue: &str) -> Result<u32, DlqError> {
-    let q = ch
-        .queue_declare(
-            queue.into(),
-            QueueDeclareOptions {
-                passive: true,
-                ..Default::default()
-            },
-            Default::default(),
-        )
-        .await
-        .map_err(|e| DlqError::NoQueue {
-            queue: queue.to_owned(),
-            detail: e.to_string(),
-        })?;
-    Ok(q.message_count())
-}
-
-/// Takes up to `max` letters without acknowledging them. A quorum queue can answer "empty"
-/// for a moment while letters are being returned to it (by an earlier call, or a closing
-/// channel), so an early "empty" is retried for up to a second.
-async fn take(ch: &Channel, queue: &str, max: u32) -> Result<Vec<Delivery>, DlqError> {
-    let mut out = Vec::new();
-    let mut empty_answers = 0;
-    while out.len() < max as usize {
-        match ch
-            .basic_get(queue.into(), BasicGetOptions { no_ack: false })
-            .await?
-        {
-            Some(msg) => out.push(msg.delivery),
-            None if empty_answers < 20 => {
-                empty_answers += 1;
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
-            None => break,
-        }
-    }
-    Ok(out)
-}
-
-/// Returns letters to the queue.
-async fn give_back(letters: &[Delivery]) {
-    for d in letters {
-        let _ = d
-            .nack(BasicNackOptions {
-                requeue: true,
-                ..Default::default()
-            })
-            .await;
     }
 }
 

@@ -4,6 +4,7 @@
 
 pub mod letters;
 pub mod purge;
+pub mod reader;
 
 use common::config::{AmqpArgs, NamespaceArgs, PlatformArgs};
 pub use letters::{DeadLetters, DlqError, Filter};
@@ -24,8 +25,9 @@ pub struct DlqArgs {
 pub enum DlqCommand {
     /// Count dead letters by source queue and reason, with the oldest of each group.
     List,
-    /// Print one dead letter (1 = the oldest), decrypted when it is a raw push and the
-    /// platform's credentials are set.
+    /// Print one dead letter, decrypted when it is a raw push and the platform's credentials
+    /// are set. Positions are where letters are now: the broker puts the letters a read looked
+    /// at back in an order of its own.
     Show {
         /// Position in the queue, from 1.
         position: usize,
@@ -131,7 +133,7 @@ async fn replay(dlq: &DeadLetters, filter: &Filter, dry_run: bool) -> Result<Str
     let bar = indicatif::ProgressBar::hidden();
     bar.set_style(
         indicatif::ProgressStyle::with_template(
-            "replaying {bar:40} {pos}/{len} ({per_sec}, eta {eta})",
+            "reading {bar:40} {pos}/{len} letters ({per_sec}, eta {eta})",
         )
         .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
     );
@@ -147,8 +149,7 @@ async fn replay(dlq: &DeadLetters, filter: &Filter, dry_run: bool) -> Result<Str
     if r.dry_run {
         let mut out = format!(
             "would replay {} of {} dead letters:\n",
-            r.chosen.len(),
-            r.total
+            r.chosen_total, r.total
         );
         for c in &r.chosen {
             out.push_str(&format!(
@@ -161,6 +162,12 @@ async fn replay(dlq: &DeadLetters, filter: &Filter, dry_run: bool) -> Result<Str
                 when(c.dead_at_ms)
             ));
         }
+        if r.chosen_total > r.chosen.len() {
+            out.push_str(&format!(
+                "  … and {} more\n",
+                r.chosen_total - r.chosen.len()
+            ));
+        }
         return Ok(out.trim_end().to_owned());
     }
     let mut out = format!(
@@ -169,13 +176,19 @@ async fn replay(dlq: &DeadLetters, filter: &Filter, dry_run: bool) -> Result<Str
         r.left,
         dlq.queue()
     );
-    if !r.failed.is_empty() {
+    if r.failed_total > 0 {
         out.push_str(&format!(
             "\n{} could not be replayed and stay dead:",
-            r.failed.len()
+            r.failed_total
         ));
         for f in &r.failed {
             out.push_str(&format!("\n  {f}"));
+        }
+        if r.failed_total > r.failed.len() {
+            out.push_str(&format!(
+                "\n  … and {} more",
+                r.failed_total - r.failed.len()
+            ));
         }
         return Err(DlqError::Invalid(out));
     }

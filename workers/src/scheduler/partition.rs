@@ -3,7 +3,8 @@
 //!
 //! Every tick a replica
 //! 1. announces itself in `…:schedulers` (a sorted set: member = replica id, score = when it
-//!    last announced) and forgets members silent for a lease;
+//!    last announced, by Redis's clock: `TIME` inside the script, so a replica whose clock is
+//!    off is neither forgotten nor keeps the dead alive) and forgets members silent for a lease;
 //! 2. computes its share: bucket `b` belongs to the replica of rank `b mod N` among the N live
 //!    ids (sorted), so every replica computes the same assignment from the same membership;
 //! 3. renews the leases of the buckets it holds and still should, releases the ones it holds
@@ -18,9 +19,21 @@
 
 use common::redis::claim::{Claim, Taken};
 use common::redis::{BUCKETS, Keys, Pool, RedisError, conn, failed};
-use deadpool_redis::redis::cmd;
+use deadpool_redis::redis::{Script, cmd};
 use std::collections::BTreeMap;
 use std::time::Duration;
+
+/// Announces `ARGV[1]` in the members `KEYS[1]` at Redis's time, forgets the members silent for
+/// `ARGV[2]` ms, and returns the live ones. The time is Redis's own (`TIME`), never a replica's:
+/// with local clocks, a replica whose clock ran minutes behind was forgotten by the others at
+/// every tick while it still counted them, and the two computed different shares.
+const ANNOUNCE: &str = r"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZADD', KEYS[1], now, ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - tonumber(ARGV[2]))
+return redis.call('ZRANGE', KEYS[1], 0, -1)
+";
 
 /// This replica's share of the buckets.
 pub struct Partition {
@@ -64,43 +77,44 @@ impl Partition {
     /// ours until they run out).
     pub async fn tick(&mut self) -> Result<Vec<u16>, RedisError> {
         const WHAT: &str = "dividing the buckets";
-        let now = common::unix_now_ms();
-        let members = self.keys.schedulers();
         let mut c = conn(&self.pool, WHAT).await?;
-        let (_, _, mut live): ((), (), Vec<String>) = deadpool_redis::redis::pipe()
-            .cmd("ZADD")
-            .arg(&members)
-            .arg(now)
+        let mut live: Vec<String> = Script::new(ANNOUNCE)
+            .key(self.keys.schedulers())
             .arg(&self.id)
-            .cmd("ZREMRANGEBYSCORE")
-            .arg(&members)
-            .arg("-inf")
-            .arg(now - self.lease.as_millis() as i64)
-            .cmd("ZRANGE")
-            .arg(&members)
-            .arg(0)
-            .arg(-1)
-            .query_async(&mut c)
+            .arg(self.lease.as_millis() as u64)
+            .invoke_async(&mut c)
             .await
             .map_err(failed(WHAT))?;
         drop(c);
         live.sort_unstable();
         let share = share(&live, &self.id);
 
-        // Renew what we hold and keep; release what is no longer ours.
+        // Renew what we hold and keep; release what is no longer ours. A lease is forgotten
+        // here only once Redis said it is not ours (or gave it back): on an error it is kept,
+        // as held, and tried again next tick — it may well still be ours in Redis, and a bucket
+        // held in Redis by a replica that no longer scans it would go unscanned for a lease.
         let held: Vec<u16> = self.held.keys().copied().collect();
         for b in held {
-            let Some(claim) = self.held.remove(&b) else {
+            let Some(claim) = self.held.get(&b) else {
                 continue;
             };
             if share.contains(&b) {
-                if claim.extend(self.lease).await? {
-                    self.held.insert(b, claim);
-                } else {
-                    tracing::warn!(bucket = b, "lost the lease of a bucket");
+                match claim.extend(self.lease).await {
+                    Ok(true) => {}
+                    Ok(false) => {
+                        tracing::warn!(bucket = b, "lost the lease of a bucket");
+                        self.held.remove(&b);
+                    }
+                    Err(e) => return Err(e),
                 }
-            } else {
-                let _ = claim.release().await;
+            } else if let Some(claim) = self.held.remove(&b) {
+                match claim.release_or_keep().await {
+                    Ok(()) => {}
+                    Err((claim, e)) => {
+                        self.held.insert(b, claim);
+                        return Err(e);
+                    }
+                }
             }
         }
         // Claim what is ours and free.

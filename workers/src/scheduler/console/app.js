@@ -319,8 +319,8 @@ async function replay(ev) {
   try {
     const r = await api("/v1/dlq/replay", { method: "POST", body });
     const lines = r.dry_run
-      ? [`would replay ${r.chosen.length} of ${r.total}`].concat(r.chosen.map((c) => `#${c.position} ${c.source} → ${c.exchange} ${c.routing_key} (${c.reason})`))
-      : [`replayed ${r.replayed}; ${r.left} left`].concat(r.failed);
+      ? [`would replay ${r.chosen_total} of ${r.total}`].concat(r.chosen.map((c) => `#${c.position} ${c.source} → ${c.exchange} ${c.routing_key} (${c.reason})`))
+      : [`replayed ${r.replayed}; ${r.left} left`].concat(r.failed, r.failed_total > r.failed.length ? [`… ${r.failed_total - r.failed.length} more`] : []);
     out.textContent = lines.join("\n");
     await loadDead();
   } catch (e) { out.textContent = e.message; }

@@ -353,7 +353,7 @@ async fn dlq_replay(
             if !report.dry_run {
                 tracing::info!(
                     replayed = report.replayed,
-                    failed = report.failed.len(),
+                    failed = report.failed_total,
                     "dead letters replayed from the console"
                 );
             }
