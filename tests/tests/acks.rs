@@ -57,7 +57,7 @@ async fn a_backlog_is_handed_over_and_acknowledged_in_batches() {
     );
 }
 
-/// A delivery arriving alone waits `WXPIPE_DECRYPT_LINGER_US` for company (README, "Workers"):
+/// A delivery arriving alone waits `WXPIPE_DECRYPT_LINGER_US` for company (docs/operating.md, "Workers"):
 /// with 100 ms (the most it may be), one push and nine more queued 10 ms after its confirm are
 /// handled as one batch; with 0 the first is handled on its own.
 #[tokio::test]

@@ -338,7 +338,7 @@ async fn the_whole_story_across_processes() {
         "the logs were written ({} lines)",
         logs.lines().count()
     );
-    // One push can be followed from the ingress to the business worker (README, "Following one
+    // One push can be followed from the ingress to the business worker (docs/operating.md, "Following one
     // push"): the ingress's nonce is on the decrypt worker's line with the event id, which the
     // business worker's lines carry.
     let lines: Vec<Value> = logs

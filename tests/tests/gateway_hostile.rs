@@ -47,7 +47,7 @@ async fn hostile_paths_are_refused_and_reach_no_one() {
     let t = TestNs::new("t-gw-hostile");
     let g = GatewayPlatform::start(&t.ns).await;
     let a = g.appid.clone();
-    // README's own "mp" example: the component's wxa/* APIs, nothing else.
+    // docs/integrating.md's own "mp" example: the component's wxa/* APIs, nothing else.
     let mp = g
         .key(json!({ "team": "mp", "appids": ["component"], "paths": ["wxa/*"], "rate_per_sec": 10000 }))
         .await;

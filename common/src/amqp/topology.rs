@@ -12,7 +12,7 @@
 //!
 //! A queue declared by an older wxpipe (without these arguments) cannot be redeclared with them
 //! (the broker answers PRECONDITION_FAILED). It is then left as it is, with a warning and a
-//! metric; README shows the RabbitMQ policy that gives it the same guarantees without
+//! metric; docs/integrating.md shows the RabbitMQ policy that gives it the same guarantees without
 //! redeclaring.
 
 use super::AmqpError;
@@ -212,7 +212,7 @@ impl<'a> Declarer<'a> {
                     format!(
                         "WXPIPE_RAW_SHARDS={shards}: exchange {name} exists with another type or \
                          arguments (a deployment with another shard count); drain it and delete \
-                         it first (README, 'Scaling out')"
+                         it first (docs/scaling-out.md, 'Sharded intake')"
                     )
                 } else if is_command_invalid(&e) {
                     format!(
@@ -257,7 +257,7 @@ impl<'a> Declarer<'a> {
                 // Declared earlier with other arguments: keep it, on a fresh channel.
                 tracing::warn!(
                     queue = name,
-                    "queue exists with the arguments of an older wxpipe; keeping it (see README, \
+                    "queue exists with the arguments of an older wxpipe; keeping it (see docs/integrating.md, \
                      'Moving an existing deployment': a policy gives it at-least-once dead-lettering)"
                 );
                 metrics::counter!("wxpipe_amqp_legacy_queues_total", "queue" => name.to_owned())

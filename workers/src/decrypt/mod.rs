@@ -44,8 +44,7 @@ pub struct DecryptArgs {
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     pub threads: u16,
     /// Microseconds that deliveries arriving a few at a time wait for others, to be handled
-    /// together: one wake-up of each thread per batch instead of per push (README,
-    /// Performance). 0 handles each at once.
+    /// together: one wake-up of each thread per batch instead of per push (docs/performance.md). 0 handles each at once.
     #[arg(long, env = "WXPIPE_DECRYPT_LINGER_US", default_value_t = DEFAULT_LINGER_US,
           value_parser = clap::value_parser!(u32).range(0..=MAX_LINGER_US))]
     pub linger_us: u32,
