@@ -299,52 +299,41 @@ impl Stack {
         let ingress = format!("http://127.0.0.1:{ingress_port}");
         let sim_api = format!("http://127.0.0.1:{api_port}");
         let marker = format!("crash-{}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let env: Vec<(String, String)> = [
-            (
-                "WXPIPE_COMPONENT_APPID",
-                test_platform::COMPONENT_APPID.to_owned(),
-            ),
-            (
-                "WXPIPE_COMPONENT_SECRET",
-                test_platform::COMPONENT_SECRET.to_owned(),
-            ),
-            ("WXPIPE_TOKEN", test_platform::TOKEN.to_owned()),
-            (
-                "WXPIPE_ENCODING_AES_KEY",
-                test_platform::ENCODING_AES_KEY.to_owned(),
-            ),
-            ("WXPIPE_NAMESPACE", t.name().to_owned()),
-            ("WXPIPE_AMQP_URL", crate::amqp_url()),
-            ("WXPIPE_REDIS_URL", redis.url()),
-            ("WXPIPE_WECHAT_API_BASE", sim_api.clone()),
-            (
-                "WXPIPE_WECHAT_PAGE_BASE",
-                format!("http://127.0.0.1:{page_port}"),
-            ),
-            ("WXPIPE_PUBLIC_BASE_URL", ingress.clone()),
-            ("WXPIPE_INGRESS_ADDR", format!("127.0.0.1:{ingress_port}")),
-            ("WXPIPE_ADMIN_TOKEN", crate::harness::ADMIN_TOKEN.to_owned()),
-            ("WXPIPE_SIM_API_ADDR", format!("127.0.0.1:{api_port}")),
-            ("WXPIPE_SIM_PAGE_ADDR", format!("127.0.0.1:{page_port}")),
-            ("WXPIPE_SIM_INGRESS_URL", ingress.clone()),
-            ("WXPIPE_DEDUP_CLAIM_SECS", "5".to_owned()),
-            // Tokens that expire within the run, superseded ones refused 2 s after: a token
-            // served past its time is refused by the simulator and counted.
-            ("WXPIPE_SIM_AUTHORIZER_TOKEN_TTL", "30s".to_owned()),
-            ("WXPIPE_SIM_COMPONENT_TOKEN_TTL", "60s".to_owned()),
-            ("WXPIPE_SIM_SUPERSEDE_GRACE", "2s".to_owned()),
-            ("WXPIPE_REFRESH_MARGIN_SECS", "10".to_owned()),
-            ("WXPIPE_SIM_DAILY_QUOTA", "1000000".to_owned()),
-            ("WXPIPE_FAULT_PANIC_ON", marker.clone()),
-            ("WXPIPE_LOG_FORMAT", "json".to_owned()),
-            (
-                "RUST_LOG",
-                std::env::var("WXPIPE_FAULTS_LOG").unwrap_or_else(|_| "warn".into()),
-            ),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
+        let credentials = crate::harness::platform_env().map(|(k, v)| (k, v.to_owned()));
+        let env: Vec<(String, String)> = credentials
+            .into_iter()
+            .chain([
+                ("WXPIPE_NAMESPACE", t.name().to_owned()),
+                ("WXPIPE_AMQP_URL", crate::amqp_url()),
+                ("WXPIPE_REDIS_URL", redis.url()),
+                ("WXPIPE_WECHAT_API_BASE", sim_api.clone()),
+                (
+                    "WXPIPE_WECHAT_PAGE_BASE",
+                    format!("http://127.0.0.1:{page_port}"),
+                ),
+                ("WXPIPE_PUBLIC_BASE_URL", ingress.clone()),
+                ("WXPIPE_INGRESS_ADDR", format!("127.0.0.1:{ingress_port}")),
+                ("WXPIPE_ADMIN_TOKEN", crate::harness::ADMIN_TOKEN.to_owned()),
+                ("WXPIPE_SIM_API_ADDR", format!("127.0.0.1:{api_port}")),
+                ("WXPIPE_SIM_PAGE_ADDR", format!("127.0.0.1:{page_port}")),
+                ("WXPIPE_SIM_INGRESS_URL", ingress.clone()),
+                ("WXPIPE_DEDUP_CLAIM_SECS", "5".to_owned()),
+                // Tokens that expire within the run, superseded ones refused 2 s after: a token
+                // served past its time is refused by the simulator and counted.
+                ("WXPIPE_SIM_AUTHORIZER_TOKEN_TTL", "30s".to_owned()),
+                ("WXPIPE_SIM_COMPONENT_TOKEN_TTL", "60s".to_owned()),
+                ("WXPIPE_SIM_SUPERSEDE_GRACE", "2s".to_owned()),
+                ("WXPIPE_REFRESH_MARGIN_SECS", "10".to_owned()),
+                ("WXPIPE_SIM_DAILY_QUOTA", "1000000".to_owned()),
+                ("WXPIPE_FAULT_PANIC_ON", marker.clone()),
+                ("WXPIPE_LOG_FORMAT", "json".to_owned()),
+                (
+                    "RUST_LOG",
+                    std::env::var("WXPIPE_FAULTS_LOG").unwrap_or_else(|_| "warn".into()),
+                ),
+            ])
+            .map(|(k, v)| (k.to_owned(), v))
+            .collect();
         let downstream = t.queue("downstream");
         bind_queue(&downstream, &t.ns.events(), &["authorizer.#"]).await?;
         let logs = dir.join("logs");

@@ -238,6 +238,9 @@ async fn two_hundred_thousand_letters_cost_the_scheduler_bounded_memory() {
         wxpipe_tests::harness::ready_within(&admin, Duration::from_secs(20)).await,
         "the scheduler's admin API"
     );
+    // The scheduler's own start-up (its first ticks, its connections) settles first, so that
+    // what grows after is the listing's.
+    tokio::time::sleep(Duration::from_secs(3)).await;
     let before = peak_rss(pid);
     let started = Instant::now();
     let (status, listing) = wxpipe_tests::harness::admin_get(&admin, "/v1/dlq").await;

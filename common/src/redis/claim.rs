@@ -260,15 +260,9 @@ impl Claim {
     /// Releases the claim if it is still ours. On a Redis error the claim is handed back, still
     /// renewable and releasable: Redis may still hold it for us.
     pub async fn release_or_keep(self) -> Result<(), (Claim, RedisError)> {
-        let outcome = release(&self.pool, &self.key, &self.value).await;
-        match outcome {
-            Ok(_) => {
-                let mut done = self;
-                if let Some(r) = done.renewal.take() {
-                    r.abort();
-                }
-                Ok(())
-            }
+        // Dropped once released: its renewal, if any, stops with it.
+        match release(&self.pool, &self.key, &self.value).await {
+            Ok(_) => Ok(()),
             Err(e) => Err((self, e)),
         }
     }

@@ -1,9 +1,9 @@
 //! The dead-letter queue as data: list, show, replay and purge `{ns}.dead`, behind both
 //! `workers dlq` (which prints the results) and the console's JSON endpoints.
 //!
-//! Reading a queue without losing it, in bounded memory: a [`Reader`] takes the letters the
-//! queue held when the call started with `basic.get` *without* acknowledging them, a window at a
-//! time, and keeps none of them; replayed ones are acked one by one after their republish is
+//! Reading a queue without losing it, in bounded memory: a [`Reader`] has the letters the queue
+//! held when the call started delivered *unacknowledged*, a window per consumer, and keeps none
+//! of them; replayed ones are acked one by one after their republish is
 //! confirmed; at the end every other one is returned to the queue at once
 //! ([`super::reader`]). A report lists at most [`SHOWN`] letters and counts them all.
 
@@ -213,7 +213,7 @@ impl DeadLetters {
     pub async fn list(&self) -> Result<Listing, DlqError> {
         let queue = self.queue();
         let n = self.depth().await?;
-        let mut reader = Reader::new(&self.conn, &queue, n as usize);
+        let mut reader = Reader::new(&self.conn, &queue, n as usize, n as usize);
         let mut groups: BTreeMap<(String, String), Group> = BTreeMap::new();
         let mut total = 0;
         let read = loop {
@@ -261,7 +261,7 @@ impl DeadLetters {
                 "{queue} holds {n} letters; there is no #{position}"
             )));
         }
-        let mut reader = Reader::new(&self.conn, &queue, position);
+        let mut reader = Reader::new(&self.conn, &queue, position, n as usize);
         let mut seen = 0;
         let found = loop {
             match reader.next().await {
@@ -314,7 +314,10 @@ impl DeadLetters {
             Some(p)
         };
         let (n, mut reader) = match self.depth().await {
-            Ok(n) => (n as usize, Reader::new(&self.conn, &queue, n as usize)),
+            Ok(n) => (
+                n as usize,
+                Reader::new(&self.conn, &queue, n as usize, n as usize),
+            ),
             Err(e) => {
                 if let Some(p) = publisher {
                     p.close().await;

@@ -65,11 +65,16 @@ pub struct Reader<'a> {
     deliveries: SelectAll<Consumer>,
     /// Letters read and not settled by the caller.
     held: usize,
+    /// Letters ready in the queue when the caller counted them.
+    counted: usize,
+    /// Letters the caller settled (acknowledged: they are gone).
+    settled: usize,
 }
 
 impl<'a> Reader<'a> {
-    /// A reader of at most `max` letters of `queue`, on channels of its own on `conn`.
-    pub fn new(conn: &'a Connection, queue: &str, max: usize) -> Self {
+    /// A reader of at most `max` letters of `queue`, which held `counted` ready letters when
+    /// the caller looked, on channels of its own on `conn`.
+    pub fn new(conn: &'a Connection, queue: &str, max: usize, counted: usize) -> Self {
         Self {
             conn,
             queue: queue.to_owned(),
@@ -79,6 +84,8 @@ impl<'a> Reader<'a> {
             channels: Vec::new(),
             deliveries: SelectAll::new(),
             held: 0,
+            counted,
+            settled: 0,
         }
     }
 
@@ -152,10 +159,15 @@ impl<'a> Reader<'a> {
     /// Tells the reader the caller acknowledged one letter it read (it is not given back).
     pub fn settled(&mut self) {
         self.held = self.held.saturating_sub(1);
+        self.settled += 1;
     }
 
-    /// Ready letters in the queue now.
+    /// Ready letters in the queue now, asked on the first consumer's channel (a channel of
+    /// its own only before there is one).
     async fn depth(&self) -> Result<u32, DlqError> {
+        if let Some((ch, _)) = self.channels.first() {
+            return depth(ch, &self.queue).await;
+        }
         let ch = self.conn.create_channel().await?;
         let n = depth(&ch, &self.queue).await;
         close(ch).await;
@@ -164,7 +176,7 @@ impl<'a> Reader<'a> {
 
     /// Hands every letter read and not settled back to the queue (each consumer cancelled
     /// first, then one nack for all of its channel's), waits (up to 10 s) until the queue counts
-    /// them ready again, and closes the channels.
+    /// ready again every letter it held when counted but those settled, and closes the channels.
     pub async fn give_back(mut self) {
         for (ch, tag) in &self.channels {
             let cancelled = ch.basic_cancel(tag.as_str().into(), BasicCancelOptions::default());
@@ -186,9 +198,10 @@ impl<'a> Reader<'a> {
         }
         // Dropped only now: dropping an active consumer cancels it without waiting for the answer.
         drop(std::mem::take(&mut self.deliveries));
-        let expected = self.held;
+        // Not the letters held alone: the queue's count already includes the letters not read.
+        let expected = self.counted.saturating_sub(self.settled);
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        while expected > 0 && tokio::time::Instant::now() < deadline {
+        while self.held > 0 && tokio::time::Instant::now() < deadline {
             match self.depth().await {
                 Ok(n) if n as usize >= expected => break,
                 Ok(_) => tokio::time::sleep(Duration::from_millis(20)).await,
