@@ -206,7 +206,7 @@ async fn a_shard_count_that_disagrees_with_the_broker_is_named() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.contains("WXPIPE_RAW_SHARDS=3") && e.contains("Scaling out"),
+        e.contains("WXPIPE_RAW_SHARDS=3") && e.contains("docs/scaling-out.md"),
         "{e}"
     );
 }
