@@ -541,3 +541,225 @@ async fn passive_replies_for_any_account_at_run_time_and_the_account_list_pages(
     p.stop().await;
     sim.stop().await;
 }
+
+/// Each API gets the token its documentation names, under that name, as it arrives at WeChat
+/// (`workers/src/gateway/credential.rs`): the template library the component token as
+/// `access_token` (the simulator, like WeChat's documentation, takes no other name there), the
+/// component's web-login APIs `component_access_token` and `component_appid`, and the user-token
+/// APIs (`sns/userinfo`, `sns/auth`) the caller's own user token and never one of ours — a
+/// refusal of it is the caller's answer, not a reason to refresh the account's token.
+#[tokio::test]
+async fn each_api_gets_the_token_it_documents_and_user_tokens_pass_through() {
+    let t = TestNs::new("t-gateway-credentials");
+    let (sim, p, appid, gw_handle, gw) = platform(&t).await;
+    let (_, component) = admin_get(&p.admin, "/v1/component/access_token").await;
+    let component = component["access_token"].as_str().unwrap().to_owned();
+    let (_, account) = admin_get(&p.admin, &format!("/v1/authorizers/{appid}/access_token")).await;
+    let account = account["access_token"].as_str().unwrap().to_owned();
+
+    // The template library, end to end: drafts → a template → listed → deleted.
+    let before = sim.gateway_requests().len();
+    let v: Value = get(
+        format!("{gw}/v1/wechat/component/wxa/gettemplatedraftlist"),
+        ADMIN_TOKEN,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["errcode"], 0, "{v}");
+    assert_eq!(v["draft_list"].as_array().map(Vec::len), Some(2), "{v}");
+    let (_, v) = call(
+        &gw,
+        ADMIN_TOKEN,
+        "/v1/wechat/component/wxa/addtotemplate",
+        json!({ "draft_id": 1, "template_type": 0 }),
+    )
+    .await;
+    assert_eq!(v["errcode"], 0, "{v}");
+    let v: Value = get(
+        format!("{gw}/v1/wechat/component/wxa/gettemplatelist?template_type=0"),
+        ADMIN_TOKEN,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    let template = &v["template_list"][0];
+    assert_eq!(template["user_version"], "1.1.0", "{v}");
+    let (_, v) = call(
+        &gw,
+        ADMIN_TOKEN,
+        "/v1/wechat/component/wxa/deletetemplate",
+        json!({ "template_id": template["template_id"] }),
+    )
+    .await;
+    assert_eq!(v["errcode"], 0, "{v}");
+    let arrived = sim.gateway_requests();
+    assert_eq!(arrived.len(), before + 4, "{:?}", &arrived[before..]);
+    for r in &arrived[before..] {
+        let query = r.query.as_deref().unwrap_or("");
+        assert!(
+            query.starts_with("access_token=") || query.contains("&access_token="),
+            "{} carried the component token as access_token: {query}",
+            r.path
+        );
+        assert!(!query.contains("component_access_token"), "{query}");
+        assert_eq!(r.tokens, vec![component.clone()], "{}", r.path);
+    }
+
+    // The component's web-login code exchange: component_access_token and component_appid.
+    let before = sim.gateway_requests().len();
+    let _ = get(
+        format!("{gw}/v1/wechat/component/sns/oauth2/component/access_token?appid={appid}&code=CODE&grant_type=authorization_code"),
+        ADMIN_TOKEN,
+    )
+    .await;
+    let sent = &sim.gateway_requests()[before];
+    let pairs: Vec<(String, String)> =
+        url::form_urlencoded::parse(sent.query.as_deref().unwrap_or("").as_bytes())
+            .map(|(k, v)| (k.into_owned(), v.into_owned()))
+            .collect();
+    let value = |k: &str| pairs.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
+    assert_eq!(value("component_access_token"), Some(component.as_str()));
+    assert_eq!(
+        value("component_appid"),
+        Some(wxpipe_tests::test_platform::COMPONENT_APPID)
+    );
+    assert_eq!(
+        (value("appid"), value("code")),
+        (Some(appid.as_str()), Some("CODE"))
+    );
+    assert_eq!(value("access_token"), None);
+
+    // A user's token, through a team key scoped to sns/userinfo.
+    let web = key(
+        &p.admin,
+        json!({ "team": "web", "appids": ["*"], "paths": ["sns/userinfo", "sns/auth"], "rate_per_sec": 100 }),
+    )
+    .await;
+    let mint = |scope: &'static str| {
+        let sim_url = format!("http://{}/sim/users/token", sim.api_addr);
+        let appid = appid.clone();
+        async move {
+            let (_, v) = wxpipe_tests::harness::post_json(
+                &sim_url,
+                "-",
+                json!({ "appid": appid, "scope": scope }),
+            )
+            .await;
+            (
+                v["access_token"].as_str().unwrap().to_owned(),
+                v["openid"].as_str().unwrap().to_owned(),
+            )
+        }
+    };
+    let (user, openid) = mint("snsapi_userinfo").await;
+    let (base_user, _) = mint("snsapi_base").await;
+    let userinfo = |query: String| {
+        let url = format!("{gw}/v1/wechat/{appid}/sns/userinfo?{query}");
+        let web = web.clone();
+        async move {
+            let r = get(url, &web).await;
+            let status = r.status().as_u16();
+            let retries = r.headers().get("x-wxpipe-retries").cloned();
+            let v: Value = r.json().await.unwrap_or(Value::Null);
+            (status, v, retries)
+        }
+    };
+    let refreshes_before = calls(&sim, "api_authorizer_token");
+    let before = sim.gateway_requests().len();
+    let (s, v, _) = userinfo(format!("access_token={user}&openid={openid}&lang=zh_CN")).await;
+    assert_eq!(
+        (s, v["openid"].as_str()),
+        (200, Some(openid.as_str())),
+        "{v}"
+    );
+    assert_eq!(v["nickname"], "微信用户");
+    let sent = &sim.gateway_requests()[before];
+    assert_eq!(
+        sent.tokens,
+        vec![user.clone()],
+        "only the user's token reached WeChat"
+    );
+    // WeChat's refusals of a user's token are the caller's answer: no retry, no refresh.
+    for (query, errcode) in [
+        (format!("access_token={base_user}&openid={openid}"), 48001),
+        (
+            format!("access_token=not-a-user-token&openid={openid}"),
+            40001,
+        ),
+        (format!("access_token={account}&openid={openid}"), 40001),
+        (format!("access_token={user}&openid=o-someone-else"), 40003),
+    ] {
+        let (s, v, retries) = userinfo(query.clone()).await;
+        assert_eq!(
+            (s, v["errcode"].as_i64()),
+            (200, Some(errcode)),
+            "{query}: {v}"
+        );
+        assert_eq!(
+            retries.as_ref().and_then(|h| h.to_str().ok()),
+            Some("0"),
+            "{query}"
+        );
+    }
+    assert_eq!(
+        calls(&sim, "api_authorizer_token"),
+        refreshes_before,
+        "a refused user token never refreshes the account's"
+    );
+    let (_, stored) = admin_get(&p.admin, &format!("/v1/authorizers/{appid}/access_token")).await;
+    assert_eq!(
+        stored["access_token"],
+        account.as_str(),
+        "the account's token was kept"
+    );
+    let v: Value = get(
+        format!("{gw}/v1/wechat/{appid}/sns/auth?access_token={user}&openid={openid}"),
+        &web,
+    )
+    .await
+    .json()
+    .await
+    .unwrap();
+    assert_eq!(v["errcode"], 0, "{v}");
+
+    // Hostile inputs: what WeChat receives (the simulator records every token value a request
+    // carried), or that nothing was sent.
+    for (query, status, on_the_wire) in [
+        // No user token: refused, nothing sent.
+        (format!("openid={openid}"), 400, None),
+        ("access_token=&openid=x".to_owned(), 400, None),
+        // Two user tokens: which one WeChat would use is not ours to guess.
+        (
+            format!("access_token={user}&access_token={base_user}&openid={openid}"),
+            400,
+            None,
+        ),
+        // A component token slipped in beside the user's is dropped.
+        (
+            format!("access_token={user}&component_access_token={component}&openid={openid}"),
+            200,
+            Some(vec![user.clone()]),
+        ),
+        // An encoded name is the same name.
+        (
+            format!("%61ccess_token={user}&openid={openid}"),
+            200,
+            Some(vec![user.clone()]),
+        ),
+    ] {
+        let before = sim.gateway_requests().len();
+        let (s, v, _) = userinfo(query.clone()).await;
+        assert_eq!(s, status, "{query}: {v}");
+        let arrived = sim.gateway_requests();
+        match on_the_wire {
+            None => assert_eq!(arrived.len(), before, "{query} reached WeChat"),
+            Some(tokens) => assert_eq!(arrived[before].tokens, tokens, "{query}"),
+        }
+    }
+    gw_handle.stop().await;
+    p.stop().await;
+    sim.stop().await;
+}

@@ -70,6 +70,8 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .route("/cgi-bin/openapi/quota/get", post(quota_get))
         .route("/cgi-bin/openapi/rid/get", post(rid_get))
         .route("/cgi-bin/clear_quota", post(account_clear_quota))
+        .merge(super::library::routes())
+        .merge(super::users::routes())
         // Any other API: the token is checked and the call recorded (for the gateway's tests).
         .fallback(generic)
 }

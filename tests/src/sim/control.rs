@@ -24,6 +24,7 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .route("/sim/push/text", post(push_text))
         .route("/sim/push/event", post(push_event))
         .route("/sim/release-test", post(release_test))
+        .route("/sim/users/token", post(super::users::mint))
 }
 
 async fn stats(State(sim): State<Arc<SimShared>>) -> Json<Value> {

@@ -12,11 +12,13 @@
 
 pub mod api;
 pub mod control;
+pub mod library;
 pub mod load;
 pub mod pages;
 pub mod pusher;
 pub mod release;
 pub mod state;
+pub mod users;
 
 use crate::push::PushBuilder;
 use state::{Rules, State};
@@ -94,6 +96,10 @@ pub struct SimShared {
     pub faults: Faults,
     pub pusher: pusher::Pusher,
     pub config: SimConfig,
+    /// The platform's template library (protocol.md §8).
+    pub library: Mutex<library::Library>,
+    /// WeChat users' own tokens (web login, protocol.md §9).
+    pub users: Mutex<users::Users>,
 }
 
 impl SimShared {
@@ -213,6 +219,8 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         },
         pusher: pusher::Pusher::new(&config.ingress_url, builder, state),
         config: config.clone(),
+        library: Mutex::default(),
+        users: Mutex::default(),
     });
     let api_listener = TcpListener::bind(config.api_addr).await?;
     let page_listener = TcpListener::bind(config.page_addr).await?;

@@ -1,11 +1,13 @@
 //! `workers gateway`: the one door to WeChat for every team. `ANY /v1/wechat/{appid}/{path…}`
 //! forwards to `WXPIPE_WECHAT_API_BASE/{path}` with that account's `access_token` attached;
-//! `/v1/wechat/component/{path…}` with the `component_access_token` (and `component_appid`
-//! where the API wants it). Bodies and answers pass through unchanged; a token WeChat refuses
+//! `/v1/wechat/component/{path…}` with the component's token (and `component_appid` where the
+//! API wants it), under the name each API documents; user-token APIs (`sns/userinfo`) carry the
+//! caller's own user token and none of ours ([`credential`]). Bodies and answers pass through unchanged; a token WeChat refuses
 //! (40001/40014/42001) is compare-and-invalidated, refreshed once however many callers hit it,
 //! and the call retried once; -1 is retried with a backoff. Callers present a team's API key
 //! ([`keys`]) or the admin token. Any number of replicas: everything shared is in Redis.
 
+pub mod credential;
 pub mod keys;
 pub mod path;
 pub mod proxy;

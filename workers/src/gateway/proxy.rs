@@ -3,6 +3,7 @@
 //! retry once; -1 → retry with a backoff; anything else → returned as WeChat sent it).
 
 use super::GatewayConfig;
+use super::credential::Credential;
 use super::keys::{KeyStore, Scope};
 use super::path::{self, Destination};
 use axum::body::Bytes;
@@ -220,25 +221,31 @@ impl Gateway {
         Ok(fresh)
     }
 
-    /// The URL of one call: the destination, the caller's query without any token of its own,
-    /// plus ours (and `component_appid` on `sns/component/*`).
+    /// The URL of one call: the destination and the caller's query, with the token the path's
+    /// rule says ([`Credential`]): ours under its name (any token of the caller's own dropped,
+    /// `component_appid` added where the rule wants it), or the caller's user token as sent.
     fn url(
         &self,
-        target: &Target,
+        credential: Credential,
         dest: &Destination,
         query: Option<&str>,
-        token: &StoredToken,
+        token: Option<&StoredToken>,
     ) -> url::Url {
-        let (name, extra) = match target {
-            Target::Component => (
-                "component_access_token",
-                dest.path
-                    .starts_with("sns/component/")
-                    .then_some(("component_appid", self.component_appid.as_str())),
+        match (credential, token) {
+            (
+                Credential::Ours {
+                    name,
+                    component_appid,
+                },
+                Some(token),
+            ) => with_query(
+                &dest.url,
+                query,
+                (name, token.access_token.expose()),
+                component_appid.then_some(("component_appid", self.component_appid.as_str())),
             ),
-            Target::Authorizer(_) => ("access_token", None),
-        };
-        with_query(&dest.url, query, (name, token.access_token.expose()), extra)
+            _ => with_callers_token(&dest.url, query),
+        }
     }
 
     /// The component APIs under `cgi-bin/component/` want `component_appid` in their JSON body;
@@ -264,6 +271,32 @@ impl Gateway {
 
 /// The names under which a caller could slip a token of its own past ours.
 const TOKEN_NAMES: [&str; 2] = ["access_token", "component_access_token"];
+
+/// `base` with the caller's `query` re-encoded, its `access_token` (a WeChat user's) kept and
+/// any `component_access_token` dropped: a user-token API never receives the component's.
+pub fn with_callers_token(base: &url::Url, query: Option<&str>) -> url::Url {
+    let mut url = base.clone();
+    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k != "component_access_token")
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect();
+    url.query_pairs_mut().clear().extend_pairs(&pairs);
+    if pairs.is_empty() {
+        url.set_query(None);
+    }
+    url
+}
+
+/// The caller's own non-empty `access_token` in `query`, if it sent exactly one.
+fn callers_token(query: Option<&str>) -> Option<String> {
+    let mut given = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| k == "access_token")
+        .map(|(_, v)| v.into_owned());
+    match (given.next(), given.next()) {
+        (Some(t), None) if !t.is_empty() => Some(t),
+        _ => None,
+    }
+}
 
 /// `base` with the caller's `query` (every pair but a token of its own, re-encoded), our token
 /// pair, and `extra` unless the caller named it.
@@ -458,15 +491,31 @@ pub async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         }
     };
     let path = dest.path.as_str();
-    let mut token = match gw.token(&target).await {
-        Ok(t) => t,
-        Err(e) => return token_error(&caller.team, e),
+    let credential = Credential::for_call(matches!(target, Target::Component), path);
+    let mut token = match credential {
+        Credential::Ours { .. } => match gw.token(&target).await {
+            Ok(t) => Some(t),
+            Err(e) => return token_error(&caller.team, e),
+        },
+        Credential::Callers => {
+            if callers_token(uri.query()).is_none() {
+                return refuse(
+                    StatusCode::BAD_REQUEST,
+                    &caller.team,
+                    "bad_request",
+                    format!(
+                        "{path} takes a WeChat user's access_token (from web login) in the query, exactly one; the gateway never attaches an account's token to it"
+                    ),
+                );
+            }
+            None
+        }
     };
     let body = gw.body(&target, path, &headers, &body);
     let content_type = headers.get(header::CONTENT_TYPE);
     let (mut retries, mut replaced, mut busy) = (0u32, false, 0u32);
     let (answer, errcode) = loop {
-        let url = gw.url(&target, &dest, uri.query(), &token);
+        let url = gw.url(credential, &dest, uri.query(), token.as_ref());
         let answer = match send(&gw, &method, url, content_type, body.clone()).await {
             Ok(a) => a,
             Err(e) => {
@@ -487,12 +536,16 @@ pub async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         };
         let errcode = answer.errcode();
         match errcode {
-            Some(code) if REFUSED_TOKEN.contains(&code) && !replaced => {
+            // Ours was refused: replaced once. (A user's token refused is the caller's answer.)
+            Some(code) if REFUSED_TOKEN.contains(&code) && !replaced && token.is_some() => {
                 replaced = true;
                 retries += 1;
                 metrics::counter!("wxpipe_gateway_retries_total", "team" => caller.team.clone(), "reason" => "refused_token").increment(1);
-                token = match gw.replace(&target, &token).await {
-                    Ok(t) => t,
+                let Some(refused) = token.as_ref() else {
+                    break (answer, errcode);
+                };
+                token = match gw.replace(&target, refused).await {
+                    Ok(t) => Some(t),
                     Err(e) => return token_error(&caller.team, e),
                 };
             }
