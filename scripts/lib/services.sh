@@ -8,6 +8,9 @@ if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 say() { printf '\033[1m==>\033[0m %s\n' "$*"; }
 die() { printf 'error: %s\n' "$*" >&2; exit 1; }
 
+# Prints a Python expression of `d`, the JSON document on stdin: json 'd["expires_at"]'.
+json() { python3 -c "import json,sys; d=json.load(sys.stdin); print(eval(sys.argv[1]))" "$1"; }
+
 port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 wait_for_port() { # port seconds name

@@ -705,7 +705,8 @@ async fn one(stack: &mut Stack, plan: &Plan, fault: Fault) -> anyhow::Result<Row
             format!("authorizer:{appid}:msg:{id}")
         })
         .collect();
-    let mut events = Vec::new();
+    // The id of every event taken, duplicates included.
+    let mut ids = Vec::new();
     let mut arrived = HashSet::new();
     let settle_start = Instant::now();
     let mut last_arrival = Instant::now();
@@ -714,12 +715,10 @@ async fn one(stack: &mut Stack, plan: &Plan, fault: Fault) -> anyhow::Result<Row
         if !batch.is_empty() {
             last_arrival = Instant::now();
         }
-        for e in &batch {
-            if let Some(id) = event_id(&e.body) {
-                arrived.insert(id);
-            }
+        for id in batch.iter().filter_map(|e| event_id(&e.body)) {
+            arrived.insert(id.clone());
+            ids.push(id);
         }
-        events.extend(batch);
         let raw_left = message_count(&stack.t.ns.raw()).await.unwrap_or(1);
         if expected.is_subset(&arrived)
             && raw_left == 0
@@ -730,7 +729,7 @@ async fn one(stack: &mut Stack, plan: &Plan, fault: Fault) -> anyhow::Result<Row
     }
     let mut seen = HashSet::new();
     let mut ours = 0u64;
-    for id in events.iter().filter_map(|e| event_id(&e.body)) {
+    for id in ids {
         if expected.contains(&id) {
             ours += 1;
             seen.insert(id);

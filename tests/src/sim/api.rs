@@ -174,13 +174,9 @@ async fn call(
         state.count_error(api, &BUSY);
         return Json(err(&BUSY));
     }
-    let parsed: Value = match serde_json::from_slice(body) {
+    let parsed = match parse_body(body) {
         Ok(v) => v,
-        Err(_) => {
-            let e = ApiError {
-                errcode: 47001,
-                errmsg: "data format error",
-            };
+        Err(e) => {
             state.count_error(api, &e);
             return Json(err(&e));
         }
@@ -188,14 +184,24 @@ async fn call(
     let result = state
         .count_call(api)
         .and_then(|()| rule(&mut state, &parsed));
-    match result {
-        // WeChat omits errcode on success for most calls; the rules answer as it does.
-        Ok(v) => Json(v),
-        Err(e) => {
-            state.count_error(api, &e);
-            Json(err(&e))
-        }
+    if let Err(e) = &result {
+        state.count_error(api, e);
     }
+    answer(result)
+}
+
+/// A JSON body, or WeChat's 47001.
+pub(super) fn parse_body(body: &Bytes) -> Result<Value, ApiError> {
+    serde_json::from_slice(body).map_err(|_| ApiError {
+        errcode: 47001,
+        errmsg: "data format error",
+    })
+}
+
+/// A rule's answer: its JSON (WeChat omits errcode on success for most calls; the rules answer
+/// as it does), or the error as WeChat encodes it.
+pub(super) fn answer(result: Result<Value, ApiError>) -> Json<Value> {
+    Json(result.unwrap_or_else(|e| err(&e)))
 }
 
 async fn component_token(AxState(sim): AxState<Arc<SimShared>>, body: Bytes) -> Json<Value> {

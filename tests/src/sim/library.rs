@@ -5,6 +5,7 @@
 //! 41001 (access_token missing), which is how a wrong rule shows on the wire.
 
 use super::SimShared;
+use super::api::{answer, parse_body};
 use super::state::{ApiError, INVALID_ARGS, TOKEN_MISSING, TokenKind};
 use axum::Router;
 use axum::body::Bytes;
@@ -67,17 +68,6 @@ fn component(sim: &SimShared, api: &str, q: &HashMap<String, String>) -> Result<
     checked
 }
 
-fn answer(result: Result<Value, ApiError>) -> Json<Value> {
-    Json(result.unwrap_or_else(|e| json!({ "errcode": e.errcode, "errmsg": e.errmsg })))
-}
-
-fn body_of(body: &Bytes) -> Result<Value, ApiError> {
-    serde_json::from_slice(body).map_err(|_| ApiError {
-        errcode: 47001,
-        errmsg: "data format error",
-    })
-}
-
 async fn draft_list(State(sim): State<Arc<SimShared>>, q: Q) -> Json<Value> {
     answer(component(&sim, "wxa_gettemplatedraftlist", &q).map(|()| {
         let lib = sim.library.lock().expect("library");
@@ -101,7 +91,7 @@ async fn template_list(State(sim): State<Arc<SimShared>>, q: Q) -> Json<Value> {
 /// `{draft_id, template_type?}`; the answer carries no template_id (list again), as WeChat's.
 async fn add_to_template(State(sim): State<Arc<SimShared>>, q: Q, body: Bytes) -> Json<Value> {
     answer(component(&sim, "wxa_addtotemplate", &q).and_then(|()| {
-        let b = body_of(&body)?;
+        let b = parse_body(&body)?;
         let draft_id = b["draft_id"].as_u64().ok_or(INVALID_ARGS)?;
         let mut lib = sim.library.lock().expect("library");
         let draft = lib
@@ -122,7 +112,7 @@ async fn add_to_template(State(sim): State<Arc<SimShared>>, q: Q, body: Bytes) -
 
 async fn delete_template(State(sim): State<Arc<SimShared>>, q: Q, body: Bytes) -> Json<Value> {
     answer(component(&sim, "wxa_deletetemplate", &q).and_then(|()| {
-        let b = body_of(&body)?;
+        let b = parse_body(&body)?;
         let id = b["template_id"].as_u64().ok_or(INVALID_ARGS)?;
         let mut lib = sim.library.lock().expect("library");
         let before = lib.templates.len();

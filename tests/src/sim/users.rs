@@ -5,6 +5,7 @@
 //! (`POST /sim/users/token {appid, openid?, scope?}`).
 
 use super::SimShared;
+use super::api::answer;
 use super::state::{ApiError, INVALID_CREDENTIAL, TOKEN_EXPIRED, TOKEN_MISSING};
 use axum::Router;
 use axum::extract::{Query, State};
@@ -103,10 +104,6 @@ fn user<T>(
         st.count_error(api, e);
     }
     checked
-}
-
-fn answer(result: Result<Value, ApiError>) -> Json<Value> {
-    Json(result.unwrap_or_else(|e| json!({ "errcode": e.errcode, "errmsg": e.errmsg })))
 }
 
 /// `GET sns/userinfo?access_token=USER_TOKEN&openid&lang`: the profile (no errcode on success).

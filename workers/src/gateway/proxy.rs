@@ -276,15 +276,21 @@ const TOKEN_NAMES: [&str; 2] = ["access_token", "component_access_token"];
 /// any `component_access_token` dropped: a user-token API never receives the component's.
 pub fn with_callers_token(base: &url::Url, query: Option<&str>) -> url::Url {
     let mut url = base.clone();
-    let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .filter(|(k, _)| k != "component_access_token")
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let pairs = query_pairs(query, &["component_access_token"]);
     url.query_pairs_mut().clear().extend_pairs(&pairs);
     if pairs.is_empty() {
         url.set_query(None);
     }
     url
+}
+
+/// The caller's `query`, decoded, without any pair named in `drop` (decoded names: `%61ccess_token`
+/// is `access_token`).
+fn query_pairs(query: Option<&str>, drop: &[&str]) -> Vec<(String, String)> {
+    url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
+        .filter(|(k, _)| !drop.contains(&k.as_ref()))
+        .map(|(k, v)| (k.into_owned(), v.into_owned()))
+        .collect()
 }
 
 /// The caller's own non-empty `access_token` in `query`, if it sent exactly one.
@@ -307,10 +313,7 @@ pub fn with_query(
     extra: Option<(&str, &str)>,
 ) -> url::Url {
     let mut url = base.clone();
-    let theirs: Vec<(String, String)> = url::form_urlencoded::parse(query.unwrap_or("").as_bytes())
-        .filter(|(k, _)| !TOKEN_NAMES.contains(&k.as_ref()))
-        .map(|(k, v)| (k.into_owned(), v.into_owned()))
-        .collect();
+    let theirs = query_pairs(query, &TOKEN_NAMES);
     {
         let mut q = url.query_pairs_mut();
         q.clear();
@@ -537,13 +540,13 @@ pub async fn forward(State(gw): State<Arc<Gateway>>, req: Request) -> Response {
         let errcode = answer.errcode();
         match errcode {
             // Ours was refused: replaced once. (A user's token refused is the caller's answer.)
-            Some(code) if REFUSED_TOKEN.contains(&code) && !replaced && token.is_some() => {
-                replaced = true;
-                retries += 1;
-                metrics::counter!("wxpipe_gateway_retries_total", "team" => caller.team.clone(), "reason" => "refused_token").increment(1);
+            Some(code) if REFUSED_TOKEN.contains(&code) && !replaced => {
                 let Some(refused) = token.as_ref() else {
                     break (answer, errcode);
                 };
+                replaced = true;
+                retries += 1;
+                metrics::counter!("wxpipe_gateway_retries_total", "team" => caller.team.clone(), "reason" => "refused_token").increment(1);
                 token = match gw.replace(&target, refused).await {
                     Ok(t) => Some(t),
                     Err(e) => return token_error(&caller.team, e),
