@@ -95,6 +95,14 @@ pub enum Text {
     BadAuthType,
     BadBizAppid,
     TryAgainLater,
+    LoginTitle,
+    LoginErrorTitle,
+    LoginBadLink,
+    LoginBadReturn,
+    LoginBadScope,
+    LoginUnknownAccount,
+    LoginFailed,
+    LoginContinue,
 }
 
 /// The text `key` in `lang`.
@@ -169,6 +177,32 @@ pub fn text(lang: Lang, key: Text) -> &'static str {
         }
         (Lang::Zh, BadBizAppid) => "biz_appid 必须是 AppID（wx 加 16 位十六进制数字）。",
         (Lang::En, BadBizAppid) => "biz_appid must be an appid (wx + 16 hex digits).",
+        (Lang::Zh, LoginTitle) => "微信登录",
+        (Lang::En, LoginTitle) => "WeChat login",
+        (Lang::Zh, LoginErrorTitle) => "登录未完成",
+        (Lang::En, LoginErrorTitle) => "Login not completed",
+        (Lang::Zh, LoginBadLink) => {
+            "此登录链接不是从本平台发起、已过期或已使用。请返回原页面重新登录。"
+        }
+        (Lang::En, LoginBadLink) => {
+            "This login link was not started here, has expired or was already used. Please go back to the page and log in again."
+        }
+        (Lang::Zh, LoginBadReturn) => "登录后要返回的地址未在本平台登记，已拒绝跳转。",
+        (Lang::En, LoginBadReturn) => {
+            "The address to return to after login is not registered with this platform; the login was refused."
+        }
+        (Lang::Zh, LoginBadScope) => "scope 只能是 snsapi_base 或 snsapi_userinfo。",
+        (Lang::En, LoginBadScope) => "scope must be snsapi_base or snsapi_userinfo.",
+        (Lang::Zh, LoginUnknownAccount) => "该公众号未授权给本平台，或不是公众号。",
+        (Lang::En, LoginUnknownAccount) => {
+            "This Official Account has not authorized this platform, or is not an Official Account."
+        }
+        (Lang::Zh, LoginFailed) => "微信未能完成登录，请返回原页面重试。",
+        (Lang::En, LoginFailed) => {
+            "WeChat could not complete the login. Please go back and try again."
+        }
+        (Lang::Zh, LoginContinue) => "正在返回……",
+        (Lang::En, LoginContinue) => "Returning…",
         (Lang::Zh, TryAgainLater) => "服务暂时不可用，请稍后再试。",
         (Lang::En, TryAgainLater) => {
             "The service is unavailable right now; please try again shortly."

@@ -19,6 +19,9 @@
 //! * [`wechat`] — the WeChat API client and its error codes.
 //! * [`telemetry`] — logging and the Prometheus recorder.
 //! * [`beacon`] — each process announces its role and counters in Redis (the console reads them).
+//! * [`team_keys`] — teams' API keys (scopes, rates, web-login return prefixes).
+//! * [`jssdk`] — JS-SDK signatures for pages on the platform's web domains.
+//! * [`web_login`] — web login on behalf of accounts: single-use states and result codes.
 
 pub mod amqp;
 pub mod beacon;
@@ -29,11 +32,14 @@ pub mod event;
 pub mod health;
 pub mod i18n;
 pub mod ids;
+pub mod jssdk;
 pub mod redis;
 pub mod secret;
 pub mod shutdown;
+pub mod team_keys;
 pub mod telemetry;
 pub mod token;
+pub mod web_login;
 pub mod wechat;
 pub mod wire;
 pub mod xml;

@@ -42,6 +42,14 @@ pub struct IngressArgs {
         default_value = "https://mp.weixin.qq.com"
     )]
     pub wechat_page_base: String,
+    /// Where WeChat's web-login page lives (`/connect/oauth2/authorize`, on a different host
+    /// from the authorization pages).
+    #[arg(
+        long,
+        env = "WXPIPE_WECHAT_OPEN_BASE",
+        default_value = "https://open.weixin.qq.com"
+    )]
+    pub wechat_open_base: String,
     /// This platform's public base URL, as WeChat's authorization page redirects back to it
     /// (`{base}/auth/callback`); its host is the "authorization initiation domain".
     #[arg(
@@ -92,6 +100,7 @@ pub struct IngressConfig {
     pub shutdown_grace: Duration,
     pub wechat_api_base: String,
     pub wechat_page_base: String,
+    pub wechat_open_base: String,
     pub public_base_url: String,
     /// The AppSecret, if configured (lets the ingress refresh the component token itself).
     pub component_secret: Option<secrecy::SecretString>,
@@ -123,6 +132,7 @@ impl std::fmt::Debug for IngressConfig {
             .field("shutdown_grace", &self.shutdown_grace)
             .field("wechat_api_base", &self.wechat_api_base)
             .field("wechat_page_base", &self.wechat_page_base)
+            .field("wechat_open_base", &self.wechat_open_base)
             .field("public_base_url", &self.public_base_url)
             .field("component_secret", &self.component_secret)
             .field("refresh_margin", &self.refresh_margin)
@@ -156,6 +166,7 @@ impl IngressArgs {
             shutdown_grace: Duration::from_secs(self.shutdown_grace_secs),
             wechat_api_base: self.wechat.api_base()?,
             wechat_page_base: http_url("WXPIPE_WECHAT_PAGE_BASE", &self.wechat_page_base)?,
+            wechat_open_base: http_url("WXPIPE_WECHAT_OPEN_BASE", &self.wechat_open_base)?,
             public_base_url: http_url("WXPIPE_PUBLIC_BASE_URL", &self.public_base_url)?,
             component_secret: self.service.platform.component_secret().ok(),
             refresh_margin: self.wechat.refresh_margin()?,

@@ -84,6 +84,8 @@ pub async fn serve(
         confirm_timeout: config.publish_timeout,
         declare,
     });
+    let logins = common::web_login::WebLogins::new(redis.clone(), tokens.store.keys.clone());
+    let team_keys = common::team_keys::KeyStore::new(redis.clone(), tokens.store.keys.clone());
     let state = Arc::new(AppState {
         crypt: config.crypt.clone(),
         publisher: publisher.clone(),
@@ -100,6 +102,9 @@ pub async fn serve(
         sync_reply_timeout: config.sync_reply_timeout,
         auth_limits: config.auth,
         auth_texts: config.auth_texts.clone(),
+        wechat_open_base: config.wechat_open_base.clone(),
+        logins,
+        team_keys,
     });
     let local = listener.local_addr().ok();
     tracing::info!(addr = ?local, namespace = %config.namespace, "ingress listening");

@@ -25,6 +25,12 @@ pub struct AppState {
     pub sync_reply_timeout: Duration,
     pub auth_limits: crate::routes::auth::AuthLimits,
     pub auth_texts: crate::routes::auth_page::AuthTexts,
+    /// Where WeChat's web-login page lives (`WXPIPE_WECHAT_OPEN_BASE`).
+    pub wechat_open_base: String,
+    /// Web logins' states and result codes.
+    pub logins: common::web_login::WebLogins,
+    /// Teams' keys (their `return_to` prefixes).
+    pub team_keys: common::team_keys::KeyStore,
 }
 
 pub type SharedState = Arc<AppState>;

@@ -38,6 +38,7 @@ pub fn test_config(ns: &Namespace, amqp_urls: Vec<String>) -> IngressConfig {
         shutdown_grace: Duration::from_secs(10),
         wechat_api_base: "http://127.0.0.1:9".into(),
         wechat_page_base: "http://127.0.0.1:9".into(),
+        wechat_open_base: "http://127.0.0.1:9".into(),
         public_base_url: "http://127.0.0.1:8080".into(),
         component_secret: None,
         refresh_margin: Duration::from_secs(600),
@@ -297,6 +298,7 @@ pub fn ingress_config_with_sim(
     let mut c = test_config(ns, vec![crate::amqp_url()]);
     c.wechat_api_base = sim.api_base();
     c.wechat_page_base = sim.page_base();
+    c.wechat_open_base = sim.page_base();
     c.public_base_url = public_base_url.to_owned();
     c.component_secret = Some(test_platform::COMPONENT_SECRET.to_owned().into());
     c
@@ -420,6 +422,9 @@ pub async fn spawn_gateway(
     spawn_gateway_limited(tokens, api_base, common::edge::Limits::default()).await
 }
 
+/// The test platform's 公众号开发域名 (`WXPIPE_WEB_DOMAINS` of the test gateways).
+pub const WEB_DOMAIN: &str = "h5.wxpipe.test";
+
 /// [`spawn_gateway`] with the listener's limits.
 pub async fn spawn_gateway_limited(
     tokens: std::sync::Arc<common::token::TokenService>,
@@ -436,6 +441,7 @@ pub async fn spawn_gateway_limited(
         max_body_bytes: 20 * 1024 * 1024,
         timeout: Duration::from_secs(10),
         limits,
+        web_domains: common::jssdk::WebDomains::parse(WEB_DOMAIN).expect("literal"),
     };
     let (stop, rx) = tokio::sync::watch::channel(false);
     let task = tokio::spawn(async move {

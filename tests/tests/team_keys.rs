@@ -23,6 +23,7 @@ fn scope() -> Scope {
         paths: vec!["cgi-bin/message/custom/send".into()],
         rate_per_sec: 10,
         raw_tokens: false,
+        return_to: vec![],
     }
 }
 

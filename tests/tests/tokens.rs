@@ -370,6 +370,34 @@ async fn tokens_and_refresh_tokens_come_back_after_redis_is_flushed() {
         ready(N),
     )
     .await;
+    // Each account's jsapi_ticket is fetched once its token is stored.
+    let appids: Vec<common::ids::AppId> = sim
+        .shared
+        .state
+        .lock()
+        .unwrap()
+        .authorizers
+        .keys()
+        .map(|a| a.parse().unwrap())
+        .collect();
+    let tickets_stored = || {
+        let (store, appids) = (s.tokens.store.clone(), appids.clone());
+        move || {
+            let (store, appids) = (store.clone(), appids.clone());
+            async move {
+                for a in &appids {
+                    store.js_ticket(a, "jsapi").await.ok()??;
+                }
+                Some(())
+            }
+        }
+    };
+    eventually(
+        Duration::from_secs(20),
+        "every account's jsapi_ticket",
+        tickets_stored(),
+    )
+    .await;
     let before = sim.stats();
 
     // Redis loses everything of this platform (a FLUSHALL, for this namespace's keys only, so
@@ -381,6 +409,20 @@ async fn tokens_and_refresh_tokens_come_back_after_redis_is_flushed() {
         ready(N),
     )
     .await;
+    // The tickets come back with the tokens (the restored tokens put the accounts back on the
+    // ticket schedule): WeChat hands back the same, still valid tickets.
+    eventually(
+        Duration::from_secs(20),
+        "the tickets restored",
+        tickets_stored(),
+    )
+    .await;
+    for a in &appids {
+        let stored = s.tokens.store.js_ticket(a, "jsapi").await.unwrap().unwrap();
+        let issued = sim.shared.tickets.lock().unwrap().issued[a.as_str()].clone();
+        assert_eq!(issued.len(), 1, "{a}: no new ticket was needed");
+        assert_eq!(stored.ticket.expose(), issued[0].ticket);
+    }
     let after = sim.stats();
     assert_eq!(
         after["calls"]["api_query_auth"], before["calls"]["api_query_auth"],

@@ -134,6 +134,31 @@ impl Keys {
         format!("{}due:attempts", self.in_bucket(b))
     }
 
+    /// `…:{aNN}:tickets:{appid}`: a hash with the account's JS-SDK tickets (`jsapi`,
+    /// `wx_card`), each with when it was first seen, when it really expires and when it was
+    /// last fetched (`{kind}_first_seen`, `{kind}_expires_at`, `{kind}_fetched_at`).
+    pub fn tickets(&self, appid: &str) -> String {
+        format!("{}tickets:{appid}", self.in_bucket(bucket(appid)))
+    }
+
+    /// `…:{aNN}:lock:tickets:{appid}`: the lock of the account's ticket refresh (in its
+    /// tickets' slot: the fenced write checks it).
+    pub fn tickets_lock(&self, appid: &str) -> String {
+        format!("{}lock:tickets:{appid}", self.in_bucket(bucket(appid)))
+    }
+
+    /// `…:{aNN}:ticket_due`: bucket `b`'s appids by the time (ms) their tickets should be
+    /// fetched.
+    pub fn ticket_due(&self, b: u16) -> String {
+        format!("{}ticket_due", self.in_bucket(b))
+    }
+
+    /// `…:{aNN}:ticket_due:attempts`: bucket `b`'s appid → ticket attempts since the last
+    /// success (the backoff of a failing account).
+    pub fn ticket_due_attempts(&self, b: u16) -> String {
+        format!("{}ticket_due:attempts", self.in_bucket(b))
+    }
+
     /// `…:schedulers`: the live scheduler replicas by when they last announced themselves (ms).
     pub fn schedulers(&self) -> String {
         format!("{}schedulers", self.prefix)
@@ -170,6 +195,18 @@ impl Keys {
     /// `…:authstate:{state}`: an authorization flow started on our page (single use).
     pub fn auth_state(&self, state: &str) -> String {
         format!("{}authstate:{state}", self.prefix)
+    }
+
+    /// `…:oauth:state:{state}`: a web login started on the ingress, until WeChat sends the
+    /// user back (single use, 10 minutes).
+    pub fn oauth_state(&self, state: &str) -> String {
+        format!("{}oauth:state:{state}", self.prefix)
+    }
+
+    /// `…:oauth:result:{code}`: who logged in, until the team redeems the one-time code
+    /// (single use, 5 minutes).
+    pub fn oauth_result(&self, code: &str) -> String {
+        format!("{}oauth:result:{code}", self.prefix)
     }
 
     /// `…:procs`: live processes by when they last announced themselves (ms), see
@@ -278,6 +315,10 @@ mod tests {
             keys.due_attempts(b),
             keys.authorizers(b),
             keys.bucket_lease(b),
+            keys.tickets(appid),
+            keys.tickets_lock(appid),
+            keys.ticket_due(b),
+            keys.ticket_due_attempts(b),
         ] {
             assert!(k.starts_with("wxpipe:wx134c8103faa5a59e:"), "{k}");
             assert!(k.contains(tag), "{k}");

@@ -167,7 +167,10 @@ impl TokenService {
     }
 
     /// `appid`'s record, unless it is unknown or revoked.
-    async fn active_record(&self, appid: &AppId) -> Result<super::AuthorizerRecord, TokenError> {
+    pub(super) async fn active_record(
+        &self,
+        appid: &AppId,
+    ) -> Result<super::AuthorizerRecord, TokenError> {
         let record = self
             .store
             .authorizer(appid)

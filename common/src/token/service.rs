@@ -44,6 +44,8 @@ pub enum TokenError {
     Unknown(String),
     #[error("{0} has revoked the authorization")]
     Revoked(String),
+    #[error("{0} needs no {1} ticket (a mini program, or no card permission for wx_card)")]
+    NoTicketNeeded(String, &'static str),
     #[error("{0} has no refresh token (it is being restored from api_get_authorizer_list)")]
     NoRefreshToken(String),
     #[error(

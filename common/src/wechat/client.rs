@@ -35,6 +35,30 @@ pub struct AuthorizerGrant {
     pub authorizer_refresh_token: Token,
 }
 
+/// What `getticket` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct TicketGrant {
+    pub ticket: Token,
+    pub expires_in: i64,
+}
+
+/// What `sns/oauth2/component/access_token` returns: a user's token and who the user is.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+pub struct OauthGrant {
+    pub access_token: Token,
+    #[serde(default)]
+    pub expires_in: i64,
+    #[serde(default)]
+    pub refresh_token: Option<Token>,
+    pub openid: String,
+    #[serde(default)]
+    pub scope: String,
+    #[serde(default)]
+    pub unionid: Option<String>,
+    #[serde(default)]
+    pub is_snapshotuser: Option<i64>,
+}
+
 /// One entry of `api_get_authorizer_list`.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 pub struct ListedAuthorizer {
@@ -110,16 +134,40 @@ impl WechatClient {
         token: Option<(&str, &str)>,
         body: Value,
     ) -> Result<Value, WechatError> {
+        self.call(api, path, token.as_slice(), Some(body)).await
+    }
+
+    /// GETs `path?{query}` and returns the JSON answer, or the errcode.
+    async fn get(
+        &self,
+        api: &'static str,
+        path: &str,
+        query: &[(&str, &str)],
+    ) -> Result<Value, WechatError> {
+        self.call(api, path, query, None).await
+    }
+
+    /// One call: a POST of `body` when there is one, else a GET; `query` form-encoded.
+    async fn call(
+        &self,
+        api: &'static str,
+        path: &str,
+        query: &[(&str, &str)],
+        body: Option<Value>,
+    ) -> Result<Value, WechatError> {
         let mut url = format!("{}{path}", self.base);
-        if let Some((param, value)) = token {
+        if !query.is_empty() {
             url.push('?');
             url.push_str(
                 &url::form_urlencoded::Serializer::new(String::new())
-                    .append_pair(param, value)
+                    .extend_pairs(query)
                     .finish(),
             );
         }
-        let req = self.http.post(url).json(&body);
+        let req = match body {
+            Some(body) => self.http.post(url).json(&body),
+            None => self.http.get(url),
+        };
         let started = std::time::Instant::now();
         let result = async {
             let resp = req.send().await.map_err(|e| WechatError::Transport {
@@ -328,6 +376,63 @@ impl WechatClient {
         let total = v["total_count"].as_u64().unwrap_or(0);
         let list: Vec<ListedAuthorizer> = Self::field(API, v["list"].take())?;
         Ok((total, list))
+    }
+
+    /// `cgi-bin/ticket/getticket` (protocol.md §9): an account's `jsapi` or `wx_card` ticket,
+    /// with its authorizer token.
+    pub async fn getticket(
+        &self,
+        authorizer_token: &str,
+        kind: &str,
+    ) -> Result<TicketGrant, WechatError> {
+        const API: &str = "getticket";
+        let v = self
+            .get(
+                API,
+                "/cgi-bin/ticket/getticket",
+                &[("access_token", authorizer_token), ("type", kind)],
+            )
+            .await?;
+        Self::field(API, v)
+    }
+
+    /// `sns/oauth2/component/access_token` (protocol.md §9): a web-login `code` of `appid`'s
+    /// user exchanged with the component token.
+    pub async fn oauth_access_token(
+        &self,
+        component_token: &str,
+        appid: &str,
+        code: &str,
+    ) -> Result<OauthGrant, WechatError> {
+        const API: &str = "sns_oauth2_component_access_token";
+        let v = self
+            .get(
+                API,
+                "/sns/oauth2/component/access_token",
+                &[
+                    ("appid", appid),
+                    ("code", code),
+                    ("grant_type", "authorization_code"),
+                    ("component_appid", &self.component_appid),
+                    ("component_access_token", component_token),
+                ],
+            )
+            .await?;
+        Self::field(API, v)
+    }
+
+    /// `sns/userinfo` with a user's own token (protocol.md §9): the profile as WeChat sent it.
+    pub async fn sns_userinfo(&self, user_token: &str, openid: &str) -> Result<Value, WechatError> {
+        self.get(
+            "sns_userinfo",
+            "/sns/userinfo",
+            &[
+                ("access_token", user_token),
+                ("openid", openid),
+                ("lang", "zh_CN"),
+            ],
+        )
+        .await
     }
 
     /// `/cgi-bin/message/custom/send`: a customer-service text, with the authorizer's token.

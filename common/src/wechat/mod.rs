@@ -9,7 +9,10 @@
 mod client;
 mod errors;
 
-pub use client::{AuthorizationInfo, AuthorizerGrant, ListedAuthorizer, TokenGrant, WechatClient};
+pub use client::{
+    AuthorizationInfo, AuthorizerGrant, ListedAuthorizer, OauthGrant, TicketGrant, TokenGrant,
+    WechatClient,
+};
 pub use errors::{ErrorClass, WechatError};
 
 /// The full-network release test's accounts (protocol.md §5), as (original id, appid): five

@@ -227,6 +227,13 @@ async fn start(
 /// every request, or our own proxy's `X-Forwarded-For` entry.
 pub struct Client(String);
 
+impl Client {
+    /// Who is asking (see `client_id`).
+    pub fn id(&self) -> &str {
+        &self.0
+    }
+}
+
 impl axum::extract::FromRequestParts<SharedState> for Client {
     type Rejection = std::convert::Infallible;
 

@@ -1,8 +1,10 @@
-//! The HTTP surface: WeChat's two push URLs, the authorization pages, health and metrics.
+//! The HTTP surface: WeChat's two push URLs, the authorization pages, web login on behalf of
+//! accounts, health and metrics.
 
 pub mod auth;
 pub mod auth_page;
 mod health;
+pub mod oauth;
 mod push;
 
 use crate::state::SharedState;
@@ -25,6 +27,8 @@ pub fn router(state: SharedState) -> Router {
         .route("/auth/start/mobile", get(auth::start_mobile))
         .route("/auth/callback", get(auth::callback))
         .route("/auth/done", get(auth::done))
+        .route("/oauth/{appid}/start", get(oauth::start))
+        .route("/oauth/callback", get(oauth::callback))
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
         .route("/metrics", get(health::metrics))

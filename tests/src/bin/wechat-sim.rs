@@ -97,6 +97,10 @@ struct ServeArgs {
     /// Refuse authorization-page visitors whose Referer is not on this host, as WeChat does.
     #[arg(long, env = "WXPIPE_SIM_REFERER_DOMAIN")]
     referer_domain: Option<String>,
+    /// The platform's 公众号开发域名: web login's redirect_uri must be on it (10003), as at
+    /// WeChat (unset: any host).
+    #[arg(long, env = "WXPIPE_SIM_WEB_DOMAIN")]
+    web_domain: Option<String>,
 }
 
 #[derive(clap::Args)]
@@ -179,6 +183,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<std::process::ExitCode> {
         slow_rate: a.slow_rate,
         slow_delay: a.slow_delay,
         referer_domain: a.referer_domain,
+        web_domain: a.web_domain,
     };
     let handle = sim::start(settings)
         .await

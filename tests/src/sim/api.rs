@@ -72,6 +72,8 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .route("/cgi-bin/clear_quota", post(account_clear_quota))
         .merge(super::library::routes())
         .merge(super::users::routes())
+        .merge(super::tickets::routes())
+        .merge(super::oauth::api_routes())
         // Any other API: the token is checked and the call recorded (for the gateway's tests).
         .fallback(generic)
 }

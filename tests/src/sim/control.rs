@@ -25,6 +25,7 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .route("/sim/push/event", post(push_event))
         .route("/sim/release-test", post(release_test))
         .route("/sim/users/token", post(super::users::mint))
+        .route("/sim/jssdk/verify", post(super::tickets::verify))
 }
 
 async fn stats(State(sim): State<Arc<SimShared>>) -> Json<Value> {

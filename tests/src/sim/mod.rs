@@ -14,10 +14,12 @@ pub mod api;
 pub mod control;
 pub mod library;
 pub mod load;
+pub mod oauth;
 pub mod pages;
 pub mod pusher;
 pub mod release;
 pub mod state;
+pub mod tickets;
 pub mod users;
 
 use crate::push::PushBuilder;
@@ -49,6 +51,9 @@ pub struct SimConfig {
     pub slow_delay: Duration,
     /// When set, the authorization pages refuse visitors whose Referer is not on this host.
     pub referer_domain: Option<String>,
+    /// The platform's 公众号开发域名: when set, web login's `redirect_uri` must be on it
+    /// (10003 otherwise).
+    pub web_domain: Option<String>,
 }
 
 impl SimConfig {
@@ -68,6 +73,7 @@ impl SimConfig {
             slow_rate: 0.0,
             slow_delay: Duration::from_secs(3),
             referer_domain: None,
+            web_domain: None,
         }
     }
 }
@@ -100,6 +106,10 @@ pub struct SimShared {
     pub library: Mutex<library::Library>,
     /// WeChat users' own tokens (web login, protocol.md §9).
     pub users: Mutex<users::Users>,
+    /// The accounts' JS-SDK tickets (protocol.md §9).
+    pub tickets: Mutex<tickets::Tickets>,
+    /// Web logins in flight (protocol.md §9).
+    pub logins: Mutex<oauth::Logins>,
 }
 
 impl SimShared {
@@ -221,6 +231,8 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         config: config.clone(),
         library: Mutex::default(),
         users: Mutex::default(),
+        tickets: Mutex::default(),
+        logins: Mutex::default(),
     });
     let api_listener = TcpListener::bind(config.api_addr).await?;
     let page_listener = TcpListener::bind(config.page_addr).await?;
@@ -245,7 +257,9 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         // WeChat takes media of up to 10 MB (20 MB for some): more than axum's 2 MB default.
         .layer(axum::extract::DefaultBodyLimit::max(32 * 1024 * 1024))
         .with_state(shared.clone());
-    let pages = pages::routes().with_state(shared.clone());
+    let pages = pages::routes()
+        .merge(oauth::page_routes())
+        .with_state(shared.clone());
     let mut tasks = vec![serve(api_listener, api), serve(page_listener, pages)];
     if let Some(every) = config.ticket_interval {
         let (pusher, mut rx) = (shared.pusher.clone(), stop.subscribe());

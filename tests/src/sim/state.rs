@@ -88,6 +88,10 @@ pub struct Rules {
     pub supersede_grace: Duration,
     /// Calls per API per day before 45009.
     pub daily_quota: u64,
+    /// How long a JS-SDK ticket lives (`getticket`, protocol.md §9).
+    pub js_ticket_ttl: Duration,
+    /// `getticket` calls per account per day before 45009.
+    pub getticket_daily_quota: u64,
 }
 
 impl Default for Rules {
@@ -100,6 +104,8 @@ impl Default for Rules {
             auth_code_ttl: Duration::from_secs(600),
             supersede_grace: Duration::from_secs(300),
             daily_quota: 10_000,
+            js_ticket_ttl: Duration::from_secs(7200),
+            getticket_daily_quota: 10_000,
         }
     }
 }
@@ -126,6 +132,8 @@ pub struct Authorizer {
     pub revoked: bool,
     /// Whether `api_query_auth` was ever called (the list shows refresh tokens only after).
     pub queried: bool,
+    /// Whether it granted permission set 8 (cards: it may have a `wx_card` ticket).
+    pub card: bool,
     current_token: Option<String>,
 }
 
@@ -417,6 +425,7 @@ impl State {
                 auth_time: 0,
                 revoked: false,
                 queried: false,
+                card: false,
                 current_token: None,
             });
         a.revoked = false;
@@ -490,8 +499,18 @@ impl State {
         (token, refresh)
     }
 
-    fn func_info(&self) -> Value {
-        json!([{ "funcscope_category": { "id": 1 } }, { "funcscope_category": { "id": 15 } }, { "funcscope_category": { "id": 7 } }])
+    /// The permission sets `appid` granted: 1, 15 and 7, and 8 (cards) for an account given
+    /// it ([`Authorizer::card`]).
+    fn func_info(&self, appid: &str) -> Value {
+        let mut sets = vec![1, 15, 7];
+        if self.authorizers.get(appid).is_some_and(|a| a.card) {
+            sets.push(8);
+        }
+        Value::Array(
+            sets.into_iter()
+                .map(|id| json!({ "funcscope_category": { "id": id } }))
+                .collect(),
+        )
     }
 
     /// `api_query_auth`: codes are single use (61010 on reuse, 61009 unknown).
@@ -517,7 +536,7 @@ impl State {
             "authorizer_access_token": token,
             "expires_in": self.rules.authorizer_token_ttl.as_secs(),
             "authorizer_refresh_token": refresh,
-            "func_info": self.func_info(),
+            "func_info": self.func_info(&authorizer),
         }}))
     }
 
@@ -572,7 +591,7 @@ impl State {
             "authorization_info": {
                 "authorizer_appid": a.appid,
                 "authorizer_refresh_token": a.refresh_token,
-                "func_info": self.func_info(),
+                "func_info": self.func_info(authorizer),
             }
         }))
     }

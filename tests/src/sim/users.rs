@@ -1,7 +1,7 @@
 //! WeChat users of the authorized Official Accounts, as web login makes them (protocol.md §9):
 //! a user's own `access_token`, taken by `sns/userinfo` and `sns/auth`, which accept a user's
-//! token only — an account's or the component's is 40001 there, as at WeChat. Until the
-//! simulated web-login pages exist, a user token is minted by the control API
+//! token only — an account's or the component's is 40001 there, as at WeChat. Tokens come from
+//! the simulated web login ([`super::oauth`]), or are minted by the control API
 //! (`POST /sim/users/token {appid, openid?, scope?}`).
 
 use super::SimShared;
@@ -57,21 +57,33 @@ pub async fn mint(State(sim): State<Arc<SimShared>>, Json(body): Json<Value>) ->
     };
     let openid = body["openid"].as_str().unwrap_or("o-sim-web-user");
     let scope = body["scope"].as_str().unwrap_or("snsapi_userinfo");
-    let mut users = sim.users.lock().expect("users");
-    users.serial += 1;
-    let token = format!("sim-user-token-{}-{openid}", users.serial);
-    users.tokens.insert(
-        token.clone(),
-        UserToken {
-            appid: appid.to_owned(),
-            openid: openid.to_owned(),
-            scope: scope.to_owned(),
-            expires: Instant::now() + USER_TOKEN_TTL,
-        },
-    );
+    let (token, _) = sim.users.lock().expect("users").issue(appid, openid, scope);
     Json(
         json!({ "access_token": token, "openid": openid, "scope": scope, "expires_in": USER_TOKEN_TTL.as_secs() }),
     )
+}
+
+impl Users {
+    /// A new user token (and its lifetime in seconds).
+    pub fn issue(&mut self, appid: &str, openid: &str, scope: &str) -> (String, u64) {
+        self.serial += 1;
+        let token = format!("sim-user-token-{}-{openid}", self.serial);
+        self.tokens.insert(
+            token.clone(),
+            UserToken {
+                appid: appid.to_owned(),
+                openid: openid.to_owned(),
+                scope: scope.to_owned(),
+                expires: Instant::now() + USER_TOKEN_TTL,
+            },
+        );
+        (token, USER_TOKEN_TTL.as_secs())
+    }
+}
+
+/// The unionid the sim gives `openid` of `appid` (as if bound to an open-platform account).
+pub fn unionid(appid: &str, openid: &str) -> String {
+    format!("u-{appid}-{openid}")
 }
 
 /// The user token of `q`, checked against `q`'s openid.
@@ -115,7 +127,7 @@ async fn userinfo(State(sim): State<Arc<SimShared>>, q: Q) -> Json<Value> {
         Ok(json!({
             "openid": u.openid, "nickname": "微信用户", "sex": 0, "province": "", "city": "",
             "country": "", "headimgurl": "", "privilege": [],
-            "unionid": format!("u-{}-{}", u.appid, u.openid),
+            "unionid": unionid(&u.appid, &u.openid),
         }))
     }))
 }

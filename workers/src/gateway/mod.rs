@@ -6,11 +6,18 @@
 //! (40001/40014/42001) is compare-and-invalidated, refreshed once however many callers hit it,
 //! and the call retried once; -1 is retried with a backoff. Callers present a team's API key
 //! ([`keys`]) or the admin token. Any number of replicas: everything shared is in Redis.
+//! Its own endpoints: `GET /v1/tokens/{appid}` and `GET /v1/tickets/{appid}/{type}` (raw
+//! token and ticket, keys with `raw_tokens`), `GET /v1/jssdk/{appid}/config` ([`jssdk`]) and
+//! `POST /v1/oauth/result` ([`web_login`]).
 
 pub mod credential;
-pub mod keys;
+pub mod jssdk;
 pub mod path;
 pub mod proxy;
+pub mod web_login;
+
+/// Teams' API keys (in `common`: the ingress's web login reads their `return_to` prefixes).
+pub use common::team_keys as keys;
 
 use crate::args::WorkerArgs;
 use axum::Router;
@@ -39,6 +46,11 @@ pub struct GatewayArgs {
     /// How long one call to WeChat may take, ms.
     #[arg(long, env = "WXPIPE_GATEWAY_TIMEOUT_MS", default_value_t = 30_000)]
     pub timeout_ms: u64,
+    /// The platform's 公众号开发域名 (Official Account development domains, set in the open
+    /// platform), comma-separated host names: `GET /v1/jssdk/{appid}/config` signs only pages
+    /// on one of them or a subdomain (unset: it signs none).
+    #[arg(long, env = "WXPIPE_WEB_DOMAINS", default_value = "")]
+    pub web_domains: String,
 }
 
 impl std::fmt::Debug for GatewayArgs {
@@ -52,6 +64,7 @@ impl std::fmt::Debug for GatewayArgs {
             )
             .field("max_body_bytes", &self.max_body_bytes)
             .field("timeout_ms", &self.timeout_ms)
+            .field("web_domains", &self.web_domains)
             .finish()
     }
 }
@@ -67,6 +80,8 @@ pub struct GatewayConfig {
     pub timeout: Duration,
     /// The gateway listener's limits (the same loop as the ingress's).
     pub limits: common::edge::Limits,
+    /// See [`GatewayArgs::web_domains`].
+    pub web_domains: common::jssdk::WebDomains,
 }
 
 impl GatewayArgs {
@@ -90,6 +105,12 @@ impl GatewayArgs {
                 max_body_bytes: self.max_body_bytes,
                 timeout: Duration::from_millis(self.timeout_ms.max(100)),
                 limits: self.worker.edge.limits()?,
+                web_domains: common::jssdk::WebDomains::parse(&self.web_domains).map_err(
+                    |reason| ConfigError::Invalid {
+                        var: "WXPIPE_WEB_DOMAINS",
+                        reason,
+                    },
+                )?,
             },
             self.addr,
         ))
@@ -104,6 +125,9 @@ pub fn router(config: GatewayConfig) -> Result<Router, proxy::GatewayError> {
     Ok(Router::new()
         .route("/v1/wechat/{appid}/{*path}", any(proxy::forward))
         .route("/v1/tokens/{appid}", get(proxy::raw_token))
+        .route("/v1/jssdk/{appid}/config", get(jssdk::config))
+        .route("/v1/tickets/{appid}/{kind}", get(jssdk::raw_ticket))
+        .route("/v1/oauth/result", axum::routing::post(web_login::redeem))
         .layer(axum::extract::DefaultBodyLimit::max(max))
         .with_state(state)
         .route(

@@ -36,8 +36,12 @@ const BUSY_RETRIES: u32 = 2;
 
 /// What the handlers share.
 pub struct Gateway {
-    tokens: Arc<TokenService>,
+    pub(super) tokens: Arc<TokenService>,
     keys: KeyStore,
+    /// The platform's 公众号开发域名 (JS-SDK pages must be on them).
+    pub(super) web_domains: common::jssdk::WebDomains,
+    /// Web logins' result codes.
+    pub(super) logins: common::web_login::WebLogins,
     http: reqwest::Client,
     api_base: url::Url,
     component_appid: String,
@@ -63,6 +67,8 @@ impl Gateway {
         let store = &config.tokens.store;
         Ok(Self {
             keys: KeyStore::new(store.pool().clone(), store.keys.clone()),
+            logins: common::web_login::WebLogins::new(store.pool().clone(), store.keys.clone()),
+            web_domains: config.web_domains,
             tokens: config.tokens,
             http,
             api_base,
@@ -74,11 +80,11 @@ impl Gateway {
 }
 
 /// Who is calling.
-struct Caller {
-    team: String,
-    id: String,
+pub(super) struct Caller {
+    pub(super) team: String,
+    pub(super) id: String,
     /// `None`: the admin token, every scope.
-    scope: Option<Scope>,
+    pub(super) scope: Option<Scope>,
 }
 
 /// The `path` label of the admin token's calls (a key's calls carry the pattern that allowed
@@ -88,7 +94,7 @@ pub const ADMIN_LABEL: &str = "(admin)";
 impl Caller {
     /// The label of what allowed this call (the key's matching path pattern), or `None` when
     /// the key may not make it.
-    fn allows(&self, appid: &str, path: &str) -> Option<String> {
+    pub(super) fn allows(&self, appid: &str, path: &str) -> Option<String> {
         match &self.scope {
             None => Some(ADMIN_LABEL.to_owned()),
             Some(s) => s.matching(appid, path).map(str::to_owned),
@@ -97,13 +103,18 @@ impl Caller {
 }
 
 /// An answer of the gateway itself (not WeChat's): JSON with `error`, counted.
-fn refuse(status: StatusCode, team: &str, outcome: &'static str, error: String) -> Response {
+pub(super) fn refuse(
+    status: StatusCode,
+    team: &str,
+    outcome: &'static str,
+    error: String,
+) -> Response {
     metrics::counter!("wxpipe_gateway_calls_total", "team" => team.to_owned(), "path" => "-", "outcome" => outcome)
         .increment(1);
     (status, Json(json!({ "error": error }))).into_response()
 }
 
-async fn caller(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, Response> {
+pub(super) async fn caller(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, Response> {
     let given = crate::serve::bearer(headers).trim();
     if let Some(admin) = &gw.admin_token
         && crate::serve::is_admin_token(given, admin)
@@ -137,7 +148,7 @@ async fn caller(gw: &Gateway, headers: &HeaderMap) -> Result<Caller, Response> {
 }
 
 /// The key's request rate, across replicas (the admin token is not limited).
-async fn within_rate(gw: &Gateway, caller: &Caller) -> Result<(), Response> {
+pub(super) async fn within_rate(gw: &Gateway, caller: &Caller) -> Result<(), Response> {
     let Some(scope) = &caller.scope else {
         return Ok(());
     };
@@ -172,6 +183,29 @@ async fn within_rate(gw: &Gateway, caller: &Caller) -> Result<(), Response> {
     }
 }
 
+/// May `caller` read raw secrets (`what`: tokens, tickets) of `appid` — a key with
+/// `raw_tokens` whose appids match it, or the admin token — within its rate?
+pub(super) async fn raw_access(
+    gw: &Gateway,
+    caller: &Caller,
+    appid: &AppId,
+    what: &str,
+) -> Result<(), Response> {
+    let allowed = caller
+        .scope
+        .as_ref()
+        .is_none_or(|s| s.raw_tokens && s.appids.iter().any(|p| super::keys::glob(p, appid)));
+    if !allowed {
+        return Err(refuse(
+            StatusCode::FORBIDDEN,
+            &caller.team,
+            "forbidden",
+            format!("this key may not read raw {what} of this account"),
+        ));
+    }
+    within_rate(gw, caller).await
+}
+
 /// Whose token a call carries.
 enum Target {
     Component,
@@ -187,11 +221,12 @@ impl Target {
     }
 }
 
-fn token_error(team: &str, e: TokenError) -> Response {
+pub(super) fn token_error(team: &str, e: TokenError) -> Response {
     let (status, outcome) = match &e {
         TokenError::Unknown(_) | TokenError::Revoked(_) => {
             (StatusCode::NOT_FOUND, "unknown_account")
         }
+        TokenError::NoTicketNeeded(..) => (StatusCode::CONFLICT, "no_ticket"),
         TokenError::Wechat(_) => (StatusCode::BAD_GATEWAY, "token_unavailable"),
         _ => (StatusCode::SERVICE_UNAVAILABLE, "token_unavailable"),
     };
@@ -608,19 +643,7 @@ pub async fn raw_token(
             );
         }
     };
-    let allowed = caller
-        .scope
-        .as_ref()
-        .is_none_or(|s| s.raw_tokens && s.appids.iter().any(|p| super::keys::glob(p, &appid)));
-    if !allowed {
-        return refuse(
-            StatusCode::FORBIDDEN,
-            &caller.team,
-            "forbidden",
-            "this key may not read raw tokens of this account".into(),
-        );
-    }
-    if let Err(r) = within_rate(&gw, &caller).await {
+    if let Err(r) = raw_access(&gw, &caller, &appid, "tokens").await {
         return r;
     }
     match gw.tokens.authorizer_token(&appid).await {

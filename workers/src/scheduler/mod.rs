@@ -15,7 +15,9 @@
 //!    crash — moves it off the head of the set: broken accounts never stall the healthy ones.
 //!    Due times carry jitter so that thousands of accounts spread out, and each refresh is
 //!    exactly-once across replicas: lock, double-check, fenced write (see
-//!    [`common::token::service`]).
+//!    [`common::token::service`]);
+//! 4. takes the accounts whose JS-SDK tickets are due (`…:{aNN}:ticket_due`, the same buckets)
+//!    and fetches them the same way ([`common::token::tickets`]).
 
 pub mod admin;
 pub mod console;
@@ -26,7 +28,9 @@ pub mod team_keys;
 
 use crate::args::WorkerArgs;
 use common::config::ConfigError;
-use common::token::{RefreshMode, RefreshOutcome, TokenError, TokenService};
+use common::token::{
+    RefreshMode, RefreshOutcome, TicketMode, TicketOutcome, TokenError, TokenService,
+};
 use futures::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -300,6 +304,46 @@ pub async fn once(
         && svc.store.rate_limit("list_sync_missing", 300).await?
     {
         restoring.start(svc, config.list_sync);
+    }
+
+    // 4. due JS-SDK tickets, the same way (their own schedule and backoff).
+    let tickets_full = tickets(svc, config, buckets).await?;
+    Ok(full || tickets_full)
+}
+
+/// Fetches the due tickets of `buckets`' accounts; true when it took a full round.
+async fn tickets(
+    svc: &Arc<TokenService>,
+    config: &SchedulerConfig,
+    buckets: &[u16],
+) -> Result<bool, TokenError> {
+    let round = config.refresh_concurrency * 4;
+    let due = svc
+        .store
+        .take_ticket_due(buckets, round, svc.ticket_retry(), RETRY_AFTER_AT_MOST)
+        .await?;
+    let full = due.len() >= round;
+    let mut results = futures::stream::iter(due)
+        .map(|appid| async move {
+            let r = svc.refresh_tickets(&appid, TicketMode::Scheduled).await;
+            (appid, r)
+        })
+        .buffer_unordered(config.refresh_concurrency);
+    while let Some((appid, r)) = results.next().await {
+        match r {
+            Ok(TicketOutcome::Fetched(n)) => {
+                tracing::debug!(appid = %appid, n, "tickets fetched")
+            }
+            Ok(_) => {}
+            // A revoked or unknown account leaves the ticket schedule with its tickets.
+            Err(TokenError::Revoked(_)) => {
+                let _ = svc.store.revoke(&appid).await;
+            }
+            Err(TokenError::Unknown(_)) => {
+                let _ = svc.store.unschedule(&appid).await;
+            }
+            Err(e) => tracing::debug!(appid = %appid, error = %e, "ticket fetch failed"),
+        }
     }
     Ok(full)
 }

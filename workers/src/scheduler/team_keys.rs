@@ -37,7 +37,7 @@ async fn create(
 ) -> Response {
     let Ok(Json(scope)) = body else {
         return BadRequest(
-            "send {\"team\", \"appids\": [patterns], \"paths\": [patterns], \"rate_per_sec\", \"raw_tokens\"?}".into(),
+            "send {\"team\", \"appids\": [patterns], \"paths\": [patterns], \"rate_per_sec\", \"raw_tokens\"?, \"return_to\": [url prefixes]?}".into(),
         )
         .into_response();
     };

@@ -132,6 +132,25 @@ impl TokenStore {
         retry: std::time::Duration,
         cap: std::time::Duration,
     ) -> Result<Vec<AppId>, RedisError> {
+        let k = &self.keys;
+        self.take_from(
+            (|b| k.due(b), |b| k.due_attempts(b)),
+            buckets,
+            limit,
+            (retry, cap),
+        )
+        .await
+    }
+
+    /// [`Self::take_due`] for a schedule named by `keys` (its due set and attempts of a
+    /// bucket): the token schedule, or the tickets'.
+    pub(super) async fn take_from(
+        &self,
+        keys: (impl Fn(u16) -> String, impl Fn(u16) -> String),
+        buckets: &[u16],
+        limit: usize,
+        (retry, cap): (std::time::Duration, std::time::Duration),
+    ) -> Result<Vec<AppId>, RedisError> {
         let mut c = conn(&self.pool, "taking due refreshes").await?;
         let mut out = Vec::new();
         let now = crate::unix_now_ms();
@@ -142,8 +161,8 @@ impl TokenStore {
             }
             let b = buckets[(start + i) % buckets.len()];
             let taken: Vec<String> = Script::new(TAKE_DUE)
-                .key(self.keys.due(b))
-                .key(self.keys.due_attempts(b))
+                .key(keys.0(b))
+                .key(keys.1(b))
                 .arg(now)
                 .arg(limit - out.len())
                 .arg(retry.as_millis() as u64)
@@ -192,7 +211,7 @@ impl TokenStore {
         Ok(n.unwrap_or(0))
     }
 
-    /// Forgets an appid that has no record any more (dropped from `due`).
+    /// Forgets an appid that has no record any more (dropped from `due` and `ticket_due`).
     pub async fn unschedule(&self, appid: &AppId) -> Result<(), RedisError> {
         let mut c = conn(&self.pool, "unscheduling").await?;
         let b = bucket(appid.as_str());
@@ -201,6 +220,10 @@ impl TokenStore {
             .ignore()
             .hdel(self.keys.due_attempts(b), appid)
             .ignore()
+            .zrem(self.keys.ticket_due(b), appid)
+            .ignore()
+            .hdel(self.keys.ticket_due_attempts(b), appid)
+            .ignore()
             .query_async::<()>(&mut c)
             .await
             .map_err(failed("unscheduling"))
@@ -208,11 +231,23 @@ impl TokenStore {
 
     /// When `appid` is due (ms), if scheduled.
     pub async fn due_at(&self, appid: &AppId) -> Result<Option<i64>, RedisError> {
-        let mut c = conn(&self.pool, "reading a due time").await?;
-        let v: Option<f64> = c
-            .zscore(self.keys.due(bucket(appid.as_str())), appid)
-            .await
-            .map_err(failed("reading a due time"))?;
+        self.score(
+            self.keys.due(bucket(appid.as_str())),
+            appid,
+            "reading a due time",
+        )
+        .await
+    }
+
+    /// `appid`'s time (ms) in the schedule `key`, if it is there.
+    pub(super) async fn score(
+        &self,
+        key: String,
+        appid: &AppId,
+        what: &'static str,
+    ) -> Result<Option<i64>, RedisError> {
+        let mut c = conn(&self.pool, what).await?;
+        let v: Option<f64> = c.zscore(key, appid).await.map_err(failed(what))?;
         Ok(v.map(|v| v as i64))
     }
 
@@ -252,6 +287,7 @@ impl TokenStore {
                     .key(self.keys.due(b))
                     .key(self.keys.authorizers(b))
                     .key(self.keys.due_attempts(b))
+                    .key(self.keys.ticket_due(b))
                     .arg(lock.value())
                     .arg(appid)
                     .arg(token.access_token.expose())
@@ -437,6 +473,12 @@ impl TokenStore {
             .zrem(self.keys.due(b), appid)
             .ignore()
             .hdel(self.keys.due_attempts(b), appid)
+            .ignore()
+            .zrem(self.keys.ticket_due(b), appid)
+            .ignore()
+            .hdel(self.keys.ticket_due_attempts(b), appid)
+            .ignore()
+            .del(self.keys.tickets(appid))
             .ignore()
             .sadd(self.keys.authorizers(b), appid)
             .ignore()

@@ -1,6 +1,7 @@
 //! The tokens and accounts in Redis (design.md's Redis section; keys in [`crate::redis::Keys`]):
 //! the types here, the platform's own state in `platform.rs`, the accounts in `accounts.rs`, the
-//! accounts' summary for the gauges in `summary.rs`, and every check-and-write as one Lua script
+//! accounts' summary for the gauges in `summary.rs`, the accounts' JS-SDK tickets in
+//! `tickets.rs`, and every check-and-write as one Lua script
 //! in `scripts.rs`.
 //!
 //! Writes of tokens are fenced: each is one Lua script that first checks the writer still holds
@@ -11,8 +12,10 @@ mod accounts;
 mod platform;
 mod scripts;
 mod summary;
+mod tickets;
 
 pub use summary::AccountSummary;
+pub use tickets::{StoredTicket, TicketsWritten};
 
 use crate::redis::lock::Lock;
 use crate::redis::{Keys, RedisError};

@@ -77,14 +77,17 @@ end
 return ids
 ";
 
-/// Fenced write of an authorizer's tokens: `KEYS` = lock, record, due set, known set, attempts;
+/// Fenced write of an authorizer's tokens: `KEYS` = lock, record, due set, known set, attempts,
+/// ticket due set;
 /// `ARGV` = lock value, appid, access token, expires_at, refresh token ('' keeps the old one),
 /// now, due (ms), the refresh token the grant was obtained with ('' for a fresh authorization).
 /// Returns 0 when the lock is no longer ours, -1 when the account changed under the call —
 /// revoked (its refresh token deleted), re-authorized (a new refresh token) or its token
 /// refused — so a refresh in flight can never bring a revoked account back or overwrite a
 /// newer refresh token; 1 when written, or when this very token is stored already (a write
-/// repeated after a lost answer counts once).
+/// repeated after a lost answer counts once). A written account is put on the ticket schedule
+/// if it is not there (the ticket step decides whether it needs JS-SDK tickets): so tickets
+/// come back with the tokens after Redis lost them.
 pub(super) const WRITE_AUTHORIZER_IF_HELD: &str = r"
 if redis.call('GET', KEYS[1]) ~= ARGV[1] then return 0 end
 if redis.call('HGET', KEYS[2], 'access_token') == ARGV[3] then return 1 end
@@ -98,6 +101,7 @@ redis.call('HINCRBY', KEYS[2], 'refreshes', 1)
 redis.call('ZADD', KEYS[3], ARGV[7], ARGV[2])
 redis.call('SADD', KEYS[4], ARGV[2])
 redis.call('HDEL', KEYS[5], ARGV[2])
+redis.call('ZADD', KEYS[6], 'NX', tonumber(ARGV[6]) * 1000, ARGV[2])
 return 1
 ";
 
@@ -128,4 +132,82 @@ if redis.call('HGET', KEYS[1], 'access_token') == ARGV[1] then
   return 1
 end
 return 0
+";
+
+/// Fenced write of an account's JS-SDK tickets: `KEYS` = lock, tickets hash, ticket due set,
+/// ticket attempts, the account's record; `ARGV` = lock value, appid, now (s), margin (ms),
+/// jitter (ms), soonest (ms), the next due time (ms) of the kinds not fetched now (0: none), n,
+/// probe (ms), then n triples (kind, ticket, expires_in).
+///
+/// WeChat hands the same ticket back with a fresh-looking `expires_in` while it is valid, and a
+/// new one only once it died; anyone calling `getticket` for the account (its own server, an
+/// earlier platform) may have started it. So each stored ticket carries a lower bound of its
+/// real expiry (`{kind}_expires_at`) and whether we saw it born (`{kind}_certain`):
+/// * the same ticket again: its expiry is kept (never later than the answer allows); a certain
+///   one is asked for next a second after it dies — every tenth of `probe` if it outlived its
+///   expiry (born up to a probe interval later than we could tell) —, an uncertain one again
+///   after `probe` (or a second after its expiry, if sooner);
+/// * a different ticket (a rotation): it was born after the previous one died — after that
+///   one's expiry if that was certain, and anyway after its last fetch — so its expiry is that
+///   birth + its lifetime, and it is certain; next asked for a margin (and a jitter) before;
+/// * a first ticket (none stored: a new account, or Redis lost it): its age is unknown; it is
+///   served until now + its lifetime but asked for again every `probe` (or a second after
+///   that expiry, if sooner) until WeChat rotates it.
+///
+/// Never sooner than `soonest` from now. Returns {0} when the lock is no longer ours, {-1} when
+/// the account was revoked meanwhile (its tickets dropped), else {1, expiries…}.
+pub(super) const WRITE_TICKETS_IF_HELD: &str = r"
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then return {0} end
+if redis.call('HGET', KEYS[5], 'status') == 'revoked' then
+  redis.call('DEL', KEYS[2])
+  redis.call('ZREM', KEYS[3], ARGV[2])
+  redis.call('HDEL', KEYS[4], ARGV[2])
+  return {-1}
+end
+local now = tonumber(ARGV[3])
+local probe = tonumber(ARGV[9])
+local out = {1}
+local due = nil
+if tonumber(ARGV[7]) > 0 then due = tonumber(ARGV[7]) end
+for i = 0, tonumber(ARGV[8]) - 1 do
+  local kind, ticket, life = ARGV[10 + i * 3], ARGV[11 + i * 3], tonumber(ARGV[12 + i * 3])
+  local stored = redis.call('HGET', KEYS[2], kind)
+  local certain = redis.call('HGET', KEYS[2], kind .. '_certain') == '1'
+  local exp, next_ms
+  if stored == ticket then
+    exp = now + life
+    local kept = tonumber(redis.call('HGET', KEYS[2], kind .. '_expires_at'))
+    if kept and kept < exp then exp = kept end
+    if not certain then
+      next_ms = math.min(now * 1000 + probe, (exp + 1) * 1000)
+    elseif exp < now then
+      next_ms = now * 1000 + math.floor(probe / 10)
+    else
+      next_ms = (exp + 1) * 1000
+    end
+  elseif stored then
+    local birth = tonumber(redis.call('HGET', KEYS[2], kind .. '_fetched_at')) or now
+    local died = tonumber(redis.call('HGET', KEYS[2], kind .. '_expires_at')) or 0
+    if certain and died > birth then birth = died end
+    if birth > now then birth = now end
+    exp = birth + life
+    redis.call('HSET', KEYS[2], kind, ticket, kind .. '_first_seen', birth, kind .. '_certain', 1)
+    next_ms = exp * 1000 - tonumber(ARGV[4]) - tonumber(ARGV[5])
+  else
+    exp = now + life
+    redis.call('HSET', KEYS[2], kind, ticket, kind .. '_first_seen', now, kind .. '_certain', 0)
+    next_ms = math.min(now * 1000 + probe, (exp + 1) * 1000)
+  end
+  redis.call('HSET', KEYS[2], kind .. '_expires_at', exp, kind .. '_fetched_at', now)
+  redis.call('HINCRBY', KEYS[2], kind .. '_fetches', 1)
+  if not due or next_ms < due then due = next_ms end
+  table.insert(out, exp)
+end
+if due then
+  local soonest = now * 1000 + tonumber(ARGV[6])
+  if due < soonest then due = soonest end
+  redis.call('ZADD', KEYS[3], due, ARGV[2])
+  redis.call('HDEL', KEYS[4], ARGV[2])
+end
+return out
 ";

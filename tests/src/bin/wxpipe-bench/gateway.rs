@@ -93,6 +93,7 @@ pub async fn run(b: GatewayBench) -> anyhow::Result<()> {
             paths: vec!["cgi-bin/user/*".into()],
             rate_per_sec: 100_000,
             raw_tokens: false,
+            return_to: vec![],
         })
         .await?;
     let (gw, gw_base) = spawn_gateway(svc.clone(), &sim.api_base()).await;

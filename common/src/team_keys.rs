@@ -1,13 +1,16 @@
 //! Teams' API keys for the gateway: each limited to appid patterns and API-path patterns, with a
 //! request rate, stored hashed (SHA-256) in Redis, created, listed and revoked through the admin
-//! API. The key itself is shown once, when it is created.
+//! API. The key itself is shown once, when it is created. A key also names where the team's web
+//! pages live (`return_to` prefixes): the ingress's web login sends users back only there.
+//! Shared by the gateway (which checks keys), the scheduler's admin API (which manages them)
+//! and the ingress (web login).
 //!
 //! Patterns are globs where `*` matches any run of characters (`/` included): `*`,
 //! `wx12ab*`, `cgi-bin/message/custom/send`, `wxa/*`. The component's own APIs
 //! (`/v1/wechat/component/…`) count as the appid `component`, which `*` does not match: a team
 //! reaches them only when its key names `component`.
 
-use common::redis::{Keys, RedisError, conn, failed};
+use crate::redis::{Keys, RedisError, conn, failed};
 use deadpool_redis::redis::AsyncCommands;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -23,9 +26,14 @@ pub struct Scope {
     pub paths: Vec<String>,
     /// Requests per second, across gateway replicas.
     pub rate_per_sec: u32,
-    /// May read its accounts' raw `authorizer_access_token` (`GET /v1/tokens/{appid}`).
+    /// May read its accounts' raw `authorizer_access_token` (`GET /v1/tokens/{appid}`) and
+    /// JS-SDK tickets (`GET /v1/tickets/{appid}/{type}`).
     #[serde(default)]
     pub raw_tokens: bool,
+    /// Where web login may send users back (`/oauth/{appid}/start?return_to=`): URL prefixes,
+    /// each `http(s)://host[:port]/path/` (ending in `/`, no query, no user info).
+    #[serde(default)]
+    pub return_to: Vec<String>,
 }
 
 /// A stored key: its scope, id and creation time (never the key).
@@ -77,7 +85,25 @@ impl Scope {
         if self.rate_per_sec == 0 || self.rate_per_sec > 100_000 {
             return bad("rate_per_sec: 1 to 100000");
         }
+        if self.return_to.len() > 20 {
+            return bad("return_to: at most 20 prefixes");
+        }
+        for p in &self.return_to {
+            if let Err(e) = return_to_prefix(p) {
+                return Err(ScopeError::Invalid(format!("return_to {p:?}: {e}")));
+            }
+        }
         Ok(())
+    }
+
+    /// The first of this key's `return_to` prefixes that `url` (already parsed and
+    /// re-serialised: what the browser will be sent to) starts with.
+    pub fn return_to_matching(&self, url: &url::Url) -> Option<&str> {
+        let sent = url.as_str();
+        self.return_to
+            .iter()
+            .find(|p| return_to_prefix(p).is_ok_and(|prefix| sent.starts_with(prefix.as_str())))
+            .map(String::as_str)
     }
 
     /// May this key call `path` for `appid` (`component` for the component's APIs)?
@@ -100,6 +126,29 @@ impl Scope {
             .find(|p| glob(p, path))
             .map(String::as_str)
     }
+}
+
+/// A `return_to` prefix as stored: an absolute `http`/`https` URL with a host, no user info, no
+/// query or fragment, its path ending in `/` (so `https://h5.example/` never matches
+/// `https://h5.example.evil.com/`); returned re-serialised, as URLs are compared.
+pub fn return_to_prefix(p: &str) -> Result<url::Url, &'static str> {
+    if p.len() > 500 || p.chars().any(|c| c.is_control() || c.is_whitespace()) {
+        return Err("at most 500 characters, no spaces or control characters");
+    }
+    let u = url::Url::parse(p).map_err(|_| "not an absolute URL")?;
+    if !matches!(u.scheme(), "https" | "http") || u.host_str().is_none_or(str::is_empty) {
+        return Err("must be http(s)://host/…");
+    }
+    if !u.username().is_empty() || u.password().is_some() {
+        return Err("must not carry user info");
+    }
+    if u.query().is_some() || u.fragment().is_some() {
+        return Err("must not have a query or fragment");
+    }
+    if !u.path().ends_with('/') {
+        return Err("its path must end with '/'");
+    }
+    Ok(u)
 }
 
 /// `*` matches any run of characters; everything else matches itself.
@@ -132,12 +181,12 @@ fn hash(key: &str) -> String {
 /// The keys of one platform in Redis.
 #[derive(Clone)]
 pub struct KeyStore {
-    pool: common::redis::Pool,
+    pool: crate::redis::Pool,
     keys: Keys,
 }
 
 impl KeyStore {
-    pub fn new(pool: common::redis::Pool, keys: Keys) -> Self {
+    pub fn new(pool: crate::redis::Pool, keys: Keys) -> Self {
         Self { pool, keys }
     }
 
@@ -149,7 +198,7 @@ impl KeyStore {
         let record = KeyRecord {
             id: h[..12].to_owned(),
             scope,
-            created_at: common::unix_now(),
+            created_at: crate::unix_now(),
         };
         let mut c = conn(&self.pool, "storing an API key").await?;
         // The two keys live in different slots of a Redis Cluster, so no command writes both at
@@ -266,6 +315,7 @@ mod tests {
             paths: vec!["cgi-bin/message/custom/send".into(), "wxa/*".into()],
             rate_per_sec: 10,
             raw_tokens: false,
+            return_to: vec![],
         }
     }
 
