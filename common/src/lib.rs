@@ -8,7 +8,7 @@
 //! * [`ids`] — validated [`ids::AppId`] and [`ids::Namespace`] (the prefix of every exchange,
 //!   queue and Redis key).
 //! * [`config`] — settings from environment variables, with one-line errors that never echo a
-//!   secret.
+//!   secret; [`reference`] the configuration reference generated from them.
 //! * [`amqp`] — connecting to a RabbitMQ cluster, the declared topology, and a confirmed,
 //!   self-reconnecting publisher.
 //! * [`event`] — the CloudEvents envelope of `{ns}.events`, its ids and routing keys.
@@ -33,7 +33,9 @@ pub mod health;
 pub mod i18n;
 pub mod ids;
 pub mod jssdk;
+pub mod metrics_catalog;
 pub mod redis;
+pub mod reference;
 pub mod secret;
 pub mod shutdown;
 pub mod team_keys;

@@ -4,6 +4,21 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use std::sync::OnceLock;
 use tracing_subscriber::EnvFilter;
 
+/// The variables logging reads itself (not flags), for the configuration reference:
+/// (variable, default, meaning).
+pub const LOG_VARIABLES: [(&str, &str, &str); 2] = [
+    (
+        "RUST_LOG",
+        "info",
+        "Log filter (`tracing` directives, e.g. `info,lapin=warn`); the command-line tools default to warnings",
+    ),
+    (
+        "WXPIPE_LOG_FORMAT",
+        "text",
+        "`json` for one JSON object per line",
+    ),
+];
+
 /// Initialises logging: `RUST_LOG` filters (default `info`), `WXPIPE_LOG_FORMAT=json` switches
 /// to one JSON object per line. Logs go to stderr so that tools can print results on stdout.
 pub fn init_logging() {
@@ -46,7 +61,10 @@ pub fn metrics_handle() -> PrometheusHandle {
                 )
                 .expect("bucket list is not empty");
             match builder.install_recorder() {
-                Ok(handle) => handle,
+                Ok(handle) => {
+                    crate::metrics_catalog::describe();
+                    handle
+                }
                 // Another recorder is installed (only possible in tests that install their
                 // own); keep a detached one so /metrics still answers.
                 Err(_) => PrometheusBuilder::new().build_recorder().handle(),

@@ -81,6 +81,9 @@ pub struct IngressArgs {
     /// proxy only: otherwise clients could pick their identity).
     #[arg(long, env = "WXPIPE_TRUST_FORWARDED_FOR", default_value_t = false)]
     pub trust_forwarded_for: bool,
+    /// Print the ingress's configuration reference (Markdown) and exit.
+    #[arg(long)]
+    pub config_reference: bool,
 }
 
 /// Validated settings. `Debug` shows the broker and Redis URLs without their passwords.

@@ -8,6 +8,12 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = IngressArgs::parse();
+    if args.config_reference {
+        use clap::CommandFactory;
+        let rows = common::reference::settings(&IngressArgs::command(), "ingress");
+        print!("## `ingress`\n\n{}", common::reference::markdown(&rows));
+        return std::process::ExitCode::SUCCESS;
+    }
     common::telemetry::init_logging();
     let config = match args.validate() {
         Ok(c) => c,

@@ -117,7 +117,17 @@ async fn the_console_endpoints_answer_what_the_page_shows() {
     assert_eq!(found["accounts"][0]["type"], "mini_program");
     let (_, none) = admin_get(&admin, "/v1/console/accounts?status=revoked").await;
     assert_eq!(none["matching"], 0);
-    let (_, detail) = admin_get(&admin, &format!("/v1/console/accounts/{oa}")).await;
+    // The Official Account's jsapi_ticket: when it expires and whether its birth is known,
+    // never the ticket.
+    let detail = eventually(Duration::from_secs(15), "the account's ticket", || async {
+        let (_, d) = admin_get(&admin, &format!("/v1/console/accounts/{oa}")).await;
+        d["tickets"]["jsapi"]["expires_at"].is_i64().then_some(d)
+    })
+    .await;
+    assert_eq!(detail["tickets"]["jsapi"]["birth_known"], false, "{detail}");
+    assert!(detail["next_ticket_ms"].is_i64(), "{detail}");
+    let issued = sim.shared.tickets.lock().unwrap().issued[&oa].clone();
+    assert!(!detail.to_string().contains(&issued[0].ticket));
     assert_eq!(detail["type"], "official_account");
     assert_eq!(
         detail["profile"]["permissions"],

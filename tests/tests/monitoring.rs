@@ -251,3 +251,30 @@ fn the_dashboard_is_well_formed_and_uses_the_provisioned_data_source() {
         assert!(text.contains(topic), "no panel shows {topic}");
     }
 }
+
+#[test]
+fn every_recorded_metric_is_in_the_catalog_and_every_catalogued_one_is_recorded() {
+    let (recorded, histograms) = exported();
+    let catalog: BTreeSet<String> = common::metrics_catalog::METRICS
+        .iter()
+        .map(|m| m.name.to_owned())
+        .collect();
+    let missing: Vec<_> = recorded.difference(&catalog).collect();
+    assert!(
+        missing.is_empty(),
+        "recorded but not in common/src/metrics_catalog.rs: {missing:?}"
+    );
+    let stale: Vec<_> = catalog.difference(&recorded).collect();
+    assert!(
+        stale.is_empty(),
+        "catalogued but no longer recorded: {stale:?}"
+    );
+    for m in common::metrics_catalog::METRICS {
+        assert_eq!(
+            histograms.contains(m.name),
+            m.kind == common::metrics_catalog::Kind::Histogram,
+            "{}: its type",
+            m.name
+        );
+    }
+}

@@ -38,6 +38,12 @@ enum Command {
     /// Offline WXBizMsgCrypt tools: sign, encrypt a reply, decrypt a captured push.
     #[command(subcommand)]
     Crypto(workers::crypto_tool::CryptoCommand),
+    /// Print the metrics reference (Markdown: every metric, its type, labels, the roles that
+    /// record it and what it means).
+    MetricsReference,
+    /// Print the workers' configuration reference (Markdown: every setting, its variable, flag,
+    /// default, the commands that read it and what it means).
+    ConfigReference,
 }
 
 /// `workers all`: the scheduler's settings (which include every worker setting) plus the
@@ -64,6 +70,20 @@ struct AllArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::MetricsReference = cli.command {
+        print!("{}", common::metrics_catalog::markdown());
+        return ExitCode::SUCCESS;
+    }
+    if let Command::ConfigReference = cli.command {
+        use clap::CommandFactory;
+        let rows = common::reference::settings(&Cli::command(), "workers");
+        print!("## `workers`\n\n{}", common::reference::markdown(&rows));
+        print!(
+            "\n## Every binary (read outside the flags)\n\n{}",
+            common::reference::markdown(&common::reference::every_binary())
+        );
+        return ExitCode::SUCCESS;
+    }
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     // A decrypt replica runs on the threads it is given; every other command on one per core
     // (or `TOKIO_WORKER_THREADS`).
@@ -79,12 +99,16 @@ fn main() -> ExitCode {
 async fn run(cli: Cli) -> ExitCode {
     // The tools print results; the services log their work.
     match cli.command {
-        Command::Dlq(_) | Command::Crypto(_) => {
+        Command::Dlq(_)
+        | Command::Crypto(_)
+        | Command::ConfigReference
+        | Command::MetricsReference => {
             common::telemetry::init_logging_with_default("warn,lapin=off")
         }
         _ => common::telemetry::init_logging(),
     }
     match cli.command {
+        Command::ConfigReference | Command::MetricsReference => ExitCode::SUCCESS,
         Command::Crypto(cmd) => {
             let name = match &cmd {
                 workers::crypto_tool::CryptoCommand::Sign { .. } => "sign",

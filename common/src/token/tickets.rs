@@ -84,13 +84,11 @@ impl TokenService {
     /// The tickets `appid` needs, from its stored profile (fetched when missing): none for a
     /// mini program, `jsapi` for an Official Account, and `wx_card` too with permission set 8.
     async fn ticket_kinds(&self, appid: &AppId) -> Result<Vec<TicketKind>, TokenError> {
-        let mut record = self.active_record(appid).await?;
-        if record.profile.is_none() {
-            self.refresh_profile(appid).await?;
-            record = self.active_record(appid).await?;
-        }
+        let record = self.active_record(appid).await?;
+        // No profile (an account restored from the list after a Redis loss; the daily profile
+        // sync brings it): try jsapi rather than spend an api_get_authorizer_info per account
+        // — a mini program answers 48001 and is left alone for a day.
         let Some(p) = record.profile_summary() else {
-            // Stored but unreadable: treat it as an Official Account (jsapi is harmless).
             return Ok(vec![TicketKind::Jsapi]);
         };
         if p.mini_program {
@@ -168,21 +166,21 @@ impl TokenService {
                 others = Some(others.map_or(at, |o: i64| o.min(at)));
                 continue;
             }
-            let probe_secs = (self.ticket_probe().as_millis() as i64 / 1000).max(1);
+            let probe_ms = self.ticket_probe().as_millis() as i64;
             let at = match stored {
-                // A ticket of unknown age is asked for again every probe interval (the
-                // scheduler's business: a caller serves it while it looks alive).
+                // A ticket of unknown age that pages used since its last fetch is asked for
+                // again a probe interval after that fetch.
                 Some(t)
                     if !t.certain
-                        && mode == TicketMode::Scheduled
-                        && now - t.fetched_at >= probe_secs =>
+                        && t.served_at >= t.fetched_at
+                        && t.expires_at - now > self.ticket_serve_margin() =>
                 {
-                    due.push(kind);
-                    continue;
-                }
-                Some(t) if !t.certain && t.expires_at - now > self.ticket_serve_margin() => {
-                    (t.fetched_at * 1000 + self.ticket_probe().as_millis() as i64)
-                        .min((t.expires_at + 1) * 1000)
+                    let at = t.fetched_at * 1000 + probe_ms;
+                    if mode == TicketMode::Scheduled && at <= crate::unix_now_ms() {
+                        due.push(kind);
+                        continue;
+                    }
+                    at.min(t.expires_at * 1000 - margin_ms)
                 }
                 Some(t) if t.expires_at - now > threshold => {
                     if t.expires_at - now > self.margin.as_secs() as i64 {
@@ -214,6 +212,17 @@ impl TokenService {
         for kind in due {
             match self.fetch_ticket(appid, kind).await {
                 Ok(g) => fetched.push((kind, g.ticket, g.expires_in)),
+                Err(TokenError::Wechat(crate::wechat::WechatError::Api {
+                    code: 48001, ..
+                })) if fetched.is_empty() => {
+                    // Not an account with this ticket (a mini program whose profile was not
+                    // known yet): looked at again in a day.
+                    metrics::counter!("wxpipe_ticket_refreshes_total", "kind" => kind.as_str(), "outcome" => "48001").increment(1);
+                    self.store
+                        .schedule_tickets(appid, crate::unix_now_ms() + NO_TICKETS_RECHECK_MS)
+                        .await?;
+                    return Ok(TicketOutcome::NotNeeded);
+                }
                 Err(e) => {
                     metrics::counter!("wxpipe_ticket_refreshes_total", "kind" => kind.as_str(), "outcome" => error_label(&e)).increment(1);
                     if let TokenError::Wechat(w) = &e
@@ -311,9 +320,27 @@ impl TokenService {
             .max(Duration::from_millis(100))
     }
 
+    /// A page is signed with `t`: if its age is unknown and no page used it since its last
+    /// fetch, its next fetch is pulled to a probe interval after that one (so tickets of
+    /// unknown age are probed only while pages use them).
+    async fn served(&self, appid: &AppId, kind: TicketKind, t: &StoredTicket) {
+        if t.certain || t.served_at >= t.fetched_at {
+            return;
+        }
+        let probe = self.ticket_probe().as_millis() as i64;
+        if let Err(e) = self
+            .store
+            .pull_ticket_probe(appid, kind.as_str(), probe)
+            .await
+        {
+            tracing::debug!(appid = %appid, error = %e, "cannot mark a ticket served");
+        }
+    }
+
     /// How often a ticket whose age is unknown (the first one seen for an account, or one
-    /// seen again after Redis lost it) is asked for again until WeChat rotates it: a page may
-    /// get a signature made with such a ticket up to this long after it died, once per account.
+    /// seen again after Redis lost it) is asked for again while pages use it, until WeChat
+    /// rotates it: a page may get a signature made with such a ticket up to this long after it
+    /// died, once per account.
     pub fn ticket_probe(&self) -> Duration {
         TICKET_PROBE
     }
@@ -338,6 +365,7 @@ impl TokenService {
             t.filter(|t| t.expires_at - crate::unix_now() > self.ticket_serve_margin())
         };
         if let Some(t) = servable(self.store.js_ticket(appid, kind.as_str()).await?) {
+            self.served(appid, kind, &t).await;
             return Ok(t);
         }
         match self
@@ -351,6 +379,7 @@ impl TokenService {
             _ => {}
         }
         if let Some(t) = servable(self.store.js_ticket(appid, kind.as_str()).await?) {
+            self.served(appid, kind, &t).await;
             return Ok(t);
         }
         Err(TokenError::Busy(format!("tickets:{appid}")))

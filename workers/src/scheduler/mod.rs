@@ -17,7 +17,8 @@
 //!    exactly-once across replicas: lock, double-check, fenced write (see
 //!    [`common::token::service`]);
 //! 4. takes the accounts whose JS-SDK tickets are due (`…:{aNN}:ticket_due`, the same buckets)
-//!    and fetches them the same way ([`common::token::tickets`]).
+//!    and fetches them the same way ([`common::token::tickets`]), on a task of its own so that
+//!    tickets never hold back tokens.
 
 pub mod admin;
 pub mod console;
@@ -154,6 +155,7 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
     tracing::info!(replica = partition.id(), "scheduler started");
     let mut migrated = false;
     let restoring = ListRestore::default();
+    let ticketing = TicketRounds::default();
     let stop = shutdown.clone();
     let mut every = common::shutdown::every(config.tick, shutdown);
     // A round that took a full batch of due accounts is followed by the next one at once
@@ -186,7 +188,7 @@ pub async fn run_loop(config: SchedulerConfig, shutdown: watch::Receiver<bool>) 
             }
         };
         more = match partition
-            .renewing(once(&svc, &config, &buckets, &restoring))
+            .renewing(once(&svc, &config, &buckets, &restoring, &ticketing))
             .await
         {
             Ok(more) => more,
@@ -220,6 +222,7 @@ pub async fn once(
     config: &SchedulerConfig,
     buckets: &[u16],
     restoring: &ListRestore,
+    ticketing: &TicketRounds,
 ) -> Result<bool, TokenError> {
     // 1. the component token
     let margin = svc.margin.as_secs() as i64;
@@ -306,9 +309,46 @@ pub async fn once(
         restoring.start(svc, config.list_sync);
     }
 
-    // 4. due JS-SDK tickets, the same way (their own schedule and backoff).
-    let tickets_full = tickets(svc, config, buckets).await?;
-    Ok(full || tickets_full)
+    // 4. due JS-SDK tickets, the same way (their own schedule and backoff) — on a task of
+    //    their own, one round at a time, so that fetching thousands of tickets (after a Redis
+    //    loss, say) never holds back a token refresh.
+    ticketing.start(svc, config, buckets);
+    Ok(full)
+}
+
+/// The ticket rounds of one replica: at most one at a time, on its own task; a round that took
+/// a full batch is followed by the next at once.
+#[derive(Clone, Default)]
+pub struct TicketRounds(Arc<std::sync::atomic::AtomicBool>);
+
+impl TicketRounds {
+    fn start(&self, svc: &Arc<TokenService>, config: &SchedulerConfig, buckets: &[u16]) {
+        if buckets.is_empty() || self.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
+            return;
+        }
+        struct Done(Arc<std::sync::atomic::AtomicBool>);
+        impl Drop for Done {
+            fn drop(&mut self) {
+                self.0.store(false, std::sync::atomic::Ordering::Release);
+            }
+        }
+        let done = Done(self.0.clone());
+        let (svc, config, buckets) = (svc.clone(), config.clone(), buckets.to_vec());
+        tokio::spawn(async move {
+            let _done = done;
+            loop {
+                match tickets(&svc, &config, &buckets).await {
+                    Ok(true) => tokio::task::yield_now().await,
+                    Ok(false) => break,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "ticket round failed");
+                        metrics::counter!("wxpipe_scheduler_errors_total").increment(1);
+                        break;
+                    }
+                }
+            }
+        });
+    }
 }
 
 /// Fetches the due tickets of `buckets`' accounts; true when it took a full round.
@@ -317,7 +357,10 @@ async fn tickets(
     config: &SchedulerConfig,
     buckets: &[u16],
 ) -> Result<bool, TokenError> {
-    let round = config.refresh_concurrency * 4;
+    // A quarter of the tokens' concurrency: tickets are fetched behind the tokens (an account
+    // joins the ticket schedule when its token is written), never in their way.
+    let concurrency = (config.refresh_concurrency / 4).max(1);
+    let round = concurrency * 4;
     let due = svc
         .store
         .take_ticket_due(buckets, round, svc.ticket_retry(), RETRY_AFTER_AT_MOST)
@@ -328,7 +371,7 @@ async fn tickets(
             let r = svc.refresh_tickets(&appid, TicketMode::Scheduled).await;
             (appid, r)
         })
-        .buffer_unordered(config.refresh_concurrency);
+        .buffer_unordered(concurrency);
     while let Some((appid, r)) = results.next().await {
         match r {
             Ok(TicketOutcome::Fetched(n)) => {

@@ -143,16 +143,18 @@ return 0
 /// new one only once it died; anyone calling `getticket` for the account (its own server, an
 /// earlier platform) may have started it. So each stored ticket carries a lower bound of its
 /// real expiry (`{kind}_expires_at`) and whether we saw it born (`{kind}_certain`):
-/// * the same ticket again: its expiry is kept (never later than the answer allows); a certain
-///   one is asked for next a second after it dies — every tenth of `probe` if it outlived its
-///   expiry (born up to a probe interval later than we could tell) —, an uncertain one again
-///   after `probe` (or a second after its expiry, if sooner);
+/// * the same ticket again: its expiry is kept (never later than the answer allows); it is
+///   asked for next a margin before that expiry, or — inside the margin — a second after it;
+///   one that outlived its expiry (born later than we could tell) again after as long again as
+///   it has outlived it (1, 2, 4, … s after), so the rotation is seen within half the error and
+///   the next birth is placed closer;
 /// * a different ticket (a rotation): it was born after the previous one died — after that
 ///   one's expiry if that was certain, and anyway after its last fetch — so its expiry is that
 ///   birth + its lifetime, and it is certain; next asked for a margin (and a jitter) before;
 /// * a first ticket (none stored: a new account, or Redis lost it): its age is unknown; it is
-///   served until now + its lifetime but asked for again every `probe` (or a second after
-///   that expiry, if sooner) until WeChat rotates it.
+///   served until now + its lifetime and scheduled like a new one, and while pages use it the
+///   serving side pulls its next fetch to a `probe` after the last one
+///   ([`PULL_TICKET_PROBE`]), until WeChat rotates it.
 ///
 /// Never sooner than `soonest` from now. Returns {0} when the lock is no longer ours, {-1} when
 /// the account was revoked meanwhile (its tickets dropped), else {1, expiries…}.
@@ -178,10 +180,10 @@ for i = 0, tonumber(ARGV[8]) - 1 do
     exp = now + life
     local kept = tonumber(redis.call('HGET', KEYS[2], kind .. '_expires_at'))
     if kept and kept < exp then exp = kept end
-    if not certain then
-      next_ms = math.min(now * 1000 + probe, (exp + 1) * 1000)
-    elseif exp < now then
-      next_ms = now * 1000 + math.floor(probe / 10)
+    if exp < now then
+      next_ms = (now + math.max(1, now - exp)) * 1000
+    elseif (exp - now) * 1000 > tonumber(ARGV[4]) then
+      next_ms = exp * 1000 - tonumber(ARGV[4]) - tonumber(ARGV[5])
     else
       next_ms = (exp + 1) * 1000
     end
@@ -196,7 +198,7 @@ for i = 0, tonumber(ARGV[8]) - 1 do
   else
     exp = now + life
     redis.call('HSET', KEYS[2], kind, ticket, kind .. '_first_seen', now, kind .. '_certain', 0)
-    next_ms = math.min(now * 1000 + probe, (exp + 1) * 1000)
+    next_ms = exp * 1000 - tonumber(ARGV[4]) - tonumber(ARGV[5])
   end
   redis.call('HSET', KEYS[2], kind .. '_expires_at', exp, kind .. '_fetched_at', now)
   redis.call('HINCRBY', KEYS[2], kind .. '_fetches', 1)
@@ -210,4 +212,18 @@ if due then
   redis.call('HDEL', KEYS[4], ARGV[2])
 end
 return out
+";
+
+/// A page was signed with a ticket of unknown age: `KEYS` = tickets hash, ticket due set;
+/// `ARGV` = kind, appid, now (s), probe (ms). Unless it was marked since its last fetch, marks
+/// it served and pulls the account's next fetch to its last fetch + `probe` (`ZADD LT`: never
+/// later than it was). Returns 1 when it pulled.
+pub(super) const PULL_TICKET_PROBE: &str = r"
+local fetched = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. '_fetched_at'))
+if not fetched or redis.call('HGET', KEYS[1], ARGV[1] .. '_certain') ~= '0' then return 0 end
+local served = tonumber(redis.call('HGET', KEYS[1], ARGV[1] .. '_served_at'))
+if served and served >= fetched then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1] .. '_served_at', ARGV[3])
+redis.call('ZADD', KEYS[2], 'LT', fetched * 1000 + tonumber(ARGV[4]), ARGV[2])
+return 1
 ";

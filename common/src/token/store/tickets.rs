@@ -19,8 +19,10 @@ pub struct StoredTicket {
     /// When it was last asked for.
     pub fetched_at: i64,
     /// Whether we saw it born (a rotation observed); an uncertain ticket is re-checked every
-    /// probe interval until WeChat rotates it.
+    /// probe interval while pages use it, until WeChat rotates it.
     pub certain: bool,
+    /// When a page was last signed with it, if it is uncertain (0: not since it was stored).
+    pub served_at: i64,
 }
 
 /// The fields of one kind of ticket, as `HMGET` answers them.
@@ -30,6 +32,7 @@ type TicketFields = (
     Option<i64>,
     Option<i64>,
     Option<String>,
+    Option<i64>,
 );
 
 /// What the fenced write of tickets did.
@@ -56,8 +59,9 @@ impl TokenStore {
             format!("{kind}_expires_at"),
             format!("{kind}_fetched_at"),
             format!("{kind}_certain"),
+            format!("{kind}_served_at"),
         ];
-        let (ticket, first_seen, expires_at, fetched_at, certain): TicketFields =
+        let (ticket, first_seen, expires_at, fetched_at, certain, served_at): TicketFields =
             deadpool_redis::redis::cmd("HMGET")
                 .arg(self.keys.tickets(appid))
                 .arg(&fields)
@@ -71,6 +75,7 @@ impl TokenStore {
                 expires_at: exp,
                 fetched_at: fetched_at.unwrap_or(0),
                 certain: certain.as_deref() == Some("1"),
+                served_at: served_at.unwrap_or(0),
             }),
             _ => None,
         })
@@ -106,6 +111,28 @@ impl TokenStore {
     pub async fn ticket_due_at(&self, appid: &AppId) -> Result<Option<i64>, RedisError> {
         let key = self.keys.ticket_due(bucket(appid.as_str()));
         self.score(key, appid, "reading a ticket due time").await
+    }
+
+    /// A page was signed with `appid`'s uncertain ticket of `kind`: see [`PULL_TICKET_PROBE`].
+    pub async fn pull_ticket_probe(
+        &self,
+        appid: &AppId,
+        kind: &str,
+        probe_ms: i64,
+    ) -> Result<bool, RedisError> {
+        const WHAT: &str = "marking a ticket served";
+        let mut c = conn(&self.pool, WHAT).await?;
+        let n: i64 = deadpool_redis::redis::Script::new(PULL_TICKET_PROBE)
+            .key(self.keys.tickets(appid))
+            .key(self.keys.ticket_due(bucket(appid.as_str())))
+            .arg(kind)
+            .arg(appid)
+            .arg(crate::unix_now())
+            .arg(probe_ms)
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed(WHAT))?;
+        Ok(n == 1)
     }
 
     /// Fenced write of fetched tickets (`(kind, ticket, expires_in)`), see

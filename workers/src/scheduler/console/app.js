@@ -17,7 +17,8 @@ const TEXT = {
     purge: "清空", purge_all: "删除全部死信…", pushes_s: "推送/秒", events_s: "事件/秒", refused_s: "拒绝/秒",
     publish_p99: "投递确认 p99（毫秒）", refusals: "拒绝原因（15 分钟）", processes: "进程", role: "角色",
     seen: "最近上报", up: "运行时长", refresh_now: "立即刷新令牌", invalidate: "作废当前令牌",
-    permissions: "权限集", next_refresh: "下次刷新", failed_attempts: "连续失败", authorized_at: "授权时间",
+    permissions: "权限集", next_refresh: "下次刷新", jsapi_ticket: "JS-SDK 票据到期", wx_card_ticket: "卡券票据到期",
+    next_ticket: "下次取票", age_unknown: "签发时间未知，每分钟核对", failed_attempts: "连续失败", authorized_at: "授权时间",
     refreshes: "刷新次数", service_type: "账号类型 ID", verify_type: "认证类型 ID", principal: "主体",
     ticket: "ticket", ticket_age: "ticket 年龄", component_token: "component_access_token 剩余",
     failures: "连续失败", none: "无", no_letters: "没有死信。", letters: "条死信", confirm_purge: "确定删除全部 {n} 条死信？此操作不可恢复。",
@@ -39,7 +40,8 @@ const TEXT = {
     purge: "Purge", purge_all: "Delete every dead letter…", pushes_s: "Pushes/s", events_s: "Events/s", refused_s: "Refused/s",
     publish_p99: "Publish confirm p99 (ms)", refusals: "Refusals by reason (15 min)", processes: "Processes", role: "Role",
     seen: "Last seen", up: "Up", refresh_now: "Refresh token now", invalidate: "Invalidate token",
-    permissions: "Permission sets", next_refresh: "Next refresh", failed_attempts: "Failed attempts", authorized_at: "Authorized",
+    permissions: "Permission sets", next_refresh: "Next refresh", jsapi_ticket: "jsapi_ticket expires", wx_card_ticket: "wx_card ticket expires",
+    next_ticket: "Next ticket fetch", age_unknown: "age unknown, checked every minute", failed_attempts: "Failed attempts", authorized_at: "Authorized",
     refreshes: "Refreshes", service_type: "Service type id", verify_type: "Verify type id", principal: "Principal",
     ticket: "ticket", ticket_age: "Ticket age", component_token: "component_access_token left",
     failures: "Consecutive failures", none: "none", no_letters: "No dead letters.", letters: "dead letters",
@@ -203,6 +205,10 @@ async function loadAccount(appid) {
   row("last_error", a.last_error);
   row("next_refresh", when(r.next_refresh_ms));
   row("failed_attempts", r.failed_attempts);
+  const tk = r.tickets || {};
+  if (tk.jsapi) row("jsapi_ticket", when(tk.jsapi.expires_at * 1000) + (tk.jsapi.birth_known ? "" : ` (${t("age_unknown")})`));
+  if (tk.wx_card) row("wx_card_ticket", when(tk.wx_card.expires_at * 1000));
+  if (r.next_ticket_ms) row("next_ticket", when(r.next_ticket_ms));
   row("refreshes", a.refreshes);
   row("authorized_at", whenSecs(a.authorized_at));
   row("permissions", (p.permissions || []).join(", ") || t("none"));

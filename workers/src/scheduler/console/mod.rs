@@ -26,7 +26,7 @@ use axum::extract::{Path, Query, State, rejection::JsonRejection};
 use axum::http::{StatusCode, header};
 use axum::response::{IntoResponse, Json, Response};
 use axum::routing::{get, post};
-use common::token::AuthorizerStatus;
+use common::token::{AuthorizerStatus, TicketKind};
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::BTreeMap;
@@ -185,16 +185,30 @@ async fn account(State(admin): State<Arc<Admin>>, PathAppId(appid): PathAppId) -
         let r = store.authorizer(&appid).await?;
         let due = store.due_at(&appid).await?;
         let attempts = store.due_attempts(&appid).await?;
-        Ok::<_, common::redis::RedisError>((r, due, attempts))
+        // The JS-SDK tickets' state, never a ticket.
+        let mut tickets = serde_json::Map::new();
+        for kind in [TicketKind::Jsapi, TicketKind::WxCard] {
+            if let Some(t) = store.js_ticket(&appid, kind.as_str()).await? {
+                tickets.insert(
+                    kind.as_str().into(),
+                    json!({ "expires_at": t.expires_at, "first_seen": t.first_seen,
+                            "fetched_at": t.fetched_at, "birth_known": t.certain }),
+                );
+            }
+        }
+        let next_ticket = store.ticket_due_at(&appid).await?;
+        Ok::<_, common::redis::RedisError>((r, due, attempts, tickets, next_ticket))
     }
     .await;
     match result {
-        Ok((Some(r), due, attempts)) => Json(json!({
+        Ok((Some(r), due, attempts, tickets, next_ticket)) => Json(json!({
             "account": r,
             "type": r.account_type(),
             "profile": r.profile_summary(),
             "next_refresh_ms": due,
             "failed_attempts": attempts,
+            "tickets": tickets,
+            "next_ticket_ms": next_ticket,
         }))
         .into_response(),
         Ok((None, ..)) => error(common::token::TokenError::Unknown(appid.to_string())),
