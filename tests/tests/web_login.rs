@@ -414,3 +414,105 @@ async fn open_redirects_replays_and_other_teams_are_refused() {
     }
     w.stop().await;
 }
+
+#[tokio::test]
+async fn a_teams_own_code_exchange_refresh_and_userinfo_go_through_the_gateway() {
+    // A team that runs the exchange itself (holding the user's tokens) calls the component's
+    // sns/oauth2/component/* through the gateway — which adds the component token and appid —
+    // and sns/userinfo with the user's own token, which the gateway passes through.
+    let t = TestNs::new("t-web-login-own");
+    let w = World::start(&t).await;
+    let key = wxpipe_tests::harness::team_key(
+        &w.p.admin,
+        json!({ "team": "h5own", "appids": ["component", "*"],
+                "paths": ["sns/oauth2/component/*", "sns/userinfo"], "rate_per_sec": 100 }),
+    )
+    .await;
+    // WeChat's page hands a code to the team's own redirect_uri (on the web domain).
+    let authorize = format!(
+        "{}/connect/oauth2/authorize?appid={}&redirect_uri={}&response_type=code&scope=snsapi_userinfo&state=s1&component_appid={}",
+        w.sim.page_base(),
+        w.appid,
+        url::form_urlencoded::byte_serialize(b"http://127.0.0.1:9/own").collect::<String>(),
+        wxpipe_tests::test_platform::COMPONENT_APPID
+    );
+    let (s, _, page) = fetch(&authorize).await;
+    assert_eq!(s, 200, "the confirm page: {page}");
+    let (s, back, _) = fetch(&format!(
+        "{}/connect/oauth2/confirm?allow=1&{}",
+        w.sim.page_base(),
+        authorize.split_once('?').unwrap().1
+    ))
+    .await;
+    assert!(s == 302 || s == 303, "{s}");
+    let back = url::Url::parse(&back.unwrap()).unwrap();
+    let code = back
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .map(|(_, v)| v.into_owned())
+        .unwrap();
+    let get = |path: String| {
+        let (gw, key) = (w.gw.clone(), key.clone());
+        async move {
+            let r = wxpipe_tests::http()
+                .get(format!("{gw}{path}"))
+                .bearer_auth(&key)
+                .send()
+                .await
+                .unwrap();
+            let s = r.status().as_u16();
+            (s, r.json::<serde_json::Value>().await.unwrap_or_default())
+        }
+    };
+    let (s, grant) = get(format!(
+        "/v1/wechat/component/sns/oauth2/component/access_token?appid={}&code={code}&grant_type=authorization_code",
+        w.appid
+    ))
+    .await;
+    assert_eq!(s, 200, "{grant}");
+    let (openid, refresh) = (
+        grant["openid"].as_str().unwrap().to_owned(),
+        grant["refresh_token"].as_str().unwrap().to_owned(),
+    );
+    assert_eq!(openid, sim::oauth::openid_for(&w.appid));
+    // The code was single use (40163 the second time).
+    let (_, again) = get(format!(
+        "/v1/wechat/component/sns/oauth2/component/access_token?appid={}&code={code}&grant_type=authorization_code",
+        w.appid
+    ))
+    .await;
+    assert_eq!(again["errcode"], 40163, "{again}");
+    let (s, refreshed) = get(format!(
+        "/v1/wechat/component/sns/oauth2/component/refresh_token?appid={}&grant_type=refresh_token&refresh_token={refresh}",
+        w.appid
+    ))
+    .await;
+    assert_eq!(s, 200);
+    let user_token = refreshed["access_token"].as_str().unwrap().to_owned();
+    assert_ne!(user_token, grant["access_token"].as_str().unwrap());
+    let (s, info) = get(format!(
+        "/v1/wechat/{}/sns/userinfo?access_token={user_token}&openid={openid}&lang=zh_CN",
+        w.appid
+    ))
+    .await;
+    assert_eq!(s, 200);
+    assert_eq!(info["nickname"], "微信用户", "{info}");
+    // On the wire: the component's calls carried the component token and appid, the userinfo
+    // call the user's token alone.
+    let requests = w.sim.shared.state.lock().unwrap().stats.requests.clone();
+    for r in requests
+        .iter()
+        .filter(|r| r.path.starts_with("/sns/oauth2/component/"))
+    {
+        let q = r.query.clone().unwrap_or_default();
+        assert!(q.contains("component_appid="), "{q}");
+        assert_eq!(r.tokens.len(), 1, "{r:?}");
+        assert!(q.contains("component_access_token="), "{q}");
+    }
+    let info_call = requests
+        .iter()
+        .rfind(|r| r.path == "/sns/userinfo")
+        .unwrap();
+    assert_eq!(info_call.tokens, vec![user_token]);
+    w.stop().await;
+}
