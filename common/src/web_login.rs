@@ -95,13 +95,13 @@ pub fn well_formed(value: &str) -> bool {
     value.len() == 32 && value.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-/// Takes `KEYS[1]` if its JSON's `team` is `ARGV[1]` (any team when empty): {1, value}, {2}
-/// for another team's, {0} for none.
+/// Takes `KEYS[1]` if its JSON's `team` is `ARGV[1]` (any team when empty): {1, value}, {2, ''}
+/// for another team's, {0, ''} for none.
 const REDEEM: &str = r"
 local v = redis.call('GET', KEYS[1])
-if not v then return {0} end
+if not v then return {0, ''} end
 local ok, t = pcall(cjson.decode, v)
-if ok and ARGV[1] ~= '' and t['team'] ~= ARGV[1] then return {2} end
+if ok and ARGV[1] ~= '' and t['team'] ~= ARGV[1] then return {2, ''} end
 redis.call('DEL', KEYS[1])
 return {1, v}
 ";
@@ -168,30 +168,17 @@ impl WebLogins {
             return Ok(Redeemed::Gone);
         }
         let mut c = conn(&self.pool, "redeeming a web login").await?;
-        let (n, value): (i64, Option<String>) = {
-            let v: Vec<deadpool_redis::redis::Value> = deadpool_redis::redis::Script::new(REDEEM)
-                .key(self.keys.oauth_result(code))
-                .arg(team.unwrap_or(""))
-                .invoke_async(&mut c)
-                .await
-                .map_err(failed("redeeming a web login"))?;
-            let n = match v.first() {
-                Some(deadpool_redis::redis::Value::Int(n)) => *n,
-                _ => 0,
-            };
-            let value = match v.get(1) {
-                Some(deadpool_redis::redis::Value::BulkString(b)) => {
-                    String::from_utf8(b.clone()).ok()
-                }
-                _ => None,
-            };
-            (n, value)
-        };
-        Ok(match (n, value) {
-            (1, Some(v)) => serde_json::from_str(&v)
+        let (n, value): (i64, String) = deadpool_redis::redis::Script::new(REDEEM)
+            .key(self.keys.oauth_result(code))
+            .arg(team.unwrap_or(""))
+            .invoke_async(&mut c)
+            .await
+            .map_err(failed("redeeming a web login"))?;
+        Ok(match n {
+            1 => serde_json::from_str(&value)
                 .map(|r| Redeemed::Result(Box::new(r)))
                 .unwrap_or(Redeemed::Gone),
-            (2, _) => Redeemed::OtherTeam,
+            2 => Redeemed::OtherTeam,
             _ => Redeemed::Gone,
         })
     }

@@ -130,6 +130,19 @@ where
     }
 }
 
+/// A scheduled refresh (of a token or of tickets) that neither succeeded nor rescheduled itself
+/// is retried after this…
+pub const RETRY_AFTER: Duration = Duration::from_secs(60);
+
+/// The first retry of a taken account whose refresh neither succeeded nor rescheduled it (a
+/// transient error, a lock held by a refresh that then failed): [`RETRY_AFTER`], or a fifth of
+/// the refresh margin when that is shorter, so that at least three attempts (0, 1/5, 3/5 of the
+/// margin) fall before the token expires however short the margin (the default 600 s margin
+/// keeps 60 s; tests with tokens of a few seconds retry within a second). Tickets use it too.
+pub fn retry_after(margin: Duration) -> Duration {
+    RETRY_AFTER.min(margin / 5).max(Duration::from_millis(100))
+}
+
 /// Every API whose daily quota wxpipe tracks (the component's calls).
 pub const QUOTA_APIS: [&str; 7] = [
     "api_component_token",
@@ -187,15 +200,39 @@ impl TokenService {
     /// random jitter of up to half the margin (at most 5 minutes), so that thousands of accounts
     /// authorized in the same second spread their refreshes.
     pub fn due_ms(&self, expires_at: i64) -> i64 {
-        let margin_ms = self.margin.as_millis() as i64;
-        let spread = (margin_ms / 2).clamp(1, 300_000);
-        expires_at * 1000 - margin_ms - (rand::random::<u64>() % spread as u64) as i64
+        expires_at * 1000 - self.margin.as_millis() as i64 - self.jitter_ms()
+    }
+
+    /// A random jitter of up to half the margin, at most 5 minutes (ms): see [`Self::due_ms`].
+    pub fn jitter_ms(&self) -> i64 {
+        let spread = (self.margin.as_millis() as i64 / 2).clamp(1, 300_000);
+        (rand::random::<u64>() % spread as u64) as i64
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_failed_refresh_is_retried_within_the_margin() {
+        // The default margin (600 s) keeps the 1-minute retry; shorter margins scale it down.
+        assert_eq!(retry_after(Duration::from_secs(600)), RETRY_AFTER);
+        assert_eq!(
+            retry_after(Duration::from_secs(120)),
+            Duration::from_secs(24)
+        );
+        assert_eq!(
+            retry_after(Duration::from_secs(3)),
+            Duration::from_millis(600)
+        );
+        assert_eq!(retry_after(Duration::ZERO), Duration::from_millis(100));
+        // Attempts at 0, r and 3r (the retry doubles): all inside the margin.
+        for secs in [1, 3, 60, 120, 300, 600, 6999] {
+            let margin = Duration::from_secs(secs);
+            assert!(retry_after(margin) * 3 < margin, "margin {secs} s");
+        }
+    }
 
     #[test]
     fn quotas_reset_at_beijing_midnight() {

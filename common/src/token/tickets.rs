@@ -10,7 +10,9 @@
 //! account, so nothing here calls it per request: the scheduler fetches on the schedule, and a
 //! caller finding no servable ticket fetches once under the lock (the others wait and read).
 
-use super::service::{LOCK_LEASE, TokenError, TokenService, next_quota_day_ms, with_backoff};
+use super::service::{
+    LOCK_LEASE, TokenError, TokenService, next_quota_day_ms, retry_after, with_backoff,
+};
 use super::store::{StoredTicket, TicketsWritten};
 use crate::ids::AppId;
 use crate::redis::lock::Lock;
@@ -149,7 +151,7 @@ impl TokenService {
             TicketMode::Scheduled => self.margin.as_secs() as i64,
             TicketMode::IfStale(_) => self.ticket_serve_margin(),
         };
-        let retry_secs = self.ticket_retry().as_secs().max(1) as i64;
+        let retry_secs = retry_after(self.margin).as_secs().max(1) as i64;
         let margin_ms = self.margin.as_millis() as i64;
         let mut due = Vec::new();
         // When the kinds not fetched now are due: a margin before a ticket's expiry, or a
@@ -203,7 +205,7 @@ impl TokenService {
             if mode == TicketMode::Scheduled
                 && let Some(at) = others
             {
-                let at = at.max(crate::unix_now_ms() + self.ticket_retry().as_millis() as i64);
+                let at = at.max(crate::unix_now_ms() + retry_after(self.margin).as_millis() as i64);
                 self.store.schedule_tickets(appid, at).await?;
             }
             return Ok(TicketOutcome::NotDue);
@@ -243,8 +245,7 @@ impl TokenService {
                 }
             }
         }
-        let spread = (margin_ms / 2).clamp(1, 300_000);
-        let jitter = (rand::random::<u64>() % spread as u64) as i64;
+        let jitter = self.jitter_ms();
         let rows: Vec<(&str, &Token, i64)> = fetched
             .iter()
             .map(|(k, t, e)| (k.as_str(), t, *e))
@@ -258,7 +259,7 @@ impl TokenService {
                 (
                     margin_ms,
                     jitter,
-                    (self.ticket_retry().as_millis() as i64).min(1000),
+                    (retry_after(self.margin).as_millis() as i64).min(1000),
                 ),
                 others,
                 self.ticket_probe().as_millis() as i64,
@@ -310,14 +311,6 @@ impl TokenService {
             }
             other => Ok(other?),
         }
-    }
-
-    /// The first retry of a ticket fetch that failed, and the soonest the same ticket handed
-    /// back inside the margin is asked for again: as for tokens.
-    pub fn ticket_retry(&self) -> Duration {
-        Duration::from_secs(60)
-            .min(self.margin / 5)
-            .max(Duration::from_millis(100))
     }
 
     /// A page is signed with `t`: if its age is unknown and no page used it since its last

@@ -29,6 +29,7 @@ pub mod team_keys;
 
 use crate::args::WorkerArgs;
 use common::config::ConfigError;
+use common::token::service::retry_after;
 use common::token::{
     RefreshMode, RefreshOutcome, TicketMode, TicketOutcome, TokenError, TokenService,
 };
@@ -316,26 +317,48 @@ pub async fn once(
     Ok(full)
 }
 
+/// At most one task of a kind at a time per replica: [`OneAtATime::begin`] hands out the right
+/// to run, given back when the [`Running`] it returns drops — however the task ends, a panic
+/// included — so the next tick may start another.
+#[derive(Clone, Default)]
+struct OneAtATime(Arc<std::sync::atomic::AtomicBool>);
+
+/// The right to run, held by the task ([`OneAtATime`]).
+struct Running(Arc<std::sync::atomic::AtomicBool>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.store(false, std::sync::atomic::Ordering::Release);
+    }
+}
+
+impl OneAtATime {
+    fn running(&self) -> bool {
+        self.0.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The right to run, unless a task of this kind runs.
+    fn begin(&self) -> Option<Running> {
+        (!self.0.swap(true, std::sync::atomic::Ordering::AcqRel)).then(|| Running(self.0.clone()))
+    }
+}
+
 /// The ticket rounds of one replica: at most one at a time, on its own task; a round that took
 /// a full batch is followed by the next at once.
 #[derive(Clone, Default)]
-pub struct TicketRounds(Arc<std::sync::atomic::AtomicBool>);
+pub struct TicketRounds(OneAtATime);
 
 impl TicketRounds {
     fn start(&self, svc: &Arc<TokenService>, config: &SchedulerConfig, buckets: &[u16]) {
-        if buckets.is_empty() || self.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        if buckets.is_empty() {
             return;
         }
-        struct Done(Arc<std::sync::atomic::AtomicBool>);
-        impl Drop for Done {
-            fn drop(&mut self) {
-                self.0.store(false, std::sync::atomic::Ordering::Release);
-            }
-        }
-        let done = Done(self.0.clone());
+        let Some(running) = self.0.begin() else {
+            return;
+        };
         let (svc, config, buckets) = (svc.clone(), config.clone(), buckets.to_vec());
         tokio::spawn(async move {
-            let _done = done;
+            let _running = running;
             loop {
                 match tickets(&svc, &config, &buckets).await {
                     Ok(true) => tokio::task::yield_now().await,
@@ -363,7 +386,7 @@ async fn tickets(
     let round = concurrency * 4;
     let due = svc
         .store
-        .take_ticket_due(buckets, round, svc.ticket_retry(), RETRY_AFTER_AT_MOST)
+        .take_ticket_due(buckets, round, retry_after(svc.margin), RETRY_AFTER_AT_MOST)
         .await?;
     let full = due.len() >= round;
     let mut results = futures::stream::iter(due)
@@ -393,30 +416,23 @@ async fn tickets(
 
 /// The list restore of one replica: at most one at a time, on its own task.
 #[derive(Clone, Default)]
-pub struct ListRestore(Arc<std::sync::atomic::AtomicBool>);
+pub struct ListRestore(OneAtATime);
 
 impl ListRestore {
     fn running(&self) -> bool {
-        self.0.load(std::sync::atomic::Ordering::Acquire)
+        self.0.running()
     }
 
     /// Starts a read of the whole list unless one runs; once it succeeds, the next periodic
     /// re-sync is `list_sync` away (a restore started under the 60 s window of a Redis that
     /// lost its accounts was otherwise followed by a second full read a minute later).
     fn start(&self, svc: &Arc<TokenService>, list_sync: Duration) {
-        if self.0.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        let Some(running) = self.0.begin() else {
             return;
-        }
-        // Cleared however the task ends (a panic included), so the next tick may start one.
-        struct Done(Arc<std::sync::atomic::AtomicBool>);
-        impl Drop for Done {
-            fn drop(&mut self) {
-                self.0.store(false, std::sync::atomic::Ordering::Release);
-            }
-        }
-        let (done, svc) = (Done(self.0.clone()), svc.clone());
+        };
+        let svc = svc.clone();
         tokio::spawn(async move {
-            let _done = done;
+            let _running = running;
             let started = std::time::Instant::now();
             match svc.restore_from_list().await {
                 Ok(restored) => {
@@ -473,19 +489,8 @@ async fn sync_profiles(svc: Arc<TokenService>) {
     tracing::info!(ok, failed, "account profiles refreshed");
 }
 
-/// A taken account is retried after this if its refresh does not reschedule it…
-const RETRY_AFTER: Duration = Duration::from_secs(60);
-/// …doubling per failed attempt up to this.
+/// A taken account's retries (after [`retry_after`]) double per failed attempt up to this.
 const RETRY_AFTER_AT_MOST: Duration = Duration::from_secs(3600);
-
-/// The first retry of a taken account whose refresh neither succeeded nor rescheduled it (a
-/// transient error, a lock held by a refresh that then failed): [`RETRY_AFTER`], or a fifth of
-/// the refresh margin when that is shorter, so that at least three attempts (0, 1/5, 3/5 of the
-/// margin) fall before the token expires however short the margin (the default 600 s margin
-/// keeps 60 s; tests with tokens of a few seconds retry within a second).
-fn retry_after(margin: Duration) -> Duration {
-    RETRY_AFTER.min(margin / 5).max(Duration::from_millis(100))
-}
 
 /// The scheduler role: the loop and the admin API, until `shutdown`.
 pub async fn run(config: SchedulerConfig, shutdown: watch::Receiver<bool>) -> std::io::Result<()> {
@@ -508,26 +513,6 @@ mod tests {
     struct Cli {
         #[command(flatten)]
         scheduler: SchedulerArgs,
-    }
-
-    #[test]
-    fn a_failed_refresh_is_retried_within_the_margin() {
-        // The default margin (600 s) keeps the 1-minute retry; shorter margins scale it down.
-        assert_eq!(retry_after(Duration::from_secs(600)), RETRY_AFTER);
-        assert_eq!(
-            retry_after(Duration::from_secs(120)),
-            Duration::from_secs(24)
-        );
-        assert_eq!(
-            retry_after(Duration::from_secs(3)),
-            Duration::from_millis(600)
-        );
-        assert_eq!(retry_after(Duration::ZERO), Duration::from_millis(100));
-        // Attempts at 0, r and 3r (the retry doubles): all inside the margin.
-        for secs in [1, 3, 60, 120, 300, 600, 6999] {
-            let margin = Duration::from_secs(secs);
-            assert!(retry_after(margin) * 3 < margin, "margin {secs} s");
-        }
     }
 
     #[test]
