@@ -102,6 +102,11 @@ impl Namespace {
         format!("{}.business", self.0)
     }
 
+    /// `{ns}.releases`: audit results for the releases role (`weapp_audit_*` events).
+    pub fn releases(&self) -> String {
+        format!("{}.releases", self.0)
+    }
+
     /// `{ns}.dlx`: the dead-letter exchange of every consumed queue.
     pub fn dlx(&self) -> String {
         format!("{}.dlx", self.0)

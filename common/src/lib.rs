@@ -22,6 +22,8 @@
 //! * [`team_keys`] — teams' API keys (scopes, rates, web-login return prefixes).
 //! * [`jssdk`] — JS-SDK signatures for pages on the platform's web domains.
 //! * [`web_login`] — web login on behalf of accounts: single-use states and result codes.
+//! * [`releases`] — mini-program fleet releases: job specs, each account's state machine, the
+//!   jobs in Redis.
 
 pub mod amqp;
 pub mod beacon;
@@ -36,6 +38,7 @@ pub mod jssdk;
 pub mod metrics_catalog;
 pub mod redis;
 pub mod reference;
+pub mod releases;
 pub mod secret;
 pub mod shutdown;
 pub mod team_keys;

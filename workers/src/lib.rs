@@ -18,6 +18,7 @@ pub mod crypto_tool;
 pub mod decrypt;
 pub mod dlq;
 pub mod gateway;
+pub mod releases;
 pub mod retry;
 pub mod role;
 pub mod scheduler;

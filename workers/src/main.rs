@@ -33,6 +33,9 @@ enum Command {
     /// Serve WeChat's API to the platform's teams with tokens attached (team API keys, scopes,
     /// rates; refused tokens refreshed once and retried).
     Gateway(workers::gateway::GatewayArgs),
+    /// Run mini-program fleet releases (commit, audit, release across many accounts; any
+    /// number of replicas).
+    Releases(workers::releases::ReleasesArgs),
     /// Inspect and replay dead letters ({ns}.dead).
     Dlq(DlqArgs),
     /// Offline WXBizMsgCrypt tools: sign, encrypt a reply, decrypt a captured push.
@@ -155,6 +158,16 @@ async fn run(cli: Cli) -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => fail("workers scheduler", format!("admin API: {e}")),
             }
+        }
+        Command::Releases(args) => {
+            let config = match args.validate() {
+                Ok(c) => c,
+                Err(e) => return config_error(e),
+            };
+            let shutdown = common::shutdown::on_signal();
+            spawn_metrics(&args.worker, shutdown.clone());
+            workers::releases::run(config, shutdown).await;
+            ExitCode::SUCCESS
         }
         Command::Gateway(args) => {
             let (config, addr) = match args.validate() {

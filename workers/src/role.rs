@@ -23,6 +23,8 @@ pub struct Role {
     pub prefetch: u16,
     /// See [`ConsumerConfig::linger`].
     pub linger: Duration,
+    /// Queues of the role's own besides the shared ones, with their patterns on `{ns}.events`.
+    pub own_queues: Vec<(String, Vec<String>)>,
 }
 
 impl Role {
@@ -40,6 +42,23 @@ impl Role {
         Part::All {
             raw: raw_shards,
             business_patterns: crate::business::bindings(),
+            own_queues: Vec::new(),
+        }
+    }
+
+    /// [`Self::declare`] with this role's own queues.
+    fn part(&self) -> Part {
+        match Self::declare(self.raw_shards) {
+            Part::All {
+                raw,
+                business_patterns,
+                ..
+            } => Part::All {
+                raw,
+                business_patterns,
+                own_queues: self.own_queues.clone(),
+            },
+            other => other,
         }
     }
 
@@ -51,7 +70,7 @@ impl Role {
             connection_name: format!("{} publish", self.tag()),
             channels,
             confirm_timeout,
-            declare: Self::declare(self.raw_shards),
+            declare: self.part(),
         })
     }
 
@@ -68,7 +87,7 @@ impl Role {
             queues: self.queues.clone(),
             connection_name: format!("{} consume", self.tag()),
             prefetch: self.prefetch,
-            declare: Self::declare(self.raw_shards),
+            declare: self.part(),
             linger: self.linger,
         };
         // The loop runs as a task on the runtime's worker threads, not on the caller's thread

@@ -42,10 +42,12 @@ pub enum Part {
     /// `{ns}.raw` (in this many shards) and the dead letters: all the ingress's pushes need.
     Raw(RawShards),
     /// Everything: raw, events, business (bound to [`COMPONENT_EVENTS`] and these extra
-    /// patterns) and dead letters.
+    /// patterns) and dead letters, and the role's own consumed queues with their patterns on
+    /// `{ns}.events` (`{ns}.releases`).
     All {
         raw: RawShards,
         business_patterns: Vec<String>,
+        own_queues: Vec<(String, Vec<String>)>,
     },
 }
 
@@ -55,6 +57,7 @@ impl Part {
         Part::All {
             raw,
             business_patterns: Vec::new(),
+            own_queues: Vec::new(),
         }
     }
 }
@@ -75,7 +78,9 @@ pub async fn declare(conn: &Connection, ns: &Namespace, part: &Part) -> Result<(
     };
     d.raw(ns, shards).await?;
     if let Part::All {
-        business_patterns, ..
+        business_patterns,
+        own_queues,
+        ..
     } = part
     {
         d.exchange(&ns.events(), ExchangeKind::Topic).await?;
@@ -84,6 +89,12 @@ pub async fn declare(conn: &Connection, ns: &Namespace, part: &Part) -> Result<(
             .await?;
         for pattern in business_patterns {
             d.bind(&ns.business(), &ns.events(), pattern).await?;
+        }
+        for (queue, patterns) in own_queues {
+            d.consumed_queue(queue, ns).await?;
+            for pattern in patterns {
+                d.bind(queue, &ns.events(), pattern).await?;
+            }
         }
     }
     d.close().await;
@@ -94,7 +105,7 @@ pub async fn declare(conn: &Connection, ns: &Namespace, part: &Part) -> Result<(
 /// namespace.
 pub fn all_names(ns: &Namespace, shards: RawShards) -> (Vec<String>, Vec<String>) {
     let mut queues = shards.queues(ns);
-    queues.extend([ns.business(), ns.dead()]);
+    queues.extend([ns.business(), ns.releases(), ns.dead()]);
     (vec![ns.raw(), ns.events(), ns.dlx()], queues)
 }
 

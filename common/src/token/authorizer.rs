@@ -215,6 +215,32 @@ impl TokenService {
         }
     }
 
+    /// Calls WeChat with `appid`'s token. An answer refusing the token (40001/40014/42001: the
+    /// call was not made) invalidates it, compare-and-invalidate, and the call is made once
+    /// more with the fresh one. Any other error is the caller's to handle (nothing else is
+    /// retried here: a call that changes something must not be repeated blindly).
+    pub async fn with_authorizer_token<T, F, Fut>(
+        &self,
+        appid: &AppId,
+        call: F,
+    ) -> Result<T, TokenError>
+    where
+        F: Fn(crate::secret::Token) -> Fut,
+        Fut: std::future::Future<Output = Result<T, WechatError>>,
+    {
+        let token = self.authorizer_token(appid).await?;
+        match call(token.access_token.clone()).await {
+            Err(e) if e.class() == ErrorClass::InvalidToken => {
+                tracing::info!(appid = %appid, error = %e, "WeChat refused the account's token: invalidated, the call made once more");
+                let (_, fresh) = self
+                    .invalidate_authorizer_token(appid, token.access_token.expose())
+                    .await?;
+                Ok(call(fresh.access_token).await?)
+            }
+            other => Ok(other?),
+        }
+    }
+
     /// Compare-and-invalidate for a caller whose call failed with `failed` (40001/40014/42001):
     /// invalidated only if it is still `appid`'s stored token, then refreshed once however many
     /// callers report it at once (they queue on the lock and find it fresh). Returns whether

@@ -290,8 +290,7 @@ impl TokenService {
         appid: &AppId,
         kind: TicketKind,
     ) -> Result<crate::wechat::TicketGrant, TokenError> {
-        let token = self.authorizer_token(appid).await?;
-        let call = |t: Token| {
+        self.with_authorizer_token(appid, |t: Token| {
             let client = self.client.clone();
             async move {
                 with_backoff(|| {
@@ -300,17 +299,8 @@ impl TokenService {
                 })
                 .await
             }
-        };
-        match call(token.access_token.clone()).await {
-            Err(e) if e.class() == ErrorClass::InvalidToken => {
-                tracing::info!(appid = %appid, error = %e, "getticket refused the account's token: invalidated, fetched again");
-                let (_, fresh) = self
-                    .invalidate_authorizer_token(appid, token.access_token.expose())
-                    .await?;
-                Ok(call(fresh.access_token).await?)
-            }
-            other => Ok(other?),
-        }
+        })
+        .await
     }
 
     /// A page is signed with `t`: if its age is unknown and no page used it since its last

@@ -127,7 +127,7 @@ impl WechatClient {
     }
 
     /// POSTs `body` to `path?{token_param}={token}` and returns the JSON answer, or the errcode.
-    async fn post(
+    pub(super) async fn post(
         &self,
         api: &'static str,
         path: &str,
@@ -138,7 +138,7 @@ impl WechatClient {
     }
 
     /// GETs `path?{query}` and returns the JSON answer, or the errcode.
-    async fn get(
+    pub(super) async fn get(
         &self,
         api: &'static str,
         path: &str,
@@ -212,7 +212,7 @@ impl WechatClient {
         result
     }
 
-    fn field<T: serde::de::DeserializeOwned>(
+    pub(super) fn field<T: serde::de::DeserializeOwned>(
         api: &'static str,
         v: Value,
     ) -> Result<T, WechatError> {

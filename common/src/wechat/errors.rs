@@ -79,6 +79,15 @@ impl WechatError {
         )
     }
 
+    /// The API whose call failed.
+    pub fn api(&self) -> &'static str {
+        match self {
+            WechatError::Api { api, .. }
+            | WechatError::Transport { api, .. }
+            | WechatError::Protocol { api, .. } => api,
+        }
+    }
+
     /// A short label for metrics: the errcode, or `transport` / `protocol`.
     pub fn label(&self) -> String {
         match self {

@@ -7,6 +7,7 @@
 //! URLs carry tokens, so transport errors are stripped of their URL).
 
 mod client;
+pub mod code;
 mod errors;
 
 pub use client::{

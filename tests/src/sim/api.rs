@@ -71,6 +71,7 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .route("/cgi-bin/openapi/rid/get", post(rid_get))
         .route("/cgi-bin/clear_quota", post(account_clear_quota))
         .merge(super::library::routes())
+        .merge(super::code::routes())
         .merge(super::users::routes())
         .merge(super::tickets::routes())
         .merge(super::oauth::api_routes())

@@ -26,6 +26,7 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .route("/sim/release-test", post(release_test))
         .route("/sim/users/token", post(super::users::mint))
         .route("/sim/jssdk/verify", post(super::tickets::verify))
+        .merge(super::code::control_routes())
 }
 
 async fn stats(State(sim): State<Arc<SimShared>>) -> Json<Value> {
@@ -43,7 +44,8 @@ async fn push_ticket(State(sim): State<Arc<SimShared>>) -> Json<Value> {
 }
 
 /// Authorizes an account without the page (as the full-network test accounts are) and pushes
-/// `authorized`. Body: `{"appid": "wx…"?, "mini_program": bool?}`.
+/// `authorized`. Body: `{"appid": "wx…"?, "mini_program": bool?, "code_management": bool?}`
+/// (permission set 18; mini programs grant it unless this says `false`).
 async fn authorize(State(sim): State<Arc<SimShared>>, body: Option<Json<Value>>) -> Json<Value> {
     let body = body.map(|b| b.0).unwrap_or_default();
     let appid = body.get("appid").and_then(Value::as_str).map(str::to_owned);
@@ -51,11 +53,16 @@ async fn authorize(State(sim): State<Arc<SimShared>>, body: Option<Json<Value>>)
         .get("mini_program")
         .and_then(Value::as_bool)
         .unwrap_or(false);
-    let (a, code, existed) = sim
-        .state
-        .lock()
-        .expect("sim state")
-        .authorize(appid.as_deref(), mini);
+    let code_management = body.get("code_management").and_then(Value::as_bool);
+    let (a, code, existed) = {
+        let mut st = sim.state.lock().expect("sim state");
+        let (mut a, code, existed) = st.authorize(appid.as_deref(), mini);
+        if let (Some(granted), Some(stored)) = (code_management, st.authorizers.get_mut(&a.appid)) {
+            stored.code = granted;
+            a.code = granted;
+        }
+        (a, code, existed)
+    };
     let outcome = sim.pusher.authorized(&a, &code, "", existed).await;
     Json(
         json!({ "appid": a.appid, "user_name": a.user_name, "auth_code": code, "outcome": outcome }),

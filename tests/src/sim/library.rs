@@ -44,6 +44,29 @@ impl Default for Library {
     }
 }
 
+impl Library {
+    /// Promotes draft `draft_id` to a template (`template_type` 0 normal, 1 standard): its
+    /// id, or `None` when there is no such draft.
+    pub fn promote(&mut self, draft_id: u64, template_type: i64) -> Option<u64> {
+        let mut template = self
+            .drafts
+            .iter()
+            .find(|d| d["draft_id"] == draft_id)
+            .cloned()?;
+        let id = self.next_template_id;
+        self.next_template_id += 1;
+        template["template_id"] = json!(id);
+        template["template_type"] = json!(template_type);
+        self.templates.push(template);
+        Some(id)
+    }
+
+    /// The template `id`, if the library has it.
+    pub fn template(&self, id: u64) -> Option<&Value> {
+        self.templates.iter().find(|t| t["template_id"] == id)
+    }
+}
+
 pub fn routes() -> Router<Arc<SimShared>> {
     Router::new()
         .route("/wxa/gettemplatedraftlist", get(draft_list))
@@ -93,19 +116,9 @@ async fn add_to_template(State(sim): State<Arc<SimShared>>, q: Q, body: Bytes) -
     answer(component(&sim, "wxa_addtotemplate", &q).and_then(|()| {
         let b = parse_body(&body)?;
         let draft_id = b["draft_id"].as_u64().ok_or(INVALID_ARGS)?;
+        let template_type = b["template_type"].as_i64().unwrap_or(0);
         let mut lib = sim.library.lock().expect("library");
-        let draft = lib
-            .drafts
-            .iter()
-            .find(|d| d["draft_id"] == draft_id)
-            .cloned()
-            .ok_or(UNKNOWN_DRAFT)?;
-        let id = lib.next_template_id;
-        lib.next_template_id += 1;
-        let mut template = draft;
-        template["template_id"] = json!(id);
-        template["template_type"] = json!(b["template_type"].as_i64().unwrap_or(0));
-        lib.templates.push(template);
+        lib.promote(draft_id, template_type).ok_or(UNKNOWN_DRAFT)?;
         Ok(json!({ "errcode": 0, "errmsg": "ok" }))
     }))
 }

@@ -7,10 +7,13 @@
 //! * [`pusher`] — pushes to the ingress with WeChat's retries; a ticket every
 //!   `ticket_interval`.
 //! * [`release`] — the full-network release test.
+//! * [`library`], [`code`] — the template library and the mini programs' code, audits and
+//!   releases (protocol.md §8), audit results pushed like WeChat's.
 //! * [`load`] — the load generator.
 //! * [`state`] — what it remembers and the rules it enforces.
 
 pub mod api;
+pub mod code;
 pub mod control;
 pub mod library;
 pub mod load;
@@ -110,6 +113,9 @@ pub struct SimShared {
     pub tickets: Mutex<tickets::Tickets>,
     /// Web logins in flight (protocol.md §9).
     pub logins: Mutex<oauth::Logins>,
+    /// The mini programs' code, audits and releases, and the platform's audit quota
+    /// (protocol.md §8).
+    pub code: Mutex<code::CodeWorld>,
 }
 
 impl SimShared {
@@ -233,6 +239,7 @@ pub async fn start(config: SimConfig) -> std::io::Result<SimHandle> {
         users: Mutex::default(),
         tickets: Mutex::default(),
         logins: Mutex::default(),
+        code: Mutex::default(),
     });
     let api_listener = TcpListener::bind(config.api_addr).await?;
     let page_listener = TcpListener::bind(config.page_addr).await?;

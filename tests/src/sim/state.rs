@@ -134,6 +134,9 @@ pub struct Authorizer {
     pub queried: bool,
     /// Whether it granted permission set 8 (cards: it may have a `wx_card` ticket).
     pub card: bool,
+    /// Whether it granted permission set 18 (mini-program code management, protocol.md §8):
+    /// mini programs do unless told otherwise.
+    pub code: bool,
     current_token: Option<String>,
 }
 
@@ -426,6 +429,7 @@ impl State {
                 revoked: false,
                 queried: false,
                 card: false,
+                code: mini_program,
                 current_token: None,
             });
         a.revoked = false;
@@ -499,12 +503,15 @@ impl State {
         (token, refresh)
     }
 
-    /// The permission sets `appid` granted: 1, 15 and 7, and 8 (cards) for an account given
-    /// it ([`Authorizer::card`]).
+    /// The permission sets `appid` granted: 1, 15 and 7, 8 (cards) for an account given it
+    /// ([`Authorizer::card`]) and 18 (code management) for one with [`Authorizer::code`].
     fn func_info(&self, appid: &str) -> Value {
         let mut sets = vec![1, 15, 7];
         if self.authorizers.get(appid).is_some_and(|a| a.card) {
             sets.push(8);
+        }
+        if self.authorizers.get(appid).is_some_and(|a| a.code) {
+            sets.push(18);
         }
         Value::Array(
             sets.into_iter()

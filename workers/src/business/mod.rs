@@ -181,6 +181,7 @@ pub async fn run(config: BusinessConfig, registry: Registry, shutdown: watch::Re
         prefetch: config.prefetch,
         // The platform's own events are few: each starts at once.
         linger: Duration::ZERO,
+        own_queues: Vec::new(),
     };
     let publisher = role.publisher(1, Duration::from_secs(2));
     let handler = Arc::new(BusinessHandler {

@@ -301,6 +301,7 @@ pub async fn run(
             .collect(),
         prefetch: config.prefetch,
         linger: config.linger,
+        own_queues: Vec::new(),
     };
     let publisher = role.publisher(2, config.confirm_timeout);
     let handler = Arc::new(DecryptHandler {

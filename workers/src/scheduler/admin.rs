@@ -71,6 +71,7 @@ pub fn router(state: Arc<Admin>) -> Router {
         .merge(super::console::api_routes())
         .merge(super::team_keys::routes())
         .merge(super::sync_reply::routes())
+        .merge(super::releases::routes())
         .layer(middleware::from_fn_with_state(state.clone(), authenticate))
         .merge(super::console::page_routes())
         .merge(crate::serve::health_routes(redis))
@@ -174,14 +175,12 @@ async fn list(
     let after = q.cursor.as_deref().unwrap_or("");
     let rest: Vec<AppId> = appids.into_iter().filter(|a| a.as_str() > after).collect();
     let wanted = |r: &common::token::AuthorizerRecord| {
-        q.status.as_deref().is_none_or(|s| r.status.as_str() == s)
-            && q.account_type
-                .as_deref()
-                .is_none_or(|t| r.account_type() == t)
-            && q.permission.is_none_or(|p| {
-                r.profile_summary()
-                    .is_some_and(|s| s.permissions.contains(&p))
-            })
+        super::releases::matches(
+            r,
+            q.status.as_deref(),
+            q.account_type.as_deref(),
+            q.permission,
+        )
     };
     let mut out = Vec::new();
     let mut next_cursor = None;

@@ -24,6 +24,7 @@ pub mod admin;
 pub mod console;
 pub mod gauges;
 pub mod partition;
+pub mod releases;
 pub mod sync_reply;
 pub mod team_keys;
 

@@ -1,0 +1,556 @@
+//! Mini-program fleet releases (issue 36): one template committed, audited and released across
+//! simulated mini programs as one job — every WeChat call of a step made exactly once (also when
+//! a releases replica is SIGKILLed mid-job), audit results from WeChat's pushes with a poll for
+//! the pushes that never come, the monthly audit quota never overdrawn, failures and skips
+//! listed with their reasons, `release.*` events for every move, cancel, and hostile requests
+//! refused before anything is stored.
+
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::time::Duration;
+use wxpipe_tests::broker::{self, TestNs};
+use wxpipe_tests::harness::{
+    ADMIN_TOKEN, ChildProcess, Pipeline, admin_get, admin_post, eventually, pipeline_with_sim,
+    platform_env, workspace_bin,
+};
+use wxpipe_tests::sim::SimHandle;
+
+/// Authorizes `n` accounts in the simulator through the pipeline (`body` for `/sim/authorize`)
+/// and waits until each one's token and profile are stored.
+async fn authorize(p: &Pipeline, sim: &SimHandle, n: usize, body: Value) -> Vec<String> {
+    let mut appids = Vec::new();
+    for chunk in 0..n.div_ceil(25) {
+        let batch = (chunk * 25..n.min((chunk + 1) * 25)).map(|_| async {
+            sim.post("/sim/authorize", body.clone()).await["appid"]
+                .as_str()
+                .expect("the simulator names the account")
+                .to_owned()
+        });
+        appids.extend(futures::future::join_all(batch).await);
+    }
+    for appid in &appids {
+        eventually(
+            Duration::from_secs(60),
+            "the account's token and profile",
+            || async {
+                let (s, v) = admin_get(&p.admin, &format!("/v1/console/accounts/{appid}")).await;
+                (s == 200 && v["profile"].is_object() && v["account"]["expires_at"].is_i64())
+                    .then_some(())
+            },
+        )
+        .await;
+    }
+    appids
+}
+
+/// The Redis keys matching `pattern*`.
+async fn redis_keys(pattern: &str) -> Vec<String> {
+    let client = deadpool_redis::redis::Client::open(wxpipe_tests::redis_url()).unwrap();
+    let mut c = client.get_multiplexed_async_connection().await.unwrap();
+    let mut keys = Vec::new();
+    broker::scan_keys(&mut c, pattern, &mut keys).await.unwrap();
+    keys
+}
+
+/// A template promoted from the simulator's first draft; its id.
+fn template(sim: &SimHandle) -> u64 {
+    sim.shared
+        .library
+        .lock()
+        .unwrap()
+        .promote(0, 0)
+        .expect("draft 0 exists")
+}
+
+fn calls(sim: &SimHandle, api: &str, appid: &str) -> u64 {
+    sim.shared.code.lock().unwrap().calls(api, appid)
+}
+
+fn total_calls(sim: &SimHandle, api: &str) -> u64 {
+    sim.shared
+        .code
+        .lock()
+        .unwrap()
+        .calls
+        .get(api)
+        .map(|m| m.values().sum())
+        .unwrap_or(0)
+}
+
+/// Runs the releases role in this process (fast timings for tests).
+fn spawn_releases(
+    t: &TestNs,
+    sim: &SimHandle,
+    audit_poll: Duration,
+    quota_recheck: Duration,
+) -> tokio::sync::watch::Sender<bool> {
+    let tokens = std::sync::Arc::new(wxpipe_tests::harness::token_service(
+        &t.ns,
+        &sim.api_base(),
+        Duration::from_secs(600),
+    ));
+    let config = workers::releases::ReleasesConfig {
+        tokens,
+        namespace: t.ns.clone(),
+        raw_shards: common::amqp::RawShards::ONE,
+        amqp_urls: vec![wxpipe_tests::amqp_url()],
+        settings: workers::releases::Settings {
+            lease: Duration::from_secs(15),
+            audit_poll,
+            quota_recheck,
+            retry_base: Duration::from_millis(300),
+            privacy_retry: Duration::from_millis(300),
+            tick: Duration::from_millis(100),
+        },
+    };
+    let (stop, rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(workers::releases::run(config, rx));
+    stop
+}
+
+/// A `workers releases` process, killed (SIGKILL) when dropped.
+fn releases_process(t: &TestNs, sim: &SimHandle, extra: &[(&str, &str)]) -> ChildProcess {
+    let child = std::process::Command::new(workspace_bin("workers"))
+        .arg("releases")
+        .envs(platform_env())
+        .env("WXPIPE_NAMESPACE", t.name())
+        .env("WXPIPE_AMQP_URL", wxpipe_tests::amqp_url())
+        .env("WXPIPE_REDIS_URL", wxpipe_tests::redis_url())
+        .env("WXPIPE_WECHAT_API_BASE", sim.api_base())
+        .env("WXPIPE_RELEASES_TICK_MS", "100")
+        .env("WXPIPE_RELEASES_RETRY_MS", "300")
+        .env("WXPIPE_RELEASES_LEASE_SECS", "15")
+        .env("RUST_LOG", "warn")
+        .envs(extra.iter().copied())
+        .spawn()
+        .expect("workers releases starts");
+    ChildProcess::new(child)
+}
+
+async fn job(admin: &str, id: &str) -> Value {
+    let (s, v) = admin_get(admin, &format!("/v1/releases/{id}")).await;
+    assert_eq!(s, 200, "{v}");
+    v
+}
+
+/// Waits until the job's status is `status`.
+async fn until_status(admin: &str, id: &str, status: &str, within: Duration) -> Value {
+    eventually(within, &format!("the job {status}"), || async {
+        let v = job(admin, id).await;
+        (v["status"] == status).then_some(v)
+    })
+    .await
+}
+
+/// Every account of the job in `state` (or all), read page by page with `limit`.
+async fn accounts(admin: &str, id: &str, state: Option<&str>, limit: usize) -> Vec<Value> {
+    let mut out = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut path = format!("/v1/releases/{id}/accounts?limit={limit}");
+        if let Some(s) = state {
+            path.push_str(&format!("&state={s}"));
+        }
+        if let Some(c) = &cursor {
+            path.push_str(&format!("&cursor={c}"));
+        }
+        let (s, v) = admin_get(admin, &path).await;
+        assert_eq!(s, 200, "{v}");
+        out.extend(v["accounts"].as_array().cloned().unwrap_or_default());
+        match v["next_cursor"].as_str() {
+            Some(c) => cursor = Some(c.to_owned()),
+            None => return out,
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_job_over_200_mini_programs_commits_submits_and_releases_each_once() {
+    let t = TestNs::new("t-releases-fleet");
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let events = t.queue("release-events");
+    broker::bind_queue(&events, &t.ns.events(), &["release.#"])
+        .await
+        .unwrap();
+    let minis = authorize(&p, &sim, 200, json!({ "mini_program": true })).await;
+    let no_permission = authorize(
+        &p,
+        &sim,
+        4,
+        json!({ "mini_program": true, "code_management": false }),
+    )
+    .await;
+    let official = authorize(&p, &sim, 2, json!({ "mini_program": false })).await;
+    let failing: Vec<String> = minis.iter().step_by(10).cloned().collect();
+    sim.post("/sim/code/config", json!({ "review_ms": 300, "fail_appids": failing, "quota_rest": 1000, "quota_limit": 1000 })).await;
+    let template_id = template(&sim);
+    let _releases = spawn_releases(&t, &sim, Duration::from_secs(30), Duration::from_secs(5));
+
+    let mut targets: Vec<String> = minis.clone();
+    targets.extend(no_permission.iter().cloned());
+    targets.extend(official.iter().cloned());
+    targets.push("wx0000000000000001".into()); // not an account of this platform
+    let (s, created) = admin_post(&p.admin, "/v1/releases", json!({
+        "template_id": template_id, "user_version": "1.0.0", "user_desc": "fleet test",
+        "ext_json": { "extAppid": "${appid}", "ext": { "tenant": "t-${appid}" } },
+        "targets": { "appids": targets },
+        "audit": { "item_list": [{ "address": "pages/index/index", "tag": "工具", "title": "首页" }] },
+        "release": "auto", "concurrency": 25,
+    })).await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["total"], 207, "{created}");
+    assert_eq!(created["pending"], 200, "{created}");
+    assert_eq!(created["skipped"], 7, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+
+    let done = until_status(&p.admin, &id, "finished", Duration::from_secs(180)).await;
+    let counts = &done["counts"];
+    assert_eq!(counts["released"], 180, "{done}");
+    assert_eq!(counts["audit_failed"], 20, "{done}");
+    assert_eq!(counts["skipped"], 7, "{done}");
+    assert!(done["finished_ms"].is_i64(), "{done}");
+
+    // Every eligible account: exactly one commit and one submit; one release when it passed.
+    for appid in &minis {
+        assert_eq!(calls(&sim, "wxa_commit", appid), 1, "{appid} commits");
+        assert_eq!(calls(&sim, "wxa_submit_audit", appid), 1, "{appid} submits");
+        let want = u64::from(!failing.contains(appid));
+        assert_eq!(calls(&sim, "wxa_release", appid), want, "{appid} releases");
+    }
+    for appid in no_permission.iter().chain(&official) {
+        assert_eq!(
+            calls(&sim, "wxa_commit", appid),
+            0,
+            "{appid} was not eligible"
+        );
+    }
+    // What WeChat got: the account's own ext_json, as a JSON string; its release is online.
+    {
+        let code = sim.shared.code.lock().unwrap();
+        let a = &code.accounts[&minis[1]];
+        let ext: Value = serde_json::from_str(&a.exp.as_ref().unwrap().ext_json).unwrap();
+        assert_eq!(ext["extAppid"], minis[1].as_str());
+        assert_eq!(ext["ext"]["tenant"], format!("t-{}", minis[1]));
+        assert_eq!(a.release.as_ref().unwrap().user_version, "1.0.0");
+    }
+
+    // Failures with WeChat's reason and screenshots, listed page by page.
+    let failed = accounts(&p.admin, &id, Some("audit_failed"), 7).await;
+    assert_eq!(failed.len(), 20);
+    for f in &failed {
+        assert!(
+            failing.contains(&f["appid"].as_str().unwrap().to_owned()),
+            "{f}"
+        );
+        assert!(f["reason"].as_str().unwrap().contains("不符合规范"), "{f}");
+        assert_eq!(f["screenshots"].as_array().unwrap().len(), 2, "{f}");
+    }
+    let skipped = accounts(&p.admin, &id, Some("skipped"), 100).await;
+    let reasons: BTreeMap<String, String> = skipped
+        .iter()
+        .map(|a| {
+            (
+                a["appid"].as_str().unwrap().to_owned(),
+                a["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    for a in &no_permission {
+        assert!(reasons[a].contains("permission set 18"), "{reasons:?}");
+    }
+    for a in &official {
+        assert!(reasons[a].contains("not a mini program"), "{reasons:?}");
+    }
+    assert!(
+        reasons["wx0000000000000001"].contains("not an account"),
+        "{reasons:?}"
+    );
+    assert_eq!(accounts(&p.admin, &id, None, 50).await.len(), 207);
+
+    // A release.* event for every move: 200 × (committed, audit_submitted, then passed and
+    // released, or failed).
+    let want = 200 * 2 + 180 * 2 + 20;
+    let got = broker::collect(&events, want, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let mut by_key: BTreeMap<String, usize> = BTreeMap::new();
+    for m in &got {
+        *by_key.entry(m.routing_key.clone()).or_default() += 1;
+        let e: Value = serde_json::from_slice(&m.body).unwrap();
+        assert_eq!(e["specversion"], "1.0");
+        assert_eq!(e["data"]["job"], id.as_str());
+    }
+    assert_eq!(by_key.get("release.released"), Some(&180), "{by_key:?}");
+    assert_eq!(by_key.get("release.audit_failed"), Some(&20), "{by_key:?}");
+    assert_eq!(by_key.get("release.committed"), Some(&200), "{by_key:?}");
+
+    // The list shows the job; it is finished.
+    let (s, list) = admin_get(&p.admin, "/v1/releases").await;
+    assert_eq!(s, 200);
+    assert_eq!(list["releases"][0]["id"], id.as_str(), "{list}");
+    assert_eq!(list["releases"][0]["status"], "finished");
+    p.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_killed_mid_job_leaves_no_call_made_twice_and_a_lost_push_is_polled() {
+    let t = TestNs::new("t-releases-kill");
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let minis = authorize(&p, &sim, 60, json!({ "mini_program": true })).await;
+    // Reviews take 1 s; five results are never pushed (the poll finds them, every 3 s); the
+    // calls that change something answer 400 ms after they took effect, so the killed replica
+    // dies with calls made whose outcome it never wrote down.
+    sim.post(
+        "/sim/code/config",
+        json!({ "review_ms": 1000, "lose_pushes": 5, "quota_rest": 1000, "answer_delay_ms": 400 }),
+    )
+    .await;
+    let template_id = template(&sim);
+    let env = [("WXPIPE_RELEASES_AUDIT_POLL_SECS", "3")];
+    let mut first = releases_process(&t, &sim, &env);
+    let _second = releases_process(&t, &sim, &env);
+    let (s, created) = admin_post(
+        &p.admin,
+        "/v1/releases",
+        json!({
+            "template_id": template_id, "user_version": "2.0.0",
+            "targets": { "filter": { "type": "mini_program", "permission": 18 } },
+            "concurrency": 30,
+        }),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    assert_eq!(created["pending"], 60, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    // Kill one replica while calls are in flight.
+    eventually(Duration::from_secs(60), "the first commits", || async {
+        (total_calls(&sim, "wxa_commit") >= 15).then_some(())
+    })
+    .await;
+    first.kill();
+    let done = until_status(&p.admin, &id, "finished", Duration::from_secs(180)).await;
+    assert_eq!(done["counts"]["released"], 60, "{done}");
+    for appid in &minis {
+        assert_eq!(calls(&sim, "wxa_commit", appid), 1, "{appid} commits");
+        assert_eq!(calls(&sim, "wxa_submit_audit", appid), 1, "{appid} submits");
+        assert_eq!(calls(&sim, "wxa_release", appid), 1, "{appid} releases");
+    }
+    // The survivor read back what the killed replica had done instead of doing it again:
+    // one getversioninfo per account is the version check, the rest are read-backs.
+    let read_backs = total_calls(&sim, "wxa_getversioninfo") - 60
+        + total_calls(&sim, "wxa_get_latest_auditstatus");
+    eprintln!("read-backs after the kill: {read_backs}");
+    assert!(
+        read_backs >= 1,
+        "the kill left no call to read back: the test did not test"
+    );
+    let lost = sim.shared.code.lock().unwrap().pushes.1;
+    assert_eq!(lost, 5, "five pushes were lost");
+    assert!(
+        total_calls(&sim, "wxa_get_auditstatus") >= 5,
+        "the lost results were polled"
+    );
+    drop(first);
+    p.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn the_audit_quota_is_never_overdrawn_and_the_job_resumes_when_it_grows() {
+    let t = TestNs::new("t-releases-quota");
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let minis = authorize(&p, &sim, 12, json!({ "mini_program": true })).await;
+    sim.post(
+        "/sim/code/config",
+        json!({ "review_ms": 200, "quota_rest": 5, "quota_limit": 20 }),
+    )
+    .await;
+    let template_id = template(&sim);
+    let _releases = spawn_releases(&t, &sim, Duration::from_secs(30), Duration::from_secs(1));
+    let (s, created) = admin_post(&p.admin, "/v1/releases", json!({
+        "template_id": template_id, "user_version": "1.1.0", "targets": { "appids": minis }, "concurrency": 12,
+    })).await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_owned();
+    let waiting = eventually(
+        Duration::from_secs(60),
+        "seven accounts waiting for quota",
+        || async {
+            let v = job(&p.admin, &id).await;
+            (v["counts"]["waiting_quota"] == 7 && v["counts"]["released"] == 5).then_some(v)
+        },
+    )
+    .await;
+    assert_eq!(waiting["status"], "running", "{waiting}");
+    let w = accounts(&p.admin, &id, Some("waiting_quota"), 100).await;
+    assert!(
+        w[0]["reason"].as_str().unwrap().contains("audit quota"),
+        "{w:?}"
+    );
+    // Never beyond the quota: five submits, none refused with 85085.
+    assert_eq!(total_calls(&sim, "wxa_submit_audit"), 5);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        total_calls(&sim, "wxa_submit_audit"),
+        5,
+        "still none beyond the quota"
+    );
+    // WeChat grants more (a new month): the job goes on by itself.
+    sim.post("/sim/code/config", json!({ "quota_rest": 20 }))
+        .await;
+    let done = until_status(&p.admin, &id, "finished", Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["released"], 12, "{done}");
+    assert_eq!(total_calls(&sim, "wxa_submit_audit"), 12);
+    p.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_what_has_not_reached_review_and_leaves_audits_in_review() {
+    let t = TestNs::new("t-releases-cancel");
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let minis = authorize(&p, &sim, 10, json!({ "mini_program": true })).await;
+    // Reviews never end during the test; the quota has two audits left.
+    sim.post(
+        "/sim/code/config",
+        json!({ "review_ms": 600000, "quota_rest": 2 }),
+    )
+    .await;
+    let template_id = template(&sim);
+    let _releases = spawn_releases(&t, &sim, Duration::from_secs(600), Duration::from_secs(5));
+    let (_, created) = admin_post(&p.admin, "/v1/releases", json!({
+        "template_id": template_id, "user_version": "3.0.0", "targets": { "appids": minis }, "concurrency": 2,
+    })).await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    eventually(Duration::from_secs(30), "two audits in review", || async {
+        (job(&p.admin, &id).await["counts"]["audit_submitted"] == 2).then_some(())
+    })
+    .await;
+    let (s, paused) = admin_post(&p.admin, &format!("/v1/releases/{id}/pause"), json!({})).await;
+    assert_eq!(s, 200, "{paused}");
+    assert_eq!(paused["status"], "paused");
+    let (s, again) = admin_post(&p.admin, &format!("/v1/releases/{id}/pause"), json!({})).await;
+    assert_eq!(s, 409, "{again}");
+    let (s, cancelled) =
+        admin_post(&p.admin, &format!("/v1/releases/{id}/cancel"), json!({})).await;
+    assert_eq!(s, 200, "{cancelled}");
+    assert_eq!(cancelled["left_in_review"], 2, "{cancelled}");
+    let commits = total_calls(&sim, "wxa_commit");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        total_calls(&sim, "wxa_commit"),
+        commits,
+        "nothing more after cancel"
+    );
+    let v = job(&p.admin, &id).await;
+    assert_eq!(v["status"], "cancelled", "{v}");
+    assert_eq!(
+        v["counts"]["cancelled"].as_u64().unwrap()
+            + v["counts"]["audit_submitted"].as_u64().unwrap(),
+        10,
+        "{v}"
+    );
+    p.stop().await;
+    sim.stop().await;
+}
+
+/// Hostile or wrong requests: refused with a reason, and nothing stored for them.
+#[tokio::test]
+async fn hostile_release_requests_are_refused_and_store_nothing() {
+    let t = TestNs::new("t-releases-hostile");
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let minis = authorize(&p, &sim, 1, json!({ "mini_program": true })).await;
+    let official = authorize(&p, &sim, 1, json!({ "mini_program": false })).await;
+    let template_id = template(&sim);
+    let ok = json!({ "template_id": template_id, "user_version": "1.0.0", "targets": { "appids": minis } });
+    let with = |k: &str, v: Value| {
+        let mut b = ok.clone();
+        b[k] = v;
+        b
+    };
+    let cases: Vec<(Value, u16, &str)> = vec![
+        (
+            with("template_id", json!(999)),
+            400,
+            "not in the platform's template library",
+        ),
+        (with("user_version", json!("")), 400, "user_version"),
+        (
+            with("targets", json!({ "appids": official })),
+            400,
+            "no eligible account",
+        ),
+        (
+            with("targets", json!({ "appids": ["wx1'; DROP"] })),
+            400,
+            "not an appid",
+        ),
+        (
+            with(
+                "targets",
+                json!({ "filter": { "type": "official_account" } }),
+            ),
+            400,
+            "no eligible account",
+        ),
+        (
+            with("audit", json!({ "access_token": "steal" })),
+            400,
+            "audit.access_token",
+        ),
+        (with("ext_json", json!("{not json")), 400, "ext_json"),
+        (with("concurrency", json!(-1)), 400, "not a release job"),
+        (json!("just a string"), 400, "not a release job"),
+    ];
+    for (body, status, expect) in cases {
+        let (s, v) = admin_post(&p.admin, "/v1/releases", body.clone()).await;
+        assert_eq!(s, status, "{body}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or_default().contains(expect),
+            "{body}: {v}"
+        );
+    }
+    // No key, no job.
+    let (s, _) = wxpipe_tests::harness::post_json(
+        &format!("{}/v1/releases", p.admin),
+        "wrong-token-wrong-token",
+        ok.clone(),
+    )
+    .await;
+    assert_eq!(s, 401);
+    // Paths and queries.
+    for (path, status) in [
+        ("/v1/releases/..%2F..%2Fetc", 400),
+        ("/v1/releases/r0123456789ab}", 400),
+        ("/v1/releases/r0123456789ab", 404),
+        ("/v1/releases/r0123456789ab/accounts", 404),
+    ] {
+        let (s, v) = admin_get(&p.admin, path).await;
+        assert_eq!(s, status, "{path}: {v}");
+    }
+    // Nothing was stored by any refusal: no release key in Redis.
+    for pattern in [
+        format!("{}:*releases", t.name()),
+        format!("{}:*{{r:", t.name()),
+    ] {
+        let keys = redis_keys(&pattern).await;
+        assert!(keys.is_empty(), "{keys:?}");
+    }
+    // A real job, then hostile queries on it.
+    let (s, created) = admin_post(&p.admin, "/v1/releases", ok.clone()).await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["id"].as_str().unwrap();
+    for q in [
+        "state=bogus",
+        "state=released%27",
+        "cursor=%7Bx%7D",
+        "cursor=..%2F",
+    ] {
+        let (s, v) = admin_get(&p.admin, &format!("/v1/releases/{id}/accounts?{q}")).await;
+        assert_eq!(s, 400, "{q}: {v}");
+    }
+    let _ = ADMIN_TOKEN;
+    p.stop().await;
+    sim.stop().await;
+}
