@@ -28,7 +28,8 @@ enum Command {
     Business(BusinessArgs),
     /// Keep the component token and every authorizer token fresh; serve the admin/token API.
     Scheduler(SchedulerArgs),
-    /// Decrypt, business and scheduler in one process (small deployments, the local demo).
+    /// Decrypt, business, scheduler and releases in one process (small deployments, the local
+    /// demo).
     All(AllArgs),
     /// Serve WeChat's API to the platform's teams with tokens attached (team API keys, scopes,
     /// rates; refused tokens refreshed once and retried).
@@ -69,6 +70,8 @@ struct AllArgs {
     dedup_ttl_secs: u64,
     #[arg(long, env = "WXPIPE_DEDUP_CLAIM_SECS", default_value_t = 30)]
     dedup_claim_secs: u64,
+    #[command(flatten)]
+    releases: workers::releases::TimingArgs,
 }
 
 fn main() -> ExitCode {
@@ -210,13 +213,19 @@ async fn run(cli: Cli) -> ExitCode {
                 (Ok(d), Ok(b), Ok(s)) => (d, b, s),
                 (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => return config_error(e),
             };
+            let r = match args.releases.validate(&worker) {
+                Ok(r) => r,
+                Err(e) => return config_error(e),
+            };
             let shutdown = common::shutdown::on_signal();
             spawn_metrics(&worker, shutdown.clone());
             let registry = business::default_registry(&b);
             let business = tokio::spawn(business::run(b, registry, shutdown.clone()));
             let sched = tokio::spawn(scheduler::run(s, shutdown.clone()));
+            let releases = tokio::spawn(workers::releases::run(r, shutdown.clone()));
             let decrypted = decrypt::run(d, shutdown).await;
             let _ = business.await;
+            let _ = releases.await;
             let scheduled = sched.await;
             match (decrypted, scheduled) {
                 (Err(e), _) => fail("workers all", e),

@@ -426,6 +426,18 @@ impl ReleaseStore {
             .map_err(failed("counting scheduled release accounts"))
     }
 
+    /// How many accounts were due before `before_ms` and are still waiting (none works on them).
+    pub async fn overdue(&self, id: &str, before_ms: i64) -> Result<u64, RedisError> {
+        let mut c = conn(&self.pool, "counting overdue release accounts").await?;
+        cmd("ZCOUNT")
+            .arg(self.k(id, "due"))
+            .arg("-inf")
+            .arg(before_ms)
+            .query_async(&mut c)
+            .await
+            .map_err(failed("counting overdue release accounts"))
+    }
+
     /// Up to `limit` accounts after `cursor` (an appid), in `state` or in any; the next cursor.
     pub async fn accounts(
         &self,

@@ -31,6 +31,13 @@ pub use step::Settings;
 pub struct ReleasesArgs {
     #[command(flatten)]
     pub worker: WorkerArgs,
+    #[command(flatten)]
+    pub timing: TimingArgs,
+}
+
+/// How the releases role paces itself (also read by `workers all`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct TimingArgs {
     /// Seconds after a submit (and between polls) that an audit's status is read with
     /// `wxa/get_auditstatus` when WeChat's push has not arrived.
     #[arg(long, env = "WXPIPE_RELEASES_AUDIT_POLL_SECS", default_value_t = 1800)]
@@ -77,8 +84,8 @@ pub struct ReleasesConfig {
     pub settings: Settings,
 }
 
-impl ReleasesArgs {
-    pub fn validate(&self) -> Result<ReleasesConfig, ConfigError> {
+impl TimingArgs {
+    pub fn settings(&self) -> Result<Settings, ConfigError> {
         for (var, v) in [
             ("WXPIPE_RELEASES_AUDIT_POLL_SECS", self.audit_poll_secs),
             (
@@ -94,20 +101,31 @@ impl ReleasesArgs {
         ] {
             common::config::positive(var, v)?;
         }
-        Ok(ReleasesConfig {
-            tokens: Arc::new(self.worker.token_service()?),
-            namespace: self.worker.service.namespace.namespace()?,
-            raw_shards: self.worker.service.namespace.raw_shards()?,
-            amqp_urls: self.worker.service.amqp.urls()?,
-            settings: Settings {
-                lease: Duration::from_secs(self.lease_secs),
-                audit_poll: Duration::from_secs(self.audit_poll_secs),
-                quota_recheck: Duration::from_secs(self.quota_recheck_secs),
-                retry_base: Duration::from_millis(self.retry_ms),
-                privacy_retry: Duration::from_secs(self.privacy_retry_secs),
-                tick: Duration::from_millis(self.tick_ms),
-            },
+        Ok(Settings {
+            lease: Duration::from_secs(self.lease_secs),
+            audit_poll: Duration::from_secs(self.audit_poll_secs),
+            quota_recheck: Duration::from_secs(self.quota_recheck_secs),
+            retry_base: Duration::from_millis(self.retry_ms),
+            privacy_retry: Duration::from_secs(self.privacy_retry_secs),
+            tick: Duration::from_millis(self.tick_ms),
         })
+    }
+
+    /// The role's settings with `worker`'s platform, broker and Redis.
+    pub fn validate(&self, worker: &WorkerArgs) -> Result<ReleasesConfig, ConfigError> {
+        Ok(ReleasesConfig {
+            tokens: Arc::new(worker.token_service()?),
+            namespace: worker.service.namespace.namespace()?,
+            raw_shards: worker.service.namespace.raw_shards()?,
+            amqp_urls: worker.service.amqp.urls()?,
+            settings: self.settings()?,
+        })
+    }
+}
+
+impl ReleasesArgs {
+    pub fn validate(&self) -> Result<ReleasesConfig, ConfigError> {
+        self.timing.validate(&self.worker)
     }
 }
 

@@ -1,7 +1,7 @@
 //! The platform's state as Prometheus gauges, set by every scheduler replica every
 //! [`EVERY`] (alerts take the `max` or `min` over replicas): the ticket's age, the component
 //! token's headroom, accounts by status, the smallest token headroom of an `active` account,
-//! and the depth of the raw, business and dead queues. The two about accounts come from their
+//! the depth of the raw, business, releases and dead queues, and the open release jobs. The two about accounts come from their
 //! summary, which one replica per interval makes for all (`TokenStore::account_summary`).
 
 use super::console::ConsoleConfig;
@@ -24,6 +24,9 @@ pub async fn run(
     while every.tick().await {
         if let Err(e) = platform(&tokens).await {
             tracing::debug!(error = %e, "platform gauges not updated");
+        }
+        if let Err(e) = releases(&tokens).await {
+            tracing::debug!(error = %e, "release gauges not updated");
         }
         if let Err(e) = queues(&mut broker, &console).await {
             tracing::debug!(error = %e, "queue gauges not updated");
@@ -69,6 +72,44 @@ async fn platform(tokens: &TokenService) -> Result<(), common::redis::RedisError
     Ok(())
 }
 
+/// How long past its due time an account of a running job counts as overdue (no replica of
+/// the releases role works on it).
+pub const OVERDUE: Duration = Duration::from_secs(300);
+
+/// Open release jobs by status, their accounts by state, and the overdue accounts of the
+/// running ones.
+async fn releases(tokens: &TokenService) -> Result<(), common::redis::RedisError> {
+    use common::releases::{AccountState, JobStatus, ReleaseStore};
+    let store = ReleaseStore::new(tokens.store.pool().clone(), &tokens.store.keys);
+    let (mut running, mut paused, mut overdue) = (0u64, 0u64, 0u64);
+    let mut accounts = std::collections::BTreeMap::<AccountState, u64>::new();
+    let before = common::unix_now_ms() - OVERDUE.as_millis() as i64;
+    for id in store.open_jobs().await? {
+        let Some(job) = store.job(&id).await? else {
+            continue;
+        };
+        match job.status {
+            JobStatus::Running => {
+                running += 1;
+                overdue += store.overdue(&id, before).await?;
+            }
+            JobStatus::Paused => paused += 1,
+            _ => {}
+        }
+        for (state, n) in store.counts(&id).await? {
+            *accounts.entry(state).or_default() += n;
+        }
+    }
+    metrics::gauge!("wxpipe_release_jobs", "status" => "running").set(running as f64);
+    metrics::gauge!("wxpipe_release_jobs", "status" => "paused").set(paused as f64);
+    for state in AccountState::ALL {
+        metrics::gauge!("wxpipe_release_accounts", "state" => state.as_str())
+            .set(accounts.get(&state).copied().unwrap_or(0) as f64);
+    }
+    metrics::gauge!("wxpipe_release_overdue_accounts").set(overdue as f64);
+    Ok(())
+}
+
 async fn queues(
     broker: &mut Option<lapin::Connection>,
     console: &ConsoleConfig,
@@ -98,7 +139,7 @@ async fn queues(
     };
     let ns = &console.namespace;
     let mut watched = console.raw_shards.queues(ns);
-    watched.extend([ns.business(), ns.dead()]);
+    watched.extend([ns.business(), ns.releases(), ns.dead()]);
     for queue in watched {
         // A passive declare of a missing queue closes the channel: one channel per queue.
         let ch = conn.create_channel().await?;
