@@ -135,11 +135,18 @@ async fn job(admin: &str, id: &str) -> Value {
 
 /// Waits until the job's status is `status`.
 async fn until_status(admin: &str, id: &str, status: &str, within: Duration) -> Value {
-    eventually(within, &format!("the job {status}"), || async {
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
         let v = job(admin, id).await;
-        (v["status"] == status).then_some(v)
-    })
-    .await
+        if v["status"] == status {
+            return v;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the job never became {status}: {v}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
 
 /// Every account of the job in `state` (or all), read page by page with `limit`.
@@ -551,6 +558,118 @@ async fn hostile_release_requests_are_refused_and_store_nothing() {
         assert_eq!(s, 400, "{q}: {v}");
     }
     let _ = ADMIN_TOKEN;
+    p.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn gray_steps_then_the_full_release_then_a_rollback_and_a_version_not_newer_is_skipped() {
+    let t = TestNs::new("t-releases-gray");
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let minis = authorize(&p, &sim, 5, json!({ "mini_program": true })).await;
+    sim.post(
+        "/sim/code/config",
+        json!({ "review_ms": 100, "quota_rest": 100 }),
+    )
+    .await;
+    let template_id = template(&sim);
+    let _releases = spawn_releases(&t, &sim, Duration::from_secs(30), Duration::from_secs(5));
+    let create = |body: Value| {
+        let admin = p.admin.clone();
+        async move {
+            let (s, v) = admin_post(&admin, "/v1/releases", body).await;
+            assert_eq!(s, 201, "{v}");
+            v["id"].as_str().unwrap().to_owned()
+        }
+    };
+    // 1.0.0 online for four accounts; the fifth has nothing online yet.
+    let first = create(json!({ "template_id": template_id, "user_version": "1.0.0",
+        "targets": { "appids": minis[..4] } }))
+    .await;
+    until_status(&p.admin, &first, "finished", Duration::from_secs(60)).await;
+    // 1.1.0 in gray steps of 10 % and 50 %, one a second, then everyone.
+    let gray = create(json!({ "template_id": template_id, "user_version": "1.1.0",
+        "targets": { "appids": minis }, "release": { "gray": [10, 50] }, "gray_step_secs": 1 }))
+    .await;
+    let done = until_status(&p.admin, &gray, "finished", Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["released"], 5, "{done}");
+    for appid in &minis[..4] {
+        assert_eq!(
+            calls(&sim, "wxa_grayrelease", appid),
+            2,
+            "{appid}: two gray steps"
+        );
+    }
+    assert_eq!(
+        calls(&sim, "wxa_grayrelease", &minis[4]),
+        0,
+        "no gray without a version online"
+    );
+    {
+        let code = sim.shared.code.lock().unwrap();
+        for appid in &minis {
+            assert_eq!(
+                code.accounts[appid].release.as_ref().unwrap().user_version,
+                "1.1.0"
+            );
+            assert_eq!(code.accounts[appid].gray, None, "{appid} fully released");
+        }
+    }
+    // Roll 1.1.0 back: one step, to 1.0.0; not where it was the first release.
+    let (s, rb) = admin_post(
+        &p.admin,
+        &format!("/v1/releases/{gray}/rollback"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{rb}");
+    assert_eq!(rb["rolling_back"], 4, "{rb}");
+    assert_eq!(rb["not_rolled_back_first_release"], 1, "{rb}");
+    let back = until_status(&p.admin, &gray, "finished", Duration::from_secs(60)).await;
+    assert_eq!(back["counts"]["rolled_back"], 4, "{back}");
+    {
+        let code = sim.shared.code.lock().unwrap();
+        for appid in &minis[..4] {
+            assert_eq!(
+                code.accounts[appid].release.as_ref().unwrap().user_version,
+                "1.0.0"
+            );
+        }
+        assert_eq!(
+            code.accounts[&minis[4]]
+                .release
+                .as_ref()
+                .unwrap()
+                .user_version,
+            "1.1.0"
+        );
+    }
+    for appid in &minis[..4] {
+        assert_eq!(calls(&sim, "wxa_revertcoderelease", appid), 1);
+    }
+    let (s, hostile) = admin_post(
+        &p.admin,
+        &format!("/v1/releases/{gray}/rollback"),
+        json!({ "appids": ["x\"y"] }),
+    )
+    .await;
+    assert_eq!(s, 400, "{hostile}");
+    // 1.0.0 again is not newer than what is online: skipped with the reason, nothing committed.
+    let commits = total_calls(&sim, "wxa_commit");
+    let same = create(json!({ "template_id": template_id, "user_version": "1.0.0",
+        "targets": { "appids": minis[..4] } }))
+    .await;
+    let skipped = until_status(&p.admin, &same, "finished", Duration::from_secs(60)).await;
+    assert_eq!(skipped["counts"]["skipped"], 4, "{skipped}");
+    assert_eq!(total_calls(&sim, "wxa_commit"), commits);
+    let why = accounts(&p.admin, &same, Some("skipped"), 10).await;
+    assert!(
+        why[0]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("not greater than 1.0.0"),
+        "{why:?}"
+    );
     p.stop().await;
     sim.stop().await;
 }

@@ -6,9 +6,10 @@ use serde::{Deserialize, Serialize};
 /// Where an account is in a job.
 ///
 /// ```text
-/// pending → committed → audit_submitted (→ audit_delayed) → audit_passed → released
-///              ↑  ↓ 85085             ↓                   ↘ audit_failed  ↘ release_failed
+/// pending → committed → audit_submitted (→ audit_delayed) → audit_passed (→ gray_released…) → released
+///              ↑  ↓ 85085             ↓                   ↘ audit_failed                    ↘ release_failed
 ///           waiting_quota                                   (reason, screenshots)
+/// released → rolling_back → rolled_back | rollback_failed      (an operator's rollback)
 /// any non-final state → skipped(reason) | cancelled
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
@@ -21,14 +22,21 @@ pub enum AccountState {
     AuditDelayed,
     AuditPassed,
     AuditFailed,
+    /// Released to a share of users (`gray_percentage`); the next step or the full release
+    /// follows.
+    GrayReleased,
     Released,
     ReleaseFailed,
+    /// An operator asked to roll the release back (`wxa/revertcoderelease`).
+    RollingBack,
+    RolledBack,
+    RollbackFailed,
     Skipped,
     Cancelled,
 }
 
 impl AccountState {
-    pub const ALL: [AccountState; 11] = [
+    pub const ALL: [AccountState; 15] = [
         Self::Pending,
         Self::Committed,
         Self::WaitingQuota,
@@ -36,8 +44,12 @@ impl AccountState {
         Self::AuditDelayed,
         Self::AuditPassed,
         Self::AuditFailed,
+        Self::GrayReleased,
         Self::Released,
         Self::ReleaseFailed,
+        Self::RollingBack,
+        Self::RolledBack,
+        Self::RollbackFailed,
         Self::Skipped,
         Self::Cancelled,
     ];
@@ -51,8 +63,12 @@ impl AccountState {
             Self::AuditDelayed => "audit_delayed",
             Self::AuditPassed => "audit_passed",
             Self::AuditFailed => "audit_failed",
+            Self::GrayReleased => "gray_released",
             Self::Released => "released",
             Self::ReleaseFailed => "release_failed",
+            Self::RollingBack => "rolling_back",
+            Self::RolledBack => "rolled_back",
+            Self::RollbackFailed => "rollback_failed",
             Self::Skipped => "skipped",
             Self::Cancelled => "cancelled",
         }
@@ -70,6 +86,8 @@ impl AccountState {
             Self::AuditFailed
                 | Self::Released
                 | Self::ReleaseFailed
+                | Self::RolledBack
+                | Self::RollbackFailed
                 | Self::Skipped
                 | Self::Cancelled
         )
@@ -102,6 +120,8 @@ pub enum Call {
     SubmitAudit,
     Release,
     UndoAudit,
+    Gray,
+    Revert,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -131,6 +151,9 @@ pub struct AccountRecord {
     /// The version online before this job (from `getversioninfo`), once read.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub online_before: Option<String>,
+    /// The share of users of a gray release in progress.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gray_percentage: Option<u8>,
     /// Whether the version check was done.
     #[serde(default)]
     pub version_checked: bool,
@@ -152,6 +175,7 @@ impl AccountRecord {
             auditid: None,
             submitted_ms: None,
             online_before: None,
+            gray_percentage: None,
             version_checked: false,
             intent: None,
             attempts: 0,
@@ -183,6 +207,23 @@ mod tests {
             assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
         }
         assert_eq!(AccountState::parse("Released"), None);
+    }
+
+    #[test]
+    fn finality() {
+        use AccountState::*;
+        let final_ = [
+            AuditFailed,
+            Released,
+            ReleaseFailed,
+            RolledBack,
+            RollbackFailed,
+            Skipped,
+            Cancelled,
+        ];
+        for s in AccountState::ALL {
+            assert_eq!(s.is_final(), final_.contains(&s), "{s}");
+        }
     }
 
     #[test]

@@ -32,9 +32,15 @@ pub struct ReleaseSpec {
     /// `feedback_info`, …).
     #[serde(default)]
     pub audit: serde_json::Map<String, Value>,
-    /// `auto` (release as soon as an audit passes) or `manual` (stop at `audit_passed`).
+    /// `auto` (release as soon as an audit passes), `manual` (stop at `audit_passed`), or
+    /// `{"gray": [percentages]}` (`wxa/grayrelease` in growing steps, one every
+    /// `gray_step_secs`, then the full release; accounts with no version online yet are
+    /// released at once, as WeChat allows gray only over an online version).
     #[serde(default)]
     pub release: ReleaseMode,
+    /// Seconds between gray steps (default 3600).
+    #[serde(default = "default_gray_step")]
+    pub gray_step_secs: u64,
     /// Accounts worked on at once, across replicas (1..=200, default 10).
     #[serde(default = "default_concurrency")]
     pub concurrency: u32,
@@ -50,6 +56,10 @@ pub struct ReleaseSpec {
     /// `wxa/getversioninfo`; WeChat does not enforce it). Default true.
     #[serde(default = "yes")]
     pub check_version: bool,
+}
+
+fn default_gray_step() -> u64 {
+    3600
 }
 
 fn default_concurrency() -> u32 {
@@ -82,12 +92,27 @@ pub struct TargetFilter {
     pub permission: Option<i64>,
 }
 
-#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum ReleaseMode {
     #[default]
     Auto,
     Manual,
+    /// Gray steps (percentages, growing, 1..=100), then the full release.
+    Gray(Vec<u8>),
+}
+
+impl ReleaseMode {
+    /// The gray step after `current` (none yet: the first), if any is left.
+    pub fn next_gray(&self, current: Option<u8>) -> Option<u8> {
+        match self {
+            ReleaseMode::Gray(steps) => steps
+                .iter()
+                .copied()
+                .find(|p| current.is_none_or(|c| *p > c)),
+            _ => None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -125,6 +150,19 @@ impl ReleaseSpec {
             && !(r > 0.0 && r <= 1.0)
         {
             return bad("stop_when_failed_over must be a ratio above 0 and at most 1".into());
+        }
+        if let ReleaseMode::Gray(steps) = &self.release
+            && (steps.is_empty()
+                || steps.len() > 10
+                || steps.iter().any(|p| !(1..=100).contains(p))
+                || steps.windows(2).any(|w| w[0] >= w[1]))
+        {
+            return bad("release.gray must list 1 to 10 growing percentages from 1 to 100".into());
+        }
+        if !(1..=7 * 86_400).contains(&self.gray_step_secs)
+            && matches!(self.release, ReleaseMode::Gray(_))
+        {
+            return bad("gray_step_secs must be 1 to 604800".into());
         }
         if let Targets::Appids(list) = &self.targets {
             if list.is_empty() || list.len() > MAX_TARGETS {
@@ -259,6 +297,19 @@ mod tests {
     }
 
     #[test]
+    fn gray_steps_grow() {
+        let g = ReleaseMode::Gray(vec![5, 20, 50]);
+        assert_eq!(g.next_gray(None), Some(5));
+        assert_eq!(g.next_gray(Some(5)), Some(20));
+        assert_eq!(g.next_gray(Some(50)), None);
+        assert_eq!(ReleaseMode::Auto.next_gray(None), None);
+        let v: ReleaseSpec = serde_json::from_value(json!({"template_id": 1, "user_version": "1",
+            "targets": {"appids": ["wx0123456789abcdef"]}, "release": {"gray": [10, 50]}}))
+        .unwrap();
+        assert_eq!(v.release, ReleaseMode::Gray(vec![10, 50]));
+    }
+
+    #[test]
     fn versions_compare_by_number() {
         assert_eq!(version_cmp("1.10.0", "1.9.3"), Some(Greater));
         assert_eq!(version_cmp("1.2", "1.2.0"), Some(Equal));
@@ -313,6 +364,15 @@ mod tests {
                 "audit.access_token",
             ),
             (json!({"release": "sometimes"}), "unknown variant"),
+            (json!({"release": {"gray": []}}), "release.gray"),
+            (json!({"release": {"gray": [50, 10]}}), "release.gray"),
+            (json!({"release": {"gray": [0, 10]}}), "release.gray"),
+            (json!({"release": {"gray": [10, 101]}}), "release.gray"),
+            (json!({"release": {"gray": [10, 256]}}), "invalid value"),
+            (
+                json!({"release": {"gray": [10]}, "gray_step_secs": 0}),
+                "gray_step_secs",
+            ),
             (json!({"surprise": 1}), "unknown field"),
             (
                 json!({"targets": {"filter": {"type": "mini_program", "evil": 1}}}),

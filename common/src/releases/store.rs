@@ -265,6 +265,18 @@ impl ReleaseStore {
         }))
     }
 
+    /// Replaces a job's spec (an operator released a manual job).
+    pub async fn update_spec(&self, id: &str, spec: &ReleaseSpec) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "updating a release job").await?;
+        cmd("HSET")
+            .arg(self.k(id, "job"))
+            .arg("spec")
+            .arg(serde_json::to_string(spec).unwrap_or_default())
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("updating a release job"))
+    }
+
     /// Sets a job's status (and why); a finished or cancelled job leaves the open set.
     pub async fn set_status(
         &self,

@@ -43,7 +43,13 @@ pub mod errcode {
     pub const NOTHING_TO_RELEASE: [i64; 2] = [85019, 85020];
     /// No audit record (`get_latest_auditstatus`).
     pub const NO_AUDIT: i64 = 85058;
-    /// `undocodeaudit`: nothing in review / beyond 5 a day or 10 a month.
+    /// Gray release: no version online yet / the percentage does not grow.
+    pub const GRAY_FIRST_RELEASE: i64 = 85079;
+    pub const GRAY_NOT_GROWING: i64 = 85082;
+    /// `revertcoderelease` during a gray release.
+    pub const REVERT_IN_GRAY: i64 = 87011;
+    /// `undocodeaudit`: nothing in review / beyond 5 a day or 10 a month; `revertcoderelease`:
+    /// nothing to revert to (a first release, or reverted already).
     pub const NOTHING_IN_REVIEW: i64 = 87012;
     pub const UNDO_LIMIT: i64 = 87013;
 }
@@ -217,6 +223,22 @@ impl WechatClient {
             "wxa_revertcoderelease",
             "/wxa/revertcoderelease",
             &[("access_token", authorizer_token)],
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// `POST wxa/grayrelease {gray_percentage}`.
+    pub async fn gray_release(
+        &self,
+        authorizer_token: &str,
+        percentage: u8,
+    ) -> Result<(), WechatError> {
+        self.post(
+            "wxa_grayrelease",
+            "/wxa/grayrelease",
+            token(authorizer_token),
+            json!({ "gray_percentage": percentage }),
         )
         .await
         .map(|_| ())

@@ -129,6 +129,7 @@ impl At<'_> {
         match state {
             s if s.is_final() => None,
             AccountState::AuditPassed if self.job.spec.release == ReleaseMode::Manual => None,
+            AccountState::GrayReleased => Some(now() + self.job.spec.gray_step_secs as i64 * 1000),
             AccountState::AuditSubmitted | AccountState::AuditDelayed => {
                 Some(now() + self.ctx.settings.audit_poll.as_millis() as i64)
             }
@@ -242,9 +243,17 @@ async fn step(ctx: &Ctx, job: &Job, appid: &str) -> Result<(), StepError> {
         AccountState::Pending => commit(&mut at).await,
         AccountState::Committed | AccountState::WaitingQuota => submit(&mut at).await,
         AccountState::AuditSubmitted | AccountState::AuditDelayed => check_audit(&mut at).await,
-        AccountState::AuditPassed if job.spec.release == ReleaseMode::Auto => {
-            release(&mut at).await
+        AccountState::AuditPassed | AccountState::GrayReleased
+            if job.spec.release != ReleaseMode::Manual =>
+        {
+            // Gray steps only over a version online (WeChat's rule); then the full release.
+            let next = job.spec.release.next_gray(at.rec.gray_percentage);
+            match next {
+                Some(p) if at.rec.online_before.is_some() => gray(&mut at, p).await,
+                _ => release(&mut at).await,
+            }
         }
+        AccountState::RollingBack => revert(&mut at).await,
         // Final, or waiting for an operator: off the schedule.
         _ => {
             let next = at.rec.clone();
@@ -258,7 +267,14 @@ async fn reconcile(at: &mut At<'_>, intent: Intent) -> Result<(), StepError> {
     metrics::counter!("wxpipe_release_reconciled_total").increment(1);
     let user_version = at.job.spec.user_version.clone();
     match intent.call {
-        Call::Commit | Call::Release => {
+        Call::Gray => {
+            // Made again: WeChat refuses a step that does not grow (85082), which `gray`
+            // takes as made.
+            let mut next = at.rec.clone();
+            next.intent = None;
+            at.to(next, Some(now())).await
+        }
+        Call::Commit | Call::Release | Call::Revert => {
             let (ctx, appid) = (at.ctx, at.appid.clone());
             let r = ctx
                 .tokens
@@ -278,6 +294,10 @@ async fn reconcile(at: &mut At<'_>, intent: Intent) -> Result<(), StepError> {
                 Call::Commit => (
                     info.exp_version.as_deref() == Some(&*user_version),
                     AccountState::Committed,
+                ),
+                Call::Revert => (
+                    info.release_version.as_deref() != Some(&*user_version),
+                    AccountState::RolledBack,
                 ),
                 _ => (
                     info.release_version.as_deref() == Some(&*user_version),
@@ -764,6 +784,88 @@ async fn release(at: &mut At<'_>) -> Result<(), StepError> {
         Answer::Refused(_, why) => {
             at.refused(AccountState::ReleaseFailed, "release refused", why)
                 .await
+        }
+        Answer::Gone(why) => at.go(AccountState::Skipped, Some(why)).await,
+        Answer::Later(why) => at.later(why).await,
+        Answer::Unknown(why) => at.unknown(why).await,
+    }
+}
+
+/// A gray step: `wxa/grayrelease` to `percentage`.
+async fn gray(at: &mut At<'_>, percentage: u8) -> Result<(), StepError> {
+    let ctx = at.ctx;
+    if !at.intend(Call::Gray).await? {
+        return Ok(());
+    }
+    let r = ctx
+        .tokens
+        .with_authorizer_token(&at.appid, |t| {
+            let c = ctx.tokens.client.clone();
+            async move { c.gray_release(t.expose(), percentage).await }
+        })
+        .await;
+    let stepped = |at: &At<'_>| {
+        let mut next = at.rec.moved(
+            AccountState::GrayReleased,
+            Some(format!("released to {percentage}% of users")),
+        );
+        next.gray_percentage = Some(percentage);
+        next
+    };
+    match answer("wxa_grayrelease", r) {
+        Answer::Ok(()) | Answer::Refused(errcode::GRAY_NOT_GROWING, _) => {
+            let next = stepped(at);
+            let due = at.due_for(AccountState::GrayReleased);
+            at.to(next, due).await
+        }
+        // No version online after all: the full release.
+        Answer::Refused(errcode::GRAY_FIRST_RELEASE, _) => {
+            let mut next = at.rec.clone();
+            next.intent = None;
+            next.online_before = None;
+            at.to(next, Some(now())).await
+        }
+        Answer::Refused(45009, why) => at.daily_limit(why).await,
+        Answer::Refused(_, why) => {
+            at.refused(AccountState::ReleaseFailed, "grayrelease refused", why)
+                .await
+        }
+        Answer::Gone(why) => at.go(AccountState::Skipped, Some(why)).await,
+        Answer::Later(why) => at.later(why).await,
+        Answer::Unknown(why) => at.unknown(why).await,
+    }
+}
+
+/// `rolling_back`: `wxa/revertcoderelease` (one step back).
+async fn revert(at: &mut At<'_>) -> Result<(), StepError> {
+    let ctx = at.ctx;
+    if !at.intend(Call::Revert).await? {
+        return Ok(());
+    }
+    let r = ctx
+        .tokens
+        .with_authorizer_token(&at.appid, |t| {
+            let c = ctx.tokens.client.clone();
+            async move { c.revert_release(t.expose()).await }
+        })
+        .await;
+    match answer("wxa_revertcoderelease", r) {
+        Answer::Ok(()) => {
+            let back_to = at.rec.online_before.clone().unwrap_or_else(|| "?".into());
+            at.go(
+                AccountState::RolledBack,
+                Some(format!("rolled back to {back_to}")),
+            )
+            .await
+        }
+        Answer::Refused(45009, why) => at.daily_limit(why).await,
+        Answer::Refused(_, why) => {
+            at.refused(
+                AccountState::RollbackFailed,
+                "revertcoderelease refused",
+                why,
+            )
+            .await
         }
         Answer::Gone(why) => at.go(AccountState::Skipped, Some(why)).await,
         Answer::Later(why) => at.later(why).await,

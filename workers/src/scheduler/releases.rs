@@ -1,7 +1,8 @@
 //! The release jobs on the admin API (docs/releases.md): `POST /v1/releases` checks and
 //! stores a job (the `releases` role runs it), `GET /v1/releases`, `GET /v1/releases/{id}`
 //! (counts per state, rate, ETA, the audit quota), `GET /v1/releases/{id}/accounts?state=
-//! &cursor=&limit=`, and the controls `POST /v1/releases/{id}/pause|resume|cancel|retry`.
+//! &cursor=&limit=`, and the controls `POST /v1/releases/{id}/pause|resume|cancel|retry|
+//! release|rollback`.
 
 use super::admin::{Admin, BadRequest, error};
 use axum::Router;
@@ -32,6 +33,8 @@ pub fn routes() -> Router<Arc<Admin>> {
         .route("/v1/releases/{id}/resume", post(resume))
         .route("/v1/releases/{id}/cancel", post(cancel))
         .route("/v1/releases/{id}/retry", post(retry))
+        .route("/v1/releases/{id}/release", post(release_now))
+        .route("/v1/releases/{id}/rollback", post(rollback))
 }
 
 fn store(admin: &Admin) -> ReleaseStore {
@@ -424,7 +427,7 @@ async fn move_all(
     store: &ReleaseStore,
     job: &Job,
     from: &[AccountState],
-    next: impl Fn(&AccountRecord) -> (AccountRecord, Option<i64>),
+    next: impl Fn(&AccountRecord) -> Option<(AccountRecord, Option<i64>)>,
 ) -> Result<(u64, u64), common::redis::RedisError> {
     let (mut moved, mut raced) = (0, 0);
     for state in from {
@@ -441,7 +444,9 @@ async fn move_all(
                     raced += 1;
                     continue;
                 }
-                let (to, due) = next(&current);
+                let Some((to, due)) = next(&current) else {
+                    continue;
+                };
                 let event = crate::releases::events::event(job, current.state, &to, seq);
                 if store
                     .transition(&job.id, seq, current.state, &to, due, true, Some(&event))
@@ -486,15 +491,17 @@ async fn cancel(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Resp
         AccountState::Committed,
         AccountState::WaitingQuota,
         AccountState::AuditPassed,
+        // A gray release stops growing where it is.
+        AccountState::GrayReleased,
     ];
     let moved = move_all(&store, &job, &from, |r| {
-        (
+        Some((
             r.moved(
                 AccountState::Cancelled,
                 Some("the job was cancelled".into()),
             ),
             None,
-        )
+        ))
     })
     .await;
     let (cancelled, raced) = match moved {
@@ -557,7 +564,7 @@ async fn retry(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Respo
             };
             let mut next = r.moved(to, Some("retried by an operator".into()));
             next.screenshots.clear();
-            (next, Some(now))
+            Some((next, Some(now)))
         },
     )
     .await;
@@ -570,4 +577,131 @@ async fn retry(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Respo
     }
     Json(json!({ "id": id, "status": "running", "retried": retried, "busy": raced }))
         .into_response()
+}
+
+/// `{"appids": [...]}` (optional): the accounts an operator's action is for (default: all).
+#[derive(serde::Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+struct Chosen {
+    #[serde(default)]
+    appids: Option<Vec<String>>,
+}
+
+fn chosen(body: &[u8]) -> Result<Option<std::collections::BTreeSet<String>>, BadRequest> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(None);
+    }
+    match serde_json::from_slice::<Chosen>(body) {
+        Ok(c) => {
+            if let Some(list) = &c.appids
+                && let Some(bad) = list.iter().find(|a| a.parse::<AppId>().is_err())
+            {
+                return Err(BadRequest(format!("{bad:?} is not an appid")));
+            }
+            Ok(c.appids.map(|l| l.into_iter().collect()))
+        }
+        Err(e) => Err(BadRequest(format!(
+            "send {{\"appids\": [..]}} or nothing: {e}"
+        ))),
+    }
+}
+
+/// A manual job's passed audits released now (the job releases by itself from now on).
+async fn release_now(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Response {
+    let (store, mut job) = match job_of(&admin, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    if job.spec.release != common::releases::ReleaseMode::Manual {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": "the job releases by itself (release is not manual)" })),
+        )
+            .into_response();
+    }
+    if job.status == JobStatus::Cancelled {
+        return (
+            StatusCode::CONFLICT,
+            Json(json!({ "error": "the job is cancelled" })),
+        )
+            .into_response();
+    }
+    job.spec.release = common::releases::ReleaseMode::Auto;
+    if let Err(e) = store.update_spec(&id, &job.spec).await {
+        return error(e.into());
+    }
+    let now = common::unix_now_ms();
+    let moved = move_all(&store, &job, &[AccountState::AuditPassed], |r| {
+        Some((
+            r.moved(
+                AccountState::AuditPassed,
+                Some("released by an operator".into()),
+            ),
+            Some(now),
+        ))
+    })
+    .await;
+    let (released, raced) = match moved {
+        Ok(x) => x,
+        Err(e) => return error(e.into()),
+    };
+    if let Err(e) = store.set_status(&id, JobStatus::Running, None).await {
+        return error(e.into());
+    }
+    Json(json!({ "id": id, "status": "running", "releasing": released, "busy": raced }))
+        .into_response()
+}
+
+/// Rolls released accounts back one step (`wxa/revertcoderelease`); not those whose release
+/// was their first (nothing to go back to).
+async fn rollback(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
+    let (store, job) = match job_of(&admin, &id).await {
+        Ok(x) => x,
+        Err(r) => return r,
+    };
+    let only = match chosen(&body) {
+        Ok(c) => c,
+        Err(r) => return r.into_response(),
+    };
+    let now = common::unix_now_ms();
+    let first_release = std::sync::atomic::AtomicU64::new(0);
+    let moved = move_all(&store, &job, &[AccountState::Released], |r| {
+        if only.as_ref().is_some_and(|o| !o.contains(&r.appid)) {
+            return None;
+        }
+        if r.online_before.is_none() {
+            first_release.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return None;
+        }
+        Some((
+            r.moved(
+                AccountState::RollingBack,
+                Some("rollback asked by an operator".into()),
+            ),
+            Some(now),
+        ))
+    })
+    .await;
+    let (moved, raced) = match moved {
+        Ok(x) => x,
+        Err(e) => return error(e.into()),
+    };
+    let first = first_release.into_inner();
+    if moved > 0
+        && let Err(e) = store.set_status(&id, JobStatus::Running, None).await
+    {
+        return error(e.into());
+    }
+    Json(json!({
+        "id": id,
+        "rolling_back": moved,
+        "not_rolled_back_first_release": first,
+        "busy": raced,
+        "note": "wxa/revertcoderelease goes one step back, to the version online before this job; not for a first release",
+    }))
+    .into_response()
 }
