@@ -57,3 +57,30 @@ pub fn screenshot(tab: &headless_chrome::Tab, dir: &str, name: &str) -> anyhow::
     std::fs::write(&path, png)?;
     Ok(path)
 }
+
+/// Waits until `script` evaluates to `true` in `tab`, at most `timeout`; the error names `what`
+/// and quotes what the page shows.
+pub fn wait_until(
+    tab: &headless_chrome::Tab,
+    script: &str,
+    what: &str,
+    timeout: std::time::Duration,
+) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        let v = tab.evaluate(script, false)?.value;
+        if v == Some(serde_json::Value::Bool(true)) {
+            return Ok(());
+        }
+        if std::time::Instant::now() > deadline {
+            let body = tab.evaluate("document.body.innerText", false)?.value;
+            anyhow::bail!("timed out waiting for {what}; the page shows: {body:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// The inner text of the first element matching `selector`.
+pub fn text_of(tab: &headless_chrome::Tab, selector: &str) -> anyhow::Result<String> {
+    tab.wait_for_element(selector)?.get_inner_text()
+}

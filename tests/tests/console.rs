@@ -4,7 +4,7 @@
 
 use common::wire::dead::DeadLetter;
 use lapin::options::BasicPublishOptions;
-use serde_json::{Value, json};
+use serde_json::json;
 use std::time::Duration;
 use wxpipe_tests::broker::{TestNs, bind_queue, collect, message_count};
 use wxpipe_tests::harness::{
@@ -252,32 +252,9 @@ async fn the_console_endpoints_answer_what_the_page_shows() {
 }
 
 /// Polls the page until `script` (a JavaScript expression) is true.
-fn wait_until(
-    tab: &headless_chrome::Tab,
-    script: &str,
-    what: &str,
-    timeout: Duration,
-) -> anyhow::Result<()> {
-    let deadline = std::time::Instant::now() + timeout;
-    loop {
-        let v = tab.evaluate(script, false)?.value;
-        if v == Some(Value::Bool(true)) {
-            return Ok(());
-        }
-        if std::time::Instant::now() > deadline {
-            let body = tab.evaluate("document.body.innerText", false)?.value;
-            anyhow::bail!("timed out waiting for {what}; the page shows: {body:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
-}
-
-fn text_of(tab: &headless_chrome::Tab, selector: &str) -> anyhow::Result<String> {
-    tab.wait_for_element(selector)?.get_inner_text()
-}
-
 #[tokio::test]
 async fn the_console_in_a_real_headless_browser() {
+    use wxpipe_tests::browser::{text_of, wait_until};
     let t = TestNs::new("t-console-browser");
     let (sim, p, oa, mp) = platform(&t).await;
     let events = t.queue("events");

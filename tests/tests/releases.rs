@@ -673,3 +673,77 @@ async fn gray_steps_then_the_full_release_then_a_rollback_and_a_version_not_newe
     p.stop().await;
     sim.stop().await;
 }
+
+/// The console's 代码发布 page in a real headless Chromium: a release created from the form,
+/// its progress and WeChat's reason for a failed audit, the failure fixed and retried from the
+/// page — with screenshots in `target/test-artifacts/releases/`.
+#[tokio::test]
+async fn the_releases_page_in_a_real_headless_browser() {
+    use wxpipe_tests::browser::{screenshot, text_of, wait_until};
+    let t = TestNs::new("t-releases-console");
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let minis = authorize(&p, &sim, 8, json!({ "mini_program": true })).await;
+    let failing = minis[3].clone();
+    sim.post("/sim/code/config", json!({ "review_ms": 300, "fail_appids": [failing], "quota_rest": 100, "quota_limit": 100 })).await;
+    template(&sim);
+    let _releases = spawn_releases(&t, &sim, Duration::from_secs(30), Duration::from_secs(5));
+    let console = format!("{}/console", p.admin);
+    let shared = sim.shared.clone();
+    let failing_in_page = failing.clone();
+    let shots = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<std::path::PathBuf>> {
+        let dir = "releases";
+        let browser = wxpipe_tests::browser::launch((1366, 1400))?;
+        let tab = browser.new_tab()?;
+        tab.set_user_agent("Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0", Some("zh-CN,zh;q=0.9"), None)?;
+        tab.navigate_to(&console)?.wait_until_navigated()?;
+        tab.wait_for_element("#token")?.click()?;
+        tab.type_str(ADMIN_TOKEN)?;
+        tab.press_key("Enter")?;
+        wait_until(&tab, "!document.querySelector('#tabs').hidden", "the logged-in page", Duration::from_secs(10))?;
+        tab.wait_for_element("[data-tab=releases]")?.click()?;
+        wait_until(&tab, "document.querySelector('[data-tab=releases]').innerText === '代码发布'", "the tab in Chinese", Duration::from_secs(5))?;
+        wait_until(&tab, "document.querySelector('#rel-table tbody').innerText.includes('还没有发布任务')", "the empty list", Duration::from_secs(10))?;
+        // The form: the template from the library, a version, every mini program.
+        tab.wait_for_element("#rel-new")?.click()?;
+        wait_until(&tab, "document.querySelectorAll('#rel-template option').length === 1", "the template list", Duration::from_secs(10))?;
+        tab.wait_for_element("#rel-version")?.click()?;
+        tab.type_str("1.0.0")?;
+        tab.wait_for_element("#rel-desc")?.click()?;
+        tab.type_str("首个版本")?;
+        let mut shots = vec![screenshot(&tab, dir, "form")?];
+        tab.wait_for_element("#rel-form button[type=submit]")?.click()?;
+        wait_until(&tab, "document.querySelectorAll('#rel-table tbody tr.clickable').length === 1", "the job in the list", Duration::from_secs(10))?;
+        // It runs to its end: seven released, one audit failed with WeChat's reason.
+        wait_until(&tab, "document.querySelector('#rel-detail h3') && document.querySelector('#rel-detail h3').innerText.includes('已完成')", "the job finished", Duration::from_secs(60))?;
+        wait_until(&tab, "!!document.querySelector('table.rel-accounts[data-list=audit_failed]')", "the failures", Duration::from_secs(10))?;
+        let failures = text_of(&tab, "table.rel-accounts[data-list=audit_failed]")?;
+        let legend = text_of(&tab, "#rel-detail .legend")?;
+        shots.push(screenshot(&tab, dir, "finished-with-a-failure")?);
+        anyhow::ensure!(failures.contains(&failing_in_page) && failures.contains("不符合规范") && failures.contains("审核未通过"), "{failures}");
+        anyhow::ensure!(legend.contains("已发布: 7") && legend.contains("审核未通过: 1"), "{legend}");
+        // The failure is fixed at WeChat's side; retried from the page, it is released too.
+        shared.code.lock().unwrap().config.fail_appids.clear();
+        tab.wait_for_element("#rel-detail button[data-action=retry]")?.click()?;
+        wait_until(&tab, "document.querySelector('#rel-detail .legend').innerText.includes('已发布: 8')", "every account released", Duration::from_secs(60))?;
+        shots.push(screenshot(&tab, dir, "all-released")?);
+        Ok(shots)
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    for shot in shots {
+        assert!(
+            std::fs::metadata(&shot).unwrap().len() > 5000,
+            "{}",
+            shot.display()
+        );
+    }
+    assert_eq!(
+        calls(&sim, "wxa_submit_audit", &failing),
+        2,
+        "submitted again after the retry"
+    );
+    assert_eq!(calls(&sim, "wxa_release", &failing), 1);
+    p.stop().await;
+    sim.stop().await;
+}

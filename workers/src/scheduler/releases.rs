@@ -27,6 +27,7 @@ pub const CODE_MANAGEMENT: i64 = 18;
 pub fn routes() -> Router<Arc<Admin>> {
     Router::new()
         .route("/v1/releases", post(create).get(list))
+        .route("/v1/releases/templates", get(templates))
         .route("/v1/releases/{id}", get(one))
         .route("/v1/releases/{id}/accounts", get(accounts))
         .route("/v1/releases/{id}/pause", post(pause))
@@ -135,6 +136,23 @@ async fn resolve(admin: &Admin, targets: &Targets) -> Result<Vec<AccountRecord>,
         }
     }
     Ok(out)
+}
+
+/// The platform's template library (`wxa/gettemplatelist`), for the console's form.
+async fn templates(State(admin): State<Arc<Admin>>) -> Response {
+    let token = match admin.tokens.current_component_token().await {
+        Ok(t) => t,
+        Err(e) => return error(e),
+    };
+    match admin
+        .tokens
+        .client
+        .template_list(token.access_token.expose())
+        .await
+    {
+        Ok(list) => Json(json!({ "templates": list })).into_response(),
+        Err(e) => error(e.into()),
+    }
 }
 
 /// Checks that the template is in the library.

@@ -26,6 +26,23 @@ const TEXT = {
     accounts_summary: "共 {total} 个，匹配 {matching} 个", pushes_total: "已接收推送", events_total: "已发布事件",
     live_processes: "在线进程", official_account: "公众号", mini_program: "小程序", unknown: "未知",
     quota_ok: "没有用尽的额度。", closed_until: "关闭至", replay_this: "重放此类",
+    tab_releases: "代码发布", rel_new: "新建发布", rel_template: "代码模板", rel_version: "版本号", rel_version_ph: "如 1.2.0",
+    rel_desc: "版本描述", rel_targets: "发布范围", rel_all_minis: "所有已授权代码管理的小程序", rel_listed: "指定 appid",
+    rel_appids: "appid 列表", rel_appids_ph: "每行或以逗号分隔一个 appid", rel_mode: "发布方式", rel_auto: "审核通过后自动发布",
+    rel_manual: "审核通过后手动发布", rel_gray: "先灰度、再全量", rel_gray_steps: "灰度比例（%）", rel_gray_ph: "如 10,50",
+    rel_concurrency: "同时处理账号数", rel_stop: "失败比例超过（%）时暂停", rel_ext: "ext_json", rel_ext_ph: "{\"extAppid\": \"${appid}\"}",
+    rel_create: "创建发布", rel_progress: "进度", rel_rate: "账号/分钟", rel_eta: "预计剩余", rel_created: "创建时间",
+    rel_pause: "暂停", rel_resume: "继续", rel_retry: "重试失败账号", rel_rollback: "回退已发布版本", rel_cancel: "取消发布",
+    rel_release: "立即发布", rel_failures: "失败账号", rel_skipped: "跳过的账号", rel_waiting: "等待审核额度的账号",
+    rel_screenshots: "截图", rel_none: "还没有发布任务。", rel_quota: "本月审核额度：剩余 {rest} / {limit}",
+    rel_confirm_cancel: "取消后，尚未提交审核的账号不再继续；已在审核中的保留在微信（撤回审核不会退还已用的审核额度）。确定取消？",
+    rel_confirm_rollback: "把本任务已发布的账号回退到上一个线上版本（首次发布的账号无法回退）？",
+    rel_created_ok: "已创建发布任务 {id}", rel_bad_ext: "ext_json 不是 JSON 对象",
+    running: "进行中", paused: "已暂停", cancelled: "已取消", finished: "已完成",
+    st_pending: "待处理", st_committed: "已上传代码", st_waiting_quota: "等待审核额度", st_audit_submitted: "审核中",
+    st_audit_delayed: "审核延期", st_audit_passed: "审核通过", st_audit_failed: "审核未通过", st_gray_released: "灰度中",
+    st_released: "已发布", st_release_failed: "发布失败", st_rolling_back: "回退中", st_rolled_back: "已回退",
+    st_rollback_failed: "回退失败", st_skipped: "已跳过", st_cancelled: "已取消",
   },
   en: {
     console: "console", tab_accounts: "Accounts", tab_platform: "Platform", tab_authorize: "Authorization",
@@ -50,6 +67,23 @@ const TEXT = {
     accounts_summary: "{total} in all, {matching} matching", pushes_total: "Pushes accepted", events_total: "Events published",
     live_processes: "Live processes", official_account: "official account", mini_program: "mini program", unknown: "unknown",
     quota_ok: "No quota is used up.", closed_until: "closed until", replay_this: "Replay these",
+    tab_releases: "Releases", rel_new: "New release", rel_template: "Template", rel_version: "Version", rel_version_ph: "e.g. 1.2.0",
+    rel_desc: "Description", rel_targets: "Accounts", rel_all_minis: "Every mini program that granted code management", rel_listed: "These appids",
+    rel_appids: "appids", rel_appids_ph: "one appid per line or comma-separated", rel_mode: "Release", rel_auto: "As soon as the audit passes",
+    rel_manual: "By hand, after the audit", rel_gray: "Gray steps, then everyone", rel_gray_steps: "Gray steps (%)", rel_gray_ph: "e.g. 10,50",
+    rel_concurrency: "Accounts at once", rel_stop: "Pause when failures exceed (%)", rel_ext: "ext_json", rel_ext_ph: "{\"extAppid\": \"${appid}\"}",
+    rel_create: "Create", rel_progress: "Progress", rel_rate: "Accounts/min", rel_eta: "ETA", rel_created: "Created",
+    rel_pause: "Pause", rel_resume: "Resume", rel_retry: "Retry failed accounts", rel_rollback: "Roll back released accounts", rel_cancel: "Cancel",
+    rel_release: "Release now", rel_failures: "Failed accounts", rel_skipped: "Skipped accounts", rel_waiting: "Waiting for audit quota",
+    rel_screenshots: "Screenshots", rel_none: "No release jobs yet.", rel_quota: "Audit quota this month: {rest} of {limit} left",
+    rel_confirm_cancel: "Accounts not yet submitted for audit stop; audits already in review stay with WeChat (undoing one does not return the audit quota it used). Cancel?",
+    rel_confirm_rollback: "Roll the released accounts of this job back to the version online before it (not possible for a first release)?",
+    rel_created_ok: "Release job {id} created", rel_bad_ext: "ext_json is not a JSON object",
+    running: "running", paused: "paused", cancelled: "cancelled", finished: "finished",
+    st_pending: "pending", st_committed: "committed", st_waiting_quota: "waiting for quota", st_audit_submitted: "in review",
+    st_audit_delayed: "review delayed", st_audit_passed: "audit passed", st_audit_failed: "audit failed", st_gray_released: "gray",
+    st_released: "released", st_release_failed: "release failed", st_rolling_back: "rolling back", st_rolled_back: "rolled back",
+    st_rollback_failed: "rollback failed", st_skipped: "skipped", st_cancelled: "cancelled",
   },
 };
 
@@ -145,6 +179,7 @@ const loaders = {
   authorize: () => loadAuthLink(),
   dead: () => loadDead(),
   traffic: () => loadTraffic(),
+  releases: () => loadReleases(),
 };
 
 function show(tab) {
@@ -154,7 +189,7 @@ function show(tab) {
   if (timer) clearInterval(timer);
   const load = () => loaders[tab]().catch((e) => toast(e.message));
   load();
-  if (tab === "traffic" || tab === "platform") timer = setInterval(load, 5000);
+  if (tab === "traffic" || tab === "platform" || tab === "releases") timer = setInterval(load, 5000);
 }
 
 // ---- accounts ------------------------------------------------------------------------------
@@ -397,6 +432,173 @@ async function loadTraffic() {
   }
 }
 
+// ---- releases ------------------------------------------------------------------------------
+const STATES = ["released", "gray_released", "audit_passed", "audit_submitted", "audit_delayed", "committed",
+  "waiting_quota", "pending", "rolling_back", "rolled_back", "audit_failed", "release_failed", "rollback_failed",
+  "skipped", "cancelled"];
+const COLORS = {
+  released: "#1a7f37", gray_released: "#4ac26b", audit_passed: "#2da44e", audit_submitted: "#0969da",
+  audit_delayed: "#54aeff", committed: "#8250df", waiting_quota: "#bf8700", pending: "#d0d7de",
+  rolling_back: "#fb8f44", rolled_back: "#bc4c00", audit_failed: "#cf222e", release_failed: "#a40e26",
+  rollback_failed: "#82071e", skipped: "#8c959f", cancelled: "#57606a",
+};
+let openRelease = null;
+
+function bar(counts, total) {
+  const b = el("div", undefined, "bar");
+  for (const s of STATES) {
+    const n = counts[s] || 0;
+    if (!n) continue;
+    const part = el("span");
+    part.style.width = (100 * n / Math.max(total, 1)) + "%";
+    part.style.background = COLORS[s];
+    part.title = `${t("st_" + s)}: ${n}`;
+    part.dataset.state = s;
+    b.append(part);
+  }
+  return b;
+}
+
+async function loadReleases() {
+  const r = await api("/v1/releases");
+  const body = $("#rel-table tbody");
+  body.replaceChildren();
+  if (!r.releases.length) {
+    const tr = el("tr");
+    const td = el("td", t("rel_none"), "muted");
+    td.colSpan = 7;
+    tr.append(td);
+    body.append(tr);
+  }
+  for (const j of r.releases) {
+    const tr = el("tr", undefined, "clickable");
+    tr.dataset.id = j.id;
+    const progress = el("td");
+    progress.append(bar(j.counts, j.total), el("span", `${j.finished} / ${j.total}`, "muted"));
+    tr.append(el("td", j.id), el("td", j.user_version), el("td", t(j.status), "status-" + j.status), progress,
+      el("td", j.rate_per_min), el("td", j.eta_secs ? duration(j.eta_secs) : "—"), el("td", when(j.created_ms)));
+    tr.addEventListener("click", () => { openRelease = j.id; loadRelease(j.id).catch((e) => toast(e.message)); });
+    body.append(tr);
+  }
+  if (openRelease) await loadRelease(openRelease);
+}
+
+async function releaseAction(id, action, confirmKey) {
+  if (confirmKey && !confirm(t(confirmKey))) return;
+  try {
+    await api(`/v1/releases/${encodeURIComponent(id)}/${action}`, { method: "POST", body: {} });
+    toast(t("done"));
+    await loadReleases();
+  } catch (e) { toast(e.message); }
+}
+
+async function loadRelease(id) {
+  const j = await api(`/v1/releases/${encodeURIComponent(id)}`);
+  const box = $("#rel-detail");
+  box.hidden = false;
+  box.replaceChildren();
+  box.append(el("h3", `${j.id} · ${j.user_version} · ${t(j.status)}`));
+  if (j.status_reason) box.append(el("p", j.status_reason, "error"));
+  box.append(bar(j.counts, j.total));
+  const legend = el("div", undefined, "legend counts");
+  for (const s of STATES) {
+    if (!j.counts[s]) continue;
+    const item = el("span", `${t("st_" + s)}: ${j.counts[s]}`);
+    item.style.setProperty("--c", COLORS[s]);
+    item.dataset.state = s;
+    legend.append(item);
+  }
+  box.append(legend);
+  if (j.audit_quota) $("#rel-quota").textContent = t("rel_quota", j.audit_quota);
+  const actions = el("div", undefined, "toolbar");
+  const button = (key, action, cls, confirmKey) => {
+    const b = el("button", t(key), cls);
+    b.dataset.action = action;
+    b.addEventListener("click", () => releaseAction(j.id, action, confirmKey));
+    actions.append(b);
+  };
+  if (j.status === "running") button("rel_pause", "pause");
+  if (j.status === "paused") button("rel_resume", "resume");
+  if ((j.counts.audit_failed || 0) + (j.counts.release_failed || 0) > 0 && j.status !== "cancelled") button("rel_retry", "retry");
+  if (j.release === "manual" && (j.counts.audit_passed || 0) > 0) button("rel_release", "release");
+  if ((j.counts.released || 0) > 0) button("rel_rollback", "rollback", "danger", "rel_confirm_rollback");
+  if (j.status === "running" || j.status === "paused") button("rel_cancel", "cancel", "danger", "rel_confirm_cancel");
+  box.append(actions);
+  for (const [title, states] of [["rel_failures", ["audit_failed", "release_failed", "rollback_failed"]],
+                                 ["rel_waiting", ["waiting_quota"]], ["rel_skipped", ["skipped"]]]) {
+    const rows = [];
+    for (const s of states) {
+      if (!j.counts[s]) continue;
+      const r = await api(`/v1/releases/${encodeURIComponent(j.id)}/accounts?state=${s}&limit=100`);
+      rows.push(...r.accounts);
+    }
+    if (!rows.length) continue;
+    box.append(el("h4", `${t(title)} (${rows.length})`));
+    const table = el("table");
+    table.className = "rel-accounts";
+    table.dataset.list = states[0];
+    const head = el("tr");
+    head.append(el("th", "appid"), el("th", t("status")), el("th", t("reason")), el("th", t("rel_screenshots")));
+    const thead = el("thead");
+    thead.append(head);
+    const tbody = el("tbody");
+    for (const a of rows) {
+      const tr = el("tr");
+      tr.append(el("td", a.appid), el("td", t("st_" + a.state)), el("td", a.reason || ""), el("td", (a.screenshots || []).join(" | "), "muted"));
+      tbody.append(tr);
+    }
+    table.append(thead, tbody);
+    box.append(table);
+  }
+}
+
+async function showReleaseForm() {
+  const form = $("#rel-form");
+  form.hidden = !form.hidden;
+  if (form.hidden) return;
+  $("#rel-error").textContent = "";
+  const r = await api("/v1/releases/templates");
+  const sel = $("#rel-template");
+  sel.replaceChildren();
+  for (const tpl of r.templates) {
+    const o = el("option", `${tpl.template_id} · ${tpl.user_version} · ${tpl.user_desc}`);
+    o.value = tpl.template_id;
+    sel.append(o);
+  }
+}
+
+async function createRelease(ev) {
+  ev.preventDefault();
+  const err = $("#rel-error");
+  err.textContent = "";
+  const body = {
+    template_id: parseInt($("#rel-template").value, 10),
+    user_version: $("#rel-version").value.trim(),
+    user_desc: $("#rel-desc").value.trim(),
+    concurrency: parseInt($("#rel-concurrency").value, 10) || 10,
+  };
+  body.targets = $("#rel-target-kind").value === "all"
+    ? { filter: { type: "mini_program", status: "active", permission: 18 } }
+    : { appids: $("#rel-appids").value.split(/[\s,]+/).filter((a) => a) };
+  const mode = $("#rel-mode").value;
+  body.release = mode === "gray" ? { gray: $("#rel-gray").value.split(/[\s,%]+/).filter((p) => p).map((p) => parseInt(p, 10)) } : mode;
+  const stop = parseInt($("#rel-stop").value, 10);
+  if (stop > 0) body.stop_when_failed_over = stop / 100;
+  const ext = $("#rel-ext").value.trim();
+  if (ext) {
+    try {
+      body.ext_json = JSON.parse(ext);
+    } catch (_) { err.textContent = t("rel_bad_ext"); return; }
+  }
+  try {
+    const r = await api("/v1/releases", { method: "POST", body });
+    toast(t("rel_created_ok", r));
+    $("#rel-form").hidden = true;
+    openRelease = r.id;
+    await loadReleases();
+  } catch (e) { err.textContent = e.message; }
+}
+
 // ---- wiring --------------------------------------------------------------------------------
 document.addEventListener("DOMContentLoaded", () => {
   applyLanguage();
@@ -421,5 +623,10 @@ document.addEventListener("DOMContentLoaded", () => {
   $("#replay-form").addEventListener("submit", replay);
   $("#show-form").addEventListener("submit", showLetter);
   $("#purge").addEventListener("click", purge);
+  $("#rel-new").addEventListener("click", () => showReleaseForm().catch((e) => toast(e.message)));
+  $("#rel-refresh").addEventListener("click", () => loadReleases().catch((e) => toast(e.message)));
+  $("#rel-form").addEventListener("submit", createRelease);
+  $("#rel-target-kind").addEventListener("change", () => { $("#rel-appids").disabled = $("#rel-target-kind").value !== "list"; });
+  $("#rel-mode").addEventListener("change", () => { $("#rel-gray").disabled = $("#rel-mode").value !== "gray"; });
   if (token()) login(token()); else logout("");
 });
