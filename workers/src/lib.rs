@@ -7,6 +7,8 @@
 //! * [`decrypt`] — `{ns}.raw` → verify, decrypt, parse, dedupe → `{ns}.events`.
 //! * [`business`] — `{ns}.business`: the platform's own events, through a handler registry.
 //! * [`scheduler`] — keeps every token fresh; the admin/token API.
+//! * [`releases`] — mini-program fleet releases: each account's commit, audit and release.
+//! * [`gateway`] — WeChat's API for the platform's teams, tokens attached.
 //! * [`dlq`] — inspect and replay `{ns}.dead`.
 //! * [`crypto_tool`] — offline WXBizMsgCrypt tools for support work.
 //!
