@@ -487,11 +487,22 @@ async fn submit(at: &mut At<'_>) -> Result<(), StepError> {
         )
         .await?;
         let Taken::Won(lock) = lock else {
-            let due = now() + ctx.settings.retry_base.as_millis() as i64;
-            return Ok(ctx
-                .store
-                .reschedule(at.id(), at.appid.as_str(), due)
-                .await?);
+            // Another replica or task reads it now: its reading is saved within a call.
+            for _ in 0..20 {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                reserved = ctx.store.reserve_audit(max_age).await?;
+                if reserved != Reserved::Stale {
+                    break;
+                }
+            }
+            if reserved == Reserved::Stale {
+                let due = now() + 1_000;
+                return Ok(ctx
+                    .store
+                    .reschedule(at.id(), at.appid.as_str(), due)
+                    .await?);
+            }
+            return submit_reserved(at, reserved).await;
         };
         let r = ctx
             .tokens
@@ -515,6 +526,12 @@ async fn submit(at: &mut At<'_>) -> Result<(), StepError> {
             }
         }
     }
+    submit_reserved(at, reserved).await
+}
+
+/// The submit step once the quota answered `reserved` (not stale).
+async fn submit_reserved(at: &mut At<'_>, reserved: Reserved) -> Result<(), StepError> {
+    let ctx = at.ctx;
     if reserved != Reserved::Yes {
         let why =
             "the platform's monthly audit quota is used up; waiting for it to grow".to_owned();

@@ -1,7 +1,7 @@
 //! The platform's state as Prometheus gauges, set by every scheduler replica every
 //! [`EVERY`] (alerts take the `max` or `min` over replicas): the ticket's age, the component
 //! token's headroom, accounts by status, the smallest token headroom of an `active` account,
-//! the depth of the raw, business, releases and dead queues, and the open release jobs. The two about accounts come from their
+//! the depth of the raw, business and dead queues, and the open release jobs. The two about accounts come from their
 //! summary, which one replica per interval makes for all (`TokenStore::account_summary`).
 
 use super::console::ConsoleConfig;
@@ -139,7 +139,7 @@ async fn queues(
     };
     let ns = &console.namespace;
     let mut watched = console.raw_shards.queues(ns);
-    watched.extend([ns.business(), ns.releases(), ns.dead()]);
+    watched.extend([ns.business(), ns.dead()]);
     for queue in watched {
         // A passive declare of a missing queue closes the channel: one channel per queue.
         let ch = conn.create_channel().await?;

@@ -44,6 +44,7 @@ mod gateway;
 mod ingress;
 mod latency;
 mod procfs;
+mod releases;
 mod scheduler;
 mod shards;
 mod stalls;
@@ -82,6 +83,9 @@ enum Bench {
     /// Confirmed publishes into a sharded intake with K = 1, 2, 3… (on a cluster: through every
     /// node), and how evenly the shards fill.
     Shards(shards::ShardsBench),
+    /// One release job across N simulated mini programs with instant review: time to release
+    /// all, WeChat calls per account, the releases role's CPU and RSS (medians over runs).
+    Releases(releases::ReleasesBench),
 }
 
 /// The account of the shared vector `official-message-push-component`, which the decrypt and
@@ -440,6 +444,7 @@ async fn main() -> anyhow::Result<()> {
         Bench::Codec(b) => codec::run(b).await,
         Bench::E2e(b) => e2e::run(b).await,
         Bench::Shards(b) => shards::run(b).await,
+        Bench::Releases(b) => releases::run(b).await,
     }
 }
 
