@@ -315,8 +315,9 @@ async fn a_replica_killed_mid_job_leaves_no_call_made_twice_and_a_lost_push_is_p
     .await;
     let template_id = template(&sim);
     let env = [("WXPIPE_RELEASES_AUDIT_POLL_SECS", "3")];
+    // The first replica alone takes the job's whole concurrency; the second starts only
+    // before the first is killed, so the kill always leaves calls in flight.
     let mut first = releases_process(&t, &sim, &env);
-    let _second = releases_process(&t, &sim, &env);
     let (s, created) = admin_post(
         &p.admin,
         "/v1/releases",
@@ -335,6 +336,7 @@ async fn a_replica_killed_mid_job_leaves_no_call_made_twice_and_a_lost_push_is_p
         (total_calls(&sim, "wxa_commit") >= 15).then_some(())
     })
     .await;
+    let _second = releases_process(&t, &sim, &env);
     first.kill();
     let done = until_status(&p.admin, &id, "finished", Duration::from_secs(180)).await;
     assert_eq!(done["counts"]["released"], 60, "{done}");

@@ -26,7 +26,8 @@ use std::collections::BTreeMap;
 
 /// Moves one account (compare-and-set on its version). `KEYS`: acct, seq, due, running,
 /// outbox, in:<from>, in:<to>. `ARGV`: appid, expected version, record JSON, from, to, due ms
-/// ('' = leave the schedule), release the running slot ('1'/'0'), event JSON ('' = none).
+/// ('' = leave the schedule), release the running slot ('1'; '0' keeps it, held until the due
+/// time: an intent renews its holder's lease), event JSON ('' = none).
 /// Returns 1 when written, 0 when the version moved on (someone else wrote it).
 const TRANSITION: &str = r"
 local seq = redis.call('HGET', KEYS[2], ARGV[1]) or '0'
@@ -38,7 +39,11 @@ if ARGV[4] ~= ARGV[5] then
   redis.call('ZADD', KEYS[7], 0, ARGV[1])
 end
 if ARGV[6] == '' then redis.call('ZREM', KEYS[3], ARGV[1]) else redis.call('ZADD', KEYS[3], ARGV[6], ARGV[1]) end
-if ARGV[7] == '1' then redis.call('ZREM', KEYS[4], ARGV[1]) end
+if ARGV[7] == '1' then
+  redis.call('ZREM', KEYS[4], ARGV[1])
+elseif ARGV[6] ~= '' then
+  redis.call('ZADD', KEYS[4], 'XX', ARGV[6], ARGV[1])
+end
 if ARGV[8] ~= '' then redis.call('RPUSH', KEYS[5], ARGV[8]) end
 return 1
 ";
@@ -548,6 +553,17 @@ impl ReleaseStore {
             .query_async(&mut c)
             .await
             .map_err(failed("reading the audit index"))
+    }
+
+    /// Forgets `appid`'s last audit result (a new audit is about to be submitted: a result
+    /// stored from now on is this one's).
+    pub async fn forget_audit_result(&self, appid: &str) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "forgetting an audit result").await?;
+        cmd("DEL")
+            .arg(self.p(&format!("audit_result:{appid}")))
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("forgetting an audit result"))
     }
 
     /// Stores the latest audit result pushed for `appid` (kept 30 days).

@@ -4,7 +4,8 @@
 //! # Each WeChat call once, across replicas
 //!
 //! An account is taken by one replica at a time (its running slot, with a lease of
-//! [`Settings::lease`], far longer than a WeChat call's 10 s timeout). Before a call that
+//! [`Settings::lease`], longer than a WeChat call's 10 s timeout; writing an intent renews it,
+//! so the one call after an intent always ends within its holder's lease). Before a call that
 //! changes something (`commit`, `submit_audit`, `release`, `undocodeaudit`) the step writes the
 //! *intent* to make it, compare-and-set on the record's version; the outcome is written the same
 //! way. A replica that finds an intent was left behind (its holder died, or the call timed out
@@ -547,6 +548,9 @@ async fn submit_reserved(at: &mut At<'_>, reserved: Reserved) -> Result<(), Step
     if !at.intend(Call::SubmitAudit).await? {
         return Ok(());
     }
+    // A result stored from now on is this audit's (an earlier audit's, from an earlier job,
+    // could otherwise be taken for it).
+    ctx.store.forget_audit_result(at.appid.as_str()).await?;
     let body = serde_json::Value::Object(at.job.spec.audit.clone());
     let r = ctx
         .tokens
