@@ -18,9 +18,10 @@ use common::ids::AppId;
 use common::redis::claim::{Claim, Taken};
 use common::releases::spec::version_cmp;
 use common::releases::{AccountRecord, AccountState, Call, Intent, Job, ReleaseMode, Reserved};
+use common::secret::Token;
 use common::token::TokenError;
-use common::wechat::WechatError;
 use common::wechat::code::{AuditStatus, audit_status, errcode};
+use common::wechat::{WechatClient, WechatError};
 use std::time::Duration;
 
 /// Why a step could not finish (it is tried again after the retry interval).
@@ -74,6 +75,48 @@ fn now() -> i64 {
 impl At<'_> {
     fn id(&self) -> &str {
         &self.job.id
+    }
+
+    /// Calls WeChat's `api` with the account's token (a refused token is renewed and the call
+    /// made once more), as an [`Answer`].
+    async fn call<T, F, Fut>(&self, api: &'static str, f: F) -> Answer<T>
+    where
+        F: Fn(WechatClient, Token) -> Fut,
+        Fut: std::future::Future<Output = Result<T, WechatError>>,
+    {
+        let tokens = &self.ctx.tokens;
+        let r = tokens
+            .with_authorizer_token(&self.appid, |t| f(tokens.client.clone(), t))
+            .await;
+        answer(api, r)
+    }
+
+    /// The answers every step treats alike: no permission set 18 and a gone account skip it,
+    /// 45009 waits for Beijing midnight, −1 and friends retry later, no answer is read back;
+    /// any other errcode ends the account in `refused` with WeChat's words.
+    async fn otherwise<T>(
+        &mut self,
+        a: Answer<T>,
+        refused: AccountState,
+        what: &str,
+    ) -> Result<(), StepError> {
+        match a {
+            Answer::Ok(_) => Ok(()),
+            Answer::Refused(errcode::NO_PERMISSION, why) => {
+                self.go(
+                    AccountState::Skipped,
+                    Some(format!(
+                        "permission set 18 (code management) not granted: {why}"
+                    )),
+                )
+                .await
+            }
+            Answer::Refused(45009, why) => self.daily_limit(why).await,
+            Answer::Refused(_, why) => self.refused(refused, what, why).await,
+            Answer::Gone(why) => self.go(AccountState::Skipped, Some(why)).await,
+            Answer::Later(why) => self.later(why).await,
+            Answer::Unknown(why) => self.unknown(why).await,
+        }
     }
 
     /// Moves to `next`, scheduled at `due` (`None`: off the schedule), the running slot freed.
@@ -276,15 +319,12 @@ async fn reconcile(at: &mut At<'_>, intent: Intent) -> Result<(), StepError> {
             at.to(next, Some(now())).await
         }
         Call::Commit | Call::Release | Call::Revert => {
-            let (ctx, appid) = (at.ctx, at.appid.clone());
-            let r = ctx
-                .tokens
-                .with_authorizer_token(&appid, |t| {
-                    let c = ctx.tokens.client.clone();
-                    async move { c.version_info(t.expose()).await }
+            let r = at
+                .call("wxa_getversioninfo", |c, t| async move {
+                    c.version_info(t.expose()).await
                 })
                 .await;
-            let info = match answer("wxa_getversioninfo", r) {
+            let info = match r {
                 Answer::Ok(i) => i,
                 Answer::Gone(why) => return at.go(AccountState::Skipped, Some(why)).await,
                 Answer::Refused(_, why) | Answer::Later(why) | Answer::Unknown(why) => {
@@ -361,30 +401,22 @@ async fn reconcile(at: &mut At<'_>, intent: Intent) -> Result<(), StepError> {
 }
 
 async fn latest_audit(at: &At<'_>) -> Answer<Option<AuditStatus>> {
-    let ctx = at.ctx;
-    let r = ctx
-        .tokens
-        .with_authorizer_token(&at.appid, |t| {
-            let c = ctx.tokens.client.clone();
-            async move { c.latest_audit(t.expose()).await }
-        })
-        .await;
-    answer("wxa_get_latest_auditstatus", r)
+    at.call("wxa_get_latest_auditstatus", |c, t| async move {
+        c.latest_audit(t.expose()).await
+    })
+    .await
 }
 
 /// `pending`: the version check (once), then `wxa/commit`.
 async fn commit(at: &mut At<'_>) -> Result<(), StepError> {
     let spec = &at.job.spec;
-    let ctx = at.ctx;
     if spec.check_version && !at.rec.version_checked {
-        let r = ctx
-            .tokens
-            .with_authorizer_token(&at.appid, |t| {
-                let c = ctx.tokens.client.clone();
-                async move { c.version_info(t.expose()).await }
+        let r = at
+            .call("wxa_getversioninfo", |c, t| async move {
+                c.version_info(t.expose()).await
             })
             .await;
-        match answer("wxa_getversioninfo", r) {
+        match r {
             Answer::Ok(info) => {
                 if let Some(online) = &info.release_version
                     && version_cmp(&spec.user_version, online) != Some(std::cmp::Ordering::Greater)
@@ -436,40 +468,21 @@ async fn commit(at: &mut At<'_>) -> Result<(), StepError> {
         spec.user_version.clone(),
         spec.user_desc.clone(),
     );
-    let r = ctx
-        .tokens
-        .with_authorizer_token(&at.appid, |t| {
-            let (c, ext, v, desc) = (
-                ctx.tokens.client.clone(),
-                ext_json.clone(),
-                v.clone(),
-                desc.clone(),
-            );
+    let r = at
+        .call("wxa_commit", |c, t| {
+            let (ext, v, desc) = (ext_json.clone(), v.clone(), desc.clone());
             async move {
                 c.code_commit(t.expose(), template_id, &ext, &v, &desc)
                     .await
             }
         })
         .await;
-    match answer("wxa_commit", r) {
+    match r {
         Answer::Ok(()) => at.go(AccountState::Committed, None).await,
-        Answer::Refused(errcode::NO_PERMISSION, why) => {
-            at.go(
-                AccountState::Skipped,
-                Some(format!(
-                    "permission set 18 (code management) not granted: {why}"
-                )),
-            )
-            .await
-        }
-        Answer::Refused(45009, why) => at.daily_limit(why).await,
-        Answer::Refused(_, why) => {
-            at.refused(AccountState::Skipped, "commit refused", why)
+        other => {
+            at.otherwise(other, AccountState::Skipped, "commit refused")
                 .await
         }
-        Answer::Gone(why) => at.go(AccountState::Skipped, Some(why)).await,
-        Answer::Later(why) => at.later(why).await,
-        Answer::Unknown(why) => at.unknown(why).await,
     }
 }
 
@@ -505,14 +518,12 @@ async fn submit(at: &mut At<'_>) -> Result<(), StepError> {
             }
             return submit_reserved(at, reserved).await;
         };
-        let r = ctx
-            .tokens
-            .with_authorizer_token(&at.appid, |t| {
-                let c = ctx.tokens.client.clone();
-                async move { c.audit_quota(t.expose()).await }
+        let r = at
+            .call("wxa_queryquota", |c, t| async move {
+                c.audit_quota(t.expose()).await
             })
             .await;
-        let read = answer("wxa_queryquota", r);
+        let read = r;
         if let Answer::Ok(q) = &read {
             tracing::info!(rest = q.rest, limit = q.limit, "audit quota read");
             ctx.store.save_quota(q).await?;
@@ -552,14 +563,13 @@ async fn submit_reserved(at: &mut At<'_>, reserved: Reserved) -> Result<(), Step
     // could otherwise be taken for it).
     ctx.store.forget_audit_result(at.appid.as_str()).await?;
     let body = serde_json::Value::Object(at.job.spec.audit.clone());
-    let r = ctx
-        .tokens
-        .with_authorizer_token(&at.appid, |t| {
-            let (c, body) = (ctx.tokens.client.clone(), body.clone());
+    let r = at
+        .call("wxa_submit_audit", |c, t| {
+            let body = body.clone();
             async move { c.submit_audit(t.expose(), body).await }
         })
         .await;
-    match answer("wxa_submit_audit", r) {
+    match r {
         Answer::Ok(auditid) => {
             let mut next = at.rec.moved(AccountState::AuditSubmitted, None);
             next.auditid = Some(auditid);
@@ -605,30 +615,16 @@ async fn submit_reserved(at: &mut At<'_>, reserved: Reserved) -> Result<(), Step
             )
             .await
         }
-        Answer::Refused(errcode::NO_PERMISSION, why) => {
-            at.go(
-                AccountState::Skipped,
-                Some(format!(
-                    "permission set 18 (code management) not granted: {why}"
-                )),
-            )
-            .await
-        }
-        Answer::Refused(45009, why) => at.daily_limit(why).await,
-        Answer::Refused(_, why) => {
-            at.refused(AccountState::AuditFailed, "submit_audit refused", why)
+        other => {
+            at.otherwise(other, AccountState::AuditFailed, "submit_audit refused")
                 .await
         }
-        Answer::Gone(why) => at.go(AccountState::Skipped, Some(why)).await,
-        Answer::Later(why) => at.later(why).await,
-        Answer::Unknown(why) => at.unknown(why).await,
     }
 }
 
 /// 85009, an audit already pending: adopt it or undo it, as the job says.
 async fn pending_audit(at: &mut At<'_>) -> Result<(), StepError> {
     use common::releases::spec::PendingAudit;
-    let ctx = at.ctx;
     if at.job.spec.on_pending_audit == PendingAudit::Adopt {
         return match latest_audit(at).await {
             Answer::Ok(Some(a))
@@ -663,24 +659,26 @@ async fn pending_audit(at: &mut At<'_>) -> Result<(), StepError> {
     if !at.intend(Call::UndoAudit).await? {
         return Ok(());
     }
-    let r = ctx
-        .tokens
-        .with_authorizer_token(&at.appid, |t| {
-            let c = ctx.tokens.client.clone();
-            async move { c.undo_audit(t.expose()).await }
+    let r = at
+        .call("wxa_undocodeaudit", |c, t| async move {
+            c.undo_audit(t.expose()).await
         })
         .await;
-    match answer("wxa_undocodeaudit", r) {
+    match r {
         Answer::Ok(()) | Answer::Refused(errcode::NOTHING_IN_REVIEW, _) => {
-            at.go(AccountState::Committed, Some("undid the audit already pending (its quota is not returned)".into())).await
+            let why = "undid the audit already pending (its quota is not returned)";
+            at.go(AccountState::Committed, Some(why.into())).await
         }
         Answer::Refused(errcode::UNDO_LIMIT, why) => {
-            at.go(AccountState::Skipped, Some(format!("an audit is pending and undocodeaudit's limit (5 a day, 10 a month) is reached: {why}"))).await
+            let why = format!(
+                "an audit is pending and undocodeaudit's limit (5 a day, 10 a month) is reached: {why}"
+            );
+            at.go(AccountState::Skipped, Some(why)).await
         }
-        Answer::Refused(_, why) => at.refused(AccountState::Skipped, "undocodeaudit refused", why).await,
-        Answer::Gone(why) => at.go(AccountState::Skipped, Some(why)).await,
-        Answer::Later(why) => at.later(why).await,
-        Answer::Unknown(why) => at.unknown(why).await,
+        other => {
+            at.otherwise(other, AccountState::Skipped, "undocodeaudit refused")
+                .await
+        }
     }
 }
 
@@ -711,14 +709,12 @@ async fn check_audit(at: &mut At<'_>) -> Result<(), StepError> {
             )
             .await;
     };
-    let r = ctx
-        .tokens
-        .with_authorizer_token(&at.appid, |t| {
-            let c = ctx.tokens.client.clone();
-            async move { c.audit_status(t.expose(), auditid).await }
+    let r = at
+        .call("wxa_get_auditstatus", |c, t| async move {
+            c.audit_status(t.expose(), auditid).await
         })
         .await;
-    match answer("wxa_get_auditstatus", r) {
+    match r {
         Answer::Ok(s) => {
             metrics::counter!("wxpipe_release_audit_polls_total").increment(1);
             audit_outcome(at, s, "polled").await
@@ -781,18 +777,15 @@ async fn audit_outcome(
 
 /// `audit_passed` in an automatic job: `wxa/release`.
 async fn release(at: &mut At<'_>) -> Result<(), StepError> {
-    let ctx = at.ctx;
     if !at.intend(Call::Release).await? {
         return Ok(());
     }
-    let r = ctx
-        .tokens
-        .with_authorizer_token(&at.appid, |t| {
-            let c = ctx.tokens.client.clone();
-            async move { c.code_release(t.expose()).await }
+    let r = at
+        .call("wxa_release", |c, t| async move {
+            c.code_release(t.expose()).await
         })
         .await;
-    match answer("wxa_release", r) {
+    match r {
         Answer::Ok(()) => at.go(AccountState::Released, None).await,
         Answer::Refused(errcode::ALREADY_RELEASED, _) => {
             at.go(
@@ -801,28 +794,21 @@ async fn release(at: &mut At<'_>) -> Result<(), StepError> {
             )
             .await
         }
-        Answer::Refused(45009, why) => at.daily_limit(why).await,
-        Answer::Refused(_, why) => {
-            at.refused(AccountState::ReleaseFailed, "release refused", why)
+        other => {
+            at.otherwise(other, AccountState::ReleaseFailed, "release refused")
                 .await
         }
-        Answer::Gone(why) => at.go(AccountState::Skipped, Some(why)).await,
-        Answer::Later(why) => at.later(why).await,
-        Answer::Unknown(why) => at.unknown(why).await,
     }
 }
 
 /// A gray step: `wxa/grayrelease` to `percentage`.
 async fn gray(at: &mut At<'_>, percentage: u8) -> Result<(), StepError> {
-    let ctx = at.ctx;
     if !at.intend(Call::Gray).await? {
         return Ok(());
     }
-    let r = ctx
-        .tokens
-        .with_authorizer_token(&at.appid, |t| {
-            let c = ctx.tokens.client.clone();
-            async move { c.gray_release(t.expose(), percentage).await }
+    let r = at
+        .call("wxa_grayrelease", |c, t| async move {
+            c.gray_release(t.expose(), percentage).await
         })
         .await;
     let stepped = |at: &At<'_>| {
@@ -833,7 +819,7 @@ async fn gray(at: &mut At<'_>, percentage: u8) -> Result<(), StepError> {
         next.gray_percentage = Some(percentage);
         next
     };
-    match answer("wxa_grayrelease", r) {
+    match r {
         Answer::Ok(()) | Answer::Refused(errcode::GRAY_NOT_GROWING, _) => {
             let next = stepped(at);
             let due = at.due_for(AccountState::GrayReleased);
@@ -846,31 +832,24 @@ async fn gray(at: &mut At<'_>, percentage: u8) -> Result<(), StepError> {
             next.online_before = None;
             at.to(next, Some(now())).await
         }
-        Answer::Refused(45009, why) => at.daily_limit(why).await,
-        Answer::Refused(_, why) => {
-            at.refused(AccountState::ReleaseFailed, "grayrelease refused", why)
+        other => {
+            at.otherwise(other, AccountState::ReleaseFailed, "grayrelease refused")
                 .await
         }
-        Answer::Gone(why) => at.go(AccountState::Skipped, Some(why)).await,
-        Answer::Later(why) => at.later(why).await,
-        Answer::Unknown(why) => at.unknown(why).await,
     }
 }
 
 /// `rolling_back`: `wxa/revertcoderelease` (one step back).
 async fn revert(at: &mut At<'_>) -> Result<(), StepError> {
-    let ctx = at.ctx;
     if !at.intend(Call::Revert).await? {
         return Ok(());
     }
-    let r = ctx
-        .tokens
-        .with_authorizer_token(&at.appid, |t| {
-            let c = ctx.tokens.client.clone();
-            async move { c.revert_release(t.expose()).await }
+    let r = at
+        .call("wxa_revertcoderelease", |c, t| async move {
+            c.revert_release(t.expose()).await
         })
         .await;
-    match answer("wxa_revertcoderelease", r) {
+    match r {
         Answer::Ok(()) => {
             let back_to = at.rec.online_before.clone().unwrap_or_else(|| "?".into());
             at.go(
@@ -879,18 +858,14 @@ async fn revert(at: &mut At<'_>) -> Result<(), StepError> {
             )
             .await
         }
-        Answer::Refused(45009, why) => at.daily_limit(why).await,
-        Answer::Refused(_, why) => {
-            at.refused(
+        other => {
+            at.otherwise(
+                other,
                 AccountState::RollbackFailed,
                 "revertcoderelease refused",
-                why,
             )
             .await
         }
-        Answer::Gone(why) => at.go(AccountState::Skipped, Some(why)).await,
-        Answer::Later(why) => at.later(why).await,
-        Answer::Unknown(why) => at.unknown(why).await,
     }
 }
 
