@@ -416,7 +416,7 @@ async fn the_audit_quota_is_never_overdrawn_and_the_job_resumes_when_it_grows() 
 }
 
 #[tokio::test]
-async fn cancel_stops_what_has_not_reached_review_and_leaves_audits_in_review() {
+async fn cancel_stops_what_has_not_reached_review_and_undoes_the_audits_in_review() {
     let t = TestNs::new("t-releases-cancel");
     let (sim, p) = pipeline_with_sim(&t.ns).await;
     let minis = authorize(&p, &sim, 10, json!({ "mini_program": true })).await;
@@ -432,34 +432,65 @@ async fn cancel_stops_what_has_not_reached_review_and_leaves_audits_in_review() 
         "template_id": template_id, "user_version": "3.0.0", "targets": { "appids": minis }, "concurrency": 2,
     })).await;
     let id = created["id"].as_str().unwrap().to_owned();
-    eventually(Duration::from_secs(30), "two audits in review", || async {
-        (job(&p.admin, &id).await["counts"]["audit_submitted"] == 2).then_some(())
-    })
+    eventually(
+        Duration::from_secs(30),
+        "two audits in review, the rest waiting for quota",
+        || async {
+            let v = job(&p.admin, &id).await;
+            (v["counts"]["audit_submitted"] == 2 && v["counts"]["waiting_quota"] == 8).then_some(())
+        },
+    )
     .await;
     let (s, paused) = admin_post(&p.admin, &format!("/v1/releases/{id}/pause"), json!({})).await;
     assert_eq!(s, 200, "{paused}");
     assert_eq!(paused["status"], "paused");
     let (s, again) = admin_post(&p.admin, &format!("/v1/releases/{id}/pause"), json!({})).await;
     assert_eq!(s, 409, "{again}");
+    let (s, bad) = admin_post(
+        &p.admin,
+        &format!("/v1/releases/{id}/cancel"),
+        json!({ "undo_audits": "yes" }),
+    )
+    .await;
+    assert_eq!(s, 400, "{bad}");
     let (s, cancelled) =
         admin_post(&p.admin, &format!("/v1/releases/{id}/cancel"), json!({})).await;
     assert_eq!(s, 200, "{cancelled}");
-    assert_eq!(cancelled["left_in_review"], 2, "{cancelled}");
+    assert_eq!(cancelled["cancelled"], 8, "{cancelled}");
+    assert_eq!(cancelled["undoing_audits"], 2, "{cancelled}");
+    assert_eq!(cancelled["status"], "cancelling", "{cancelled}");
     let commits = total_calls(&sim, "wxa_commit");
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    // The releases role undoes the two audits, once each; then the job is cancelled.
+    let v = until_status(&p.admin, &id, "cancelled", Duration::from_secs(30)).await;
+    assert_eq!(v["counts"]["cancelled"], 10, "{v}");
+    assert_eq!(total_calls(&sim, "wxa_undocodeaudit"), 2);
+    {
+        let code = sim.shared.code.lock().unwrap();
+        let withdrawn = code
+            .accounts
+            .values()
+            .flat_map(|a| a.audits.iter())
+            .filter(|a| a.status == 3)
+            .count();
+        assert_eq!(withdrawn, 2, "both audits withdrawn at WeChat");
+    }
+    let undone = accounts(&p.admin, &id, Some("cancelled"), 100).await;
+    assert_eq!(
+        undone
+            .iter()
+            .filter(|a| a["reason"].as_str().unwrap().contains("audit was undone"))
+            .count(),
+        2,
+        "{undone:?}"
+    );
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(
         total_calls(&sim, "wxa_commit"),
         commits,
         "nothing more after cancel"
     );
-    let v = job(&p.admin, &id).await;
-    assert_eq!(v["status"], "cancelled", "{v}");
-    assert_eq!(
-        v["counts"]["cancelled"].as_u64().unwrap()
-            + v["counts"]["audit_submitted"].as_u64().unwrap(),
-        10,
-        "{v}"
-    );
+    let (s, again) = admin_post(&p.admin, &format!("/v1/releases/{id}/cancel"), json!({})).await;
+    assert_eq!(s, 409, "{again}");
     p.stop().await;
     sim.stop().await;
 }
@@ -560,6 +591,58 @@ async fn hostile_release_requests_are_refused_and_store_nothing() {
         assert_eq!(s, 400, "{q}: {v}");
     }
     let _ = ADMIN_TOKEN;
+    p.stop().await;
+    sim.stop().await;
+}
+
+#[tokio::test]
+async fn a_delayed_audit_is_not_final() {
+    let t = TestNs::new("t-releases-delay");
+    let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let events = t.queue("release-events");
+    broker::bind_queue(
+        &events,
+        &t.ns.events(),
+        &["release.audit_delayed", "release.released"],
+    )
+    .await
+    .unwrap();
+    let minis = authorize(&p, &sim, 3, json!({ "mini_program": true })).await;
+    // Every review is delayed first (weapp_audit_delay), then passes.
+    sim.post(
+        "/sim/code/config",
+        json!({ "review_ms": 500, "delay_rate": 1.0, "quota_rest": 10 }),
+    )
+    .await;
+    let template_id = template(&sim);
+    let _releases = spawn_releases(&t, &sim, Duration::from_secs(30), Duration::from_secs(5));
+    let (_, created) = admin_post(
+        &p.admin,
+        "/v1/releases",
+        json!({
+            "template_id": template_id, "user_version": "1.0.0", "targets": { "appids": minis },
+        }),
+    )
+    .await;
+    let id = created["id"].as_str().unwrap().to_owned();
+    let done = until_status(&p.admin, &id, "finished", Duration::from_secs(60)).await;
+    assert_eq!(done["counts"]["released"], 3, "{done}");
+    let got = broker::collect(&events, 6, Duration::from_secs(15))
+        .await
+        .unwrap();
+    let delayed = got
+        .iter()
+        .filter(|m| m.routing_key == "release.audit_delayed")
+        .count();
+    assert_eq!(
+        delayed, 3,
+        "each account was audit_delayed before it was released"
+    );
+    assert_eq!(
+        total_calls(&sim, "wxa_get_auditstatus"),
+        0,
+        "every result came as a push"
+    );
     p.stop().await;
     sim.stop().await;
 }

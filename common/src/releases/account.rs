@@ -11,6 +11,7 @@ use serde::{Deserialize, Serialize};
 ///           waiting_quota                                   (reason, screenshots)
 /// released → rolling_back → rolled_back | rollback_failed      (an operator's rollback)
 /// any non-final state → skipped(reason) | cancelled
+/// audit_submitted | audit_delayed → undoing_audit → cancelled   (a job cancelled, audits undone)
 /// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, PartialOrd, Ord)]
 #[serde(rename_all = "snake_case")]
@@ -31,12 +32,15 @@ pub enum AccountState {
     RollingBack,
     RolledBack,
     RollbackFailed,
+    /// The job was cancelled while the account's audit was in review: it is undone
+    /// (`wxa/undocodeaudit`), then the account is `cancelled`.
+    UndoingAudit,
     Skipped,
     Cancelled,
 }
 
 impl AccountState {
-    pub const ALL: [AccountState; 15] = [
+    pub const ALL: [AccountState; 16] = [
         Self::Pending,
         Self::Committed,
         Self::WaitingQuota,
@@ -50,6 +54,7 @@ impl AccountState {
         Self::RollingBack,
         Self::RolledBack,
         Self::RollbackFailed,
+        Self::UndoingAudit,
         Self::Skipped,
         Self::Cancelled,
     ];
@@ -69,6 +74,7 @@ impl AccountState {
             Self::RollingBack => "rolling_back",
             Self::RolledBack => "rolled_back",
             Self::RollbackFailed => "rollback_failed",
+            Self::UndoingAudit => "undoing_audit",
             Self::Skipped => "skipped",
             Self::Cancelled => "cancelled",
         }

@@ -86,6 +86,9 @@ return 0
 pub enum JobStatus {
     Running,
     Paused,
+    /// Cancelled by an operator: the releases role undoes the audits in review, then the job
+    /// is `cancelled`.
+    Cancelling,
     Cancelled,
     Finished,
 }
@@ -95,15 +98,22 @@ impl JobStatus {
         match self {
             Self::Running => "running",
             Self::Paused => "paused",
+            Self::Cancelling => "cancelling",
             Self::Cancelled => "cancelled",
             Self::Finished => "finished",
         }
     }
 
     fn parse(s: &str) -> Option<Self> {
-        [Self::Running, Self::Paused, Self::Cancelled, Self::Finished]
-            .into_iter()
-            .find(|x| x.as_str() == s)
+        [
+            Self::Running,
+            Self::Paused,
+            Self::Cancelling,
+            Self::Cancelled,
+            Self::Finished,
+        ]
+        .into_iter()
+        .find(|x| x.as_str() == s)
     }
 }
 

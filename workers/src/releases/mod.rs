@@ -220,7 +220,8 @@ async fn one_round(
         {
             tracing::warn!(job = %id, error = %e, "release events not published yet");
         }
-        if job.status != JobStatus::Running {
+        // A cancelling job still works: it undoes its audits in review.
+        if !matches!(job.status, JobStatus::Running | JobStatus::Cancelling) {
             continue;
         }
         if settle(ctx, &job).await.map_err(|e| e.to_string())? {
@@ -261,7 +262,9 @@ async fn settle(ctx: &Ctx, job: &Job) -> Result<bool, common::redis::RedisError>
         } else {
             0
         };
-    if let Some(ratio) = job.spec.stop_when_failed_over {
+    if let Some(ratio) = job.spec.stop_when_failed_over
+        && job.status == JobStatus::Running
+    {
         let failed: u64 = AccountState::ALL
             .into_iter()
             .filter(|s| s.is_failure())
@@ -282,6 +285,17 @@ async fn settle(ctx: &Ctx, job: &Job) -> Result<bool, common::redis::RedisError>
     }
     // Finished only once its last events are published (the outbox is drained every round).
     if finished >= job.total && ctx.store.outbox(&job.id, 1).await?.is_empty() {
+        if job.status == JobStatus::Cancelling {
+            tracing::info!(job = %job.id, "release job cancelled: its audits in review were undone");
+            ctx.store
+                .set_status(
+                    &job.id,
+                    JobStatus::Cancelled,
+                    Some("cancelled by an operator"),
+                )
+                .await?;
+            return Ok(true);
+        }
         tracing::info!(job = %job.id, total = job.total, "release job finished");
         metrics::counter!("wxpipe_release_jobs_total", "outcome" => "finished").increment(1);
         ctx.store

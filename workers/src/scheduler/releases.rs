@@ -484,20 +484,55 @@ async fn move_all(
     Ok((moved, raced))
 }
 
-/// Cancels the job: accounts not yet in review are cancelled; audits already in review are
-/// left as they are (the audit quota they spent is not returned by undoing them).
-async fn cancel(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Response {
+/// `{"undo_audits": bool}` (optional) of a cancel.
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CancelBody {
+    #[serde(default = "yes")]
+    undo_audits: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+/// Cancels the job: accounts not yet in review are cancelled at once; audits in review are
+/// undone by the releases role (`wxa/undocodeaudit`, 5 a day and 10 a month per account; the
+/// audit quota they used is not returned) unless `{"undo_audits": false}` leaves them with
+/// WeChat. The job is `cancelling` until they are, then `cancelled`.
+async fn cancel(
+    State(admin): State<Arc<Admin>>,
+    Path(id): Path<String>,
+    body: axum::body::Bytes,
+) -> Response {
     let (store, job) = match job_of(&admin, &id).await {
         Ok(x) => x,
         Err(r) => return r,
     };
-    if matches!(job.status, JobStatus::Cancelled | JobStatus::Finished) {
+    let undo = if body.iter().all(u8::is_ascii_whitespace) {
+        true
+    } else {
+        match serde_json::from_slice::<CancelBody>(&body) {
+            Ok(b) => b.undo_audits,
+            Err(e) => {
+                return BadRequest(format!(
+                    "send {{\"undo_audits\": true|false}} or nothing: {e}"
+                ))
+                .into_response();
+            }
+        }
+    };
+    if matches!(
+        job.status,
+        JobStatus::Cancelled | JobStatus::Cancelling | JobStatus::Finished
+    ) {
         return (
             StatusCode::CONFLICT,
             Json(json!({ "error": format!("the job is {}", job.status.as_str()) })),
         )
             .into_response();
     }
+    // Nothing new starts while the accounts are moved.
     if let Err(e) = store
         .set_status(&id, JobStatus::Paused, Some("cancelling"))
         .await
@@ -522,36 +557,62 @@ async fn cancel(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Resp
         ))
     })
     .await;
-    let (cancelled, raced) = match moved {
+    let (cancelled, mut raced) = match moved {
         Ok(x) => x,
         Err(e) => return error(e.into()),
     };
-    let counts = match store.counts(&id).await {
-        Ok(c) => c,
-        Err(e) => return error(e.into()),
+    let in_review = [AccountState::AuditSubmitted, AccountState::AuditDelayed];
+    let (undoing, left_in_review) = if undo {
+        let now = common::unix_now_ms();
+        match move_all(&store, &job, &in_review, |r| {
+            Some((
+                r.moved(
+                    AccountState::UndoingAudit,
+                    Some("the job was cancelled: undoing its audit".into()),
+                ),
+                Some(now),
+            ))
+        })
+        .await
+        {
+            Ok((n, busy)) => {
+                raced += busy;
+                (n, 0)
+            }
+            Err(e) => return error(e.into()),
+        }
+    } else {
+        match store.counts(&id).await {
+            Ok(c) => (
+                0,
+                in_review
+                    .iter()
+                    .map(|s| c.get(s).copied().unwrap_or(0))
+                    .sum(),
+            ),
+            Err(e) => return error(e.into()),
+        }
     };
-    let in_review = counts
-        .get(&AccountState::AuditSubmitted)
-        .copied()
-        .unwrap_or(0)
-        + counts
-            .get(&AccountState::AuditDelayed)
-            .copied()
-            .unwrap_or(0);
+    let status = if undoing > 0 {
+        JobStatus::Cancelling
+    } else {
+        JobStatus::Cancelled
+    };
     if let Err(e) = store
-        .set_status(&id, JobStatus::Cancelled, Some("cancelled by an operator"))
+        .set_status(&id, status, Some("cancelled by an operator"))
         .await
     {
         return error(e.into());
     }
-    tracing::info!(job = %id, cancelled, raced, in_review, "release job cancelled");
+    tracing::info!(job = %id, cancelled, undoing, left_in_review, raced, "release job cancelled");
     Json(json!({
         "id": id,
-        "status": "cancelled",
+        "status": status,
         "cancelled": cancelled,
+        "undoing_audits": undoing,
+        "left_in_review": left_in_review,
         "busy": raced,
-        "left_in_review": in_review,
-        "note": "audits already in review are left with WeChat: undoing one (wxa/undocodeaudit) does not return the audit quota it spent",
+        "note": "an audit undone (wxa/undocodeaudit: 5 a day, 10 a month per account) does not return the audit quota it used",
     }))
     .into_response()
 }
@@ -563,7 +624,7 @@ async fn retry(State(admin): State<Arc<Admin>>, Path(id): Path<String>) -> Respo
         Ok(x) => x,
         Err(r) => return r,
     };
-    if job.status == JobStatus::Cancelled {
+    if matches!(job.status, JobStatus::Cancelled | JobStatus::Cancelling) {
         return (
             StatusCode::CONFLICT,
             Json(json!({ "error": "the job is cancelled" })),
@@ -637,7 +698,7 @@ async fn release_now(State(admin): State<Arc<Admin>>, Path(id): Path<String>) ->
         )
             .into_response();
     }
-    if job.status == JobStatus::Cancelled {
+    if matches!(job.status, JobStatus::Cancelled | JobStatus::Cancelling) {
         return (
             StatusCode::CONFLICT,
             Json(json!({ "error": "the job is cancelled" })),

@@ -291,3 +291,36 @@ pub(super) async fn audit_outcome(
         }
     }
 }
+
+/// `undoing_audit` (the job was cancelled while the audit was in review): `wxa/undocodeaudit`
+/// within its limits (5 a day, 10 a month), then `cancelled` either way.
+pub(super) async fn undo_for_cancel(at: &mut At<'_>) -> Result<(), StepError> {
+    if !at.intend(Call::UndoAudit).await? {
+        return Ok(());
+    }
+    let r = at
+        .call("wxa_undocodeaudit", |c, t| async move {
+            c.undo_audit(t.expose()).await
+        })
+        .await;
+    match r {
+        Answer::Ok(()) => {
+            at.go(AccountState::Cancelled, Some(CANCEL_UNDONE.into()))
+                .await
+        }
+        Answer::Refused(errcode::NOTHING_IN_REVIEW, _) => {
+            let why = "the job was cancelled; its audit had already ended";
+            at.go(AccountState::Cancelled, Some(why.into())).await
+        }
+        Answer::Refused(errcode::UNDO_LIMIT, why) => {
+            let why = format!(
+                "the job was cancelled; its audit stays in review: undocodeaudit's limit (5 a day, 10 a month) is reached: {why}"
+            );
+            at.go(AccountState::Cancelled, Some(why)).await
+        }
+        other => {
+            at.otherwise(other, AccountState::Cancelled, "undocodeaudit refused")
+                .await
+        }
+    }
+}

@@ -28,7 +28,7 @@ mod audit;
 mod commit;
 mod release;
 
-use audit::{check_audit, submit};
+use audit::{check_audit, submit, undo_for_cancel};
 use commit::commit;
 use release::{gray, release, revert};
 
@@ -264,6 +264,10 @@ impl At<'_> {
     }
 }
 
+/// Why an account of a cancelled job whose audit was undone is `cancelled`.
+const CANCEL_UNDONE: &str =
+    "the job was cancelled: its audit was undone (the audit quota it used is not returned)";
+
 /// One step of `appid` in `job`; errors are logged and the account tried again later.
 pub async fn run(ctx: &Ctx, job: &Job, appid: &str) {
     if let Err(e) = step(ctx, job, appid).await {
@@ -306,6 +310,7 @@ async fn step(ctx: &Ctx, job: &Job, appid: &str) -> Result<(), StepError> {
             }
         }
         AccountState::RollingBack => revert(&mut at).await,
+        AccountState::UndoingAudit => undo_for_cancel(&mut at).await,
         // Final, or waiting for an operator: off the schedule.
         _ => {
             let next = at.rec.clone();
@@ -392,11 +397,13 @@ async fn reconcile(at: &mut At<'_>, intent: Intent) -> Result<(), StepError> {
                         .as_ref()
                         .is_none_or(|a| a.status == audit_status::WITHDRAWN) =>
                 {
-                    at.go(
-                        AccountState::Committed,
-                        Some("the pending audit was undone".into()),
-                    )
-                    .await
+                    // Undone for a cancelled job, or to submit anew (85009, `undo`).
+                    let (to, why) = if at.rec.state == AccountState::UndoingAudit {
+                        (AccountState::Cancelled, CANCEL_UNDONE)
+                    } else {
+                        (AccountState::Committed, "the pending audit was undone")
+                    };
+                    at.go(to, Some(why.into())).await
                 }
                 _ => {
                     let mut next = at.rec.clone();

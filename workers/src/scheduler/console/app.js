@@ -35,14 +35,14 @@ const TEXT = {
     rel_pause: "暂停", rel_resume: "继续", rel_retry: "重试失败账号", rel_rollback: "回退已发布版本", rel_cancel: "取消发布",
     rel_release: "立即发布", rel_failures: "失败账号", rel_skipped: "跳过的账号", rel_waiting: "等待审核额度的账号",
     rel_screenshots: "截图", rel_none: "还没有发布任务。", rel_quota: "本月审核额度：剩余 {rest} / {limit}",
-    rel_confirm_cancel: "取消后，尚未提交审核的账号不再继续；已在审核中的保留在微信（撤回审核不会退还已用的审核额度）。确定取消？",
+    rel_confirm_cancel: "取消后，尚未提交审核的账号不再继续；审核中的将撤回（每个小程序每天 5 次、每月 10 次），撤回不会退还已用的审核额度。确定取消？",
     rel_confirm_rollback: "把本任务已发布的账号回退到上一个线上版本（首次发布的账号无法回退）？",
     rel_created_ok: "已创建发布任务 {id}", rel_bad_ext: "ext_json 不是 JSON 对象",
-    running: "进行中", paused: "已暂停", cancelled: "已取消", finished: "已完成",
+    running: "进行中", paused: "已暂停", cancelling: "取消中", cancelled: "已取消", finished: "已完成",
     st_pending: "待处理", st_committed: "已上传代码", st_waiting_quota: "等待审核额度", st_audit_submitted: "审核中",
     st_audit_delayed: "审核延期", st_audit_passed: "审核通过", st_audit_failed: "审核未通过", st_gray_released: "灰度中",
     st_released: "已发布", st_release_failed: "发布失败", st_rolling_back: "回退中", st_rolled_back: "已回退",
-    st_rollback_failed: "回退失败", st_skipped: "已跳过", st_cancelled: "已取消",
+    st_rollback_failed: "回退失败", st_undoing_audit: "撤回审核中", st_skipped: "已跳过", st_cancelled: "已取消",
   },
   en: {
     console: "console", tab_accounts: "Accounts", tab_platform: "Platform", tab_authorize: "Authorization",
@@ -76,14 +76,14 @@ const TEXT = {
     rel_pause: "Pause", rel_resume: "Resume", rel_retry: "Retry failed accounts", rel_rollback: "Roll back released accounts", rel_cancel: "Cancel",
     rel_release: "Release now", rel_failures: "Failed accounts", rel_skipped: "Skipped accounts", rel_waiting: "Waiting for audit quota",
     rel_screenshots: "Screenshots", rel_none: "No release jobs yet.", rel_quota: "Audit quota this month: {rest} of {limit} left",
-    rel_confirm_cancel: "Accounts not yet submitted for audit stop; audits already in review stay with WeChat (undoing one does not return the audit quota it used). Cancel?",
+    rel_confirm_cancel: "Accounts not yet submitted for audit stop; audits in review are undone (5 a day, 10 a month per mini program), and undoing one does not return the audit quota it used. Cancel?",
     rel_confirm_rollback: "Roll the released accounts of this job back to the version online before it (not possible for a first release)?",
     rel_created_ok: "Release job {id} created", rel_bad_ext: "ext_json is not a JSON object",
-    running: "running", paused: "paused", cancelled: "cancelled", finished: "finished",
+    running: "running", paused: "paused", cancelling: "cancelling", cancelled: "cancelled", finished: "finished",
     st_pending: "pending", st_committed: "committed", st_waiting_quota: "waiting for quota", st_audit_submitted: "in review",
     st_audit_delayed: "review delayed", st_audit_passed: "audit passed", st_audit_failed: "audit failed", st_gray_released: "gray",
     st_released: "released", st_release_failed: "release failed", st_rolling_back: "rolling back", st_rolled_back: "rolled back",
-    st_rollback_failed: "rollback failed", st_skipped: "skipped", st_cancelled: "cancelled",
+    st_rollback_failed: "rollback failed", st_undoing_audit: "undoing audit", st_skipped: "skipped", st_cancelled: "cancelled",
   },
 };
 
@@ -435,12 +435,12 @@ async function loadTraffic() {
 // ---- releases ------------------------------------------------------------------------------
 const STATES = ["released", "gray_released", "audit_passed", "audit_submitted", "audit_delayed", "committed",
   "waiting_quota", "pending", "rolling_back", "rolled_back", "audit_failed", "release_failed", "rollback_failed",
-  "skipped", "cancelled"];
+  "undoing_audit", "skipped", "cancelled"];
 const COLORS = {
   released: "#1a7f37", gray_released: "#4ac26b", audit_passed: "#2da44e", audit_submitted: "#0969da",
   audit_delayed: "#54aeff", committed: "#8250df", waiting_quota: "#bf8700", pending: "#d0d7de",
   rolling_back: "#fb8f44", rolled_back: "#bc4c00", audit_failed: "#cf222e", release_failed: "#a40e26",
-  rollback_failed: "#82071e", skipped: "#8c959f", cancelled: "#57606a",
+  rollback_failed: "#82071e", undoing_audit: "#6e7781", skipped: "#8c959f", cancelled: "#57606a",
 };
 let openRelease = null;
 
