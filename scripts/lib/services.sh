@@ -126,3 +126,18 @@ ensure_promtool() {
   command -v promtool >/dev/null 2>&1 || die "prometheus installed but promtool is not on the PATH"
   say "promtool is at $(command -v promtool)"
 }
+
+# mdBook (crates.io), the book of docs/ (scripts/docs): installed once with cargo into
+# ~/.cargo/bin, without its web server and file watcher (only `mdbook build` is used).
+MDBOOK_VERSION="0.4.52"
+ensure_mdbook() {
+  local bin="${CARGO_HOME:-$HOME/.cargo}/bin"
+  case ":$PATH:" in *":$bin:"*) ;; *) export PATH="$bin:$PATH" ;; esac
+  if ! mdbook --version 2>/dev/null | grep -q "v$MDBOOK_VERSION"; then
+    say "installing mdbook $MDBOOK_VERSION (crates.io; a few minutes, once)"
+    cargo install --quiet --locked mdbook --version "$MDBOOK_VERSION" --no-default-features --features search \
+      || die "cargo install mdbook failed (no access to crates.io?)"
+  fi
+  command -v mdbook >/dev/null 2>&1 || die "mdbook installed but not found in $bin"
+  say "mdbook is at $(command -v mdbook) ($(mdbook --version))"
+}

@@ -596,7 +596,7 @@ async fn hostile_release_requests_are_refused_and_store_nothing() {
 }
 
 #[tokio::test]
-async fn a_delayed_audit_is_not_final() {
+async fn a_delayed_audit_is_not_final_and_busy_or_privacy_checking_answers_are_retried() {
     let t = TestNs::new("t-releases-delay");
     let (sim, p) = pipeline_with_sim(&t.ns).await;
     let events = t.queue("release-events");
@@ -608,13 +608,15 @@ async fn a_delayed_audit_is_not_final() {
     .await
     .unwrap();
     let minis = authorize(&p, &sim, 3, json!({ "mini_program": true })).await;
-    // Every review is delayed first (weapp_audit_delay), then passes.
+    // Every review is delayed first (weapp_audit_delay), then passes; submits answer 61039
+    // for 800 ms after each commit (the privacy check); the first five calls answer -1.
     sim.post(
         "/sim/code/config",
-        json!({ "review_ms": 500, "delay_rate": 1.0, "quota_rest": 10 }),
+        json!({ "review_ms": 500, "delay_rate": 1.0, "quota_rest": 10, "privacy_check_ms": 800 }),
     )
     .await;
     let template_id = template(&sim);
+    sim.post("/sim/busy", json!({ "count": 5 })).await;
     let _releases = spawn_releases(&t, &sim, Duration::from_secs(30), Duration::from_secs(5));
     let (_, created) = admin_post(
         &p.admin,
@@ -643,6 +645,25 @@ async fn a_delayed_audit_is_not_final() {
         0,
         "every result came as a push"
     );
+    for appid in &minis {
+        // -1 and 61039 made nothing: one commit each, and submits until the check was done.
+        assert_eq!(calls(&sim, "wxa_commit", appid), 1, "{appid}");
+        assert!(
+            calls(&sim, "wxa_submit_audit", appid) >= 2,
+            "{appid}: 61039 first"
+        );
+        assert_eq!(calls(&sim, "wxa_release", appid), 1, "{appid}");
+    }
+    let audits: usize = sim
+        .shared
+        .code
+        .lock()
+        .unwrap()
+        .accounts
+        .values()
+        .map(|a| a.audits.len())
+        .sum();
+    assert_eq!(audits, 3, "one audit per account");
     p.stop().await;
     sim.stop().await;
 }

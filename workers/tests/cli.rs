@@ -20,7 +20,7 @@ fn workers(args: &[&str]) -> std::process::Output {
 
 #[test]
 fn every_subcommand_explains_itself() {
-    let cases: [(&[&str], &[&str]); 9] = [
+    let cases: [(&[&str], &[&str]); 10] = [
         (
             &["--help"],
             &["decrypt", "business", "scheduler", "all", "dlq", "crypto"],
@@ -48,7 +48,15 @@ fn every_subcommand_explains_itself() {
         ),
         (
             &["all", "--help"],
-            &["WXPIPE_ADMIN_TOKEN", "WXPIPE_DECRYPT_PREFETCH"],
+            &[
+                "WXPIPE_ADMIN_TOKEN",
+                "WXPIPE_DECRYPT_PREFETCH",
+                "WXPIPE_RELEASES_TICK_MS",
+            ],
+        ),
+        (
+            &["releases", "--help"],
+            &["WXPIPE_RELEASES_AUDIT_POLL_SECS", "--releases-lease-secs"],
         ),
         (&["dlq", "--help"], &["list", "show", "replay", "purge"]),
         (

@@ -41,30 +41,30 @@ pub struct TimingArgs {
     /// Seconds after a submit (and between polls) that an audit's status is read with
     /// `wxa/get_auditstatus` when WeChat's push has not arrived.
     #[arg(long, env = "WXPIPE_RELEASES_AUDIT_POLL_SECS", default_value_t = 1800)]
-    pub audit_poll_secs: u64,
+    pub releases_audit_poll_secs: u64,
     /// Seconds between readings of an exhausted audit quota (`wxa/queryquota`).
     #[arg(
         long,
         env = "WXPIPE_RELEASES_QUOTA_RECHECK_SECS",
         default_value_t = 600
     )]
-    pub quota_recheck_secs: u64,
+    pub releases_quota_recheck_secs: u64,
     /// Milliseconds before a step that failed transiently is tried again (doubling, at most
     /// 30 minutes).
     #[arg(long, env = "WXPIPE_RELEASES_RETRY_MS", default_value_t = 30_000)]
-    pub retry_ms: u64,
+    pub releases_retry_ms: u64,
     /// Seconds to wait when WeChat's code privacy check still runs after a commit (61039).
     #[arg(long, env = "WXPIPE_RELEASES_PRIVACY_RETRY_SECS", default_value_t = 30)]
-    pub privacy_retry_secs: u64,
+    pub releases_privacy_retry_secs: u64,
     /// Seconds a replica holds an account it works on: another replica takes it over only after
     /// this (at least 15, beyond a WeChat call's 10 s timeout, so that a slow call is never
     /// made twice).
     #[arg(long, env = "WXPIPE_RELEASES_LEASE_SECS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(15..=3600))]
-    pub lease_secs: u64,
+    pub releases_lease_secs: u64,
     /// Milliseconds between looks for due accounts.
     #[arg(long, env = "WXPIPE_RELEASES_TICK_MS", default_value_t = 500)]
-    pub tick_ms: u64,
+    pub releases_tick_ms: u64,
 }
 
 /// What the steps share.
@@ -87,27 +87,30 @@ pub struct ReleasesConfig {
 impl TimingArgs {
     pub fn settings(&self) -> Result<Settings, ConfigError> {
         for (var, v) in [
-            ("WXPIPE_RELEASES_AUDIT_POLL_SECS", self.audit_poll_secs),
+            (
+                "WXPIPE_RELEASES_AUDIT_POLL_SECS",
+                self.releases_audit_poll_secs,
+            ),
             (
                 "WXPIPE_RELEASES_QUOTA_RECHECK_SECS",
-                self.quota_recheck_secs,
+                self.releases_quota_recheck_secs,
             ),
-            ("WXPIPE_RELEASES_RETRY_MS", self.retry_ms),
+            ("WXPIPE_RELEASES_RETRY_MS", self.releases_retry_ms),
             (
                 "WXPIPE_RELEASES_PRIVACY_RETRY_SECS",
-                self.privacy_retry_secs,
+                self.releases_privacy_retry_secs,
             ),
-            ("WXPIPE_RELEASES_TICK_MS", self.tick_ms),
+            ("WXPIPE_RELEASES_TICK_MS", self.releases_tick_ms),
         ] {
             common::config::positive(var, v)?;
         }
         Ok(Settings {
-            lease: Duration::from_secs(self.lease_secs),
-            audit_poll: Duration::from_secs(self.audit_poll_secs),
-            quota_recheck: Duration::from_secs(self.quota_recheck_secs),
-            retry_base: Duration::from_millis(self.retry_ms),
-            privacy_retry: Duration::from_secs(self.privacy_retry_secs),
-            tick: Duration::from_millis(self.tick_ms),
+            lease: Duration::from_secs(self.releases_lease_secs),
+            audit_poll: Duration::from_secs(self.releases_audit_poll_secs),
+            quota_recheck: Duration::from_secs(self.releases_quota_recheck_secs),
+            retry_base: Duration::from_millis(self.releases_retry_ms),
+            privacy_retry: Duration::from_secs(self.releases_privacy_retry_secs),
+            tick: Duration::from_millis(self.releases_tick_ms),
         })
     }
 
