@@ -84,3 +84,36 @@ pub fn wait_until(
 pub fn text_of(tab: &headless_chrome::Tab, selector: &str) -> anyhow::Result<String> {
     tab.wait_for_element(selector)?.get_inner_text()
 }
+
+/// A Chinese-speaking browser's tab on the operator console at `console`, logged in with
+/// `token` (typed once, never in the URL); what the page showed before logging in is
+/// screenshotted as `login` in `dir` when `dir` is given.
+pub fn console_tab(
+    browser: &headless_chrome::Browser,
+    console: &str,
+    token: &str,
+    dir: Option<&str>,
+) -> anyhow::Result<(std::sync::Arc<headless_chrome::Tab>, Option<PathBuf>)> {
+    let tab = browser.new_tab()?;
+    tab.set_user_agent(
+        "Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0",
+        Some("zh-CN,zh;q=0.9"),
+        None,
+    )?;
+    tab.navigate_to(console)?.wait_until_navigated()?;
+    let shot = match dir {
+        Some(d) => Some(screenshot(&tab, d, "login")?),
+        None => None,
+    };
+    tab.wait_for_element("#token")?.click()?;
+    tab.type_str(token)?;
+    tab.press_key("Enter")?;
+    wait_until(
+        &tab,
+        "!document.querySelector('#tabs').hidden",
+        "the logged-in page",
+        Duration::from_secs(10),
+    )?;
+    anyhow::ensure!(!tab.get_url().contains(token), "the token is in the URL");
+    Ok((tab, shot))
+}

@@ -277,16 +277,9 @@ async fn the_console_in_a_real_headless_browser() {
     let shots = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<std::path::PathBuf>> {
         let dir = "console";
         let browser = wxpipe_tests::browser::launch((1366, 900))?;
-        let tab = browser.new_tab()?;
-        tab.set_user_agent("Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0", Some("zh-CN,zh;q=0.9"), None)?;
-        tab.navigate_to(&console)?.wait_until_navigated()?;
-        let mut shots = vec![wxpipe_tests::browser::screenshot(&tab, dir, "login")?];
         // Log in: the token is typed once; it never appears in the URL.
-        tab.wait_for_element("#token")?.click()?;
-        tab.type_str(ADMIN_TOKEN)?;
-        tab.press_key("Enter")?;
-        wait_until(&tab, "!document.querySelector('#tabs').hidden", "the logged-in page", Duration::from_secs(10))?;
-        anyhow::ensure!(!tab.get_url().contains(ADMIN_TOKEN), "the token is in the URL");
+        let (tab, login) = wxpipe_tests::browser::console_tab(&browser, &console, ADMIN_TOKEN, Some(dir))?;
+        let mut shots: Vec<std::path::PathBuf> = login.into_iter().collect();
         // Chinese first.
         wait_until(&tab, "document.querySelector('[data-tab=accounts]').innerText === '授权账号'", "Chinese labels", Duration::from_secs(5))?;
 

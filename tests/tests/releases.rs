@@ -760,6 +760,41 @@ async fn gray_steps_then_the_full_release_then_a_rollback_and_a_version_not_newe
     )
     .await;
     assert_eq!(s, 400, "{hostile}");
+    // 1.2.0 to 10 % of users, the next step an hour away: withdrawn by a rollback.
+    let held = create(json!({ "template_id": template_id, "user_version": "1.2.0",
+        "targets": { "appids": minis[..4] }, "release": { "gray": [10, 50] }, "gray_step_secs": 3600 })).await;
+    eventually(Duration::from_secs(60), "four accounts at 10 %", || async {
+        (job(&p.admin, &held).await["counts"]["gray_released"] == 4).then_some(())
+    })
+    .await;
+    let (s, rb) = admin_post(
+        &p.admin,
+        &format!("/v1/releases/{held}/rollback"),
+        json!({}),
+    )
+    .await;
+    assert_eq!(s, 200, "{rb}");
+    assert_eq!(rb["rolling_back"], 4, "{rb}");
+    let back = until_status(&p.admin, &held, "finished", Duration::from_secs(60)).await;
+    assert_eq!(back["counts"]["rolled_back"], 4, "{back}");
+    {
+        let code = sim.shared.code.lock().unwrap();
+        for appid in &minis[..4] {
+            assert_eq!(code.accounts[appid].gray, None, "{appid}: gray withdrawn");
+            assert_eq!(
+                code.accounts[appid].release.as_ref().unwrap().user_version,
+                "1.0.0"
+            );
+        }
+    }
+    for appid in &minis[..4] {
+        assert_eq!(calls(&sim, "wxa_revertgrayrelease", appid), 1);
+        assert_eq!(
+            calls(&sim, "wxa_revertcoderelease", appid),
+            1,
+            "only the earlier rollback"
+        );
+    }
     // 1.0.0 again is not newer than what is online: skipped with the reason, nothing committed.
     let commits = total_calls(&sim, "wxa_commit");
     let same = create(json!({ "template_id": template_id, "user_version": "1.0.0",
@@ -776,6 +811,20 @@ async fn gray_steps_then_the_full_release_then_a_rollback_and_a_version_not_newe
             .contains("not greater than 1.0.0"),
         "{why:?}"
     );
+    // Four jobs, listed newest first, page by page.
+    let (s, first_page) = admin_get(&p.admin, "/v1/releases?limit=3").await;
+    assert_eq!(s, 200, "{first_page}");
+    assert_eq!(first_page["count"], 3, "{first_page}");
+    assert_eq!(first_page["releases"][0]["id"], same.as_str());
+    let cursor = first_page["next_cursor"].as_str().unwrap().to_owned();
+    let (_, rest) = admin_get(&p.admin, &format!("/v1/releases?limit=3&cursor={cursor}")).await;
+    assert_eq!(rest["count"], 1, "{rest}");
+    assert_eq!(rest["releases"][0]["id"], first.as_str());
+    assert!(rest["next_cursor"].is_null(), "{rest}");
+    for bad in ["cursor=..%2F", "cursor=r000000000000"] {
+        let (s, v) = admin_get(&p.admin, &format!("/v1/releases?{bad}")).await;
+        assert_eq!(s, 400, "{bad}: {v}");
+    }
     p.stop().await;
     sim.stop().await;
 }
@@ -799,13 +848,7 @@ async fn the_releases_page_in_a_real_headless_browser() {
     let shots = tokio::task::spawn_blocking(move || -> anyhow::Result<Vec<std::path::PathBuf>> {
         let dir = "releases";
         let browser = wxpipe_tests::browser::launch((1366, 1400))?;
-        let tab = browser.new_tab()?;
-        tab.set_user_agent("Mozilla/5.0 (X11; Linux x86_64) Chrome/156.0", Some("zh-CN,zh;q=0.9"), None)?;
-        tab.navigate_to(&console)?.wait_until_navigated()?;
-        tab.wait_for_element("#token")?.click()?;
-        tab.type_str(ADMIN_TOKEN)?;
-        tab.press_key("Enter")?;
-        wait_until(&tab, "!document.querySelector('#tabs').hidden", "the logged-in page", Duration::from_secs(10))?;
+        let (tab, _) = wxpipe_tests::browser::console_tab(&browser, &console, ADMIN_TOKEN, None)?;
         tab.wait_for_element("[data-tab=releases]")?.click()?;
         wait_until(&tab, "document.querySelector('[data-tab=releases]').innerText === '代码发布'", "the tab in Chinese", Duration::from_secs(5))?;
         wait_until(&tab, "document.querySelector('#rel-table tbody').innerText.includes('还没有发布任务')", "the empty list", Duration::from_secs(10))?;

@@ -228,6 +228,17 @@ impl WechatClient {
         .map(|_| ())
     }
 
+    /// `GET wxa/revertgrayrelease`: withdraws a gray release in progress.
+    pub async fn revert_gray_release(&self, authorizer_token: &str) -> Result<(), WechatError> {
+        self.get(
+            "wxa_revertgrayrelease",
+            "/wxa/revertgrayrelease",
+            &[("access_token", authorizer_token)],
+        )
+        .await
+        .map(|_| ())
+    }
+
     /// `POST wxa/grayrelease {gray_percentage}`.
     pub async fn gray_release(
         &self,

@@ -194,6 +194,7 @@ pub fn routes() -> Router<Arc<SimShared>> {
         .route("/wxa/release", post(release))
         .route("/wxa/revertcoderelease", get(revertcoderelease))
         .route("/wxa/grayrelease", post(grayrelease))
+        .route("/wxa/revertgrayrelease", get(revertgrayrelease))
         .route("/wxa/getversioninfo", post(getversioninfo))
         .route("/wxa/queryquota", get(queryquota))
 }
@@ -598,6 +599,18 @@ async fn grayrelease(State(sim): State<Arc<SimShared>>, q: Q, body: Bytes) -> Js
         a.gray = Some(pct);
         Ok(ok(json!({})))
     }))
+}
+
+/// Withdraws a gray release in progress (the version online before stays online).
+async fn revertgrayrelease(State(sim): State<Arc<SimShared>>, q: Q) -> Json<Value> {
+    answer(
+        account(&sim, "wxa_revertgrayrelease", &q).and_then(|appid| {
+            let mut code = sim.code.lock().expect("code world");
+            let a = code.accounts.entry(appid).or_default();
+            a.gray.take().ok_or(INVALID_ARGS)?;
+            Ok(ok(json!({})))
+        }),
+    )
 }
 
 /// → `exp_info {exp_time, exp_version, exp_desc}`, `release_info {release_time,

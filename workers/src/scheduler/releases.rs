@@ -286,14 +286,37 @@ pub async fn summary(store: &ReleaseStore, job: &Job) -> Result<Value, common::r
     }))
 }
 
-async fn list(State(admin): State<Arc<Admin>>) -> Response {
+/// `GET /v1/releases?cursor=&limit=`: jobs newest first, `limit` of them (default 50, at most
+/// 200) after the job `cursor` (the last id of the previous page); `next_cursor` continues.
+#[derive(serde::Deserialize)]
+struct ListQuery {
+    cursor: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list(State(admin): State<Arc<Admin>>, Query(q): Query<ListQuery>) -> Response {
     let store = store(&admin);
     let ids = match store.job_ids().await {
         Ok(i) => i,
         Err(e) => return error(e.into()),
     };
+    let start = match q.cursor.as_deref() {
+        None | Some("") => 0,
+        Some(c) if is_job_id(c) => match ids.iter().position(|id| id == c) {
+            Some(i) => i + 1,
+            None => {
+                return BadRequest(format!("cursor {c} is not a release job")).into_response();
+            }
+        },
+        Some(_) => {
+            return BadRequest("cursor must be the last job id of the previous page".into())
+                .into_response();
+        }
+    };
+    let limit = q.limit.unwrap_or(50).clamp(1, 200);
+    let page: Vec<&String> = ids.iter().skip(start).take(limit).collect();
     let mut jobs = Vec::new();
-    for id in ids.iter().take(200) {
+    for id in &page {
         match store.job(id).await {
             Ok(Some(job)) => match summary(&store, &job).await {
                 Ok(s) => jobs.push(s),
@@ -303,7 +326,11 @@ async fn list(State(admin): State<Arc<Admin>>) -> Response {
             Err(e) => return error(e.into()),
         }
     }
-    Json(json!({ "count": jobs.len(), "total": ids.len(), "releases": jobs })).into_response()
+    let next = (start + page.len() < ids.len())
+        .then(|| page.last().map(|id| (*id).clone()))
+        .flatten();
+    Json(json!({ "count": jobs.len(), "total": ids.len(), "releases": jobs, "next_cursor": next }))
+        .into_response()
 }
 
 /// The job of the path, or the answer to give (400 malformed id, 404 unknown).
@@ -748,22 +775,29 @@ async fn rollback(
     };
     let now = common::unix_now_ms();
     let first_release = std::sync::atomic::AtomicU64::new(0);
-    let moved = move_all(&store, &job, &[AccountState::Released], |r| {
-        if only.as_ref().is_some_and(|o| !o.contains(&r.appid)) {
-            return None;
-        }
-        if r.online_before.is_none() {
-            first_release.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-            return None;
-        }
-        Some((
-            r.moved(
-                AccountState::RollingBack,
-                Some("rollback asked by an operator".into()),
-            ),
-            Some(now),
-        ))
-    })
+    let moved = move_all(
+        &store,
+        &job,
+        &[AccountState::Released, AccountState::GrayReleased],
+        |r| {
+            if only.as_ref().is_some_and(|o| !o.contains(&r.appid)) {
+                return None;
+            }
+            // A gray release in progress is withdrawn (`revertgrayrelease`); a full one goes one
+            // step back, which needs a version before it.
+            if r.state == AccountState::Released && r.online_before.is_none() {
+                first_release.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                return None;
+            }
+            Some((
+                r.moved(
+                    AccountState::RollingBack,
+                    Some("rollback asked by an operator".into()),
+                ),
+                Some(now),
+            ))
+        },
+    )
     .await;
     let (moved, raced) = match moved {
         Ok(x) => x,

@@ -74,20 +74,7 @@ pub async fn run(b: ReleasesBench) -> anyhow::Result<()> {
         code.quota.rest = i64::MAX / 2;
         code.quota.limit = i64::MAX / 2;
     }
-    let appids: Vec<String> = {
-        let mut st = sim
-            .shared
-            .state
-            .lock()
-            .map_err(|_| anyhow::anyhow!("sim state"))?;
-        (0..b.accounts)
-            .map(|_| {
-                let (a, code, _) = st.authorize(None, true);
-                let _ = st.query_auth(test_platform::COMPONENT_APPID, &code);
-                a.appid
-            })
-            .collect()
-    };
+    let appids = super::scheduler::authorized_accounts(&sim, b.accounts, true)?;
     let template_id = sim
         .shared
         .library
@@ -104,17 +91,7 @@ pub async fn run(b: ReleasesBench) -> anyhow::Result<()> {
     .await;
     let decrypt = harness::spawn_decrypt(harness::decrypt_config(&t.ns));
     // wxpipe has only the ticket: the scheduler restores the accounts and their tokens.
-    let ticket = sim
-        .shared
-        .state
-        .lock()
-        .map_err(|_| anyhow::anyhow!("sim state"))?
-        .issue_ticket();
-    let store = common::token::TokenStore::new(
-        common::redis::pool(&b.redis_url)?,
-        common::redis::Keys::new(&t.ns, test_platform::COMPONENT_APPID),
-    );
-    store.save_ticket(&ticket).await?;
+    super::scheduler::only_the_ticket(&sim, &t.ns, &b.redis_url).await?;
     let admin_port = harness::free_port();
     let admin = format!("http://127.0.0.1:{admin_port}");
     let workers = sibling_binary(b.workers_bin.as_ref(), "workers")?;

@@ -47,32 +47,9 @@ pub async fn run(b: SchedulerBench) -> anyhow::Result<()> {
         ..Rules::default()
     };
     let sim = sim::start(settings).await?;
-    let appids: Vec<String> = {
-        let mut st = sim
-            .shared
-            .state
-            .lock()
-            .map_err(|_| anyhow::anyhow!("sim state"))?;
-        (0..b.authorizers)
-            .map(|_| {
-                let (a, code, _) = st.authorize(None, false);
-                let _ = st.query_auth(test_platform::COMPONENT_APPID, &code);
-                a.appid
-            })
-            .collect()
-    };
+    let appids = authorized_accounts(&sim, b.authorizers, false)?;
     // wxpipe has only the ticket: accounts and refresh tokens come from the list.
-    let ticket = sim
-        .shared
-        .state
-        .lock()
-        .map_err(|_| anyhow::anyhow!("sim state"))?
-        .issue_ticket();
-    let store = common::token::TokenStore::new(
-        common::redis::pool(&b.redis_url)?,
-        common::redis::Keys::new(&t.ns, test_platform::COMPONENT_APPID),
-    );
-    store.save_ticket(&ticket).await?;
+    only_the_ticket(&sim, &t.ns, &b.redis_url).await?;
     let admin_port = std::net::TcpListener::bind("127.0.0.1:0")?
         .local_addr()?
         .port();
@@ -172,6 +149,48 @@ pub async fn run(b: SchedulerBench) -> anyhow::Result<()> {
     );
     super::terminate(&mut child, Duration::from_secs(10)).await;
     sim.stop().await;
+    Ok(())
+}
+
+/// `n` accounts authorized in the simulator before wxpipe knew them (their refresh tokens are
+/// in `api_get_authorizer_list`); their appids.
+pub fn authorized_accounts(
+    sim: &sim::SimHandle,
+    n: usize,
+    mini_program: bool,
+) -> anyhow::Result<Vec<String>> {
+    let mut st = sim
+        .shared
+        .state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("sim state"))?;
+    Ok((0..n)
+        .map(|_| {
+            let (a, code, _) = st.authorize(None, mini_program);
+            let _ = st.query_auth(test_platform::COMPONENT_APPID, &code);
+            a.appid
+        })
+        .collect())
+}
+
+/// Gives wxpipe on `ns` a ticket the simulator issued, and nothing else: a scheduler restores
+/// the accounts and their tokens from the list.
+pub async fn only_the_ticket(
+    sim: &sim::SimHandle,
+    ns: &common::ids::Namespace,
+    redis_url: &str,
+) -> anyhow::Result<()> {
+    let ticket = sim
+        .shared
+        .state
+        .lock()
+        .map_err(|_| anyhow::anyhow!("sim state"))?
+        .issue_ticket();
+    let store = common::token::TokenStore::new(
+        common::redis::pool(redis_url)?,
+        common::redis::Keys::new(ns, test_platform::COMPONENT_APPID),
+    );
+    store.save_ticket(&ticket).await?;
     Ok(())
 }
 

@@ -173,30 +173,7 @@ pub(super) async fn pending_audit(at: &mut At<'_>) -> Result<(), StepError> {
     let mut next = at.rec.clone();
     next.intent = None;
     at.rec = next;
-    if !at.intend(Call::UndoAudit).await? {
-        return Ok(());
-    }
-    let r = at
-        .call("wxa_undocodeaudit", |c, t| async move {
-            c.undo_audit(t.expose()).await
-        })
-        .await;
-    match r {
-        Answer::Ok(()) | Answer::Refused(errcode::NOTHING_IN_REVIEW, _) => {
-            let why = "undid the audit already pending (its quota is not returned)";
-            at.go(AccountState::Committed, Some(why.into())).await
-        }
-        Answer::Refused(errcode::UNDO_LIMIT, why) => {
-            let why = format!(
-                "an audit is pending and undocodeaudit's limit (5 a day, 10 a month) is reached: {why}"
-            );
-            at.go(AccountState::Skipped, Some(why)).await
-        }
-        other => {
-            at.otherwise(other, AccountState::Skipped, "undocodeaudit refused")
-                .await
-        }
-    }
+    undo(at, false).await
 }
 
 /// `audit_submitted` / `audit_delayed`: the pushed result if it came, else a poll.
@@ -292,9 +269,10 @@ pub(super) async fn audit_outcome(
     }
 }
 
-/// `undoing_audit` (the job was cancelled while the audit was in review): `wxa/undocodeaudit`
-/// within its limits (5 a day, 10 a month), then `cancelled` either way.
-pub(super) async fn undo_for_cancel(at: &mut At<'_>) -> Result<(), StepError> {
+/// `wxa/undocodeaudit` (5 a day and 10 a month per mini program; the audit quota is not
+/// returned): for a cancelled job (`undoing_audit` → `cancelled` whatever WeChat says), or to
+/// submit anew after 85009 (→ `committed`; `skipped` past the limit).
+pub(super) async fn undo(at: &mut At<'_>, cancel: bool) -> Result<(), StepError> {
     if !at.intend(Call::UndoAudit).await? {
         return Ok(());
     }
@@ -303,23 +281,36 @@ pub(super) async fn undo_for_cancel(at: &mut At<'_>) -> Result<(), StepError> {
             c.undo_audit(t.expose()).await
         })
         .await;
+    let (undone, past_limit, prefix) = if cancel {
+        (
+            AccountState::Cancelled,
+            AccountState::Cancelled,
+            "the job was cancelled; its audit stays in review",
+        )
+    } else {
+        (
+            AccountState::Committed,
+            AccountState::Skipped,
+            "an audit is pending",
+        )
+    };
     match r {
-        Answer::Ok(()) => {
-            at.go(AccountState::Cancelled, Some(CANCEL_UNDONE.into()))
-                .await
-        }
-        Answer::Refused(errcode::NOTHING_IN_REVIEW, _) => {
+        Answer::Ok(()) if cancel => at.go(undone, Some(CANCEL_UNDONE.into())).await,
+        Answer::Refused(errcode::NOTHING_IN_REVIEW, _) if cancel => {
             let why = "the job was cancelled; its audit had already ended";
-            at.go(AccountState::Cancelled, Some(why.into())).await
+            at.go(undone, Some(why.into())).await
+        }
+        Answer::Ok(()) | Answer::Refused(errcode::NOTHING_IN_REVIEW, _) => {
+            let why = "undid the audit already pending (its quota is not returned)";
+            at.go(undone, Some(why.into())).await
         }
         Answer::Refused(errcode::UNDO_LIMIT, why) => {
-            let why = format!(
-                "the job was cancelled; its audit stays in review: undocodeaudit's limit (5 a day, 10 a month) is reached: {why}"
-            );
-            at.go(AccountState::Cancelled, Some(why)).await
+            let why =
+                format!("{prefix}: undocodeaudit's limit (5 a day, 10 a month) is reached: {why}");
+            at.go(past_limit, Some(why)).await
         }
         other => {
-            at.otherwise(other, AccountState::Cancelled, "undocodeaudit refused")
+            at.otherwise(other, past_limit, "undocodeaudit refused")
                 .await
         }
     }

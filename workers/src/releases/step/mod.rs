@@ -28,7 +28,7 @@ mod audit;
 mod commit;
 mod release;
 
-use audit::{check_audit, submit, undo_for_cancel};
+use audit::{check_audit, submit, undo};
 use commit::commit;
 use release::{gray, release, revert};
 
@@ -128,7 +128,11 @@ impl At<'_> {
     }
 
     /// Moves to `next`, scheduled at `due` (`None`: off the schedule), the running slot freed.
-    async fn to(&mut self, next: AccountRecord, due: Option<i64>) -> Result<(), StepError> {
+    async fn to(&mut self, mut next: AccountRecord, due: Option<i64>) -> Result<(), StepError> {
+        // A full release ends any gray release.
+        if next.state == AccountState::Released {
+            next.gray_percentage = None;
+        }
         let from = self.rec.state;
         let event =
             (next.state != from).then(|| super::events::event(self.job, from, &next, self.seq));
@@ -310,7 +314,7 @@ async fn step(ctx: &Ctx, job: &Job, appid: &str) -> Result<(), StepError> {
             }
         }
         AccountState::RollingBack => revert(&mut at).await,
-        AccountState::UndoingAudit => undo_for_cancel(&mut at).await,
+        AccountState::UndoingAudit => undo(&mut at, true).await,
         // Final, or waiting for an operator: off the schedule.
         _ => {
             let next = at.rec.clone();
@@ -324,13 +328,11 @@ async fn reconcile(at: &mut At<'_>, intent: Intent) -> Result<(), StepError> {
     metrics::counter!("wxpipe_release_reconciled_total").increment(1);
     let user_version = at.job.spec.user_version.clone();
     match intent.call {
-        Call::Gray => {
-            // Made again: WeChat refuses a step that does not grow (85082), which `gray`
-            // takes as made.
-            let mut next = at.rec.clone();
-            next.intent = None;
-            at.to(next, Some(now())).await
-        }
+        // A gray step, or a gray release withdrawn: made again (WeChat refuses a step that
+        // does not grow, 85082, which `gray` takes as made; withdrawing twice is refused and
+        // ends in `rollback_failed` with WeChat's words).
+        Call::Gray => again(at).await,
+        Call::Revert if at.rec.gray_percentage.is_some() => again(at).await,
         Call::Commit | Call::Release | Call::Revert => {
             let r = at
                 .call("wxa_getversioninfo", |c, t| async move {
@@ -366,9 +368,7 @@ async fn reconcile(at: &mut At<'_>, intent: Intent) -> Result<(), StepError> {
                 at.go(next_state, reason).await
             } else {
                 // Not made: drop the intent; the step is made again.
-                let mut next = at.rec.clone();
-                next.intent = None;
-                at.to(next, Some(now())).await
+                again(at).await
             }
         }
         Call::SubmitAudit | Call::UndoAudit => {
@@ -405,14 +405,17 @@ async fn reconcile(at: &mut At<'_>, intent: Intent) -> Result<(), StepError> {
                     };
                     at.go(to, Some(why.into())).await
                 }
-                _ => {
-                    let mut next = at.rec.clone();
-                    next.intent = None;
-                    at.to(next, Some(now())).await
-                }
+                _ => again(at).await,
             }
         }
     }
+}
+
+/// The intent dropped: the step is made again.
+async fn again(at: &mut At<'_>) -> Result<(), StepError> {
+    let mut next = at.rec.clone();
+    next.intent = None;
+    at.to(next, Some(now())).await
 }
 
 async fn latest_audit(at: &At<'_>) -> Answer<Option<AuditStatus>> {

@@ -71,6 +71,9 @@ pub(super) async fn revert(at: &mut At<'_>) -> Result<(), StepError> {
     if !at.intend(Call::Revert).await? {
         return Ok(());
     }
+    if let Some(pct) = at.rec.gray_percentage {
+        return revert_gray(at, pct).await;
+    }
     let r = at
         .call("wxa_revertcoderelease", |c, t| async move {
             c.revert_release(t.expose()).await
@@ -90,6 +93,37 @@ pub(super) async fn revert(at: &mut At<'_>) -> Result<(), StepError> {
                 other,
                 AccountState::RollbackFailed,
                 "revertcoderelease refused",
+            )
+            .await
+        }
+    }
+}
+
+/// A gray release in progress withdrawn (`wxa/revertgrayrelease`): the version online before
+/// stays online for everyone.
+async fn revert_gray(at: &mut At<'_>, pct: u8) -> Result<(), StepError> {
+    let r = at
+        .call("wxa_revertgrayrelease", |c, t| async move {
+            c.revert_gray_release(t.expose()).await
+        })
+        .await;
+    match r {
+        Answer::Ok(()) => {
+            let back_to = at.rec.online_before.clone().unwrap_or_else(|| "?".into());
+            let mut next = at.rec.moved(
+                AccountState::RolledBack,
+                Some(format!(
+                    "gray release at {pct}% withdrawn; {back_to} stays online"
+                )),
+            );
+            next.gray_percentage = None;
+            at.to(next, None).await
+        }
+        other => {
+            at.otherwise(
+                other,
+                AccountState::RollbackFailed,
+                "revertgrayrelease refused",
             )
             .await
         }
