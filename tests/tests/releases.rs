@@ -419,6 +419,10 @@ async fn the_audit_quota_is_never_overdrawn_and_the_job_resumes_when_it_grows() 
 async fn cancel_stops_what_has_not_reached_review_and_undoes_the_audits_in_review() {
     let t = TestNs::new("t-releases-cancel");
     let (sim, p) = pipeline_with_sim(&t.ns).await;
+    let events = t.queue("cancelled-events");
+    broker::bind_queue(&events, &t.ns.events(), &["release.cancelled"])
+        .await
+        .unwrap();
     let minis = authorize(&p, &sim, 10, json!({ "mini_program": true })).await;
     // Reviews never end during the test; the quota has two audits left.
     sim.post(
@@ -491,6 +495,31 @@ async fn cancel_stops_what_has_not_reached_review_and_undoes_the_audits_in_revie
     );
     let (s, again) = admin_post(&p.admin, &format!("/v1/releases/{id}/cancel"), json!({})).await;
     assert_eq!(s, 409, "{again}");
+    // A job cancelled at once (nothing in review): its accounts' events are published too, by
+    // the releases role, though the job is no longer running.
+    let (_, second) = admin_post(&p.admin, "/v1/releases", json!({
+        "template_id": template_id, "user_version": "3.0.0", "targets": { "appids": minis[..2] },
+    })).await;
+    let second = second["id"].as_str().unwrap().to_owned();
+    eventually(
+        Duration::from_secs(30),
+        "both waiting for quota",
+        || async { (job(&p.admin, &second).await["counts"]["waiting_quota"] == 2).then_some(()) },
+    )
+    .await;
+    let (s, v) = admin_post(
+        &p.admin,
+        &format!("/v1/releases/{second}/cancel"),
+        json!({ "undo_audits": false }),
+    )
+    .await;
+    assert_eq!(s, 200, "{v}");
+    assert_eq!(v["status"], "cancelled", "{v}");
+    // Every account's cancellation was published, those the admin API moved included.
+    let got = broker::collect(&events, 12, Duration::from_secs(15))
+        .await
+        .unwrap();
+    assert_eq!(got.len(), 12, "release.cancelled events");
     p.stop().await;
     sim.stop().await;
 }

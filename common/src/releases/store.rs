@@ -4,7 +4,7 @@
 //! | key | what |
 //! |---|---|
 //! | `…:{p}:releases` | zset: job ids by creation time (ms) |
-//! | `…:{p}:releases_open` | set: jobs not finished (the releases role works on these) |
+//! | `…:{p}:releases_open` | set: jobs not finished, and cancelled ones until their last events are published (the releases role works on these) |
 //! | `…:{r:<id>}:job` | hash: `spec` (JSON), `status`, `status_reason`, `created_ms`, `finished_ms`, `total` |
 //! | `…:{r:<id>}:acct` | hash: appid → [`AccountRecord`] (JSON) |
 //! | `…:{r:<id>}:seq` | hash: appid → the record's version (every write is compare-and-set on it) |
@@ -292,7 +292,7 @@ impl ReleaseStore {
             .map_err(failed("updating a release job"))
     }
 
-    /// Sets a job's status (and why); a finished or cancelled job leaves the open set.
+    /// Sets a job's status (and why); a finished job leaves the open set.
     pub async fn set_status(
         &self,
         id: &str,
@@ -315,13 +315,26 @@ impl ReleaseStore {
             p.hdel(self.k(id, "job"), "finished_ms").ignore();
         }
         p.query_async::<()>(&mut c).await.map_err(failed(WHAT))?;
+        // A finished job has no event left to publish (the role finishes a job only then); a
+        // cancelled one stays open until the role has published its last events ([`close`]).
         let mut p = pipe();
-        if matches!(status, JobStatus::Finished | JobStatus::Cancelled) {
+        if status == JobStatus::Finished {
             p.srem(self.p("releases_open"), id).ignore();
         } else {
             p.sadd(self.p("releases_open"), id).ignore();
         }
         p.query_async::<()>(&mut c).await.map_err(failed(WHAT))
+    }
+
+    /// Takes a cancelled job whose events are all published off the open set.
+    pub async fn close(&self, id: &str) -> Result<(), RedisError> {
+        let mut c = conn(&self.pool, "closing a release job").await?;
+        cmd("SREM")
+            .arg(self.p("releases_open"))
+            .arg(id)
+            .query_async::<()>(&mut c)
+            .await
+            .map_err(failed("closing a release job"))
     }
 
     /// Accounts due now, within the job's `concurrency` (across replicas); each is held for

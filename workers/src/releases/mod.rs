@@ -223,6 +223,19 @@ async fn one_round(
         {
             tracing::warn!(job = %id, error = %e, "release events not published yet");
         }
+        // A cancelled job leaves the open set once its last events are published.
+        if job.status == JobStatus::Cancelled {
+            if ctx
+                .store
+                .outbox(&id, 1)
+                .await
+                .map_err(|e| e.to_string())?
+                .is_empty()
+            {
+                ctx.store.close(&id).await.map_err(|e| e.to_string())?;
+            }
+            continue;
+        }
         // A cancelling job still works: it undoes its audits in review.
         if !matches!(job.status, JobStatus::Running | JobStatus::Cancelling) {
             continue;
