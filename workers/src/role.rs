@@ -2,13 +2,24 @@
 //! (events, replies, dead letters) and the consumer loop of [`common::amqp::consumer`] on its
 //! queues, both declaring the whole topology, both named after the role in the broker.
 
-use common::amqp::consumer::{self, ConsumerConfig, Handler};
+use common::amqp::consumer::{self, ConsumerConfig, Disposition, Handler};
 use common::amqp::topology::Part;
 use common::amqp::{ConfirmedPublisher, PublisherConfig, RawShards};
 use common::ids::Namespace;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
+
+/// The CloudEvent a delivery of `{ns}.events` carries, or the dead-lettering of one that carries
+/// none (the caller counts it).
+pub fn cloud_event(
+    delivery: &lapin::message::Delivery,
+) -> Result<common::event::CloudEvent, Disposition> {
+    serde_json::from_slice(&delivery.data).map_err(|e| Disposition::DeadLetter {
+        reason: "unparseable",
+        detail: format!("not a CloudEvent: {e}"),
+    })
+}
 
 /// One consuming role of one process.
 pub struct Role {

@@ -13,7 +13,6 @@ use common::amqp::consumer::{Disposition, Handler};
 use common::amqp::topology::Part;
 use common::amqp::{ConfirmedPublisher, PublisherConfig};
 use common::config::ConfigError;
-use common::event::CloudEvent;
 use common::ids::Namespace;
 use lapin::message::Delivery;
 use registry::{HandlerError, Registry};
@@ -70,14 +69,11 @@ fn count(event_type: &str, outcome: &'static str) {
 
 impl Handler for BusinessHandler {
     async fn handle(&self, delivery: &Delivery) -> Disposition {
-        let event: CloudEvent = match serde_json::from_slice(&delivery.data) {
+        let event = match crate::role::cloud_event(delivery) {
             Ok(e) => e,
-            Err(e) => {
+            Err(dead) => {
                 count("?", "dead");
-                return Disposition::DeadLetter {
-                    reason: "unparseable",
-                    detail: format!("not a CloudEvent: {e}"),
-                };
+                return dead;
             }
         };
         let Some(handler) = self.registry.get(&event.event_type) else {

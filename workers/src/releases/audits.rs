@@ -76,14 +76,11 @@ pub fn parse(event: &CloudEvent) -> Result<(String, AuditResult), String> {
 
 impl Handler for AuditHandler {
     async fn handle(&self, delivery: &Delivery) -> Disposition {
-        let event: CloudEvent = match serde_json::from_slice(&delivery.data) {
+        let event = match crate::role::cloud_event(delivery) {
             Ok(e) => e,
-            Err(e) => {
+            Err(dead) => {
                 count("?", "dead");
-                return Disposition::DeadLetter {
-                    reason: "unparseable",
-                    detail: format!("not a CloudEvent: {e}"),
-                };
+                return dead;
             }
         };
         let (appid, result) = match parse(&event) {

@@ -119,26 +119,7 @@ pub async fn run(b: ReleasesBench) -> anyhow::Result<()> {
         b.accounts, b.concurrency, b.runs
     );
     let started = Instant::now();
-    loop {
-        let n = sim
-            .shared
-            .state
-            .lock()
-            .map_err(|_| anyhow::anyhow!("sim state"))?
-            .stats
-            .authorizer_token_times
-            .values()
-            .filter(|v| v.len() >= 2)
-            .count();
-        if n >= b.accounts {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(600),
-            "only {n} accounts got a token in 600 s"
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    super::scheduler::until_first_tokens(&sim, b.accounts, Duration::from_secs(600)).await?;
     println!(
         "restore: every account's first token in {:.1} s",
         started.elapsed().as_secs_f64()

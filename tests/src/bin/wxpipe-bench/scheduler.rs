@@ -77,27 +77,7 @@ pub async fn run(b: SchedulerBench) -> anyhow::Result<()> {
 
     // Until every account has its first token from wxpipe.
     let started = Instant::now();
-    loop {
-        let n = sim
-            .shared
-            .state
-            .lock()
-            .map_err(|_| anyhow::anyhow!("sim state"))?
-            .stats
-            .authorizer_token_times
-            .values()
-            .filter(|v| v.len() >= 2)
-            .count();
-        if n >= b.authorizers {
-            break;
-        }
-        anyhow::ensure!(
-            started.elapsed() < Duration::from_secs(b.restore_timeout),
-            "only {n} accounts got a token in {} s (--restore-timeout)",
-            b.restore_timeout
-        );
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
+    until_first_tokens(&sim, b.authorizers, Duration::from_secs(b.restore_timeout)).await?;
     let restore_secs = started.elapsed().as_secs_f64();
     let restore_cpu = cpu_secs_of(pid);
     println!(
@@ -171,6 +151,37 @@ pub fn authorized_accounts(
             a.appid
         })
         .collect())
+}
+
+/// Waits until `n` accounts have their first token from wxpipe (a second token issued by the
+/// simulator: the first was the platform's own, before wxpipe knew the account).
+pub async fn until_first_tokens(
+    sim: &sim::SimHandle,
+    n: usize,
+    within: Duration,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    loop {
+        let got = sim
+            .shared
+            .state
+            .lock()
+            .map_err(|_| anyhow::anyhow!("sim state"))?
+            .stats
+            .authorizer_token_times
+            .values()
+            .filter(|v| v.len() >= 2)
+            .count();
+        if got >= n {
+            return Ok(());
+        }
+        anyhow::ensure!(
+            started.elapsed() < within,
+            "only {got} accounts got a token in {} s",
+            within.as_secs()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Gives wxpipe on `ns` a ticket the simulator issued, and nothing else: a scheduler restores
